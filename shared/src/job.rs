@@ -1,0 +1,77 @@
+//! The job a frontend asks the executor to run, and what comes back.
+
+use serde::{Deserialize, Serialize};
+
+/// The largest wall-clock limit the HTTP API accepts, in milliseconds (seed-compatible).
+pub const MAX_TIMEOUT_MS: u32 = 120_000;
+
+/// One request to run Python code in a fresh jail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// Carried into the executor's logs so one request can be followed across daemons.
+    pub request_id: String,
+    /// Python source, run as the `__main__` module.
+    pub code: String,
+    /// Bytes fed to the job's standard input; `None` means it reads EOF at once.
+    pub stdin: Option<String>,
+    /// Wall-clock limit in milliseconds; `None` takes the executor's default.
+    pub timeout_ms: Option<u32>,
+}
+
+/// How a job that ran ended, and what it printed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobResult {
+    /// The interpreter's exit status, or `None` when a signal ended it.
+    pub exit_code: Option<i32>,
+    /// The name of the signal that ended it (`"SIGKILL"`), if one did.
+    pub signal: Option<String>,
+    /// Standard output as UTF-8 (invalid bytes replaced), up to the output cap.
+    pub stdout: String,
+    /// Standard error like `stdout`, followed by one `[sandbox] …` line per limit hit.
+    pub stderr: String,
+    /// Whether standard output went past the cap and its tail was dropped.
+    pub stdout_truncated: bool,
+    /// Whether standard error went past the cap and its tail was dropped.
+    pub stderr_truncated: bool,
+    /// Whether the wall-clock limit ended the job.
+    pub timed_out: bool,
+    /// Wall-clock time from the start of the jail to the end of the job.
+    pub duration_ms: u64,
+}
+
+/// Why a job could not run. The executor logs the detail; the frontend turns each
+/// variant into an HTTP status without passing internal causes to its client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum JobError {
+    /// The peer spoke another protocol version.
+    #[error("protocol version mismatch: executor speaks {executor}, frontend {frontend}")]
+    VersionMismatch {
+        /// The executor's [`crate::PROTOCOL_VERSION`].
+        executor: u32,
+        /// The version the frontend announced.
+        frontend: u32,
+    },
+    /// The job asked for more than the executor allows; nothing ran.
+    #[error("{field}: {reason}")]
+    Rejected {
+        /// The API field at fault, e.g. `timeoutMs`.
+        field: String,
+        /// What is wrong with it, e.g. `must be at most 60000`.
+        reason: String,
+    },
+    /// The jail could not be set up, so the job did not run (it never runs unjailed).
+    #[error("could not set up the jail: {reason}")]
+    JailSetup {
+        /// The cause, for the frontend's log.
+        reason: String,
+    },
+    /// The executor is shutting down and takes no new work.
+    #[error("the executor is shutting down")]
+    ShuttingDown,
+    /// The peer broke the protocol (unexpected or undecodable message).
+    #[error("protocol error: {reason}")]
+    Protocol {
+        /// What was wrong.
+        reason: String,
+    },
+}

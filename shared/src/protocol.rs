@@ -1,0 +1,181 @@
+//! Messages between frontend and executor, split by direction.
+//!
+//! Each connection carries one exchange: both sides send a [`Hello`] first, then the
+//! frontend sends one request and the executor answers it once. postcard encodes an
+//! enum by its variant index, so variants are only ever appended, never reordered or
+//! removed; the golden tests below fail on any accidental change of the wire format.
+
+use serde::{Deserialize, Serialize};
+
+use crate::job::{JobError, JobResult, JobSpec};
+
+/// Bumped on every incompatible change of the messages below.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The first frame each way. Its encoding must never change, so that peers of
+/// different versions can at least tell each other so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The sender's [`PROTOCOL_VERSION`].
+    pub version: u32,
+}
+
+impl Hello {
+    /// A hello announcing this build's protocol version.
+    pub const CURRENT: Hello = Hello {
+        version: PROTOCOL_VERSION,
+    };
+}
+
+/// Frontend → executor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Opens the connection.
+    Hello(Hello),
+    /// Run this job and answer with [`Response::Finished`] or [`Response::Failed`].
+    /// Closing the connection before the answer kills the job.
+    Run(JobSpec),
+    /// Answer with [`Response::Status`].
+    Status,
+}
+
+/// Executor → frontend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// Opens the connection.
+    Hello(Hello),
+    /// The job ran (whatever its exit status).
+    Finished(JobResult),
+    /// The job did not run, or the request was refused.
+    Failed(JobError),
+    /// What the executor is doing and can do.
+    Status(ExecutorStatus),
+}
+
+/// The executor's view of itself, shown (without secrets) by the frontend's `/health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutorStatus {
+    /// Jobs running now.
+    pub running_jobs: u32,
+    /// Jobs that may run at once.
+    pub max_jobs: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{decode, encode};
+
+    fn sample_job() -> JobSpec {
+        JobSpec {
+            request_id: "r1".into(),
+            code: "print(2 + 2)".into(),
+            stdin: Some("in".into()),
+            timeout_ms: Some(1000),
+        }
+    }
+
+    fn sample_result() -> JobResult {
+        JobResult {
+            exit_code: Some(0),
+            signal: None,
+            stdout: "4\n".into(),
+            stderr: String::new(),
+            stdout_truncated: false,
+            stderr_truncated: true,
+            timed_out: false,
+            duration_ms: 12,
+        }
+    }
+
+    fn all_requests() -> Vec<Request> {
+        vec![
+            Request::Hello(Hello::CURRENT),
+            Request::Run(sample_job()),
+            Request::Status,
+        ]
+    }
+
+    fn all_responses() -> Vec<Response> {
+        vec![
+            Response::Hello(Hello::CURRENT),
+            Response::Finished(sample_result()),
+            Response::Failed(JobError::VersionMismatch {
+                executor: 1,
+                frontend: 2,
+            }),
+            Response::Failed(JobError::Rejected {
+                field: "timeoutMs".into(),
+                reason: "too large".into(),
+            }),
+            Response::Failed(JobError::JailSetup {
+                reason: "no bwrap".into(),
+            }),
+            Response::Failed(JobError::ShuttingDown),
+            Response::Failed(JobError::Protocol {
+                reason: "bad".into(),
+            }),
+            Response::Status(ExecutorStatus {
+                running_jobs: 1,
+                max_jobs: 2,
+            }),
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        for msg in all_requests() {
+            assert_eq!(decode::<Request>(&encode(&msg).unwrap()).unwrap(), msg);
+        }
+        for msg in all_responses() {
+            assert_eq!(decode::<Response>(&encode(&msg).unwrap()).unwrap(), msg);
+        }
+    }
+
+    /// Any change here is a wire-format change: bump PROTOCOL_VERSION, and keep the
+    /// hello bytes identical forever.
+    #[test]
+    fn golden_encodings() {
+        let golden: &[(Request, &[u8])] = &[
+            (Request::Hello(Hello { version: 1 }), &[0, 1]),
+            (
+                Request::Run(sample_job()),
+                &[
+                    1, 2, b'r', b'1', 12, b'p', b'r', b'i', b'n', b't', b'(', b'2', b' ', b'+',
+                    b' ', b'2', b')', 1, 2, b'i', b'n', 1, 0xe8, 0x07,
+                ],
+            ),
+            (Request::Status, &[2]),
+        ];
+        for (msg, bytes) in golden {
+            assert_eq!(&encode(msg).unwrap()[..], *bytes, "{msg:?}");
+        }
+        let golden: &[(Response, &[u8])] = &[
+            (Response::Hello(Hello { version: 1 }), &[0, 1]),
+            (
+                Response::Finished(sample_result()),
+                &[1, 1, 0, 0, 2, b'4', b'\n', 0, 0, 1, 0, 12],
+            ),
+            (Response::Failed(JobError::ShuttingDown), &[2, 3]),
+            (
+                Response::Status(ExecutorStatus {
+                    running_jobs: 1,
+                    max_jobs: 2,
+                }),
+                &[3, 1, 2],
+            ),
+        ];
+        for (msg, bytes) in golden {
+            assert_eq!(&encode(msg).unwrap()[..], *bytes, "{msg:?}");
+        }
+    }
+
+    /// A hello from a future version must still decode, so the mismatch can be reported.
+    #[test]
+    fn hello_of_another_version_decodes() {
+        assert_eq!(
+            decode::<Request>(&[0, 0xac, 0x02]).unwrap(),
+            Request::Hello(Hello { version: 300 })
+        );
+    }
+}
