@@ -1,0 +1,295 @@
+//! Executor configuration: command-line flags over an optional TOML file over defaults.
+//!
+//! Everything is checked here, once, and turned into a [`Config`] the rest of the
+//! executor trusts: paths are absolute, the sandbox uid is none of the daemons' uids,
+//! limits are in range.
+
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::error::Error;
+
+const DEFAULT_SOCKET: &str = "/run/pysandbox/executor.sock";
+const DEFAULT_STATE_DIR: &str = "/var/lib/pysandbox";
+const DEFAULT_PYTHON: &str = "/usr/bin/python3";
+const DEFAULT_BWRAP: &str = "/usr/bin/bwrap";
+/// `nobody`: owns no files, so a job that escaped its namespaces could touch nothing.
+const DEFAULT_SANDBOX_ID: u32 = 65534;
+const DEFAULT_TIMEOUT_MS: u32 = 30_000;
+const DEFAULT_OUTPUT_BYTES: u32 = 1024 * 1024;
+const DEFAULT_TMP_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Command-line flags. Each one may also be set in the `--config` file; flags win.
+#[derive(Debug, Parser)]
+#[command(
+    name = "pysandbox-executor",
+    version,
+    about = "Runs pysandbox jobs in bubblewrap jails"
+)]
+pub struct Cli {
+    /// TOML file with any of the settings below (keys are the flag names with `_`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Unix socket to serve [default: /run/pysandbox/executor.sock].
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Directory for job work dirs and staged jail files [default: /var/lib/pysandbox].
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// A uid allowed to connect (repeatable); root and the executor's own uid always are.
+    #[arg(long = "allow-uid")]
+    pub allow_uids: Vec<u32>,
+    /// Group that owns the socket file (mode 0660).
+    #[arg(long)]
+    pub socket_group: Option<u32>,
+    /// Python interpreter to run jobs with [default: /usr/bin/python3].
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    /// Jobs that may run at once [default: number of CPUs].
+    #[arg(long)]
+    pub max_jobs: Option<u32>,
+    /// Uid jobs run as [default: 65534].
+    #[arg(long)]
+    pub sandbox_uid: Option<u32>,
+    /// Gid jobs run as [default: 65534].
+    #[arg(long)]
+    pub sandbox_gid: Option<u32>,
+}
+
+/// The `--config` file. Unknown keys are an error that names them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    socket: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    #[serde(default)]
+    allow_uids: Vec<u32>,
+    socket_group: Option<u32>,
+    python: Option<PathBuf>,
+    max_jobs: Option<u32>,
+    sandbox_uid: Option<u32>,
+    sandbox_gid: Option<u32>,
+    bwrap: Option<PathBuf>,
+    default_timeout_ms: Option<u32>,
+    max_timeout_ms: Option<u32>,
+    output_bytes: Option<u32>,
+    tmp_bytes: Option<u64>,
+    #[serde(default)]
+    ro_binds: Vec<PathBuf>,
+}
+
+/// The checked configuration the executor runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    /// Uids allowed to connect besides root and our own.
+    pub allow_uids: Vec<u32>,
+    pub socket_group: Option<u32>,
+    pub python: PathBuf,
+    /// The bubblewrap binary. Jobs fail (closed) when it cannot set up a jail.
+    pub bwrap: PathBuf,
+    pub max_jobs: u32,
+    pub sandbox_uid: u32,
+    pub sandbox_gid: u32,
+    /// Wall-clock limit of a job that names none.
+    pub default_timeout_ms: u32,
+    /// The largest wall-clock limit a job may ask for.
+    pub max_timeout_ms: u32,
+    /// Bytes of stdout, and of stderr, kept per job.
+    pub output_bytes: u32,
+    /// Size of each job's private `/tmp`.
+    pub tmp_bytes: u64,
+    /// Extra host paths bound read-only at the same place in every jail (a venv, say).
+    pub ro_binds: Vec<PathBuf>,
+}
+
+impl Config {
+    /// Merges flags over the file named by `--config` over defaults, and checks the result.
+    pub fn load(cli: Cli) -> Result<Config, Error> {
+        let file = match &cli.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let mut allow_uids = file.allow_uids;
+        allow_uids.extend(cli.allow_uids);
+        let config = Config {
+            socket: cli.socket.or(file.socket).unwrap_or(DEFAULT_SOCKET.into()),
+            state_dir: cli
+                .state_dir
+                .or(file.state_dir)
+                .unwrap_or(DEFAULT_STATE_DIR.into()),
+            allow_uids,
+            socket_group: cli.socket_group.or(file.socket_group),
+            python: cli.python.or(file.python).unwrap_or(DEFAULT_PYTHON.into()),
+            bwrap: file.bwrap.unwrap_or(DEFAULT_BWRAP.into()),
+            max_jobs: cli.max_jobs.or(file.max_jobs).unwrap_or_else(cpu_count),
+            sandbox_uid: cli
+                .sandbox_uid
+                .or(file.sandbox_uid)
+                .unwrap_or(DEFAULT_SANDBOX_ID),
+            sandbox_gid: cli
+                .sandbox_gid
+                .or(file.sandbox_gid)
+                .unwrap_or(DEFAULT_SANDBOX_ID),
+            default_timeout_ms: file.default_timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
+            max_timeout_ms: file
+                .max_timeout_ms
+                .unwrap_or(pysandbox_shared::MAX_TIMEOUT_MS),
+            output_bytes: file.output_bytes.unwrap_or(DEFAULT_OUTPUT_BYTES),
+            tmp_bytes: file.tmp_bytes.unwrap_or(DEFAULT_TMP_BYTES),
+            ro_binds: file.ro_binds,
+        };
+        config.check(nix::unistd::getuid().as_raw())?;
+        Ok(config)
+    }
+
+    fn check(&self, own_uid: u32) -> Result<(), Error> {
+        let invalid = |reason: String| Err(Error::Config(reason));
+        for (key, path) in [
+            ("socket", &self.socket),
+            ("state_dir", &self.state_dir),
+            ("python", &self.python),
+            ("bwrap", &self.bwrap),
+        ] {
+            if !path.is_absolute() {
+                return invalid(format!("{key}: must be an absolute path, got {path:?}"));
+            }
+        }
+        if let Some(bind) = self.ro_binds.iter().find(|p| !p.is_absolute()) {
+            return invalid(format!("ro_binds: must be absolute paths, got {bind:?}"));
+        }
+        // Sharing a uid with a daemon would let a job signal or ptrace it, or read its files.
+        if self.sandbox_uid == 0 || self.sandbox_uid == own_uid {
+            return invalid(format!(
+                "sandbox_uid: {} is root or the executor's own uid",
+                self.sandbox_uid
+            ));
+        }
+        if self.allow_uids.contains(&self.sandbox_uid) {
+            return invalid(format!(
+                "sandbox_uid: {} is also an allowed peer uid (the frontend's?)",
+                self.sandbox_uid
+            ));
+        }
+        if self.sandbox_gid == 0 {
+            return invalid("sandbox_gid: must not be root's group".into());
+        }
+        if self.max_jobs == 0 {
+            return invalid("max_jobs: must be at least 1".into());
+        }
+        let max = pysandbox_shared::MAX_TIMEOUT_MS;
+        if !(1..=max).contains(&self.max_timeout_ms) {
+            return invalid(format!("max_timeout_ms: must be from 1 to {max}"));
+        }
+        if !(1..=self.max_timeout_ms).contains(&self.default_timeout_ms) {
+            return invalid("default_timeout_ms: must be from 1 to max_timeout_ms".into());
+        }
+        // Both captures travel in one frame; keep them well inside it.
+        let max_output = pysandbox_shared::MAX_FRAME_LEN as u32 / 4;
+        if self.output_bytes > max_output {
+            return invalid(format!("output_bytes: must be at most {max_output}"));
+        }
+        if !self.python_is_bound() {
+            return invalid(format!(
+                "python: {:?} is outside /usr and every ro_binds entry, so jails could not run it",
+                self.python
+            ));
+        }
+        Ok(())
+    }
+
+    fn python_is_bound(&self) -> bool {
+        std::iter::once(Path::new("/usr"))
+            .chain(self.ro_binds.iter().map(PathBuf::as_path))
+            .any(|root| self.python.starts_with(root))
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigRead {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {}", path.display(), e.message())))
+}
+
+fn cpu_count() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(args: &[&str]) -> Result<Config, Error> {
+        let argv = std::iter::once("pysandbox-executor").chain(args.iter().copied());
+        Config::load(Cli::parse_from(argv))
+    }
+
+    fn load_file(toml: &str) -> Result<Config, Error> {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), toml).unwrap();
+        load(&["--config", file.path().to_str().unwrap()])
+    }
+
+    #[test]
+    fn defaults() {
+        let config = load(&[]).unwrap();
+        assert_eq!(config.socket, Path::new(DEFAULT_SOCKET));
+        assert_eq!(config.sandbox_uid, 65534);
+        assert_eq!(config.default_timeout_ms, 30_000);
+        assert!(config.max_jobs >= 1);
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_uids_add_up() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            file.path(),
+            "max_jobs = 3\nallow_uids = [7]\nsocket = \"/a\"",
+        )
+        .unwrap();
+        let path = file.path().to_str().unwrap();
+        let config = load(&["--config", path, "--socket", "/b", "--allow-uid", "8"]).unwrap();
+        assert_eq!(config.socket, Path::new("/b"));
+        assert_eq!(config.max_jobs, 3);
+        assert_eq!(config.allow_uids, [7, 8]);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = load_file("sokcet = \"/x\"").unwrap_err().to_string();
+        assert!(err.contains("sokcet"), "{err}");
+    }
+
+    #[test]
+    fn sandbox_uid_must_not_be_a_daemon() {
+        let err = load(&["--sandbox-uid", "0"]).unwrap_err().to_string();
+        assert!(err.contains("sandbox_uid"), "{err}");
+        let err = load(&["--allow-uid", "1000", "--sandbox-uid", "1000"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("allowed peer uid"), "{err}");
+    }
+
+    #[test]
+    fn python_must_be_inside_the_jail() {
+        let err = load(&["--python", "/opt/py/bin/python3"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("outside /usr"), "{err}");
+        load_file("python = \"/opt/py/bin/python3\"\nro_binds = [\"/opt/py\"]").unwrap();
+    }
+
+    #[test]
+    fn relative_paths_and_bad_limits_are_refused() {
+        assert!(load(&["--state-dir", "state"]).is_err());
+        assert!(load_file("default_timeout_ms = 0").is_err());
+        assert!(load_file("max_timeout_ms = 120001").is_err());
+        assert!(load_file("output_bytes = 999999999").is_err());
+        assert!(load(&["--max-jobs", "0"]).is_err());
+    }
+}

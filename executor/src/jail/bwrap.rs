@@ -1,0 +1,238 @@
+//! The bubblewrap command line of a jail, as data: a pure function of the layout, so
+//! it is computed once at startup and unit-tested without root.
+//!
+//! Order matters to bwrap, which applies options left to right: every mount point is
+//! created while the jail's root tmpfs is still writable, then `/dev` and `/` are made
+//! read-only (non-recursively, so `/tmp` and `/work` mounted later stay writable).
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+/// Where the job's code appears in the jail (bwrap copies it from [`CODE_FD`]).
+pub const CODE_PATH: &str = "/sandbox/main.py";
+/// Where the executor binary appears in the jail, to run as `jail-init`.
+pub const INIT_PATH: &str = "/sandbox/init";
+/// The job's work dir and cwd: the only host directory it may write.
+pub const WORK_DIR: &str = "/work";
+/// bwrap reads the job's code from this descriptor.
+pub const CODE_FD: i32 = 3;
+/// jail-init writes one byte here once the jail is set up, then closes it.
+pub const READY_FD: i32 = 4;
+
+/// The environment of every job: nothing of the executor's, only what Python needs.
+const JOB_ENV: &[(&str, &str)] = &[
+    ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+    ("HOME", "/tmp"),
+    ("TMPDIR", "/tmp"),
+    ("LANG", "C.UTF-8"),
+    ("PYTHONUNBUFFERED", "1"),
+    ("PYTHONDONTWRITEBYTECODE", "1"),
+    // The script's own directory holds only the code: put the cwd first on sys.path
+    // instead, as `python -c` does (PYTHONSAFEPATH needs Python 3.11; older ones
+    // ignore it and also keep /sandbox, which is harmless).
+    ("PYTHONSAFEPATH", "1"),
+    ("PYTHONPATH", WORK_DIR),
+    ("MPLBACKEND", "Agg"),
+];
+
+/// What a jail shows of the host; decided once from the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// Uid and gid the job has, inside and out (the user namespace maps them 1:1).
+    pub uid: u32,
+    pub gid: u32,
+    /// `(host path, jail path)` bound read-only, in order.
+    pub ro_binds: Vec<(PathBuf, PathBuf)>,
+    /// `(target, link)` symlinks made in the jail's root (merged-/usr hosts).
+    pub symlinks: Vec<(PathBuf, PathBuf)>,
+    /// The executor binary on the host.
+    pub init: PathBuf,
+    /// Size of the private `/tmp` and of `/dev/shm`, in bytes.
+    pub tmp_bytes: u64,
+}
+
+/// The argv, without the program name, that stays the same for every job.
+pub fn fixed_args(layout: &Layout) -> Vec<OsString> {
+    let mut args = Args::default();
+    args.push_all(&[
+        // A fresh namespace of every kind: the job sees no host process, network,
+        // IPC object, hostname or cgroup.
+        "--unshare-user",
+        "--unshare-pid",
+        "--unshare-net",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup",
+        "--hostname",
+        "sandbox",
+        // Killing bwrap kills the jail's pid 1, which takes every process of the
+        // pid namespace with it: daemonized and setsid'd ones too.
+        "--die-with-parent",
+        // A new session: no controlling terminal to push input into (TIOCSTI).
+        "--new-session",
+        "--clearenv",
+    ]);
+    args.push("--uid").push(layout.uid.to_string());
+    args.push("--gid").push(layout.gid.to_string());
+    for (key, value) in JOB_ENV {
+        args.push_all(&["--setenv", key, value]);
+    }
+    for (host, jail) in &layout.ro_binds {
+        args.push("--ro-bind").push(host).push(jail);
+    }
+    for (target, link) in &layout.symlinks {
+        args.push("--symlink").push(target).push(link);
+    }
+    args.push("--ro-bind").push(&layout.init).push(INIT_PATH);
+    args.push_all(&["--ro-bind-data", &CODE_FD.to_string(), CODE_PATH]);
+    args.push_all(&["--proc", "/proc", "--dev", "/dev"]);
+    args.push_all(&["--perms", "1777", "--size"]);
+    args.push(layout.tmp_bytes.to_string());
+    args.push_all(&["--tmpfs", "/dev/shm", "--remount-ro", "/dev"]);
+    args.push_all(&["--dir", WORK_DIR, "--dir", "/tmp", "--remount-ro", "/"]);
+    args.push_all(&["--perms", "1777", "--size"]);
+    args.push(layout.tmp_bytes.to_string());
+    args.push_all(&["--tmpfs", "/tmp"]);
+    args.0
+}
+
+/// The rest of the argv for one job: its work dir, and the command run in the jail.
+pub fn job_args(work_dir: &Path, python: &Path) -> Vec<OsString> {
+    let mut args = Args::default();
+    args.push("--bind").push(work_dir).push(WORK_DIR);
+    args.push_all(&["--chdir", WORK_DIR, INIT_PATH, super::init::SUBCOMMAND]);
+    args.push(python).push(CODE_PATH);
+    args.0
+}
+
+#[derive(Default)]
+struct Args(Vec<OsString>);
+
+impl Args {
+    fn push(&mut self, arg: impl Into<OsString>) -> &mut Self {
+        self.0.push(arg.into());
+        self
+    }
+
+    fn push_all(&mut self, args: &[&str]) -> &mut Self {
+        self.0.extend(args.iter().map(OsString::from));
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout() -> Layout {
+        Layout {
+            uid: 65534,
+            gid: 65534,
+            ro_binds: vec![("/usr".into(), "/usr".into())],
+            symlinks: vec![("usr/lib".into(), "/lib".into())],
+            init: "/opt/pysandbox-executor".into(),
+            tmp_bytes: 1024,
+        }
+    }
+
+    fn joined(args: &[OsString]) -> String {
+        args.iter()
+            .map(|a| a.to_str().unwrap())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    fn position(args: &str, needle: &str) -> usize {
+        args.find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} missing from {args}"))
+    }
+
+    #[test]
+    fn every_namespace_is_new_and_the_job_is_unprivileged() {
+        let args = joined(&fixed_args(&layout()));
+        for flag in [
+            "--unshare-user ",
+            "--unshare-pid ",
+            "--unshare-net ",
+            "--unshare-ipc ",
+            "--unshare-uts ",
+            "--unshare-cgroup ",
+            "--die-with-parent ",
+            "--new-session ",
+            "--clearenv ",
+            "--uid 65534 ",
+            "--gid 65534 ",
+        ] {
+            position(&args, flag);
+        }
+        assert!(!args.contains("--share-net"));
+        assert!(
+            !args.contains("--bind /"),
+            "no host path is writable: {args}"
+        );
+    }
+
+    #[test]
+    fn root_and_dev_turn_read_only_after_their_mount_points_exist() {
+        let args = joined(&fixed_args(&layout()));
+        let root_ro = position(&args, "--remount-ro / ");
+        assert!(position(&args, "--ro-bind /usr /usr") < root_ro);
+        assert!(position(&args, "--dir /work") < root_ro);
+        assert!(position(&args, "--ro-bind-data 3 /sandbox/main.py") < root_ro);
+        assert!(position(&args, "--tmpfs /dev/shm") < position(&args, "--remount-ro /dev"));
+        assert!(position(&args, "--tmpfs /tmp") > root_ro);
+    }
+
+    #[test]
+    fn every_tmpfs_has_a_size() {
+        let args = fixed_args(&layout());
+        let tmpfs: Vec<_> = args
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| *a == "--tmpfs")
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(tmpfs.len(), 2);
+        for i in tmpfs {
+            assert_eq!(args[i - 2], "--size", "{:?}", &args[i - 3..=i + 1]);
+            assert_eq!(args[i - 1], "1024");
+        }
+    }
+
+    #[test]
+    fn env_is_minimal() {
+        let args = fixed_args(&layout());
+        let names: Vec<_> = args
+            .windows(2)
+            .filter(|w| w[0] == "--setenv")
+            .map(|w| w[1].to_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "PATH",
+                "HOME",
+                "TMPDIR",
+                "LANG",
+                "PYTHONUNBUFFERED",
+                "PYTHONDONTWRITEBYTECODE",
+                "PYTHONSAFEPATH",
+                "PYTHONPATH",
+                "MPLBACKEND"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_job_runs_python_through_jail_init_in_its_work_dir() {
+        let args = joined(&job_args(
+            Path::new("/state/jobs/7"),
+            Path::new("/usr/bin/python3"),
+        ));
+        assert_eq!(
+            args,
+            "--bind /state/jobs/7 /work --chdir /work /sandbox/init jail-init \
+             /usr/bin/python3 /sandbox/main.py"
+        );
+    }
+}

@@ -1,0 +1,14 @@
+//! pysandbox-executor: the privileged half of pysandbox. It serves a Unix socket, and
+//! runs each job it is sent in a fresh bubblewrap jail as an unprivileged uid.
+
+pub mod config;
+pub mod error;
+pub mod jail;
+pub mod job;
+pub mod output;
+pub mod server;
+mod sys;
+pub mod workdir;
+
+pub use config::{Cli, Config};
+pub use error::Error;

@@ -1,0 +1,53 @@
+use clap::Parser;
+use pysandbox_executor::{jail, server, Cli, Config};
+
+fn main() -> std::process::ExitCode {
+    let mut args = std::env::args_os().skip(1);
+    // Inside a jail: become the job as fast as possible, before any setup of ours.
+    if args.next().is_some_and(|a| a == jail::init::SUBCOMMAND) {
+        return std::process::ExitCode::from(jail::init::main(args) as u8);
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match Config::load(Cli::parse()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("pysandbox-executor: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    // Everything the executor creates is private unless it opens it up on purpose.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("pysandbox-executor: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(server::run(config, shutdown_signal())) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %anyhow::Error::from(e), "executor failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,245 @@
+//! The executor's socket: who may connect, the hello, and one request per connection.
+
+use std::future::Future;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pysandbox_shared::{
+    Connection, ExecutorStatus, Hello, JobError, JobSpec, Request, Response, PROTOCOL_VERSION,
+};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, info_span, warn, Instrument};
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::jail::Jail;
+use crate::job::Runner;
+use crate::workdir;
+
+/// How long a peer has to say hello, and then to send its request.
+const PEER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long running jobs may go on after a shutdown signal before they are killed.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+type Conn = Connection<UnixStream>;
+
+/// Shared state of the serving executor.
+#[derive(Debug)]
+struct Executor {
+    runner: Runner,
+    permits: Semaphore,
+    running: AtomicU32,
+    max_jobs: u32,
+    allowed_uids: Vec<u32>,
+}
+
+/// Prepares the state dir and jail, then serves `config.socket` until `shutdown`
+/// resolves; running jobs get [`SHUTDOWN_GRACE`] to finish.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    workdir::prepare(&config.state_dir)?;
+    let jail = Jail::new(&config)?;
+    let listener = bind(&config.socket, config.socket_group)?;
+    let own_uid = nix::unistd::getuid().as_raw();
+    let mut allowed_uids = vec![0, own_uid];
+    allowed_uids.extend(&config.allow_uids);
+    let executor = Arc::new(Executor {
+        runner: Runner::new(&config, jail),
+        permits: Semaphore::new(config.max_jobs as usize),
+        running: AtomicU32::new(0),
+        max_jobs: config.max_jobs,
+        allowed_uids,
+    });
+    info!(socket = %config.socket.display(), max_jobs = config.max_jobs, "listening on {}", config.socket.display());
+
+    let tasks = TaskTracker::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let executor = Arc::clone(&executor);
+                    tasks.spawn(async move { executor.serve(stream).await });
+                }
+                // Out of descriptors and the like: back off instead of spinning.
+                Err(e) => {
+                    error!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+    info!("shutting down: no new connections");
+    tasks.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
+        .await
+        .is_err()
+    {
+        warn!("jobs still running after the grace period are killed");
+    }
+    let _ = std::fs::remove_file(&config.socket);
+    Ok(())
+}
+
+/// Binds the socket: a stale socket file is replaced, any other file is left alone.
+/// The file is created under the process umask (0077) and only then opened to the
+/// group, so there is no moment when others could connect.
+fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, Error> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(Error::setup("create", parent))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            std::fs::remove_file(path).map_err(Error::setup("remove stale socket", path))?;
+        }
+        Ok(_) => {
+            return Err(Error::setup("replace (not a socket)", path)(
+                std::io::ErrorKind::AlreadyExists.into(),
+            ))
+        }
+        Err(_) => {}
+    }
+    let listener = UnixListener::bind(path).map_err(Error::setup("bind", path))?;
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(Error::setup("chown", path))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(Error::setup("chmod", path))?;
+    Ok(listener)
+}
+
+impl Executor {
+    async fn serve(&self, stream: UnixStream) {
+        // The socket's mode already keeps others out; checking the kernel's word on
+        // who is calling also covers a socket exposed by mistake (bind mounts, 0777).
+        let uid = match stream.peer_cred() {
+            Ok(cred) => cred.uid(),
+            Err(e) => return warn!(error = %e, "cannot read peer credentials; refused"),
+        };
+        if !self.allowed_uids.contains(&uid) {
+            return warn!(uid, "connection from a uid that is not allowed; refused");
+        }
+        let mut conn = Connection::new(stream);
+        if let Err(e) = self.exchange(&mut conn).await {
+            warn!(error = %e, uid, "connection ended with an error");
+        }
+    }
+
+    async fn exchange(&self, conn: &mut Conn) -> Result<(), Error> {
+        let hello = match tokio::time::timeout(PEER_TIMEOUT, conn.recv()).await {
+            Ok(Ok(Some(Request::Hello(hello)))) => hello,
+            Ok(Ok(None)) | Err(_) => return Ok(()),
+            Ok(Ok(Some(other))) => {
+                return refuse(conn, format!("expected hello, got {other:?}")).await
+            }
+            Ok(Err(e)) => return Err(e.into()),
+        };
+        conn.send(&Response::Hello(Hello::CURRENT)).await?;
+        if hello.version != PROTOCOL_VERSION {
+            let mismatch = JobError::VersionMismatch {
+                executor: PROTOCOL_VERSION,
+                frontend: hello.version,
+            };
+            warn!(%mismatch, "refusing a peer");
+            return Ok(conn.send(&Response::Failed(mismatch)).await?);
+        }
+        let request = match tokio::time::timeout(PEER_TIMEOUT, conn.recv()).await {
+            Ok(Ok(Some(request))) => request,
+            Ok(Ok(None)) | Err(_) => return Ok(()),
+            Ok(Err(e)) => return Err(e.into()),
+        };
+        match request {
+            Request::Run(spec) => {
+                let span = info_span!("job", request_id = ?truncated(&spec.request_id));
+                self.run(conn, spec).instrument(span).await
+            }
+            Request::Status => Ok(conn.send(&Response::Status(self.status())).await?),
+            Request::Hello(_) => refuse(conn, "a second hello".into()).await,
+        }
+    }
+
+    fn status(&self) -> ExecutorStatus {
+        ExecutorStatus {
+            running_jobs: self.running.load(Ordering::Relaxed),
+            max_jobs: self.max_jobs,
+        }
+    }
+
+    /// Runs one job and answers with its result. Anything arriving from the peer while
+    /// the job waits or runs means it is gone or broken: the job is then dropped, which
+    /// kills its jail and removes its work dir.
+    async fn run(&self, conn: &mut Conn, spec: JobSpec) -> Result<(), Error> {
+        let timeout_ms = match self.runner.timeout_ms(&spec) {
+            Ok(ms) => ms,
+            Err(rejected) => return Ok(conn.send(&Response::Failed(rejected)).await?),
+        };
+        let outcome = tokio::select! {
+            outcome = self.admitted_run(&spec, timeout_ms) => outcome,
+            _ = conn.recv::<Request>() => {
+                info!("peer went away; job killed");
+                return Ok(());
+            }
+        };
+        let response = match outcome {
+            Ok(result) => {
+                info!(
+                    exit_code = ?result.exit_code,
+                    signal = ?result.signal,
+                    timed_out = result.timed_out,
+                    duration_ms = result.duration_ms,
+                    "job finished"
+                );
+                Response::Finished(result)
+            }
+            Err(e) => {
+                error!(error = %e, "job did not run");
+                Response::Failed(JobError::JailSetup {
+                    reason: e.to_string(),
+                })
+            }
+        };
+        Ok(conn.send(&response).await?)
+    }
+
+    async fn admitted_run(
+        &self,
+        spec: &JobSpec,
+        timeout_ms: u32,
+    ) -> Result<pysandbox_shared::JobResult, Error> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| Error::Jail("executor shutting down".into()))?;
+        self.running.fetch_add(1, Ordering::Relaxed);
+        let _running = RunningGuard(&self.running);
+        self.runner.run(spec, timeout_ms).await
+    }
+}
+
+/// Counts a job as running for as long as it lives, however it ends.
+struct RunningGuard<'a>(&'a AtomicU32);
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn refuse(conn: &mut Conn, reason: String) -> Result<(), Error> {
+    warn!(%reason, "protocol violation");
+    Ok(conn
+        .send(&Response::Failed(JobError::Protocol { reason }))
+        .await?)
+}
+
+/// A peer-chosen id, cut to a length fit for a log line.
+fn truncated(id: &str) -> &str {
+    let end = id.char_indices().nth(64).map_or(id.len(), |(i, _)| i);
+    &id[..end]
+}

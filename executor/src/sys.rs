@@ -1,0 +1,99 @@
+//! Every `unsafe` block of the executor: the code that runs between `fork` and `exec`
+//! of a jail, and a raw descriptor sweep. Nothing here allocates or locks, because a
+//! forked child of a multi-threaded process may only make async-signal-safe calls
+//! (signal-safety(7)).
+
+use std::os::fd::RawFd;
+
+use tokio::process::Command;
+
+/// Descriptors a jail inherits: `(source, target)` pairs, at most this many.
+pub const MAX_PASSED_FDS: usize = 2;
+
+/// Who a jail's first process runs as, and what it inherits.
+#[derive(Debug, Clone, Copy)]
+pub struct SpawnCredentials {
+    pub uid: u32,
+    pub gid: u32,
+    /// The executor's pid, to notice that it died before the death signal was armed.
+    pub parent: libc::pid_t,
+    /// Descriptors to place at fixed numbers for bwrap and jail-init.
+    pub fds: [(RawFd, RawFd); MAX_PASSED_FDS],
+}
+
+/// Arranges for `cmd`'s child to drop to the sandbox credentials, die with the
+/// executor and inherit exactly stdio plus `creds.fds`.
+pub fn harden_spawn(cmd: &mut Command, creds: SpawnCredentials) {
+    // SAFETY: the closure only makes raw syscalls through libc on values it owns by
+    // copy; it allocates nothing and takes no lock, so it is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || child_steps(&creds).map_err(|()| std::io::Error::last_os_error()));
+    }
+}
+
+/// The child's steps between fork and exec, in the only order that works.
+fn child_steps(creds: &SpawnCredentials) -> Result<(), ()> {
+    let check = |rc: libc::c_int| if rc < 0 { Err(()) } else { Ok(()) };
+    // SAFETY (whole block): plain syscalls on integers; see each step for why.
+    unsafe {
+        // 1. Park the passed descriptors above any target number first, so that
+        //    placing one cannot clobber another still waiting to be placed.
+        let mut parked = [-1; MAX_PASSED_FDS];
+        for (slot, (src, _)) in parked.iter_mut().zip(creds.fds) {
+            *slot = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, 100);
+            check(*slot)?;
+        }
+        // 2. dup2 clears close-on-exec on the copy: these, and stdio, are all bwrap gets.
+        for (fd, (_, target)) in parked.into_iter().zip(creds.fds) {
+            check(libc::dup2(fd, target))?;
+        }
+        // 3. Everything above the passed range closes at exec, whoever opened it and
+        //    however (CLOSE_RANGE_CLOEXEC, Linux 5.11; older kernels rely on O_CLOEXEC,
+        //    which std and tokio set on every descriptor they create).
+        let first_free = creds.fds.iter().map(|&(_, t)| t).max().unwrap_or(2) + 1;
+        libc::syscall(
+            libc::SYS_close_range,
+            first_free as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
+        // 4. Drop root for good: bwrap then builds the namespaces as an ordinary user,
+        //    so even a full escape from them lands as the sandbox uid, not as root.
+        //    Groups first, while we still may.
+        check(libc::setgroups(0, std::ptr::null()))?;
+        check(libc::setresgid(creds.gid, creds.gid, creds.gid))?;
+        check(libc::setresuid(creds.uid, creds.uid, creds.uid))?;
+        // 5. Die with the executor. Armed after setresuid because a credential change
+        //    clears the parent-death signal (prctl(2)). It fires when the *thread* that
+        //    forked exits; tokio spawns from runtime worker threads, which live as long
+        //    as the executor.
+        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0))?;
+        // 6. If the executor died before step 5, nobody would ever kill this jail.
+        if libc::getppid() != creds.parent {
+            return Err(());
+        }
+    }
+    Ok(())
+}
+
+/// Closes every descriptor from `first` up, in a process about to exec the job.
+pub fn close_fds_from(first: RawFd) {
+    // SAFETY: close_range only closes descriptors; jail-init holds no Rust object
+    // that owns one of them at this point (it is about to exec).
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            0,
+        );
+    }
+}
+
+/// Writes the one-byte "jail is set up" signal to `fd`, which the executor placed
+/// there; false when it cannot (the executor is gone, or `fd` is not open).
+pub fn write_ready_byte(fd: RawFd) -> bool {
+    // SAFETY: write(2) on a plain integer descriptor from a valid one-byte buffer;
+    // a closed or foreign descriptor makes it fail, not misbehave.
+    unsafe { libc::write(fd, b"R".as_ptr().cast(), 1) == 1 }
+}
