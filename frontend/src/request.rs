@@ -1,0 +1,423 @@
+//! The body of `POST /execute`, parsed into a typed request.
+//!
+//! Parsing goes through `serde_json::Value` rather than a derived `Deserialize` so
+//! that each rule yields the contract's exact message naming the key the client used,
+//! the seed's aliases keep working, and `null` counts as absent.
+
+use std::time::Duration;
+
+use axum::body::{Body, HttpBody};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use pysandbox_shared::MAX_TIMEOUT_MS;
+use serde_json::{Map, Value};
+use tracing::debug;
+use url::Url;
+
+use crate::error::ApiError;
+
+/// Reads a whole request body, at most `limit` bytes, within `deadline`.
+///
+/// A declared `Content-Length` over the limit is refused before anything is read,
+/// and a chunked body is refused as soon as it passes the limit, so an oversized
+/// body is never buffered. The deadline covers the whole body, so a client that
+/// trickles bytes cannot hold a connection (and its memory) for long.
+pub async fn read_body(body: Body, limit: u64, deadline: Duration) -> Result<Bytes, ApiError> {
+    if body.size_hint().lower() > limit {
+        return Err(ApiError::BodyTooLarge { limit });
+    }
+    tokio::time::timeout(deadline, collect(body, limit))
+        .await
+        .map_err(|_| ApiError::BodyTimeout)?
+}
+
+async fn collect(body: Body, limit: u64) -> Result<Bytes, ApiError> {
+    let mut stream = body.into_data_stream();
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            debug!("reading the request body failed: {e}");
+            ApiError::BodyUnreadable
+        })?;
+        if (buf.len() + chunk.len()) as u64 > limit {
+            return Err(ApiError::BodyTooLarge { limit });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// A validated `POST /execute` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecuteRequest {
+    /// Python source; never empty.
+    pub code: String,
+    /// Wall-clock limit asked for, in milliseconds (1 to [`MAX_TIMEOUT_MS`]).
+    pub timeout_ms: Option<u32>,
+    /// What the job reads on standard input; `None` means EOF at once.
+    pub stdin: Option<String>,
+    /// Where produced files are to be POSTed; uploads use it next.
+    pub file_upload_url: Option<Url>,
+    /// Bearer token for the upload endpoint; uploads use it next.
+    pub upload_token: Option<String>,
+    /// Passed to the upload endpoint as `?public=`; uploads use it next.
+    pub public: Option<bool>,
+}
+
+impl ExecuteRequest {
+    /// Parses a request body; the checks run in the contract's order, so the first
+    /// failing rule is the one reported.
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let value: Value = serde_json::from_slice(body).map_err(|_| ApiError::InvalidJson)?;
+        let Value::Object(fields) = value else {
+            return Err(ApiError::NotAnObject);
+        };
+        let fields = Fields(&fields);
+
+        let code = match fields.get(&["code"]) {
+            None => return Err(invalid("code", "is required")),
+            Some((_, Value::String(code))) if code.is_empty() => {
+                return Err(invalid("code", "must not be empty"))
+            }
+            Some((_, Value::String(code))) => code.clone(),
+            Some((key, _)) => return Err(invalid(key, "must be a string")),
+        };
+        let timeout_ms = fields
+            .get(&["timeoutMs"])
+            .map(|(key, v)| {
+                timeout(v).ok_or_else(|| invalid(key, "must be an integer from 1 to 120000"))
+            })
+            .transpose()?;
+        let file_upload_url = fields
+            .get(&["fileUploadUrl", "file_upload_url"])
+            .map(|(key, v)| http_url(v).ok_or_else(|| invalid(key, "must be an http or https URL")))
+            .transpose()?;
+        let upload_token = fields
+            .get(&["uploadToken", "api_token"])
+            .map(|(key, v)| string(v).ok_or_else(|| invalid(key, "must be a string")))
+            .transpose()?;
+        let public = fields
+            .get(&["public"])
+            .map(|(key, v)| boolean(v).ok_or_else(|| invalid(key, "must be a boolean")))
+            .transpose()?;
+        let stdin = fields
+            .get(&["stdin"])
+            .map(|(key, v)| string(v).ok_or_else(|| invalid(key, "must be a string")))
+            .transpose()?;
+
+        Ok(ExecuteRequest {
+            code,
+            timeout_ms,
+            stdin,
+            file_upload_url,
+            upload_token,
+            public,
+        })
+    }
+}
+
+/// The body's top-level object.
+struct Fields<'a>(&'a Map<String, Value>);
+
+impl<'a> Fields<'a> {
+    /// The first of `keys` (the API name, then its seed aliases) that is present and
+    /// not `null`, with the key it was found under.
+    fn get(&self, keys: &[&'static str]) -> Option<(&'static str, &'a Value)> {
+        keys.iter().find_map(|&key| match self.0.get(key) {
+            None | Some(Value::Null) => None,
+            Some(value) => Some((key, value)),
+        })
+    }
+}
+
+fn invalid(field: &str, reason: &str) -> ApiError {
+    ApiError::InvalidField {
+        field: field.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+/// An integer number of milliseconds in range. A float with no fractional part
+/// (`1000.0`, `1e3`) is the same number in JSON and in the JavaScript seed, so it
+/// counts as an integer; strings do not.
+fn timeout(value: &Value) -> Option<u32> {
+    let Value::Number(n) = value else {
+        return None;
+    };
+    let ms = match n.as_u64() {
+        Some(ms) => ms,
+        None => {
+            let f = n.as_f64()?;
+            // The range check comes first, so the cast below is exact.
+            if !(1.0..=f64::from(MAX_TIMEOUT_MS)).contains(&f) || f.fract() != 0.0 {
+                return None;
+            }
+            f as u64
+        }
+    };
+    u32::try_from(ms)
+        .ok()
+        .filter(|ms| (1..=MAX_TIMEOUT_MS).contains(ms))
+}
+
+fn http_url(value: &Value) -> Option<Url> {
+    let url = Url::parse(value.as_str()?).ok()?;
+    (matches!(url.scheme(), "http" | "https") && url.has_host()).then_some(url)
+}
+
+fn string(value: &Value) -> Option<String> {
+    value.as_str().map(str::to_owned)
+}
+
+/// A JSON boolean, or the seed's string forms `"true"` and `"false"`.
+fn boolean(value: &Value) -> Option<bool> {
+    match value {
+        Value::Bool(b) => Some(*b),
+        Value::String(s) if s == "true" => Some(true),
+        Value::String(s) if s == "false" => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &str) -> Result<ExecuteRequest, ApiError> {
+        ExecuteRequest::parse(body.as_bytes())
+    }
+
+    fn field_error(body: &str) -> (String, String) {
+        match parse(body) {
+            Err(ApiError::InvalidField { field, reason }) => (field, reason),
+            other => panic!("{body}: expected a field error, got {other:?}"),
+        }
+    }
+
+    fn minimal(code: &str) -> ExecuteRequest {
+        ExecuteRequest {
+            code: code.into(),
+            timeout_ms: None,
+            stdin: None,
+            file_upload_url: None,
+            upload_token: None,
+            public: None,
+        }
+    }
+
+    #[test]
+    fn minimal_request() {
+        assert_eq!(
+            parse(r#"{"code":"print(2 + 2)"}"#),
+            Ok(minimal("print(2 + 2)"))
+        );
+    }
+
+    #[test]
+    fn full_request() {
+        let got = parse(
+            r#"{"code":"x","timeoutMs":1000,"stdin":"in","fileUploadUrl":"https://up.example/f",
+                "uploadToken":"t","public":true}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            ExecuteRequest {
+                code: "x".into(),
+                timeout_ms: Some(1000),
+                stdin: Some("in".into()),
+                file_upload_url: Some(Url::parse("https://up.example/f").unwrap()),
+                upload_token: Some("t".into()),
+                public: Some(true),
+            }
+        );
+    }
+
+    #[test]
+    fn body_must_be_a_json_object() {
+        for body in ["", "{", "code=1", "{\"code\":\"x\"} trailing", "\u{feff}{}"] {
+            assert_eq!(parse(body), Err(ApiError::InvalidJson), "{body:?}");
+        }
+        for body in ["[]", "\"code\"", "1", "null", "true", "[{\"code\":\"x\"}]"] {
+            assert_eq!(parse(body), Err(ApiError::NotAnObject), "{body:?}");
+        }
+    }
+
+    #[test]
+    fn code_rules() {
+        let cases = [
+            (r#"{}"#, "is required"),
+            (r#"{"code":null}"#, "is required"),
+            (r#"{"code":""}"#, "must not be empty"),
+            (r#"{"code":1}"#, "must be a string"),
+            (r#"{"code":["print(1)"]}"#, "must be a string"),
+            (r#"{"code":false}"#, "must be a string"),
+        ];
+        for (body, reason) in cases {
+            assert_eq!(field_error(body), ("code".into(), reason.into()), "{body}");
+        }
+    }
+
+    #[test]
+    fn code_is_checked_before_other_fields() {
+        assert_eq!(field_error(r#"{"timeoutMs":0}"#).0, "code");
+    }
+
+    #[test]
+    fn timeout_rules() {
+        for bad in [
+            "1.5",
+            "\"100\"",
+            "0",
+            "120001",
+            "-1",
+            "true",
+            "{}",
+            "1e10",
+            "18446744073709551616",
+        ] {
+            let body = format!(r#"{{"code":"x","timeoutMs":{bad}}}"#);
+            assert_eq!(
+                field_error(&body),
+                (
+                    "timeoutMs".into(),
+                    "must be an integer from 1 to 120000".into()
+                ),
+                "{bad}"
+            );
+        }
+        for (good, ms) in [
+            ("1", 1),
+            ("120000", 120_000),
+            ("1000.0", 1000),
+            ("1e3", 1000),
+        ] {
+            let body = format!(r#"{{"code":"x","timeoutMs":{good}}}"#);
+            assert_eq!(parse(&body).unwrap().timeout_ms, Some(ms), "{good}");
+        }
+        assert_eq!(
+            parse(r#"{"code":"x","timeoutMs":null}"#)
+                .unwrap()
+                .timeout_ms,
+            None
+        );
+    }
+
+    #[test]
+    fn upload_url_rules() {
+        for bad in [
+            "\"ftp://example.com/\"",
+            "\"example.com/upload\"",
+            "\"/upload\"",
+            "\"\"",
+            "\"http://\"",
+            "\"file:///etc/passwd\"",
+            "\"javascript:alert(1)\"",
+            "42",
+        ] {
+            for key in ["fileUploadUrl", "file_upload_url"] {
+                let body = format!(r#"{{"code":"x","{key}":{bad}}}"#);
+                assert_eq!(
+                    field_error(&body),
+                    (key.into(), "must be an http or https URL".into()),
+                    "{body}"
+                );
+            }
+        }
+        let url = |body: &str| parse(body).unwrap().file_upload_url.map(String::from);
+        assert_eq!(
+            url(r#"{"code":"x","file_upload_url":"http://h:8080/u?a=b"}"#).as_deref(),
+            Some("http://h:8080/u?a=b")
+        );
+        assert_eq!(
+            url(r#"{"code":"x","fileUploadUrl":"HTTPS://H/u"}"#).as_deref(),
+            Some("https://h/u")
+        );
+    }
+
+    #[test]
+    fn upload_token_rules() {
+        for key in ["uploadToken", "api_token"] {
+            let body = format!(r#"{{"code":"x","{key}":7}}"#);
+            assert_eq!(field_error(&body), (key.into(), "must be a string".into()));
+            let body = format!(r#"{{"code":"x","{key}":"tok"}}"#);
+            assert_eq!(parse(&body).unwrap().upload_token.as_deref(), Some("tok"));
+        }
+    }
+
+    #[test]
+    fn public_rules() {
+        for (value, want) in [
+            ("true", true),
+            ("false", false),
+            ("\"true\"", true),
+            ("\"false\"", false),
+        ] {
+            let body = format!(r#"{{"code":"x","public":{value}}}"#);
+            assert_eq!(parse(&body).unwrap().public, Some(want), "{value}");
+        }
+        for bad in ["\"TRUE\"", "\"yes\"", "1", "0", "\"\"", "[]"] {
+            let body = format!(r#"{{"code":"x","public":{bad}}}"#);
+            assert_eq!(
+                field_error(&body),
+                ("public".into(), "must be a boolean".into()),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn stdin_rules() {
+        assert_eq!(
+            field_error(r#"{"code":"x","stdin":["a"]}"#),
+            ("stdin".into(), "must be a string".into())
+        );
+        assert_eq!(
+            parse(r#"{"code":"x","stdin":""}"#)
+                .unwrap()
+                .stdin
+                .as_deref(),
+            Some("")
+        );
+        assert_eq!(parse(r#"{"code":"x","stdin":null}"#).unwrap().stdin, None);
+    }
+
+    #[test]
+    fn null_counts_as_absent() {
+        let body = r#"{"code":"x","timeoutMs":null,"stdin":null,"fileUploadUrl":null,
+                       "uploadToken":null,"public":null,"file_upload_url":null,"api_token":null}"#;
+        assert_eq!(parse(body), Ok(minimal("x")));
+    }
+
+    #[test]
+    fn camel_case_wins_over_its_alias() {
+        let got = parse(
+            r#"{"code":"x","fileUploadUrl":"https://a/","file_upload_url":"not a url",
+                "uploadToken":"camel","api_token":5}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            got.file_upload_url.map(String::from).as_deref(),
+            Some("https://a/")
+        );
+        assert_eq!(got.upload_token.as_deref(), Some("camel"));
+    }
+
+    #[test]
+    fn a_null_camel_case_key_falls_back_to_the_alias() {
+        let got = parse(r#"{"code":"x","uploadToken":null,"api_token":"alias"}"#).unwrap();
+        assert_eq!(got.upload_token.as_deref(), Some("alias"));
+        assert_eq!(
+            field_error(r#"{"code":"x","fileUploadUrl":null,"file_upload_url":1}"#).0,
+            "file_upload_url"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        assert_eq!(
+            parse(r#"{"code":"x","language":"python","extra":{"a":[1]}}"#),
+            Ok(minimal("x"))
+        );
+    }
+}

@@ -1,0 +1,127 @@
+//! The `200` body of `POST /execute`: the seed's fields first, under their seed
+//! names and types, then the fields this service adds.
+
+use pysandbox_shared::JobResult;
+use serde::Serialize;
+
+/// What a job that ran produced. Fields serialize in declaration order, which is
+/// the order the contract lists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecuteResponse {
+    /// The interpreter's exit status; `null` when a signal ended it.
+    pub exit_code: Option<i32>,
+    /// The signal that ended it, e.g. `"SIGKILL"`.
+    pub signal: Option<String>,
+    /// What the job printed on standard output (the kept head).
+    pub stdout: String,
+    /// Standard error, with a `[sandbox] …` line per limit hit.
+    pub stderr: String,
+    /// One entry per produced file that was uploaded.
+    pub uploads: Vec<Upload>,
+    /// Whether the wall-clock limit ended the job.
+    pub timed_out: bool,
+    /// Wall-clock time of the job.
+    pub duration_ms: u64,
+    /// Whether standard output was cut at the cap.
+    pub stdout_truncated: bool,
+    /// Whether standard error was cut at the cap.
+    pub stderr_truncated: bool,
+}
+
+/// The outcome of uploading one produced file. Uploads are not implemented yet, so
+/// `uploads` is always empty; the type fixes the seed's entry shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Upload {
+    /// The file's path relative to the job's work dir.
+    pub filename: String,
+    /// Where the upload service put it, when it said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The upload endpoint's HTTP status, as the seed reports it; 0 when none came.
+    pub status: u16,
+    /// Why the upload failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl From<JobResult> for ExecuteResponse {
+    fn from(result: JobResult) -> Self {
+        ExecuteResponse {
+            exit_code: result.exit_code,
+            signal: result.signal,
+            stdout: result.stdout,
+            stderr: result.stderr,
+            uploads: Vec::new(),
+            timed_out: result.timed_out,
+            duration_ms: result.duration_ms,
+            stdout_truncated: result.stdout_truncated,
+            stderr_truncated: result.stderr_truncated,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_camel_case_in_contract_order() {
+        let response = ExecuteResponse::from(JobResult {
+            exit_code: Some(0),
+            signal: None,
+            stdout: "4\n".into(),
+            stderr: String::new(),
+            stdout_truncated: false,
+            stderr_truncated: true,
+            timed_out: false,
+            duration_ms: 12,
+        });
+        assert_eq!(
+            serde_json::to_string(&response).unwrap(),
+            r#"{"exitCode":0,"signal":null,"stdout":"4\n","stderr":"","uploads":[],"timedOut":false,"durationMs":12,"stdoutTruncated":false,"stderrTruncated":true}"#
+        );
+    }
+
+    #[test]
+    fn a_killed_job_has_a_null_exit_code_and_a_signal() {
+        let response = ExecuteResponse::from(JobResult {
+            exit_code: None,
+            signal: Some("SIGKILL".into()),
+            stdout: String::new(),
+            stderr: "[sandbox] killed: wall-clock timeout of 1000 ms exceeded\n".into(),
+            stdout_truncated: false,
+            stderr_truncated: false,
+            timed_out: true,
+            duration_ms: 1003,
+        });
+        assert_eq!(
+            serde_json::to_string(&response).unwrap(),
+            r#"{"exitCode":null,"signal":"SIGKILL","stdout":"","stderr":"[sandbox] killed: wall-clock timeout of 1000 ms exceeded\n","uploads":[],"timedOut":true,"durationMs":1003,"stdoutTruncated":false,"stderrTruncated":false}"#
+        );
+    }
+
+    #[test]
+    fn upload_entries_omit_absent_fields() {
+        let ok = Upload {
+            filename: "out/plot.png".into(),
+            url: Some("https://files.example/plot.png".into()),
+            status: 200,
+            error: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&ok).unwrap(),
+            r#"{"filename":"out/plot.png","url":"https://files.example/plot.png","status":200}"#
+        );
+        let failed = Upload {
+            filename: "a.csv".into(),
+            url: None,
+            status: 0,
+            error: Some("upload timed out".into()),
+        };
+        assert_eq!(
+            serde_json::to_string(&failed).unwrap(),
+            r#"{"filename":"a.csv","status":0,"error":"upload timed out"}"#
+        );
+    }
+}
