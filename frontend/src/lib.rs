@@ -7,9 +7,53 @@
 
 pub mod admission;
 pub mod auth;
+pub mod config;
 pub mod error;
+pub mod executor_client;
 pub mod request;
 pub mod response;
+pub mod routes;
+pub mod server;
+
+use std::io;
+
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::info;
 
 pub use auth::AuthToken;
+pub use config::Config;
 pub use error::ApiError;
+
+/// Listens as configured and serves until SIGTERM or SIGINT, then shuts down
+/// gracefully.
+pub async fn run(config: Config, token: AuthToken) -> io::Result<()> {
+    // Installed before binding, so a failure shows before the service looks ready.
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = sigterm.recv() => info!("SIGTERM received"),
+            _ = sigint.recv() => info!("SIGINT received"),
+        }
+    };
+
+    let listener = TcpListener::bind((config.host.as_str(), config.port))
+        .await
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot listen on {}:{}: {e}", config.host, config.port),
+            )
+        })?;
+    info!("listening on {}", listener.local_addr()?);
+
+    let limits = server::ServerLimits {
+        max_connections: config.max_connections.get(),
+        header_timeout: config.header_timeout(),
+        shutdown_grace: config.shutdown_grace(),
+    };
+    let app = routes::router(routes::AppState::new(&config, token));
+    server::serve(listener, app, limits, shutdown).await;
+    Ok(())
+}

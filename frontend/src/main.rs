@@ -1,1 +1,38 @@
-fn main() {}
+//! `pysandbox-frontend`: parses the configuration, sets up logging and runs the service.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use pysandbox_frontend::Config;
+use tracing_subscriber::EnvFilter;
+
+/// Exit status for a configuration the service refuses to start with (as clap uses).
+const EXIT_USAGE: u8 = 2;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = Config::parse();
+    let Some(token) = config.token() else {
+        eprintln!(
+            "AUTH_TOKEN is required (set the AUTH_TOKEN environment variable or pass \
+             --auth-token); refusing to start without it"
+        );
+        return ExitCode::from(EXIT_USAGE);
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in journald or test logs.
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    match pysandbox_frontend::run(config, token).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

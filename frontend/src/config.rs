@@ -1,0 +1,218 @@
+//! Command line and environment. Every option has a flag and an environment
+//! variable; the flag wins. Names and defaults are fixed by the HTTP contract.
+
+use std::num::{NonZeroU64, NonZeroUsize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use pysandbox_shared::MAX_TIMEOUT_MS;
+
+use crate::auth::AuthToken;
+
+/// Settings of `pysandbox-frontend`.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "pysandbox-frontend",
+    version,
+    about = "HTTP front of pysandbox"
+)]
+pub struct Config {
+    /// Bearer token clients must send (required; never logged).
+    #[arg(long, env = "AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<AuthToken>,
+
+    /// TCP port to listen on; 0 picks a free one.
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    pub port: u16,
+
+    /// Address (or host name) to listen on.
+    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    pub host: String,
+
+    /// Unix socket of pysandbox-executor.
+    #[arg(
+        long,
+        env = "PYSANDBOX_EXECUTOR_SOCKET",
+        default_value = "/run/pysandbox/executor.sock"
+    )]
+    pub executor_socket: PathBuf,
+
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value = "1048576")]
+    pub max_body_bytes: NonZeroU64,
+
+    /// Jobs at the executor at once.
+    #[arg(long, env = "MAX_INFLIGHT", default_value = "8")]
+    pub max_inflight: NonZeroUsize,
+
+    /// Requests that may wait for a job slot; beyond that the answer is 429.
+    #[arg(long, env = "MAX_QUEUE", default_value_t = 32)]
+    pub max_queue: usize,
+
+    /// Wall-clock limit of a job whose request sets none, in milliseconds.
+    #[arg(
+        long,
+        env = "DEFAULT_TIMEOUT_MS",
+        default_value_t = 30_000,
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_TIMEOUT_MS))
+    )]
+    pub default_timeout_ms: u32,
+
+    /// Open client connections at once; more wait in the listen backlog.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value = "1024")]
+    pub max_connections: NonZeroUsize,
+
+    /// Time a client has to send a request's headers, in milliseconds.
+    #[arg(long, env = "HEADER_TIMEOUT_MS", default_value = "10000")]
+    pub header_timeout_ms: NonZeroU64,
+
+    /// Time a client has to send a request's body, in milliseconds.
+    #[arg(long, env = "BODY_TIMEOUT_MS", default_value = "30000")]
+    pub body_timeout_ms: NonZeroU64,
+
+    /// On SIGTERM/SIGINT, how long requests in flight may still run, in milliseconds.
+    #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 130_000)]
+    pub shutdown_grace_ms: u64,
+}
+
+impl Config {
+    /// The configured token, unless it is missing or empty (the service must not
+    /// start then).
+    pub fn token(&self) -> Option<AuthToken> {
+        self.auth_token.clone().filter(|t| !t.is_empty())
+    }
+
+    /// `HEADER_TIMEOUT_MS` as a duration.
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_timeout_ms.get())
+    }
+
+    /// `BODY_TIMEOUT_MS` as a duration.
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_timeout_ms.get())
+    }
+
+    /// `SHUTDOWN_GRACE_MS` as a duration.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_is_well_formed() {
+        Config::command().debug_assert();
+    }
+
+    /// Checks names and defaults on the command definition itself, so the test does
+    /// not depend on (or change) the environment it runs in.
+    #[test]
+    fn env_names_flags_and_defaults_match_the_contract() {
+        let expected = [
+            ("auth_token", "AUTH_TOKEN", None),
+            ("port", "PORT", Some("8080")),
+            ("host", "HOST", Some("0.0.0.0")),
+            (
+                "executor_socket",
+                "PYSANDBOX_EXECUTOR_SOCKET",
+                Some("/run/pysandbox/executor.sock"),
+            ),
+            ("max_body_bytes", "MAX_BODY_BYTES", Some("1048576")),
+            ("max_inflight", "MAX_INFLIGHT", Some("8")),
+            ("max_queue", "MAX_QUEUE", Some("32")),
+            ("default_timeout_ms", "DEFAULT_TIMEOUT_MS", Some("30000")),
+            ("max_connections", "MAX_CONNECTIONS", Some("1024")),
+            ("header_timeout_ms", "HEADER_TIMEOUT_MS", Some("10000")),
+            ("body_timeout_ms", "BODY_TIMEOUT_MS", Some("30000")),
+            ("shutdown_grace_ms", "SHUTDOWN_GRACE_MS", Some("130000")),
+        ];
+        let command = Config::command();
+        assert_eq!(command.get_arguments().count(), expected.len());
+        for (id, env, default) in expected {
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_id() == id)
+                .unwrap_or_else(|| panic!("no option {id}"));
+            assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(env), "{id}");
+            let flag = id.replace('_', "-");
+            assert_eq!(arg.get_long(), Some(flag.as_str()), "{id}");
+            let defaults: Vec<_> = arg
+                .get_default_values()
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect();
+            assert_eq!(defaults, default.into_iter().collect::<Vec<_>>(), "{id}");
+        }
+    }
+
+    #[test]
+    fn flags_parse_into_typed_values() {
+        let config = Config::try_parse_from([
+            "pysandbox-frontend",
+            "--auth-token",
+            "t",
+            "--port",
+            "0",
+            "--host",
+            "127.0.0.1",
+            "--executor-socket",
+            "/tmp/x.sock",
+            "--max-body-bytes",
+            "10",
+            "--max-inflight",
+            "2",
+            "--max-queue",
+            "0",
+            "--default-timeout-ms",
+            "120000",
+            "--max-connections",
+            "3",
+            "--header-timeout-ms",
+            "4",
+            "--body-timeout-ms",
+            "5",
+            "--shutdown-grace-ms",
+            "0",
+        ])
+        .unwrap();
+        assert!(config.token().is_some());
+        assert_eq!(config.port, 0);
+        assert_eq!(config.host, "127.0.0.1");
+        assert_eq!(config.executor_socket, PathBuf::from("/tmp/x.sock"));
+        assert_eq!(config.max_body_bytes.get(), 10);
+        assert_eq!(config.max_inflight.get(), 2);
+        assert_eq!(config.max_queue, 0);
+        assert_eq!(config.default_timeout_ms, 120_000);
+        assert_eq!(config.max_connections.get(), 3);
+        assert_eq!(config.header_timeout(), Duration::from_millis(4));
+        assert_eq!(config.body_timeout(), Duration::from_millis(5));
+        assert_eq!(config.shutdown_grace(), Duration::ZERO);
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused() {
+        for (flag, value) in [
+            ("--default-timeout-ms", "0"),
+            ("--default-timeout-ms", "120001"),
+            ("--max-inflight", "0"),
+            ("--max-connections", "0"),
+            ("--max-body-bytes", "0"),
+            ("--body-timeout-ms", "0"),
+            ("--port", "65536"),
+        ] {
+            let parsed = Config::try_parse_from(["pysandbox-frontend", flag, value]);
+            assert!(parsed.is_err(), "{flag} {value}");
+        }
+    }
+
+    #[test]
+    fn an_empty_token_counts_as_missing() {
+        let config = Config::try_parse_from(["pysandbox-frontend", "--auth-token", ""]).unwrap();
+        assert!(config.token().is_none());
+    }
+}

@@ -1,0 +1,392 @@
+//! The HTTP surface: `POST /execute`, `GET /health`, JSON 404/405 for the rest, and
+//! per-request ids and logging around all of them.
+
+use std::fmt;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use pysandbox_shared::JobSpec;
+use serde::Serialize;
+use tracing::{info, info_span, Instrument, Span};
+
+use crate::admission::Admission;
+use crate::auth::AuthToken;
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::executor_client::ExecutorClient;
+use crate::request::{read_body, ExecuteRequest};
+use crate::response::ExecuteResponse;
+
+/// The response header carrying the request id.
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    token: AuthToken,
+    max_body_bytes: u64,
+    body_timeout: Duration,
+    default_timeout_ms: u32,
+    admission: Admission,
+    executor: ExecutorClient,
+}
+
+impl AppState {
+    /// State for a service configured by `config`, checking clients against `token`.
+    pub fn new(config: &Config, token: AuthToken) -> Self {
+        AppState {
+            inner: Arc::new(Inner {
+                token,
+                max_body_bytes: config.max_body_bytes.get(),
+                body_timeout: config.body_timeout(),
+                default_timeout_ms: config.default_timeout_ms,
+                admission: Admission::new(config.max_inflight.get(), config.max_queue),
+                executor: ExecutorClient::new(config.executor_socket.clone()),
+            }),
+        }
+    }
+}
+
+/// The service's routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/execute", post(execute))
+        .route("/health", get(health))
+        // Applies to the routes above, so it must come after them.
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .fallback(|| async { ApiError::NotFound })
+        // Last, so that it wraps the fallbacks too: every response gets an id.
+        .layer(middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+async fn execute(
+    State(app): State<AppState>,
+    request: Request,
+) -> Result<Json<ExecuteResponse>, ApiError> {
+    let app = &app.inner;
+    let (parts, body) = request.into_parts();
+    // The contract's order: auth, body size, JSON, admission, executor.
+    app.token.check(parts.headers.get(header::AUTHORIZATION))?;
+    let body = read_body(body, app.max_body_bytes, app.body_timeout).await?;
+    let job = ExecuteRequest::parse(&body)?;
+    drop(body);
+
+    let _slot = app.admission.enter()?.slot().await?;
+    let request_id = parts
+        .extensions
+        .get::<RequestId>()
+        .cloned()
+        .unwrap_or_else(RequestId::generate);
+    let spec = JobSpec {
+        request_id: request_id.0,
+        code: job.code,
+        stdin: job.stdin,
+        // Never unbounded: the default applies when the request sets no limit.
+        timeout_ms: Some(job.timeout_ms.unwrap_or(app.default_timeout_ms)),
+    };
+    let result = app.executor.run(spec).await?;
+    Ok(Json(result.into()))
+}
+
+/// The `/health` body; the counts only when the executor is up.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Health {
+    ok: bool,
+    executor: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    running_jobs: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_jobs: Option<u32>,
+}
+
+async fn health(State(app): State<AppState>) -> Json<Health> {
+    let status = app.inner.executor.status().await;
+    Json(Health {
+        ok: true,
+        executor: if status.is_some() { "up" } else { "down" },
+        running_jobs: status.as_ref().map(|s| s.running_jobs),
+        max_jobs: status.as_ref().map(|s| s.max_jobs),
+    })
+}
+
+/// Identifies one request in the logs of both daemons and in `x-request-id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(String);
+
+impl RequestId {
+    /// A fresh id: 16 hex digits, unpredictable and unique within this process.
+    ///
+    /// SipHash under a random key (std's `RandomState`) of a counter: a keyed
+    /// permutation-like mix that needs no extra dependency and never repeats a
+    /// counter value's input.
+    pub fn generate() -> Self {
+        static KEY: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let hash = KEY.get_or_init(Default::default).hash_one(n);
+        RequestId(format!("{hash:016x}"))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Gives the request an id (extension, span, response header) and logs one line
+/// when it ends.
+async fn log_request(mut request: Request, next: Next) -> Response {
+    let id = RequestId::generate();
+    let span = info_span!("request", id = %id);
+    let mut log = RequestLog {
+        span: span.clone(),
+        method: request.method().clone(),
+        path: request.uri().path().to_owned(),
+        started: Instant::now(),
+        status: None,
+    };
+    let header = HeaderValue::from_str(id.as_str());
+    request.extensions_mut().insert(id);
+    let mut response = next.run(request).instrument(span).await;
+    if let Ok(value) = header {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    log.status = Some(response.status());
+    response
+}
+
+/// Writes the request's log line when dropped: after the handler answered, or when
+/// hyper dropped the handler because the client went away.
+struct RequestLog {
+    span: Span,
+    method: Method,
+    path: String,
+    started: Instant,
+    status: Option<StatusCode>,
+}
+
+impl Drop for RequestLog {
+    fn drop(&mut self) {
+        let _entered = self.span.enter();
+        let duration_ms = self.started.elapsed().as_millis();
+        match self.status {
+            Some(status) => info!(
+                method = %self.method,
+                path = %self.path,
+                status = status.as_u16(),
+                duration_ms,
+                "request done"
+            ),
+            None => info!(
+                method = %self.method,
+                path = %self.path,
+                duration_ms,
+                "client went away before the answer; request dropped"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use clap::Parser;
+    use serde_json::{json, Value};
+    use std::collections::HashSet;
+    use tower::ServiceExt;
+
+    /// State whose executor socket does not exist: requests that get past
+    /// admission end in 503.
+    fn state(flags: &[&str]) -> AppState {
+        let mut args = vec![
+            "pysandbox-frontend",
+            "--auth-token",
+            "tok",
+            "--executor-socket",
+            "/nonexistent/pysandbox-test.sock",
+            "--max-body-bytes",
+            "64",
+        ];
+        args.extend_from_slice(flags);
+        let config = Config::try_parse_from(args).unwrap();
+        AppState::new(&config, config.token().unwrap())
+    }
+
+    async fn call(
+        state: &AppState,
+        method: &str,
+        path: &str,
+        auth: Option<&str>,
+        body: impl Into<Body>,
+    ) -> (u16, Value) {
+        let mut request = axum::http::Request::builder().method(method).uri(path);
+        if let Some(auth) = auth {
+            request = request.header(header::AUTHORIZATION, auth);
+        }
+        let request = request
+            .header(header::CONTENT_TYPE, "text/plain")
+            .body(body.into())
+            .unwrap();
+        let response = router(state.clone()).oneshot(request).await.unwrap();
+        let id = response
+            .headers()
+            .get(REQUEST_ID_HEADER)
+            .expect("x-request-id");
+        assert_eq!(id.len(), 16);
+        let status = response.status().as_u16();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    const BIG: &str = "{\"code\":\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}";
+
+    #[tokio::test]
+    async fn auth_comes_before_the_body() {
+        let state = state(&[]);
+        let (status, body) = call(&state, "POST", "/execute", None, BIG).await;
+        assert_eq!(status, 401);
+        assert_eq!(
+            body,
+            json!({"error": "missing or malformed Authorization header (expected: Bearer <token>)"})
+        );
+        let (status, body) = call(&state, "POST", "/execute", Some("Bearer nope"), "nope").await;
+        assert_eq!((status, body), (403, json!({"error": "invalid token"})));
+    }
+
+    #[tokio::test]
+    async fn size_comes_before_json() {
+        let state = state(&[]);
+        let expected = (
+            413,
+            json!({"error": "request body is larger than 64 bytes"}),
+        );
+        let (status, body) = call(&state, "POST", "/execute", Some("Bearer tok"), BIG).await;
+        assert_eq!((status, body), expected);
+        // Without a declared length, the limit applies while the body streams in.
+        let chunks = futures::stream::iter(
+            ["{\"code\":\"", &"x".repeat(40), &"x".repeat(40), "\"}"]
+                .map(|s| Ok::<_, std::io::Error>(bytes::Bytes::from(s.to_owned()))),
+        );
+        let (status, body) = call(
+            &state,
+            "POST",
+            "/execute",
+            Some("Bearer tok"),
+            Body::from_stream(chunks),
+        )
+        .await;
+        assert_eq!((status, body), expected);
+    }
+
+    #[tokio::test]
+    async fn json_comes_before_admission_and_admission_before_the_executor() {
+        let state = state(&["--max-inflight", "1", "--max-queue", "0"]);
+        let auth = Some("Bearer tok");
+        let (status, body) = call(&state, "POST", "/execute", auth, "{not json").await;
+        assert_eq!(
+            (status, body),
+            (400, json!({"error": "request body is not valid JSON"}))
+        );
+
+        let held = state.inner.admission.enter().unwrap();
+        let (status, body) = call(&state, "POST", "/execute", auth, r#"{"code":""}"#).await;
+        assert_eq!(
+            (status, body),
+            (
+                400,
+                json!({"error": "code: must not be empty", "field": "code"})
+            )
+        );
+        let (status, body) = call(&state, "POST", "/execute", auth, r#"{"code":"1"}"#).await;
+        assert_eq!(
+            (status, body),
+            (
+                429,
+                json!({"error": "too many jobs in flight; retry later"})
+            )
+        );
+
+        drop(held);
+        let (status, body) = call(&state, "POST", "/execute", auth, r#"{"code":"1"}"#).await;
+        assert_eq!(
+            (status, body),
+            (503, json!({"error": "executor unavailable"}))
+        );
+        assert_eq!(state.inner.admission.in_service(), 0);
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_and_methods_are_json() {
+        let state = state(&[]);
+        let auth = Some("Bearer tok");
+        for (method, path) in [
+            ("GET", "/"),
+            ("POST", "/nope"),
+            ("GET", "/execute/x"),
+            ("POST", "/health/"),
+        ] {
+            let (status, body) = call(&state, method, path, auth, "").await;
+            assert_eq!(
+                (status, body),
+                (404, json!({"error": "not found"})),
+                "{method} {path}"
+            );
+        }
+        for (method, path) in [
+            ("GET", "/execute"),
+            ("PUT", "/execute"),
+            ("POST", "/health"),
+            ("DELETE", "/health"),
+        ] {
+            let (status, body) = call(&state, method, path, auth, "").await;
+            assert_eq!(
+                (status, body),
+                (405, json!({"error": "method not allowed"})),
+                "{method} {path}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn health_needs_no_auth() {
+        let (status, body) = call(&state(&[]), "GET", "/health", None, "").await;
+        assert_eq!(
+            (status, body),
+            (200, json!({"ok": true, "executor": "down"}))
+        );
+    }
+
+    #[test]
+    fn request_ids_are_16_hex_digits_and_distinct() {
+        let ids: HashSet<String> = (0..10_000).map(|_| RequestId::generate().0).collect();
+        assert_eq!(ids.len(), 10_000);
+        for id in &ids {
+            assert_eq!(id.len(), 16, "{id}");
+            assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+        }
+    }
+}
