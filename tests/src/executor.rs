@@ -1,0 +1,293 @@
+//! The executor daemon, started as root on a socket in a private temp directory.
+
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tempfile::TempDir;
+
+use crate::{binaries, Log, FRONTEND_GID, FRONTEND_UID};
+
+/// How long the executor may take to accept connections on its socket.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long [`Executor::stop`] waits after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+pub(crate) const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The `RUST_LOG` the daemons get: `PYSANDBOX_TEST_LOG` if set, else `info` (the
+/// frontend's `listening on` line is logged at info).
+pub(crate) fn log_filter() -> String {
+    std::env::var("PYSANDBOX_TEST_LOG").unwrap_or_else(|_| "info".to_owned())
+}
+
+/// Extra flags and environment for an [`Executor`].
+#[derive(Debug, Default, Clone)]
+pub struct ExecutorBuilder {
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+    config: Option<String>,
+    no_harness_flags: bool,
+}
+
+impl ExecutorBuilder {
+    /// Adds one command-line argument after the harness's own
+    /// (`--socket`, `--state-dir`, `--socket-group 65533`, `--allow-uid 65533`).
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
+        self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    /// Adds command-line arguments, see [`ExecutorBuilder::arg`].
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    /// Sets an environment variable of the executor process (its environment is
+    /// otherwise only `PATH`, `RUST_LOG` and `NO_COLOR`).
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.env
+            .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
+    }
+
+    /// Writes `toml` (with every `{dir}` replaced by the executor's temp dir, which
+    /// holds `executor.sock` and `state/`) to `{dir}/executor.toml` and passes
+    /// `--config` with it.
+    pub fn config_toml(mut self, toml: &str) -> Self {
+        self.config = Some(toml.to_owned());
+        self
+    }
+
+    /// Leaves out the harness's `--socket`, `--state-dir`, `--socket-group` and
+    /// `--allow-uid` flags, e.g. to check that a config file sets them; the
+    /// executor must still end up listening on `{dir}/executor.sock`.
+    pub fn without_harness_flags(mut self) -> Self {
+        self.no_harness_flags = true;
+        self
+    }
+
+    /// Starts the executor and waits until its socket accepts connections.
+    pub fn start(self) -> Executor {
+        let dir = tempfile::Builder::new()
+            .prefix("pysandbox-exec.")
+            .tempdir()
+            .expect("cannot create the executor's temp dir");
+        // Root's temp dirs are 0700: the frontend uid must reach the socket, and the
+        // sandbox uid the state dir.
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))
+            .expect("cannot chmod the executor's temp dir");
+        let socket = dir.path().join("executor.sock");
+        let state_dir = dir.path().join("state");
+        fs::create_dir(&state_dir).expect("cannot create the state dir");
+        fs::set_permissions(&state_dir, fs::Permissions::from_mode(0o755))
+            .expect("cannot chmod the state dir");
+        let mut executor = Executor {
+            child: None,
+            socket,
+            state_dir,
+            builder: self,
+            log: Log::default(),
+            starts: 0,
+            dir,
+        };
+        executor.spawn();
+        executor
+    }
+}
+
+/// A running `pysandbox-executor` (as root). Killed (SIGKILL) when dropped.
+#[derive(Debug)]
+pub struct Executor {
+    child: Option<Child>,
+    socket: PathBuf,
+    state_dir: PathBuf,
+    builder: ExecutorBuilder,
+    log: Log,
+    starts: u32,
+    // Last: removed after the process is gone.
+    dir: TempDir,
+}
+
+impl Executor {
+    /// Options for an executor to start.
+    pub fn builder() -> ExecutorBuilder {
+        ExecutorBuilder::default()
+    }
+
+    /// Starts an executor with `extra_args` after the harness's flags.
+    pub fn start(extra_args: &[&str]) -> Executor {
+        Executor::builder().args(extra_args).start()
+    }
+
+    /// The Unix socket it listens on.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Its `--state-dir`.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// The private temp directory holding the socket and the state dir (mode 0755).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// What it logged so far (all runs, if restarted).
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    /// Its pid while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the process is still alive (reaping it if it exited).
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut().map(Child::try_wait) {
+            Some(Ok(None)) => true,
+            Some(Ok(Some(_))) | Some(Err(_)) | None => false,
+        }
+    }
+
+    /// Panics, with its log, unless the process is still alive.
+    #[track_caller]
+    pub fn assert_running(&mut self) {
+        if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+            panic!(
+                "the executor died ({status}); its log:\n{}",
+                self.log.text()
+            );
+        }
+        assert!(self.child.is_some(), "the executor was not started");
+    }
+
+    /// SIGTERM, then SIGKILL if it is still alive after 5 s; returns how it ended.
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits in i32"));
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + STOP_GRACE;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+
+    /// SIGKILL (as a crash would), then reap it.
+    pub fn kill(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = child.kill();
+        child.wait().ok()
+    }
+
+    /// Stops it if running and starts it again with the same flags, socket and
+    /// state dir (the old socket file is left for the new process to deal with).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    fn spawn(&mut self) {
+        let bins = binaries();
+        let mut cmd = Command::new(&bins.executor);
+        if !self.builder.no_harness_flags {
+            cmd.arg("--socket")
+                .arg(&self.socket)
+                .arg("--state-dir")
+                .arg(&self.state_dir)
+                .arg("--socket-group")
+                .arg(FRONTEND_GID.to_string())
+                .arg("--allow-uid")
+                .arg(FRONTEND_UID.to_string());
+        }
+        if let Some(toml) = &self.builder.config {
+            let path = self.dir.path().join("executor.toml");
+            let dir = self.dir.path().to_str().expect("temp dir paths are UTF-8");
+            fs::write(&path, toml.replace("{dir}", dir)).expect("cannot write the config file");
+            cmd.arg("--config").arg(path);
+        }
+        cmd.args(&self.builder.args)
+            .env_clear()
+            .env("PATH", PATH)
+            .env("RUST_LOG", log_filter())
+            .env("NO_COLOR", "1")
+            .envs(self.builder.env.iter().map(|(k, v)| (k, v)))
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bins.executor.display()));
+        self.starts += 1;
+        if self.starts > 1 {
+            self.log
+                .push(&format!("----- executor start #{} -----", self.starts));
+        }
+        if let Some(out) = child.stdout.take() {
+            self.log.drain(out, "[stdout] ", |_| {});
+        }
+        if let Some(err) = child.stderr.take() {
+            self.log.drain(err, "", |_| {});
+        }
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!(
+                    "the executor exited ({status}) before accepting connections on {}; its log:\n{}",
+                    self.socket.display(),
+                    self.log.text()
+                );
+            }
+            // Root may always connect; the probe closes without a hello.
+            if UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "the executor did not accept connections on {} within {START_TIMEOUT:?}; its log:\n{}",
+                    self.socket.display(),
+                    self.log.text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "===== executor log =====\n{}\n===== end of executor log =====",
+                self.log.text()
+            );
+        }
+    }
+}

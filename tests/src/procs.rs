@@ -1,0 +1,100 @@
+//! Host process inspection, polling and randomness.
+
+use std::fs;
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+/// Pids of host processes (other than this one) whose command line, with its NUL
+/// separators read as spaces, contains `needle`.
+pub fn host_processes_matching(needle: &str) -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            // A process may exit between read_dir and this read: skip it.
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|raw| {
+                    let cmdline: Vec<u8> = raw
+                        .into_iter()
+                        .map(|b| if b == 0 { b' ' } else { b })
+                        .collect();
+                    String::from_utf8_lossy(&cmdline).contains(needle)
+                })
+                .unwrap_or(false)
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Polls `cond` every 20 ms until it holds (true) or `timeout` passes (false).
+/// Blocks the thread: in async tests that need other tasks to run meanwhile, use
+/// [`wait_until_async`].
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// [`wait_until`] that sleeps with tokio, so other tasks keep running.
+pub async fn wait_until_async(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// `len` bytes from the kernel's random source.
+pub fn random_bytes(len: usize) -> Vec<u8> {
+    let mut buf = vec![0; len];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .expect("the tests need /dev/urandom for tokens and garbage");
+    buf
+}
+
+/// `len` random bytes as lowercase hex (for tokens and unique names).
+pub fn random_hex(len: usize) -> String {
+    random_bytes(len)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A number for `sleep` that no other process on the host has in its command
+/// line: `base` followed by random digits (`base` must contain a `.`).
+pub fn sleep_needle(base: &str) -> String {
+    let digits: String = random_bytes(8)
+        .iter()
+        .map(|b| char::from(b'0' + b % 10))
+        .collect();
+    format!("{base}{digits}")
+}
+
+/// A Python expression for the string `s` that does not contain `s` itself (two
+/// concatenated halves), so the job's own command line or source never matches
+/// [`host_processes_matching`]`(s)`, only the process given `s` as an argument.
+pub fn py_concat(s: &str) -> String {
+    let mid = s.len() / 2;
+    format!("{:?} + {:?}", &s[..mid], &s[mid..])
+}

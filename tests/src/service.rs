@@ -1,0 +1,226 @@
+//! Both daemons together, and an HTTP client that knows the token.
+
+use std::ffi::OsStr;
+use std::time::Duration;
+
+use reqwest::header::HeaderMap;
+use reqwest::Method;
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::{raw_exchange, Executor, ExecutorBuilder, Frontend, Reply};
+
+/// How long one HTTP request may take before the test fails (longer than any job
+/// the tests run).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(150);
+
+/// Options for a [`Service`].
+#[derive(Debug, Default)]
+pub struct ServiceBuilder {
+    executor: ExecutorBuilder,
+    frontend_env: Vec<(String, String)>,
+}
+
+impl ServiceBuilder {
+    /// Adds executor command-line arguments.
+    pub fn executor_args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.executor = self.executor.args(args);
+        self
+    }
+
+    /// Sets an environment variable of the executor.
+    pub fn executor_env(mut self, key: &str, value: &str) -> Self {
+        self.executor = self.executor.env(key, value);
+        self
+    }
+
+    /// Sets (or overrides) an environment variable of the frontend.
+    pub fn frontend_env(mut self, key: &str, value: &str) -> Self {
+        self.frontend_env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Starts the executor, then the frontend.
+    pub fn start(self) -> Service {
+        let executor = self.executor.start();
+        let env: Vec<(&str, &str)> = self
+            .frontend_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let frontend = Frontend::start(&executor, &env);
+        Service::new(frontend, executor)
+    }
+}
+
+/// An executor and a frontend talking to it. Dropping it kills the frontend, then
+/// the executor.
+#[derive(Debug)]
+pub struct Service {
+    /// The HTTP frontend (declared first: dropped first).
+    pub frontend: Frontend,
+    /// The executor.
+    pub executor: Executor,
+    client: reqwest::Client,
+}
+
+impl Service {
+    /// Both daemons with the harness's defaults.
+    pub fn start() -> Service {
+        Service::builder().start()
+    }
+
+    /// Options for a service to start.
+    pub fn builder() -> ServiceBuilder {
+        ServiceBuilder::default()
+    }
+
+    /// Bundles daemons started by hand.
+    pub fn new(frontend: Frontend, executor: Executor) -> Service {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .expect("cannot build the HTTP client");
+        Service {
+            frontend,
+            executor,
+            client,
+        }
+    }
+
+    /// `http://<frontend addr><path>`.
+    pub fn url(&self, path: &str) -> String {
+        self.frontend.url(path)
+    }
+
+    /// The frontend's `AUTH_TOKEN`.
+    pub fn token(&self) -> &str {
+        self.frontend.token()
+    }
+
+    /// `POST /execute` with the right token and `body` as JSON.
+    pub async fn post_execute(&self, body: &Value) -> Reply {
+        let auth = format!("Bearer {}", self.token());
+        self.request(
+            Method::POST,
+            "/execute",
+            &[
+                ("authorization", auth.as_str()),
+                ("content-type", "application/json"),
+            ],
+            Some(body.to_string().into_bytes()),
+        )
+        .await
+    }
+
+    /// `POST /execute` of `body`, asserting a 200; returns the JSON result.
+    #[track_caller]
+    pub fn run(&self, body: Value) -> impl std::future::Future<Output = Value> + '_ {
+        let caller = std::panic::Location::caller();
+        async move {
+            let reply = self.post_execute(&body).await;
+            assert_eq!(
+                reply.status, 200,
+                "POST /execute {body} (at {caller}) answered {}",
+                reply.text
+            );
+            reply.json
+        }
+    }
+
+    /// [`Service::run`] of `{"code": code}`.
+    #[track_caller]
+    pub fn run_code<'a>(&'a self, code: &str) -> impl std::future::Future<Output = Value> + 'a {
+        self.run(serde_json::json!({ "code": code }))
+    }
+
+    /// `POST path` with exactly the given headers (no token added) and raw body.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Vec<u8>>,
+    ) -> Reply {
+        self.request(Method::POST, path, headers, Some(body.into()))
+            .await
+    }
+
+    /// Any request with exactly the given headers; panics on transport errors.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Reply {
+        let mut req = self.client.request(method.clone(), self.url(path));
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        if let Some(body) = body {
+            req = req.body(body);
+        }
+        let resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path} failed: {e:?}"));
+        let status = resp.status().as_u16();
+        let headers: HeaderMap = resp.headers().clone();
+        let body = resp
+            .bytes()
+            .await
+            .unwrap_or_else(|e| panic!("reading the body of {method} {path} failed: {e:?}"));
+        Reply::new(status, headers, &body)
+    }
+
+    /// `GET /health` without credentials.
+    pub async fn health(&self) -> Reply {
+        self.request(Method::GET, "/health", &[], None).await
+    }
+
+    /// The bytes of a `POST /execute` request with `Connection: close`, the given
+    /// `authorization` header value (if any) and `body`.
+    pub fn execute_request_bytes(&self, authorization: Option<&str>, body: &[u8]) -> Vec<u8> {
+        let mut req = format!(
+            "POST /execute HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+            self.frontend.addr(),
+            body.len()
+        );
+        if let Some(auth) = authorization {
+            req.push_str(&format!("Authorization: {auth}\r\n"));
+        }
+        req.push_str("\r\n");
+        let mut bytes = req.into_bytes();
+        bytes.extend_from_slice(body);
+        bytes
+    }
+
+    /// Sends raw request bytes and reads the response concurrently (see
+    /// [`raw_exchange`]); panics on transport errors.
+    pub async fn raw(&self, request: &[u8]) -> Reply {
+        raw_exchange(self.frontend.addr(), request)
+            .await
+            .unwrap_or_else(|e| panic!("raw HTTP exchange failed: {e}"))
+    }
+
+    /// Opens a TCP connection and writes a whole authorized `POST /execute` of
+    /// `body` without reading the answer; drop the stream to disconnect.
+    pub async fn open_execute(&self, body: &Value) -> TcpStream {
+        let auth = format!("Bearer {}", self.token());
+        let bytes = self.execute_request_bytes(Some(&auth), body.to_string().as_bytes());
+        let mut stream = TcpStream::connect(self.frontend.addr())
+            .await
+            .expect("cannot connect to the frontend");
+        stream
+            .write_all(&bytes)
+            .await
+            .expect("cannot send the request");
+        stream
+    }
+}

@@ -1,0 +1,371 @@
+//! Isolation: what a job can see and touch inside its jail.
+
+use pysandbox_tests::{require_root, stdout_json, Service};
+use serde_json::{json, Value};
+
+/// Runs `code` with `stdin` and returns its stdout parsed as JSON, asserting it
+/// exited 0.
+async fn probe(svc: &Service, code: &str, stdin: &str) -> Value {
+    let out = svc.run(json!({ "code": code, "stdin": stdin })).await;
+    assert_eq!(out["exitCode"], 0, "the probe failed: {out:#}");
+    stdout_json(&out)
+}
+
+#[tokio::test]
+async fn cannot_read_etc_shadow() {
+    require_root!();
+    let svc = Service::start();
+    let code = r#"
+import json
+try:
+    with open("/etc/shadow", "rb") as f:
+        result = "read %d bytes" % len(f.read())
+except FileNotFoundError:
+    result = "absent"
+except PermissionError:
+    result = "denied"
+print(json.dumps(result))
+"#;
+    let result = probe(&svc, code, "").await;
+    assert!(
+        result == "absent" || result == "denied",
+        "/etc/shadow: {result}"
+    );
+}
+
+#[tokio::test]
+async fn proc_shows_no_host_process() {
+    require_root!();
+    let svc = Service::start();
+    let code = r#"
+import json, os
+pids = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+cmdlines = {}
+for pid in pids:
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            cmdlines[pid] = f.read().replace(b"\0", b" ").decode("utf-8", "replace")
+    except OSError as e:
+        cmdlines[pid] = repr(e)
+print(json.dumps({"self": os.getpid(), "pids": pids, "cmdlines": cmdlines}))
+"#;
+    let seen = probe(&svc, code, "").await;
+    let pids: Vec<u64> = seen["pids"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default();
+    assert!(
+        !pids.is_empty() && pids.len() <= 4,
+        "the jail should show only its own few processes: {seen:#}"
+    );
+    let host_pids = [
+        Some(std::process::id()),
+        svc.executor.pid(),
+        svc.frontend.pid(),
+    ];
+    for pid in host_pids.into_iter().flatten() {
+        assert!(
+            !pids.contains(&u64::from(pid)),
+            "host pid {pid} is visible in the jail: {seen:#}"
+        );
+    }
+    let cmdlines = seen["cmdlines"].to_string();
+    for daemon in ["pysandbox-executor", "pysandbox-frontend"] {
+        assert!(
+            !cmdlines.contains(daemon),
+            "{daemon} visible in the jail: {seen:#}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn runs_as_an_unprivileged_uid() {
+    require_root!();
+    let svc = Service::start();
+    let code = r#"
+import json, os
+print(json.dumps([os.getuid(), os.geteuid(), os.getgid(), os.getegid()]))
+"#;
+    let ids = probe(&svc, code, "").await;
+    let ids: Vec<u64> = ids
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default();
+    assert_eq!(ids.len(), 4, "{ids:?}");
+    for id in &ids {
+        assert!(
+            *id != 0 && *id != 65533,
+            "uid/gid {id} of a daemon: {ids:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn job_has_no_capabilities_and_no_new_privs() {
+    require_root!();
+    let svc = Service::start();
+    let code = r#"
+import json
+status = {}
+with open("/proc/self/status") as f:
+    for line in f:
+        key, _, value = line.partition(":")
+        status[key] = value.strip()
+print(json.dumps({k: status.get(k) for k in ["CapInh", "CapPrm", "CapEff", "CapAmb", "NoNewPrivs"]}))
+"#;
+    let status = probe(&svc, code, "").await;
+    let none = "0000000000000000";
+    assert_eq!(
+        status,
+        json!({
+            "CapInh": none,
+            "CapPrm": none,
+            "CapEff": none,
+            "CapAmb": none,
+            "NoNewPrivs": "1",
+        })
+    );
+}
+
+#[tokio::test]
+async fn cwd_is_the_work_dir() {
+    require_root!();
+    let svc = Service::start();
+    let out = svc.run_code("import os; print(os.getcwd())").await;
+    assert_eq!(out["stdout"], "/work\n", "{out}");
+}
+
+#[tokio::test]
+async fn writes_only_in_the_work_dir_and_tmp() {
+    require_root!();
+    let svc = Service::start();
+    let code = r#"
+import json
+result = {}
+for path in ["/usr/x", "/etc/x", "/x", "/dev/x", "/proc/x", "x", "/tmp/x"]:
+    try:
+        with open(path, "w") as f:
+            f.write("hi")
+        result[path] = "written"
+    except OSError as e:
+        result[path] = type(e).__name__
+print(json.dumps(result))
+"#;
+    let result = probe(&svc, code, "").await;
+    for path in ["/usr/x", "/etc/x", "/x", "/dev/x", "/proc/x"] {
+        assert!(
+            result[path].is_string() && result[path] != "written",
+            "{path} was writable: {result}"
+        );
+    }
+    assert_eq!(result["x"], "written", "{result}");
+    assert_eq!(result["/tmp/x"], "written", "{result}");
+}
+
+#[tokio::test]
+async fn env_is_minimal() {
+    require_root!();
+    let svc = Service::start();
+    let env = probe(
+        &svc,
+        "import json, os\nprint(json.dumps(dict(os.environ)))",
+        "",
+    )
+    .await;
+    let allowed = [
+        "PATH",
+        "HOME",
+        "LANG",
+        "PYTHONUNBUFFERED",
+        "PYTHONDONTWRITEBYTECODE",
+        "MPLBACKEND",
+        "LC_CTYPE",
+        "PWD",
+        "TMPDIR",
+    ];
+    let keys: Vec<&String> = env
+        .as_object()
+        .map(|o| o.keys().collect())
+        .unwrap_or_default();
+    for key in &keys {
+        assert!(
+            allowed.contains(&key.as_str()),
+            "unexpected variable {key} in {env:#}"
+        );
+    }
+    for (key, value) in [
+        ("HOME", "/tmp"),
+        ("LANG", "C.UTF-8"),
+        ("PYTHONUNBUFFERED", "1"),
+        ("PYTHONDONTWRITEBYTECODE", "1"),
+        ("MPLBACKEND", "Agg"),
+    ] {
+        assert_eq!(env[key], value, "{key} in {env:#}");
+    }
+    assert!(env["PATH"].is_string(), "no PATH in {env:#}");
+    assert!(
+        !env.to_string().contains(svc.token()),
+        "the token is in {env:#}"
+    );
+}
+
+/// The executor's environment (where AUTH_TOKEN-like secrets live in production)
+/// must not reach the job: not its own env, not pid 1's (bwrap's), not any
+/// process's it can read. The needles come through stdin so the job's own source
+/// does not contain them.
+#[tokio::test]
+async fn executor_env_does_not_leak() {
+    require_root!();
+    let svc = Service::builder()
+        .executor_env("PYSANDBOX_CANARY", "leak")
+        .executor_env("AUTH_TOKEN", "executor-side-secret")
+        .start();
+    let code = r#"
+import json, os, sys
+needles = sys.stdin.read().split()
+found, read = [], []
+for key, value in os.environ.items():
+    if any(n in key or n in value for n in needles):
+        found.append("os.environ:" + key)
+for entry in os.listdir("/proc"):
+    if not (entry.isdigit() or entry == "self"):
+        continue
+    try:
+        with open("/proc/%s/environ" % entry, "rb") as f:
+            data = f.read()
+    except OSError:
+        continue
+    read.append(entry)
+    for n in needles:
+        if n.encode() in data:
+            found.append("/proc/%s/environ:%s" % (entry, n))
+print(json.dumps({"found": found, "read": read}))
+"#;
+    let needles = format!(
+        "leak PYSANDBOX_CANARY AUTH_TOKEN executor-side-secret {}",
+        svc.token()
+    );
+    let result = probe(&svc, code, &needles).await;
+    assert_eq!(result["found"], json!([]), "{result:#}");
+    let read = result["read"].as_array().map_or(0, Vec::len);
+    assert!(
+        read > 0,
+        "the probe could read no environ at all: {result:#}"
+    );
+}
+
+#[tokio::test]
+async fn only_standard_fds_are_open() {
+    require_root!();
+    let svc = Service::start();
+    let code = r#"
+import json, os
+listed = [int(fd) for fd in os.listdir("/proc/self/fd")]
+open_fds = {}
+for fd in listed:
+    try:
+        os.fstat(fd)
+    except OSError:
+        continue  # the descriptor listdir used, closed by now
+    try:
+        open_fds[fd] = os.readlink("/proc/self/fd/%d" % fd)
+    except OSError as e:
+        open_fds[fd] = repr(e)
+print(json.dumps(open_fds))
+"#;
+    let fds = probe(&svc, code, "").await;
+    let mut numbers: Vec<&String> = fds
+        .as_object()
+        .map(|o| o.keys().collect())
+        .unwrap_or_default();
+    numbers.sort();
+    assert_eq!(numbers, ["0", "1", "2"], "open descriptors: {fds:#}");
+}
+
+#[tokio::test]
+async fn cannot_connect_to_the_frontend_port() {
+    require_root!();
+    let svc = Service::start();
+    let code = r#"
+import json, socket, sys
+port = int(sys.stdin.read())
+try:
+    socket.create_connection(("127.0.0.1", port), timeout=3).close()
+    result = "connected"
+except ConnectionRefusedError:
+    result = "refused"
+except OSError as e:
+    result = "oserror: %r" % (e,)
+print(json.dumps(result))
+"#;
+    let port = svc.frontend.addr().port().to_string();
+    let result = probe(&svc, code, &port).await;
+    let result = result.as_str().unwrap_or_default();
+    assert!(
+        result == "refused" || result.starts_with("oserror"),
+        "connecting to the frontend from the jail: {result}"
+    );
+}
+
+#[tokio::test]
+async fn only_the_loopback_interface_exists() {
+    require_root!();
+    let svc = Service::start();
+    let code = r#"
+import json
+with open("/proc/net/dev") as f:
+    names = [line.split(":")[0].strip() for line in f.readlines()[2:]]
+print(json.dumps(names))
+"#;
+    let names = probe(&svc, code, "").await;
+    assert_eq!(names, json!(["lo"]));
+}
+
+#[tokio::test]
+async fn daemon_files_are_invisible() {
+    require_root!();
+    let svc = Service::start();
+    let code = r#"
+import json, os, sys
+print(json.dumps([p for p in sys.stdin.read().split("\n") if p and os.path.lexists(p)]))
+"#;
+    let test_binary = std::env::current_exe().expect("the test binary has a path");
+    let paths = [
+        svc.executor.socket(),
+        svc.executor.state_dir(),
+        svc.executor.dir(),
+        &pysandbox_tests::binaries().executor,
+        &pysandbox_tests::binaries().frontend,
+        &test_binary,
+    ];
+    let stdin: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    let visible = probe(&svc, code, &stdin.join("\n")).await;
+    assert_eq!(visible, json!([]), "daemon paths visible in the jail");
+}
+
+#[tokio::test]
+async fn jobs_do_not_share_tmp_or_work_dir() {
+    require_root!();
+    let svc = Service::start();
+    let name = format!("shared-{}", pysandbox_tests::random_hex(6));
+    let write = r#"
+import json, sys
+name = sys.stdin.read()
+for path in ["/tmp/" + name, name]:
+    with open(path, "w") as f:
+        f.write("from job one")
+print(json.dumps("ok"))
+"#;
+    assert_eq!(probe(&svc, write, &name).await, "ok");
+    let look = r#"
+import json, os, sys
+name = sys.stdin.read()
+print(json.dumps({p: os.path.exists(p) for p in ["/tmp/" + name, name]}))
+"#;
+    let seen = probe(&svc, look, &name).await;
+    assert_eq!(
+        seen,
+        json!({ format!("/tmp/{name}"): false, name.clone(): false }),
+        "the second job sees the first job's files"
+    );
+}

@@ -1,0 +1,385 @@
+//! Job and daemon lifetimes: timeouts, kills, disconnects, restarts, leftovers.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use pysandbox_tests::{
+    assert_error, host_processes_matching, py_concat, require_root, sleep_needle, wait_until_async,
+    Service,
+};
+use serde_json::{json, Value};
+
+fn pid(raw: u32) -> Pid {
+    Pid::from_raw(i32::try_from(raw).expect("pid fits in i32"))
+}
+
+/// Code that runs `sleep <needle>` as a child and waits for it.
+fn sleeper(needle: &str) -> String {
+    format!(
+        "import subprocess\nsubprocess.run(['sleep', {}])",
+        py_concat(needle)
+    )
+}
+
+async fn wait_for_process(needle: &str, timeout: Duration) -> bool {
+    wait_until_async(timeout, || !host_processes_matching(needle).is_empty()).await
+}
+
+async fn wait_for_no_process(needle: &str, timeout: Duration) -> bool {
+    wait_until_async(timeout, || host_processes_matching(needle).is_empty()).await
+}
+
+#[tokio::test]
+async fn timeout_kills_the_job_and_keeps_flushed_output() {
+    require_root!();
+    let svc = Service::start();
+    let started = Instant::now();
+    let out = svc
+        .run(json!({
+            "code": "import time\nprint(\"before\", flush=True)\ntime.sleep(30)",
+            "timeoutMs": 1000,
+        }))
+        .await;
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(2),
+        "answered after {elapsed:?}: {out}"
+    );
+    assert_eq!(out["exitCode"], Value::Null, "{out}");
+    assert_eq!(out["signal"], "SIGKILL", "{out}");
+    assert_eq!(out["timedOut"], true, "{out}");
+    assert_eq!(out["stdout"], "before\n", "{out}");
+    let stderr = out["stderr"].as_str().unwrap_or_default();
+    assert!(
+        stderr.ends_with("[sandbox] killed: wall-clock timeout of 1000 ms exceeded\n"),
+        "stderr: {stderr:?}"
+    );
+    let duration = out["durationMs"].as_u64().unwrap_or(0);
+    assert!((950..2000).contains(&duration), "durationMs {duration}");
+}
+
+#[tokio::test]
+async fn default_timeout_applies_when_none_is_given() {
+    require_root!();
+    let svc = Service::builder()
+        .frontend_env("DEFAULT_TIMEOUT_MS", "1000")
+        .start();
+    let started = Instant::now();
+    let out = svc.run_code("import time\ntime.sleep(30)").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(out["timedOut"], true, "{out}");
+    let stderr = out["stderr"].as_str().unwrap_or_default();
+    assert!(
+        stderr.ends_with("[sandbox] killed: wall-clock timeout of 1000 ms exceeded\n"),
+        "stderr: {stderr:?}"
+    );
+}
+
+#[tokio::test]
+async fn job_ignoring_sigterm_is_killed_at_the_timeout() {
+    require_root!();
+    let svc = Service::start();
+    let needle = sleep_needle("543.");
+    // The child inherits the ignored SIGTERM across exec.
+    let code = format!(
+        "import signal, subprocess\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ignoring', flush=True)\nsubprocess.run(['sleep', {}])",
+        py_concat(&needle)
+    );
+    let started = Instant::now();
+    let out = svc.run(json!({ "code": code, "timeoutMs": 1000 })).await;
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "answered after {elapsed:?}: {out}"
+    );
+    assert_eq!(
+        (
+            &out["timedOut"],
+            &out["signal"],
+            &out["exitCode"],
+            &out["stdout"]
+        ),
+        (
+            &json!(true),
+            &json!("SIGKILL"),
+            &Value::Null,
+            &json!("ignoring\n")
+        ),
+        "{out}"
+    );
+    assert!(
+        wait_for_no_process(&needle, Duration::from_secs(3)).await,
+        "the SIGTERM-ignoring child outlived the job: {:?}",
+        host_processes_matching(&needle)
+    );
+}
+
+/// A double-forked, setsid'd daemon that closed its descriptors (so nothing holds
+/// the job's pipes open) must be gone once the job is answered.
+#[tokio::test]
+async fn daemonized_grandchild_is_gone_after_the_response() {
+    require_root!();
+    let svc = Service::start();
+    let needle = sleep_needle("876.5");
+    let code = r#"
+import os, sys, time
+arg = NEEDLE
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.setsid()
+    grandchild = os.fork()
+    if grandchild == 0:
+        os.closerange(0, 1024)
+        os.execvp("sleep", ["sleep", arg])
+    os.write(w, str(grandchild).encode())
+    os._exit(0)
+os.close(w)
+os.waitpid(pid, 0)
+grandchild = int(os.read(r, 32))
+deadline = time.time() + 5
+while time.time() < deadline:
+    try:
+        with open("/proc/%d/cmdline" % grandchild, "rb") as f:
+            if arg.encode() in f.read():
+                print("daemon running")
+                break
+    except OSError:
+        pass
+    time.sleep(0.02)
+"#
+    .replace("NEEDLE", &py_concat(&needle));
+    let started = Instant::now();
+    let out = svc.run(json!({ "code": code, "timeoutMs": 10000 })).await;
+    assert_eq!(
+        out["stdout"], "daemon running\n",
+        "the daemon never ran: {out:#}"
+    );
+    assert_eq!(
+        (&out["exitCode"], &out["timedOut"]),
+        (&json!(0), &json!(false)),
+        "{out:#}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the job took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        wait_for_no_process(&needle, Duration::from_secs(3)).await,
+        "the daemon outlived its job: {:?}",
+        host_processes_matching(&needle)
+    );
+}
+
+/// A daemon that keeps the job's stdout and stderr open must neither delay the
+/// answer until the timeout nor survive the job.
+#[tokio::test]
+async fn daemon_holding_the_output_pipes_does_not_delay_the_answer() {
+    require_root!();
+    let svc = Service::start();
+    let needle = sleep_needle("876.75");
+    let code = r#"
+import os
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        os.execvp("sleep", ["sleep", NEEDLE])
+    os._exit(0)
+os.wait()
+print("parent done")
+"#
+    .replace("NEEDLE", &py_concat(&needle));
+    let started = Instant::now();
+    let out = svc.run(json!({ "code": code, "timeoutMs": 15000 })).await;
+    assert_eq!(
+        (&out["exitCode"], &out["timedOut"], &out["stdout"]),
+        (&json!(0), &json!(false), &json!("parent done\n")),
+        "{out:#}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the job took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        wait_for_no_process(&needle, Duration::from_secs(3)).await,
+        "the daemon outlived its job: {:?}",
+        host_processes_matching(&needle)
+    );
+}
+
+#[tokio::test]
+async fn client_disconnect_kills_its_job() {
+    require_root!();
+    let svc = Service::start();
+    let needle = sleep_needle("987.25");
+    let stream = svc
+        .open_execute(&json!({ "code": sleeper(&needle), "timeoutMs": 60000 }))
+        .await;
+    assert!(
+        wait_for_process(&needle, Duration::from_secs(10)).await,
+        "the job's sleep never started"
+    );
+    drop(stream);
+    assert!(
+        wait_for_no_process(&needle, Duration::from_secs(5)).await,
+        "the job outlived its client by 5 s: {:?}",
+        host_processes_matching(&needle)
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let health = svc.health().await;
+        if health.json["runningJobs"] == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the executor still counts the job: {}",
+            health.text
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn executor_restart_while_the_frontend_stays_up() {
+    require_root!();
+    let mut svc = Service::start();
+    assert_eq!(svc.run_code("print('first')").await["stdout"], "first\n");
+    let frontend_pid = svc.frontend.pid();
+
+    svc.executor.stop();
+    let started = Instant::now();
+    let reply = svc.post_execute(&json!({ "code": "print(1)" })).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "503 took {:?}",
+        started.elapsed()
+    );
+    assert_error(&reply, 503, json!({ "error": "executor unavailable" }));
+    assert_eq!(reply.header("retry-after"), Some("5"));
+    let health = svc.health().await;
+    assert_eq!(
+        (health.status, &health.json),
+        (200, &json!({ "ok": true, "executor": "down" }))
+    );
+
+    svc.executor.restart();
+    assert_eq!(svc.run_code("print('back')").await["stdout"], "back\n");
+    let health = svc.health().await;
+    assert_eq!(health.json["executor"], "up", "{}", health.text);
+    assert!(svc.frontend.is_running());
+    assert_eq!(svc.frontend.pid(), frontend_pid);
+}
+
+/// An executor crash mid-job: the client gets a prompt 503, nothing of the job is
+/// left on the host, and an executor started again on the same (now stale) socket
+/// path serves the next job.
+#[tokio::test]
+async fn executor_crash_during_a_job_is_a_503_and_leaves_nothing() {
+    require_root!();
+    let mut svc = Service::start();
+    let needle = sleep_needle("321.5");
+    let executor_pid = pid(svc.executor.pid().expect("the executor runs"));
+    let body = json!({ "code": sleeper(&needle), "timeoutMs": 60000 });
+    let request = svc.post_execute(&body);
+    let crash = async {
+        assert!(
+            wait_for_process(&needle, Duration::from_secs(10)).await,
+            "the job's sleep never started"
+        );
+        kill(executor_pid, Signal::SIGKILL).expect("cannot kill the executor");
+        Instant::now()
+    };
+    let (reply, killed_at) = tokio::join!(request, crash);
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(5),
+        "the 503 came {:?} after the crash",
+        killed_at.elapsed()
+    );
+    assert_error(
+        &reply,
+        503,
+        json!({ "error": "executor connection lost while running the job" }),
+    );
+    assert_eq!(reply.header("retry-after"), Some("5"));
+    assert!(
+        wait_for_no_process(&needle, Duration::from_secs(5)).await,
+        "the job outlived the executor: {:?}",
+        host_processes_matching(&needle)
+    );
+    svc.executor.kill();
+    svc.executor.restart();
+    assert_eq!(svc.run_code("print('again')").await["stdout"], "again\n");
+}
+
+#[tokio::test]
+async fn work_dir_is_removed_after_the_job() {
+    require_root!();
+    let svc = Service::start();
+    let name = format!("leftover-{}.txt", pysandbox_tests::random_hex(6));
+    let out = svc
+        .run(json!({
+            "code": "import sys\nname = sys.stdin.read()\nopen(name, 'w').write('x')\nprint('wrote')",
+            "stdin": name,
+        }))
+        .await;
+    assert_eq!(out["stdout"], "wrote\n", "{out}");
+    let state_dir = svc.executor.state_dir().to_owned();
+    let gone = wait_until_async(Duration::from_secs(3), || {
+        find_file(&state_dir, &name).is_none()
+    })
+    .await;
+    assert!(
+        gone,
+        "the job's file is still on the host at {:?}",
+        find_file(&state_dir, &name)
+    );
+}
+
+fn find_file(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if entry.file_name() == name {
+            return Some(path);
+        }
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            if let Some(found) = find_file(&path, name) {
+                return Some(found);
+            }
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn frontend_sigterm_lets_the_running_job_finish() {
+    require_root!();
+    let mut svc = Service::start();
+    let needle = sleep_needle("1.");
+    let code = format!("{}\nprint('finished')", sleeper(&needle));
+    let frontend_pid = pid(svc.frontend.pid().expect("the frontend runs"));
+    let body = json!({ "code": code, "timeoutMs": 20000 });
+    let request = svc.post_execute(&body);
+    let terminate = async {
+        assert!(
+            wait_for_process(&needle, Duration::from_secs(10)).await,
+            "the job's sleep never started"
+        );
+        kill(frontend_pid, Signal::SIGTERM).expect("cannot signal the frontend");
+    };
+    let (reply, ()) = tokio::join!(request, terminate);
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.json["stdout"], "finished\n", "{}", reply.text);
+    let status = svc.frontend.stop(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the frontend ended with {status:?} after SIGTERM"
+    );
+}
