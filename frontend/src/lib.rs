@@ -15,6 +15,9 @@ pub mod response;
 pub mod routes;
 pub mod server;
 
+#[cfg(test)]
+mod testing;
+
 use std::io;
 
 use tokio::net::TcpListener;

@@ -108,3 +108,523 @@ pub async fn serve(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use pysandbox_shared::{JobError, JobSpec, Request, Response};
+    use serde_json::{json, Value};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    use tokio::sync::{mpsc, Notify};
+
+    use super::*;
+    use crate::testing::{client, four, handshake, FakeExecutor, TestServer, TOKEN};
+
+    async fn post_execute(server: &TestServer, body: &str) -> reqwest::Response {
+        client()
+            .post(server.url("/execute"))
+            .bearer_auth(TOKEN)
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    fn header<'a>(response: &'a reqwest::Response, name: &str) -> Option<&'a str> {
+        response.headers().get(name).map(|v| v.to_str().unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_job_runs_end_to_end() {
+        let (specs_tx, mut specs) = mpsc::unbounded_channel();
+        let executor = FakeExecutor::start(move |mut conn| {
+            let specs_tx = specs_tx.clone();
+            async move {
+                let Request::Run(spec) = handshake(&mut conn).await else {
+                    panic!("expected a job");
+                };
+                specs_tx.send(spec).unwrap();
+                conn.send(&Response::Finished(four())).await.unwrap();
+            }
+        });
+        let server = TestServer::start(&executor.socket, &[]).await;
+
+        let response = post_execute(&server, r#"{"code":"print(2 + 2)","stdin":"x"}"#).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(header(&response, "content-type"), Some("application/json"));
+        let request_id = header(&response, "x-request-id").unwrap().to_owned();
+        assert_eq!(
+            response.text().await.unwrap(),
+            r#"{"exitCode":0,"signal":null,"stdout":"4\n","stderr":"","uploads":[],"timedOut":false,"durationMs":7,"stdoutTruncated":false,"stderrTruncated":false}"#
+        );
+        assert_eq!(
+            specs.recv().await.unwrap(),
+            JobSpec {
+                request_id,
+                code: "print(2 + 2)".into(),
+                stdin: Some("x".into()),
+                timeout_ms: Some(30_000),
+            }
+        );
+
+        post_execute(&server, r#"{"code":"1","timeoutMs":1500}"#).await;
+        let spec = specs.recv().await.unwrap();
+        assert_eq!((spec.timeout_ms, spec.stdin), (Some(1500), None));
+    }
+
+    #[tokio::test]
+    async fn the_default_timeout_is_configurable() {
+        let (specs_tx, mut specs) = mpsc::unbounded_channel();
+        let executor = FakeExecutor::start(move |mut conn| {
+            let specs_tx = specs_tx.clone();
+            async move {
+                if let Request::Run(spec) = handshake(&mut conn).await {
+                    specs_tx.send(spec.timeout_ms).unwrap();
+                }
+                conn.send(&Response::Finished(four())).await.unwrap();
+            }
+        });
+        let server = TestServer::start(&executor.socket, &["--default-timeout-ms", "1234"]).await;
+        assert_eq!(post_execute(&server, r#"{"code":"1"}"#).await.status(), 200);
+        assert_eq!(specs.recv().await.unwrap(), Some(1234));
+    }
+
+    async fn assert_error(
+        response: reqwest::Response,
+        status: u16,
+        retry: Option<&str>,
+        body: Value,
+    ) {
+        assert_eq!(response.status(), status);
+        assert_eq!(header(&response, "retry-after"), retry);
+        assert!(header(&response, "x-request-id").is_some());
+        assert_eq!(response.json::<Value>().await.unwrap(), body);
+    }
+
+    #[tokio::test]
+    async fn executor_down_is_503_with_retry_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = TestServer::start(&dir.path().join("nobody-listens.sock"), &[]).await;
+        let started = Instant::now();
+        let response = post_execute(&server, r#"{"code":"1"}"#).await;
+        assert!(started.elapsed() < Duration::from_secs(3));
+        assert_error(
+            response,
+            503,
+            Some("5"),
+            json!({"error": "executor unavailable"}),
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn recovers_when_the_executor_comes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("executor.sock");
+        let server = TestServer::start(&socket, &[]).await;
+        assert_eq!(post_execute(&server, r#"{"code":"1"}"#).await.status(), 503);
+
+        let executor = FakeExecutor::answering(Response::Finished(four()));
+        std::fs::hard_link(&executor.socket, &socket).unwrap();
+        assert_eq!(post_execute(&server, r#"{"code":"1"}"#).await.status(), 200);
+    }
+
+    #[tokio::test]
+    async fn an_executor_that_never_says_hello_is_503_after_3_s() {
+        let executor = FakeExecutor::start(|conn| async move {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(conn);
+        });
+        let server = TestServer::start(&executor.socket, &[]).await;
+        let started = Instant::now();
+        let response = post_execute(&server, r#"{"code":"1"}"#).await;
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(2900) && waited < Duration::from_secs(5),
+            "{waited:?}"
+        );
+        assert_error(
+            response,
+            503,
+            Some("5"),
+            json!({"error": "executor unavailable"}),
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_version_mismatch_is_503_executor_unavailable() {
+        let executor = FakeExecutor::start(|mut conn| async move {
+            let _ = conn.recv::<Request>().await;
+            conn.send(&Response::Hello(pysandbox_shared::Hello { version: 999 }))
+                .await
+                .unwrap();
+            let _ = conn.recv::<Request>().await;
+        });
+        let server = TestServer::start(&executor.socket, &[]).await;
+        let response = post_execute(&server, r#"{"code":"1"}"#).await;
+        assert_error(
+            response,
+            503,
+            Some("5"),
+            json!({"error": "executor unavailable"}),
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn executor_failures_map_to_contract_errors() {
+        let cases = [
+            (
+                Response::Failed(JobError::JailSetup {
+                    reason: "secret detail /var/lib/x".into(),
+                }),
+                503,
+                Some("5"),
+                json!({"error": "sandbox unavailable: could not set up the jail"}),
+            ),
+            (
+                Response::Failed(JobError::Rejected {
+                    field: "timeoutMs".into(),
+                    reason: "must be at most 60000".into(),
+                }),
+                400,
+                None,
+                json!({"error": "timeoutMs: must be at most 60000", "field": "timeoutMs"}),
+            ),
+            (
+                Response::Failed(JobError::ShuttingDown),
+                503,
+                Some("5"),
+                json!({"error": "executor unavailable"}),
+            ),
+            (
+                Response::Failed(JobError::Protocol {
+                    reason: "bad".into(),
+                }),
+                500,
+                None,
+                json!({"error": "internal error"}),
+            ),
+            (
+                Response::Status(pysandbox_shared::ExecutorStatus {
+                    running_jobs: 0,
+                    max_jobs: 1,
+                }),
+                500,
+                None,
+                json!({"error": "internal error"}),
+            ),
+        ];
+        for (answer, status, retry, body) in cases {
+            let executor = FakeExecutor::answering(answer);
+            let server = TestServer::start(&executor.socket, &[]).await;
+            assert_error(
+                post_execute(&server, r#"{"code":"1"}"#).await,
+                status,
+                retry,
+                body,
+            )
+            .await;
+        }
+    }
+
+    #[tokio::test]
+    async fn executor_going_away_mid_job_is_503_connection_lost() {
+        let executor = FakeExecutor::start(|mut conn| async move {
+            handshake(&mut conn).await;
+            drop(conn);
+        });
+        let server = TestServer::start(&executor.socket, &[]).await;
+        let response = post_execute(&server, r#"{"code":"1"}"#).await;
+        assert_error(
+            response,
+            503,
+            Some("5"),
+            json!({"error": "executor connection lost while running the job"}),
+        )
+        .await;
+    }
+
+    /// Sends a complete `POST /execute` over a raw socket, so the test controls
+    /// exactly when the client goes away.
+    async fn raw_execute(server: &TestServer, body: &str) -> TcpStream {
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        let request = format!(
+            "POST /execute HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        stream
+    }
+
+    /// The question behind this test: when an HTTP/1 client disconnects while its
+    /// job runs, does hyper drop the handler future (and with it the executor
+    /// connection, which is what makes the executor kill the job)? It does: hyper
+    /// keeps reading the socket while the response is pending and ends the
+    /// connection on EOF (`half_close` is off by default).
+    #[tokio::test]
+    async fn a_client_that_disconnects_closes_the_executor_connection() {
+        let job_started = Arc::new(Notify::new());
+        let (closed_tx, mut closed) = mpsc::unbounded_channel();
+        let started = Arc::clone(&job_started);
+        let executor = FakeExecutor::start(move |mut conn| {
+            let (started, closed_tx) = (Arc::clone(&started), closed_tx.clone());
+            async move {
+                handshake(&mut conn).await;
+                started.notify_one();
+                // A real job would run here; the executor watches the connection.
+                let seen = conn.recv::<Request>().await;
+                closed_tx
+                    .send(seen.map(|m| m.is_none()).unwrap_or(true))
+                    .unwrap();
+            }
+        });
+        let server = TestServer::start(&executor.socket, &[]).await;
+
+        let client = raw_execute(&server, r#"{"code":"import time; time.sleep(60)"}"#).await;
+        tokio::time::timeout(Duration::from_secs(5), job_started.notified())
+            .await
+            .unwrap();
+        drop(client);
+        let closed = tokio::time::timeout(Duration::from_secs(5), closed.recv())
+            .await
+            .expect("the executor connection stayed open after the client left");
+        assert_eq!(closed, Some(true));
+    }
+
+    /// Queue waiting itself is covered in `admission`; here MAX_QUEUE is 0 so the
+    /// outcome does not depend on how fast a queued request gets in line.
+    #[tokio::test]
+    async fn a_full_service_is_429_with_retry_after() {
+        let release = Arc::new(Notify::new());
+        let job_started = Arc::new(Notify::new());
+        let (r, s) = (Arc::clone(&release), Arc::clone(&job_started));
+        let executor = FakeExecutor::start(move |mut conn| {
+            let (release, started) = (Arc::clone(&r), Arc::clone(&s));
+            async move {
+                handshake(&mut conn).await;
+                started.notify_one();
+                release.notified().await;
+                conn.send(&Response::Finished(four())).await.unwrap();
+            }
+        });
+        let server = TestServer::start(
+            &executor.socket,
+            &["--max-inflight", "1", "--max-queue", "0"],
+        )
+        .await;
+
+        let first = tokio::spawn(post_execute_owned(server.url("/execute")));
+        job_started.notified().await;
+        let response = post_execute(&server, r#"{"code":"1"}"#).await;
+        assert_error(
+            response,
+            429,
+            Some("1"),
+            json!({"error": "too many jobs in flight; retry later"}),
+        )
+        .await;
+
+        release.notify_one();
+        assert_eq!(first.await.unwrap(), 200);
+        // The slot is free again.
+        let again = tokio::spawn(post_execute_owned(server.url("/execute")));
+        job_started.notified().await;
+        release.notify_one();
+        assert_eq!(again.await.unwrap(), 200);
+    }
+
+    async fn post_execute_owned(url: String) -> u16 {
+        client()
+            .post(url)
+            .bearer_auth(TOKEN)
+            .body(r#"{"code":"1"}"#)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    #[tokio::test]
+    async fn health_reports_the_executor() {
+        let executor = FakeExecutor::start(|mut conn| async move {
+            assert_eq!(handshake(&mut conn).await, Request::Status);
+            conn.send(&Response::Status(pysandbox_shared::ExecutorStatus {
+                running_jobs: 2,
+                max_jobs: 4,
+            }))
+            .await
+            .unwrap();
+        });
+        let server = TestServer::start(&executor.socket, &[]).await;
+        let response = client().get(server.url("/health")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(header(&response, "x-request-id").is_some());
+        assert_eq!(
+            response.text().await.unwrap(),
+            r#"{"ok":true,"executor":"up","runningJobs":2,"maxJobs":4}"#
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let server = TestServer::start(&dir.path().join("none.sock"), &[]).await;
+        let response = client().get(server.url("/health")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.text().await.unwrap(),
+            r#"{"ok":true,"executor":"down"}"#
+        );
+    }
+
+    #[tokio::test]
+    async fn health_is_down_when_the_executor_does_not_answer_within_1_s() {
+        let executor = FakeExecutor::start(|conn| async move {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(conn);
+        });
+        let server = TestServer::start(&executor.socket, &[]).await;
+        let started = Instant::now();
+        let response = client().get(server.url("/health")).send().await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(3));
+        assert_eq!(
+            response.text().await.unwrap(),
+            r#"{"ok":true,"executor":"down"}"#
+        );
+    }
+
+    #[tokio::test]
+    async fn an_oversized_body_is_413_even_while_the_client_still_sends() {
+        let executor = FakeExecutor::answering(Response::Finished(four()));
+        let server = TestServer::start(&executor.socket, &[]).await;
+        let body = format!(r#"{{"code":"{}"}}"#, "x".repeat(2 * 1024 * 1024));
+        let response = post_execute(&server, &body).await;
+        assert_error(
+            response,
+            413,
+            None,
+            json!({"error": "request body is larger than 1048576 bytes"}),
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_slow_body_is_408() {
+        let executor = FakeExecutor::answering(Response::Finished(four()));
+        let server = TestServer::start(&executor.socket, &["--body-timeout-ms", "300"]).await;
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        let head = format!(
+            "POST /execute HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+             Content-Length: 100\r\n\r\n{{\"code\":"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+        assert!(
+            answer.ends_with(r#"{"error":"request body timed out"}"#),
+            "{answer}"
+        );
+    }
+
+    #[tokio::test]
+    async fn slow_headers_are_cut_off() {
+        let executor = FakeExecutor::answering(Response::Finished(four()));
+        let server = TestServer::start(&executor.socket, &["--header-timeout-ms", "300"]).await;
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        stream
+            .write_all(b"POST /execute HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+        assert!(read.is_ok(), "the connection stayed open");
+    }
+
+    #[tokio::test]
+    async fn oversized_headers_are_refused() {
+        let executor = FakeExecutor::answering(Response::Finished(four()));
+        let server = TestServer::start(&executor.socket, &[]).await;
+        let response = client()
+            .get(server.url("/health"))
+            .header("x-big", "a".repeat(MAX_HEADER_BYTES + 1))
+            .send()
+            .await;
+        match response {
+            Ok(response) => assert_eq!(response.status(), 431),
+            // hyper may close the connection before the client has sent it all.
+            Err(e) => assert!(e.is_request(), "{e}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn connections_over_the_cap_wait_in_the_backlog() {
+        let executor = FakeExecutor::answering(Response::Finished(four()));
+        let server = TestServer::start(&executor.socket, &["--max-connections", "1"]).await;
+        let idle = TcpStream::connect(server.addr).await.unwrap();
+        let second = tokio::spawn(client().get(server.url("/health")).send());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!second.is_finished(), "served past MAX_CONNECTIONS");
+        drop(idle);
+        let response = tokio::time::timeout(Duration::from_secs(5), second)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+
+    #[tokio::test]
+    async fn shutdown_lets_a_running_job_finish_and_accepts_nothing_new() {
+        let release = Arc::new(Notify::new());
+        let job_started = Arc::new(Notify::new());
+        let (r, s) = (Arc::clone(&release), Arc::clone(&job_started));
+        let executor = FakeExecutor::start(move |mut conn| {
+            let (release, started) = (Arc::clone(&r), Arc::clone(&s));
+            async move {
+                handshake(&mut conn).await;
+                started.notify_one();
+                release.notified().await;
+                conn.send(&Response::Finished(four())).await.unwrap();
+            }
+        });
+        let mut server = TestServer::start(&executor.socket, &[]).await;
+        let running = tokio::spawn(post_execute_owned(server.url("/execute")));
+        job_started.notified().await;
+
+        server.signal_shutdown();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            TcpStream::connect(server.addr).await.is_err(),
+            "still accepting"
+        );
+
+        release.notify_one();
+        assert_eq!(running.await.unwrap(), 200);
+        tokio::time::timeout(Duration::from_secs(5), server.finished())
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn shutdown_gives_up_after_the_grace_period() {
+        let executor = FakeExecutor::start(|mut conn| async move {
+            handshake(&mut conn).await;
+            let _ = conn.recv::<Request>().await;
+        });
+        let mut server = TestServer::start(&executor.socket, &["--shutdown-grace-ms", "200"]).await;
+        let _client = raw_execute(&server, r#"{"code":"1"}"#).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        server.signal_shutdown();
+        tokio::time::timeout(Duration::from_secs(5), server.finished())
+            .await
+            .unwrap();
+    }
+}
