@@ -159,7 +159,10 @@ mod tests {
         let (client, server) = tokio::io::duplex(1024);
         let (mut client, mut server) = (Connection::new(client), Connection::new(server));
         client.send(&Request::Status).await.unwrap();
-        assert_eq!(server.recv::<Request>().await.unwrap(), Some(Request::Status));
+        assert_eq!(
+            server.recv::<Request>().await.unwrap(),
+            Some(Request::Status)
+        );
         drop(client);
         assert_eq!(server.recv::<Request>().await.unwrap(), None);
     }
