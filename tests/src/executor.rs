@@ -12,7 +12,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tempfile::TempDir;
 
-use crate::{binaries, Log, FRONTEND_GID, FRONTEND_UID};
+use crate::{binaries, host_processes_matching, Log, FRONTEND_GID, FRONTEND_UID};
 
 /// How long the executor may take to accept connections on its socket.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -152,6 +152,18 @@ impl Executor {
         &self.log
     }
 
+    /// Host processes whose command line names a path under the state dir (with
+    /// a trailing `/`, which the executor's own `--state-dir` flag lacks): the
+    /// bwrap processes of its jails, which bind their work dirs from there.
+    pub fn jail_processes(&self) -> Vec<u32> {
+        let needle = format!("{}/", self.state_dir.display());
+        let own = self.pid();
+        host_processes_matching(&needle)
+            .into_iter()
+            .filter(|pid| Some(*pid) != own)
+            .collect()
+    }
+
     /// Its pid while running.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
@@ -283,6 +295,13 @@ impl Executor {
 impl Drop for Executor {
     fn drop(&mut self) {
         self.kill();
+        // Hygiene, not a check (tests assert leftovers themselves): jails that
+        // outlived their executor must not pile up on the host.
+        for pid in self.jail_processes() {
+            if let Ok(raw) = i32::try_from(pid) {
+                let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
+            }
+        }
         if std::thread::panicking() {
             eprintln!(
                 "===== executor log =====\n{}\n===== end of executor log =====",

@@ -193,3 +193,32 @@ fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, String> {
         body = body.get(size + 2..).ok_or("truncated chunk end")?;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_content_length_and_chunked_bodies() {
+        let reply = parse_raw_response(
+            b"HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"error\":1}trailing",
+        )
+        .unwrap();
+        assert_eq!(reply.status, 413);
+        assert_eq!(reply.json, serde_json::json!({ "error": 1 }));
+        assert_eq!(reply.header("content-type"), Some("application/json"));
+
+        let reply = parse_raw_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3\r\n:2}\r\n0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(reply.json, serde_json::json!({ "a": 2 }));
+    }
+
+    #[test]
+    fn rejects_non_json_bodies() {
+        let err =
+            parse_raw_response(b"HTTP/1.1 500 Oops\r\ncontent-length: 4\r\n\r\n<h1>").unwrap_err();
+        assert!(err.contains("not JSON"), "{err}");
+    }
+}

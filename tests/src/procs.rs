@@ -98,3 +98,31 @@ pub fn py_concat(s: &str) -> String {
     let mid = s.len() / 2;
     format!("{:?} + {:?}", &s[..mid], &s[mid..])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_a_host_process_by_its_arguments_and_sees_it_go() {
+        let needle = sleep_needle("12.");
+        let mut child = std::process::Command::new("sleep")
+            .arg(&needle)
+            .spawn()
+            .expect("spawn sleep");
+        let pid = child.id();
+        assert!(wait_until(Duration::from_secs(5), || {
+            host_processes_matching(&needle) == [pid]
+        }));
+        child.kill().expect("kill sleep");
+        child.wait().expect("reap sleep");
+        assert!(host_processes_matching(&needle).is_empty());
+    }
+
+    #[test]
+    fn py_concat_hides_the_string() {
+        let expr = py_concat("987.25123");
+        assert_eq!(expr, r#""987." + "25123""#);
+        assert!(!expr.contains("987.25123"));
+    }
+}

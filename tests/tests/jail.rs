@@ -69,11 +69,21 @@ print(json.dumps({"self": os.getpid(), "pids": pids, "cmdlines": cmdlines}))
             "host pid {pid} is visible in the jail: {seen:#}"
         );
     }
-    let cmdlines = seen["cmdlines"].to_string();
-    for daemon in ["pysandbox-executor", "pysandbox-frontend"] {
+    // pid 1 may be bwrap (whose arguments name host paths), but no process may be
+    // one of the daemons.
+    let daemons = [
+        pysandbox_tests::binaries().executor.display().to_string(),
+        pysandbox_tests::binaries().frontend.display().to_string(),
+    ];
+    for cmdline in seen["cmdlines"]
+        .as_object()
+        .into_iter()
+        .flat_map(|o| o.values())
+    {
+        let argv0 = cmdline.as_str().unwrap_or_default().split(' ').next();
         assert!(
-            !cmdlines.contains(daemon),
-            "{daemon} visible in the jail: {seen:#}"
+            !daemons.iter().any(|d| Some(d.as_str()) == argv0),
+            "a daemon is visible in the jail: {seen:#}"
         );
     }
 }
@@ -182,6 +192,9 @@ async fn env_is_minimal() {
         "LC_CTYPE",
         "PWD",
         "TMPDIR",
+        // Python's own settings: keep the work dir importable, not the script's dir.
+        "PYTHONPATH",
+        "PYTHONSAFEPATH",
     ];
     let keys: Vec<&String> = env
         .as_object()

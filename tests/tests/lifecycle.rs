@@ -30,6 +30,19 @@ async fn wait_for_no_process(needle: &str, timeout: Duration) -> bool {
     wait_until_async(timeout, || host_processes_matching(needle).is_empty()).await
 }
 
+/// No bwrap process of this executor's jails is left (within 3 s).
+async fn assert_no_jail_left(svc: &Service) {
+    let gone = wait_until_async(Duration::from_secs(3), || {
+        svc.executor.jail_processes().is_empty()
+    })
+    .await;
+    assert!(
+        gone,
+        "jail processes are left on the host: {:?}",
+        svc.executor.jail_processes()
+    );
+}
+
 #[tokio::test]
 async fn timeout_kills_the_job_and_keeps_flushed_output() {
     require_root!();
@@ -57,6 +70,7 @@ async fn timeout_kills_the_job_and_keeps_flushed_output() {
     );
     let duration = out["durationMs"].as_u64().unwrap_or(0);
     assert!((950..2000).contains(&duration), "durationMs {duration}");
+    assert_no_jail_left(&svc).await;
 }
 
 #[tokio::test]
@@ -117,6 +131,7 @@ async fn job_ignoring_sigterm_is_killed_at_the_timeout() {
         "the SIGTERM-ignoring child outlived the job: {:?}",
         host_processes_matching(&needle)
     );
+    assert_no_jail_left(&svc).await;
 }
 
 /// A double-forked, setsid'd daemon that closed its descriptors (so nothing holds
@@ -175,6 +190,7 @@ while time.time() < deadline:
         "the daemon outlived its job: {:?}",
         host_processes_matching(&needle)
     );
+    assert_no_jail_left(&svc).await;
 }
 
 /// A daemon that keeps the job's stdout and stderr open must neither delay the
@@ -212,6 +228,7 @@ print("parent done")
         "the daemon outlived its job: {:?}",
         host_processes_matching(&needle)
     );
+    assert_no_jail_left(&svc).await;
 }
 
 #[tokio::test]
@@ -226,12 +243,17 @@ async fn client_disconnect_kills_its_job() {
         wait_for_process(&needle, Duration::from_secs(10)).await,
         "the job's sleep never started"
     );
+    assert!(
+        !svc.executor.jail_processes().is_empty(),
+        "the harness cannot see the running jail"
+    );
     drop(stream);
     assert!(
         wait_for_no_process(&needle, Duration::from_secs(5)).await,
         "the job outlived its client by 5 s: {:?}",
         host_processes_matching(&needle)
     );
+    assert_no_jail_left(&svc).await;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let health = svc.health().await;
@@ -314,6 +336,7 @@ async fn executor_crash_during_a_job_is_a_503_and_leaves_nothing() {
         "the job outlived the executor: {:?}",
         host_processes_matching(&needle)
     );
+    assert_no_jail_left(&svc).await;
     svc.executor.kill();
     svc.executor.restart();
     assert_eq!(svc.run_code("print('again')").await["stdout"], "again\n");
