@@ -73,6 +73,53 @@ async fn timeout_kills_the_job_and_keeps_flushed_output() {
     assert_no_jail_left(&svc).await;
 }
 
+/// A timeout that strikes while the jail is still being set up is still a
+/// timed-out job (200), never a jail failure (503), and leaves no jail behind.
+/// Timeouts of 1..=40 ms, four at a time, land in every phase of the setup.
+#[tokio::test]
+async fn timeout_during_jail_setup_is_still_a_timed_out_result() {
+    require_root!();
+    let svc = Service::start();
+    let mut failures = Vec::new();
+    for round in 0..10u32 {
+        let jobs = (1..=4u32).map(|i| {
+            let svc = &svc;
+            let timeout = round * 4 + i;
+            async move {
+                let body = json!({ "code": "print(1)", "timeoutMs": timeout });
+                (timeout, svc.post_execute(&body).await)
+            }
+        });
+        for (timeout, reply) in futures::future::join_all(jobs).await {
+            let out = &reply.json;
+            let ok = reply.status == 200
+                && if out["timedOut"] == true {
+                    out["signal"] == "SIGKILL"
+                        && out["stderr"].as_str().is_some_and(|e| {
+                            e.ends_with(&format!(
+                                "[sandbox] killed: wall-clock timeout of {timeout} ms exceeded\n"
+                            ))
+                        })
+                } else {
+                    out["exitCode"] == 0 && out["stdout"] == "1\n"
+                };
+            if !ok {
+                failures.push(format!(
+                    "timeoutMs {timeout}: {} {}",
+                    reply.status, reply.text
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of 40 jobs:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert_no_jail_left(&svc).await;
+}
+
 #[tokio::test]
 async fn default_timeout_applies_when_none_is_given() {
     require_root!();
