@@ -18,8 +18,29 @@ const DEFAULT_BWRAP: &str = "/usr/bin/bwrap";
 /// `nobody`: owns no files, so a job that escaped its namespaces could touch nothing.
 const DEFAULT_SANDBOX_ID: u32 = 65534;
 const DEFAULT_TIMEOUT_MS: u32 = 30_000;
-const DEFAULT_OUTPUT_BYTES: u32 = 1024 * 1024;
-const DEFAULT_TMP_BYTES: u64 = 64 * 1024 * 1024;
+const DEFAULT_SHM_BYTES: u64 = 64 * 1024 * 1024;
+const DEFAULT_DISK_INODES: u32 = 16_384;
+const DEFAULT_OPEN_FILES: u32 = 256;
+const DEFAULT_STACK_MB: u32 = 8;
+const DEFAULT_CPU_PERCENT: u32 = 100;
+
+/// Limits a job gets when it names none.
+const DEFAULT_LIMITS: Limits = Limits {
+    memory_mb: 512,
+    cpu_ms: 60_000,
+    max_processes: 64,
+    disk_mb: 256,
+    output_bytes: 1024 * 1024,
+};
+
+/// The most a job may ask for.
+const MAX_LIMITS: Limits = Limits {
+    memory_mb: 4096,
+    cpu_ms: 600_000,
+    max_processes: 512,
+    disk_mb: 2048,
+    output_bytes: 4 * 1024 * 1024,
+};
 
 /// Command-line flags. Each one may also be set in the `--config` file; flags win.
 #[derive(Debug, Parser)]
@@ -74,10 +95,63 @@ struct FileConfig {
     bwrap: Option<PathBuf>,
     default_timeout_ms: Option<u32>,
     max_timeout_ms: Option<u32>,
-    output_bytes: Option<u32>,
-    tmp_bytes: Option<u64>,
+    shm_bytes: Option<u64>,
+    disk_inodes: Option<u32>,
+    open_files: Option<u32>,
+    stack_mb: Option<u32>,
+    cpu_percent: Option<u32>,
     #[serde(default)]
     ro_binds: Vec<PathBuf>,
+    #[serde(default)]
+    default_limits: PartialLimits,
+    #[serde(default)]
+    max_limits: PartialLimits,
+}
+
+/// A `[default_limits]` or `[max_limits]` table: any key may be left out.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PartialLimits {
+    memory_mb: Option<u32>,
+    cpu_ms: Option<u32>,
+    max_processes: Option<u32>,
+    disk_mb: Option<u32>,
+    output_bytes: Option<u32>,
+}
+
+impl PartialLimits {
+    fn or(self, base: Limits) -> Limits {
+        Limits {
+            memory_mb: self.memory_mb.unwrap_or(base.memory_mb),
+            cpu_ms: self.cpu_ms.unwrap_or(base.cpu_ms),
+            max_processes: self.max_processes.unwrap_or(base.max_processes),
+            disk_mb: self.disk_mb.unwrap_or(base.disk_mb),
+            output_bytes: self.output_bytes.unwrap_or(base.output_bytes),
+        }
+    }
+}
+
+/// One value for each limit a request may lower.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub memory_mb: u32,
+    pub cpu_ms: u32,
+    pub max_processes: u32,
+    pub disk_mb: u32,
+    pub output_bytes: u32,
+}
+
+impl Limits {
+    /// `(API field, value)` pairs, for checks and messages.
+    pub fn fields(&self) -> [(&'static str, u32); 5] {
+        [
+            ("memoryMb", self.memory_mb),
+            ("cpuMs", self.cpu_ms),
+            ("maxProcesses", self.max_processes),
+            ("diskMb", self.disk_mb),
+            ("outputBytes", self.output_bytes),
+        ]
+    }
 }
 
 /// The checked configuration the executor runs with.
@@ -98,10 +172,20 @@ pub struct Config {
     pub default_timeout_ms: u32,
     /// The largest wall-clock limit a job may ask for.
     pub max_timeout_ms: u32,
-    /// Bytes of stdout, and of stderr, kept per job.
-    pub output_bytes: u32,
-    /// Size of each job's private `/tmp`.
-    pub tmp_bytes: u64,
+    /// Limits of a job that names none.
+    pub default_limits: Limits,
+    /// The most a job may ask for.
+    pub max_limits: Limits,
+    /// Size of each job's `/dev/shm`.
+    pub shm_bytes: u64,
+    /// Files and directories a job may create in its work dir and `/tmp` together.
+    pub disk_inodes: u32,
+    /// RLIMIT_NOFILE of every job process.
+    pub open_files: u32,
+    /// RLIMIT_STACK of every job process, in MiB.
+    pub stack_mb: u32,
+    /// CPU bandwidth of one job in percent of a CPU; 0 leaves it unlimited.
+    pub cpu_percent: u32,
     /// Extra host paths bound read-only at the same place in every jail (a venv, say).
     pub ro_binds: Vec<PathBuf>,
 }
@@ -138,8 +222,13 @@ impl Config {
             max_timeout_ms: file
                 .max_timeout_ms
                 .unwrap_or(pysandbox_shared::MAX_TIMEOUT_MS),
-            output_bytes: file.output_bytes.unwrap_or(DEFAULT_OUTPUT_BYTES),
-            tmp_bytes: file.tmp_bytes.unwrap_or(DEFAULT_TMP_BYTES),
+            default_limits: file.default_limits.or(DEFAULT_LIMITS),
+            max_limits: file.max_limits.or(MAX_LIMITS),
+            shm_bytes: file.shm_bytes.unwrap_or(DEFAULT_SHM_BYTES),
+            disk_inodes: file.disk_inodes.unwrap_or(DEFAULT_DISK_INODES),
+            open_files: file.open_files.unwrap_or(DEFAULT_OPEN_FILES),
+            stack_mb: file.stack_mb.unwrap_or(DEFAULT_STACK_MB),
+            cpu_percent: file.cpu_percent.unwrap_or(DEFAULT_CPU_PERCENT),
             ro_binds: file.ro_binds,
         };
         config.check(nix::unistd::getuid().as_raw())?;
@@ -189,8 +278,18 @@ impl Config {
         }
         // Both captures travel in one frame; keep them well inside it.
         let max_output = pysandbox_shared::MAX_FRAME_LEN as u32 / 4;
-        if self.output_bytes > max_output {
-            return invalid(format!("output_bytes: must be at most {max_output}"));
+        if self.max_limits.output_bytes > max_output {
+            return invalid(format!("max_limits.output_bytes: must be at most {max_output}"));
+        }
+        for ((name, default), (_, max)) in self.default_limits.fields().into_iter().zip(self.max_limits.fields()) {
+            if default == 0 || default > max {
+                return invalid(format!(
+                    "default_limits: {name} must be from 1 to its max_limits value {max}"
+                ));
+            }
+        }
+        if self.disk_inodes == 0 || self.open_files < 16 || self.stack_mb == 0 {
+            return invalid("disk_inodes, open_files (at least 16) and stack_mb must be positive".into());
         }
         if !self.python_is_bound() {
             return invalid(format!(
@@ -233,6 +332,16 @@ mod tests {
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), toml).unwrap();
         load(&["--config", file.path().to_str().unwrap()])
+    }
+
+    #[test]
+    fn limit_tables_override_defaults_key_by_key() {
+        let config =
+            load_file("[default_limits]\nmemory_mb = 128\n[max_limits]\ncpu_ms = 100000").unwrap();
+        assert_eq!(config.default_limits.memory_mb, 128);
+        assert_eq!(config.max_limits.cpu_ms, 100_000);
+        assert_eq!(config.default_limits.disk_mb, DEFAULT_LIMITS.disk_mb);
+        assert!(load_file("[max_limits]\ncpu_ms = 1000").is_err(), "default cpu_ms 60000 > max");
     }
 
     #[test]
@@ -289,7 +398,9 @@ mod tests {
         assert!(load(&["--state-dir", "state"]).is_err());
         assert!(load_file("default_timeout_ms = 0").is_err());
         assert!(load_file("max_timeout_ms = 120001").is_err());
-        assert!(load_file("output_bytes = 999999999").is_err());
+        assert!(load_file("[max_limits]\noutput_bytes = 999999999").is_err());
+        assert!(load_file("[default_limits]\nmemory_mb = 5000").is_err());
+        assert!(load_file("[default_limits]\nmemroy_mb = 5").is_err());
         assert!(load(&["--max-jobs", "0"]).is_err());
     }
 }

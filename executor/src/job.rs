@@ -1,5 +1,5 @@
-//! Running one job: a fresh work dir and jail, its input fed, its output captured,
-//! its wall-clock limit enforced, and what happened turned into a [`JobResult`].
+//! Running one job: a fresh tmpfs, cgroup and jail, its input fed, its output
+//! captured, its limits enforced, and what happened turned into a [`JobResult`].
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
@@ -7,21 +7,27 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use pysandbox_shared::{JobError, JobResult, JobSpec};
+use pysandbox_shared::{Enforcement, JobError, JobResult, JobSpec, LimitKind, Usage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::process::{Child, ChildStdin};
 
-use crate::config::Config;
+use crate::cgroup::{CgroupLimits, Cgroups, Controller, JobCgroup, Version};
+use crate::config::{Config, Limits};
 use crate::error::Error;
 use crate::jail::{Jail, Started};
 use crate::output::{capture, Captured};
-use crate::workdir::{jobs_dir, WorkDir};
+use crate::sys::Rlimit;
+use crate::workdir::{jobs_dir, DiskLimits, WorkDir};
 
 /// How long output may keep flowing after the jail's pid 1 is gone. The kernel kills
 /// the rest of the pid namespace with it, so the pipes close almost at once; this only
 /// bounds a wait that should never be long.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
+/// How often the CPU time of a job's cgroup is compared with its limit.
+const CPU_POLL: Duration = Duration::from_millis(50);
+/// How long the last processes of a killed jail get to leave its cgroup.
+const EMPTY_WAIT: Duration = Duration::from_secs(2);
 
 /// Exit statuses above this are bwrap's report of a fatal signal (128 + signal number).
 const SIGNAL_EXIT_BASE: i32 = 128;
@@ -30,72 +36,161 @@ const SIGNAL_EXIT_BASE: i32 = 128;
 #[derive(Debug)]
 pub struct Runner {
     jail: Jail,
+    cgroups: Option<Cgroups>,
     jobs_dir: PathBuf,
-    uid: u32,
-    gid: u32,
+    owner: (u32, u32),
     default_timeout_ms: u32,
     max_timeout_ms: u32,
-    output_bytes: usize,
+    default_limits: Limits,
+    max_limits: Limits,
+    disk_inodes: u32,
+    open_files: u32,
+    stack_mb: u32,
+    cpu_percent: u32,
     next_id: AtomicU64,
 }
 
+/// A job's limits once its request has been checked against the maxima.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resolved {
+    pub timeout_ms: u32,
+    pub limits: Limits,
+}
+
+/// What the executor observed about a finished jail, before it becomes a result.
+#[derive(Debug, Default)]
+struct Observed {
+    status: Option<ExitStatus>,
+    killed_by: Option<LimitKind>,
+    oom_killed: bool,
+    pids_limited: bool,
+    disk_full: bool,
+    usage: Usage,
+}
+
 impl Runner {
-    pub fn new(config: &Config, jail: Jail) -> Runner {
+    pub fn new(config: &Config, jail: Jail, cgroups: Option<Cgroups>) -> Runner {
         Runner {
             jail,
+            cgroups,
             jobs_dir: jobs_dir(&config.state_dir),
-            uid: config.sandbox_uid,
-            gid: config.sandbox_gid,
+            owner: (config.sandbox_uid, config.sandbox_gid),
             default_timeout_ms: config.default_timeout_ms,
             max_timeout_ms: config.max_timeout_ms,
-            output_bytes: config.output_bytes as usize,
+            default_limits: config.default_limits,
+            max_limits: config.max_limits,
+            disk_inodes: config.disk_inodes,
+            open_files: config.open_files,
+            stack_mb: config.stack_mb,
+            cpu_percent: config.cpu_percent,
             next_id: AtomicU64::new(1),
         }
     }
 
-    /// The job's wall-clock limit, or why the job asks for more than is allowed.
-    pub fn timeout_ms(&self, spec: &JobSpec) -> Result<u32, JobError> {
-        match spec.timeout_ms.unwrap_or(self.default_timeout_ms) {
-            0 => Err(JobError::Rejected {
-                field: "timeoutMs".into(),
-                reason: "must be at least 1".into(),
-            }),
-            ms if ms > self.max_timeout_ms => Err(JobError::Rejected {
-                field: "timeoutMs".into(),
-                reason: format!("must be at most {}", self.max_timeout_ms),
-            }),
-            ms => Ok(ms),
+    /// How each limit is enforced on this host, for `/health` and `check`.
+    pub fn enforcement(&self) -> Vec<Enforcement> {
+        let cgroup = |c: Controller| {
+            self.cgroups.as_ref().filter(|g| g.has(c)).map(|g| match g.version() {
+                Version::V1 => "cgroup v1",
+                Version::V2 => "cgroup v2",
+            })
+        };
+        let memory = match cgroup(Controller::Memory) {
+            Some(v) => format!("{v} memory limit, swap off; OOM kills reported"),
+            None => "RLIMIT_AS per process (fallback: no memory cgroup)".into(),
+        };
+        let processes = match cgroup(Controller::Pids) {
+            Some(v) => format!("{v} pids.max"),
+            None => "RLIMIT_NPROC, counted per uid across all jobs, not per job (fallback: no pids cgroup)".into(),
+        };
+        let mut cpu = match cgroup(Controller::CpuAcct) {
+            Some(v) => format!("{v} CPU time, polled every {} ms; RLIMIT_CPU per process", CPU_POLL.as_millis()),
+            None => "RLIMIT_CPU per process (fallback: no cpuacct cgroup)".into(),
+        };
+        if let (Some(v), true) = (cgroup(Controller::Cpu), self.cpu_percent > 0) {
+            cpu.push_str(&format!("; {v} bandwidth {}% of a CPU", self.cpu_percent));
         }
+        [
+            ("memory", memory),
+            ("time", "wall clock; the whole pid namespace is killed".into()),
+            ("cpu", cpu),
+            ("processes", processes),
+            ("disk", format!("tmpfs size and {} inodes; RLIMIT_FSIZE per file", self.disk_inodes)),
+            ("output", "capture cap; the rest is drained and dropped".into()),
+        ]
+        .into_iter()
+        .map(|(limit, mechanism)| Enforcement {
+            limit: limit.into(),
+            mechanism,
+        })
+        .collect()
     }
 
-    /// Runs `spec` to its end. Dropping the returned future kills the jail and removes
-    /// the work dir.
-    pub async fn run(&self, spec: &JobSpec, timeout_ms: u32) -> Result<JobResult, Error> {
+    /// The job's limits, or why it asks for more than is allowed.
+    pub fn resolve(&self, spec: &JobSpec) -> Result<Resolved, JobError> {
+        let timeout_ms = check("timeoutMs", spec.timeout_ms, self.default_timeout_ms, self.max_timeout_ms)?;
+        let (asked, default, max) = (&spec.limits, &self.default_limits, &self.max_limits);
+        let limits = Limits {
+            memory_mb: check("limits.memoryMb", asked.memory_mb, default.memory_mb, max.memory_mb)?,
+            cpu_ms: check("limits.cpuMs", asked.cpu_ms, default.cpu_ms, max.cpu_ms)?,
+            max_processes: check(
+                "limits.maxProcesses",
+                asked.max_processes,
+                default.max_processes,
+                max.max_processes,
+            )?,
+            disk_mb: check("limits.diskMb", asked.disk_mb, default.disk_mb, max.disk_mb)?,
+            output_bytes: check(
+                "limits.outputBytes",
+                asked.output_bytes,
+                default.output_bytes,
+                max.output_bytes,
+            )?,
+        };
+        Ok(Resolved { timeout_ms, limits })
+    }
+
+    /// Runs `spec` to its end. Dropping the returned future kills the jail and
+    /// removes its cgroup and tmpfs.
+    pub async fn run(&self, spec: &JobSpec, resolved: Resolved) -> Result<JobResult, Error> {
+        let Resolved { timeout_ms, limits } = resolved;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let work = WorkDir::create(&self.jobs_dir, id, self.uid, self.gid)?;
+        let disk = DiskLimits {
+            bytes: u64::from(limits.disk_mb) << 20,
+            inodes: self.disk_inodes,
+        };
+        let dir = WorkDir::create(&self.jobs_dir, id, self.owner, disk)?;
+        let cgroup = match &self.cgroups {
+            Some(cgroups) => Some(cgroups.create(id, &self.cgroup_limits(&limits))?),
+            None => None,
+        };
+        let procs = cgroup.as_ref().map(JobCgroup::procs_fds).unwrap_or_default();
         let stdin = match spec.stdin {
             Some(_) => Stdio::piped(),
             None => Stdio::null(),
         };
         let started_at = Instant::now();
-        let Started { mut child, ready } = self.jail.spawn(work.path(), &spec.code, stdin)?;
+        let Started { mut child, ready } =
+            self.jail.spawn(&dir, &spec.code, stdin, &procs, &self.rlimits(&limits))?;
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
         let input = child.stdin.take();
+        let cap = limits.output_bytes as usize;
         let timeout = Duration::from_millis(timeout_ms.into());
+        let cpu_limit = Duration::from_millis(limits.cpu_ms.into());
         let io = async {
             tokio::join!(
-                capture_opt(stdout, self.output_bytes),
-                capture_opt(stderr, self.output_bytes),
+                capture_opt(stdout, cap),
+                capture_opt(stderr, cap),
                 feed(input, spec.stdin.as_deref().unwrap_or_default()),
                 is_ready(ready),
             )
         };
         let (waited, io) = tokio::join!(
-            wait_or_kill(&mut child, timeout),
+            wait_or_kill(&mut child, timeout, cgroup.as_ref().map(|c| (c, cpu_limit))),
             tokio::time::timeout(timeout + DRAIN_GRACE, io),
         );
-        let duration = started_at.elapsed();
-        let (status, timed_out) = waited.map_err(|e| Error::Jail(format!("cannot wait: {e}")))?;
+        let wall = started_at.elapsed();
+        let (status, killed_by) = waited.map_err(|e| Error::Jail(format!("cannot wait: {e}")))?;
         let Ok((stdout, stderr, (), ready)) = io else {
             return Err(Error::Jail("the jail's output did not close".into()));
         };
@@ -103,29 +198,108 @@ impl Runner {
             let reason = stderr.into_text();
             return Err(Error::Jail(reason.trim().chars().take(500).collect()));
         }
-        drop(work);
-        Ok(assemble(
-            status,
-            timed_out,
-            timeout_ms,
-            stdout,
-            stderr,
-            self.output_bytes,
-            duration,
-        ))
+        let mut observed = Observed {
+            status: Some(status),
+            killed_by,
+            disk_full: dir.is_full(),
+            usage: Usage {
+                wall_ms: wall.as_millis() as u64,
+                ..Usage::default()
+            },
+            ..Observed::default()
+        };
+        if let Some(cgroup) = &cgroup {
+            wait_until_empty(cgroup).await;
+            let report = cgroup.report();
+            observed.oom_killed = report.oom_killed;
+            observed.pids_limited = report.pids_limited;
+            observed.usage.cpu_ms = report.cpu_ns.map(|ns| ns / 1_000_000);
+            observed.usage.peak_memory_bytes = report.peak_memory_bytes;
+        }
+        Ok(assemble(observed, &resolved, stdout, stderr))
+    }
+
+    fn cgroup_limits(&self, limits: &Limits) -> CgroupLimits {
+        CgroupLimits {
+            memory_bytes: u64::from(limits.memory_mb) << 20,
+            max_processes: limits.max_processes,
+            cpu_percent: (self.cpu_percent > 0).then_some(self.cpu_percent),
+        }
+    }
+
+    /// Per-process limits of every process in the jail. Those a cgroup enforces for
+    /// the whole job are only set here when the cgroup is missing.
+    fn rlimits(&self, limits: &Limits) -> Vec<Rlimit> {
+        let mut rlimits = vec![
+            // No core dumps: they would fill the work dir and leak memory contents.
+            (libc::RLIMIT_CORE, 0),
+            (libc::RLIMIT_NOFILE, u64::from(self.open_files)),
+            (libc::RLIMIT_STACK, u64::from(self.stack_mb) << 20),
+            // One file may take the whole disk limit, never more: EFBIG, not ENOSPC.
+            (libc::RLIMIT_FSIZE, u64::from(limits.disk_mb) << 20),
+            // A backstop for one process; the cgroup poll covers the whole tree.
+            (libc::RLIMIT_CPU, u64::from(limits.cpu_ms).div_ceil(1000) + 1),
+        ];
+        let has = |c| self.cgroups.as_ref().is_some_and(|g| g.has(c));
+        if !has(Controller::Memory) {
+            rlimits.push((libc::RLIMIT_AS, u64::from(limits.memory_mb) << 20));
+        }
+        if !has(Controller::Pids) {
+            rlimits.push((libc::RLIMIT_NPROC, u64::from(limits.max_processes)));
+        }
+        rlimits
     }
 }
 
-/// Waits for the jail to end, killing it once `timeout` has passed. Killing bwrap is
-/// enough: its pid 1 dies with it (`--die-with-parent`) and the kernel then kills
-/// every other process of the jail's pid namespace.
-async fn wait_or_kill(child: &mut Child, timeout: Duration) -> std::io::Result<(ExitStatus, bool)> {
-    match tokio::time::timeout(timeout, child.wait()).await {
-        Ok(status) => Ok((status?, false)),
-        Err(_) => {
-            child.start_kill()?;
-            Ok((child.wait().await?, true))
+/// A requested limit, or the default; more than `max` (or 0) is refused with the
+/// API's name for the field.
+fn check(field: &str, asked: Option<u32>, default: u32, max: u32) -> Result<u32, JobError> {
+    match asked {
+        None => Ok(default),
+        Some(value) if (1..=max).contains(&value) => Ok(value),
+        Some(_) => Err(JobError::Rejected {
+            field: field.into(),
+            reason: format!("must be from 1 to {max}"),
+        }),
+    }
+}
+
+/// Waits for the jail to end, killing it at the wall-clock limit or, when its cgroup
+/// accounts CPU time, at the CPU limit. Killing bwrap is enough: its pid 1 dies with
+/// it (`--die-with-parent`) and the kernel then kills every other process of the
+/// jail's pid namespace.
+async fn wait_or_kill(
+    child: &mut Child,
+    timeout: Duration,
+    cpu: Option<(&JobCgroup, Duration)>,
+) -> std::io::Result<(ExitStatus, Option<LimitKind>)> {
+    let cpu_exceeded = async {
+        let Some((cgroup, limit)) = cpu else {
+            return std::future::pending().await;
+        };
+        let limit_ns = limit.as_nanos() as u64;
+        loop {
+            tokio::time::sleep(CPU_POLL).await;
+            if cgroup.cpu_ns().is_some_and(|ns| ns > limit_ns) {
+                return;
+            }
         }
+    };
+    let reason = tokio::select! {
+        status = child.wait() => return Ok((status?, None)),
+        () = tokio::time::sleep(timeout) => LimitKind::Time,
+        () = cpu_exceeded => LimitKind::Cpu,
+    };
+    child.start_kill()?;
+    Ok((child.wait().await?, Some(reason)))
+}
+
+/// Waits until the last process of a killed jail has left its cgroup, so that the
+/// usage figures are final and nothing of the job outlives its response.
+async fn wait_until_empty(cgroup: &JobCgroup) {
+    let deadline = Instant::now() + EMPTY_WAIT;
+    while !cgroup.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -150,36 +324,33 @@ async fn is_ready(mut ready: pipe::Receiver) -> bool {
     matches!(ready.read(&mut byte).await, Ok(1))
 }
 
-fn assemble(
-    status: ExitStatus,
-    timed_out: bool,
-    timeout_ms: u32,
-    stdout: Captured,
-    stderr: Captured,
-    cap: usize,
-    duration: Duration,
-) -> JobResult {
-    let (exit_code, signal) = exit_of(status, timed_out);
+/// Turns what was observed into the result: exit status, one `[sandbox]` line per
+/// limit that fired, and the limit that matters most in `limit_exceeded` (the one
+/// that killed the job, else the first of memory, cpu, processes, disk, output).
+fn assemble(observed: Observed, resolved: &Resolved, stdout: Captured, stderr: Captured) -> JobResult {
+    let Resolved { timeout_ms, limits } = resolved;
+    let (exit_code, signal) = exit_of(observed.status, observed.killed_by.is_some());
+    let cpu_signal = signal.as_deref() == Some("SIGXCPU");
+    let fired = [
+        (observed.killed_by == Some(LimitKind::Time), LimitKind::Time, format!("killed: wall-clock timeout of {timeout_ms} ms exceeded")),
+        (observed.oom_killed, LimitKind::Memory, format!("killed: memory limit {} MiB exceeded", limits.memory_mb)),
+        (observed.killed_by == Some(LimitKind::Cpu) || cpu_signal, LimitKind::Cpu, format!("killed: CPU time limit of {} ms exceeded", limits.cpu_ms)),
+        (observed.pids_limited, LimitKind::Processes, format!("process limit of {} reached: a fork or thread was refused", limits.max_processes)),
+        (observed.disk_full, LimitKind::Disk, format!("disk limit of {} MiB reached (work dir and /tmp together)", limits.disk_mb)),
+        (stdout.truncated, LimitKind::Output, format!("stdout truncated at {} bytes", limits.output_bytes)),
+        (stderr.truncated, LimitKind::Output, format!("stderr truncated at {} bytes", limits.output_bytes)),
+    ];
+    let limit_exceeded = observed
+        .killed_by
+        .or_else(|| fired.iter().find(|(hit, ..)| *hit).map(|(_, kind, _)| *kind));
     let (stdout_truncated, stderr_truncated) = (stdout.truncated, stderr.truncated);
-    let mut notes = Vec::new();
-    if timed_out {
-        notes.push(format!(
-            "killed: wall-clock timeout of {timeout_ms} ms exceeded"
-        ));
-    }
-    if stdout_truncated {
-        notes.push(format!("stdout truncated at {cap} bytes"));
-    }
-    if stderr_truncated {
-        notes.push(format!("stderr truncated at {cap} bytes"));
-    }
     let mut stderr = stderr.into_text();
-    for note in notes {
+    for (_, _, note) in fired.iter().filter(|(hit, ..)| *hit) {
         if !stderr.is_empty() && !stderr.ends_with('\n') {
             stderr.push('\n');
         }
         stderr.push_str("[sandbox] ");
-        stderr.push_str(&note);
+        stderr.push_str(note);
         stderr.push('\n');
     }
     JobResult {
@@ -189,8 +360,9 @@ fn assemble(
         stderr,
         stdout_truncated,
         stderr_truncated,
-        timed_out,
-        duration_ms: duration.as_millis() as u64,
+        timed_out: observed.killed_by == Some(LimitKind::Time),
+        limit_exceeded,
+        usage: observed.usage,
     }
 }
 
@@ -198,24 +370,20 @@ fn assemble(
 ///
 /// bwrap reports a job killed by signal N as exit status 128 + N, so a Python that
 /// calls `sys.exit(137)` reads as SIGKILL too; the shell has the same ambiguity.
-fn exit_of(status: ExitStatus, timed_out: bool) -> (Option<i32>, Option<String>) {
+fn exit_of(status: Option<ExitStatus>, killed: bool) -> (Option<i32>, Option<String>) {
     let name = |n: i32| {
         nix::sys::signal::Signal::try_from(n)
             .ok()
             .map(|s| s.as_str().to_owned())
     };
-    if timed_out {
+    let Some(status) = status.filter(|_| !killed) else {
         return (None, Some("SIGKILL".into()));
-    }
+    };
     if let Some(n) = status.signal() {
         return (None, name(n).or(Some(format!("signal {n}"))));
     }
     let code = status.code().unwrap_or(-1);
-    match code
-        .checked_sub(SIGNAL_EXIT_BASE)
-        .filter(|&n| n > 0)
-        .and_then(name)
-    {
+    match code.checked_sub(SIGNAL_EXIT_BASE).filter(|&n| n > 0).and_then(name) {
         Some(signal) => (None, Some(signal)),
         None => (Some(code), None),
     }
@@ -225,8 +393,8 @@ fn exit_of(status: ExitStatus, timed_out: bool) -> (Option<i32>, Option<String>)
 mod tests {
     use super::*;
 
-    fn exited(code: i32) -> ExitStatus {
-        ExitStatus::from_raw(code << 8)
+    fn exited(code: i32) -> Option<ExitStatus> {
+        Some(ExitStatus::from_raw(code << 8))
     }
 
     fn text(s: &str, truncated: bool) -> Captured {
@@ -236,57 +404,100 @@ mod tests {
         }
     }
 
+    fn resolved() -> Resolved {
+        Resolved {
+            timeout_ms: 1000,
+            limits: Limits {
+                memory_mb: 64,
+                cpu_ms: 500,
+                max_processes: 8,
+                disk_mb: 16,
+                output_bytes: 3,
+            },
+        }
+    }
+
     #[test]
     fn exit_codes_and_signals() {
         assert_eq!(exit_of(exited(0), false), (Some(0), None));
         assert_eq!(exit_of(exited(3), false), (Some(3), None));
-        assert_eq!(
-            exit_of(exited(128 + 11), false),
-            (None, Some("SIGSEGV".into()))
-        );
+        assert_eq!(exit_of(exited(128 + 11), false), (None, Some("SIGSEGV".into())));
         assert_eq!(exit_of(exited(128), false), (Some(128), None));
         assert_eq!(exit_of(exited(255), false), (Some(255), None));
         assert_eq!(
-            exit_of(ExitStatus::from_raw(9), false),
+            exit_of(Some(ExitStatus::from_raw(9)), false),
             (None, Some("SIGKILL".into()))
         );
         assert_eq!(exit_of(exited(0), true), (None, Some("SIGKILL".into())));
     }
 
     #[test]
-    fn every_limit_hit_adds_one_sandbox_line() {
-        let result = assemble(
-            exited(0),
-            true,
-            1000,
-            text("out", true),
-            text("partial", true),
-            3,
-            Duration::from_millis(5),
-        );
+    fn the_killing_limit_wins_and_every_limit_adds_one_line() {
+        let observed = Observed {
+            status: exited(0),
+            killed_by: Some(LimitKind::Time),
+            pids_limited: true,
+            ..Observed::default()
+        };
+        let result = assemble(observed, &resolved(), text("out", true), text("partial", true));
         assert_eq!(
             result.stderr,
             "partial\n[sandbox] killed: wall-clock timeout of 1000 ms exceeded\n\
+             [sandbox] process limit of 8 reached: a fork or thread was refused\n\
              [sandbox] stdout truncated at 3 bytes\n[sandbox] stderr truncated at 3 bytes\n"
         );
+        assert_eq!(result.limit_exceeded, Some(LimitKind::Time));
         assert!(result.timed_out && result.stdout_truncated && result.stderr_truncated);
-        assert_eq!((result.exit_code, result.duration_ms), (None, 5));
+        assert_eq!(result.exit_code, None);
+    }
+
+    #[test]
+    fn an_oom_kill_reads_as_memory_not_a_bare_signal() {
+        let observed = Observed {
+            status: exited(128 + 9),
+            oom_killed: true,
+            ..Observed::default()
+        };
+        let result = assemble(observed, &resolved(), text("", false), text("", false));
+        assert_eq!(result.limit_exceeded, Some(LimitKind::Memory));
+        assert_eq!(result.signal.as_deref(), Some("SIGKILL"));
+        assert_eq!(result.stderr, "[sandbox] killed: memory limit 64 MiB exceeded\n");
+        assert!(!result.timed_out);
+    }
+
+    #[test]
+    fn sigxcpu_reads_as_cpu() {
+        let observed = Observed {
+            status: exited(128 + 24),
+            ..Observed::default()
+        };
+        let result = assemble(observed, &resolved(), text("", false), text("", false));
+        assert_eq!(result.limit_exceeded, Some(LimitKind::Cpu));
     }
 
     #[test]
     fn a_clean_run_adds_nothing() {
-        let result = assemble(
-            exited(0),
-            false,
-            1000,
-            text("4\n", false),
-            text("", false),
-            10,
-            Duration::ZERO,
-        );
+        let observed = Observed {
+            status: exited(0),
+            ..Observed::default()
+        };
+        let result = assemble(observed, &resolved(), text("4\n", false), text("", false));
+        assert_eq!((result.stdout.as_str(), result.stderr.as_str()), ("4\n", ""));
+        assert_eq!(result.limit_exceeded, None);
+    }
+
+    #[test]
+    fn requested_limits_may_only_lower_the_maximum() {
+        assert_eq!(check("limits.memoryMb", None, 512, 1024), Ok(512));
+        assert_eq!(check("limits.memoryMb", Some(100), 512, 1024), Ok(100));
+        assert_eq!(check("limits.memoryMb", Some(1024), 512, 1024), Ok(1024));
         assert_eq!(
-            (result.stdout.as_str(), result.stderr.as_str()),
-            ("4\n", "")
+            check("limits.memoryMb", Some(1025), 512, 1024),
+            Err(JobError::Rejected {
+                field: "limits.memoryMb".into(),
+                reason: "must be from 1 to 1024".into(),
+            })
         );
+        assert!(check("timeoutMs", Some(0), 1, 5).is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! pysandbox-executor: the privileged half of pysandbox. It serves a Unix socket, and
 //! runs each job it is sent in a fresh bubblewrap jail as an unprivileged uid.
 
+pub mod cgroup;
 pub mod config;
 pub mod error;
 pub mod jail;

@@ -15,10 +15,11 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, info_span, warn, Instrument};
 
+use crate::cgroup::{self, Cgroups};
 use crate::config::Config;
 use crate::error::Error;
 use crate::jail::Jail;
-use crate::job::Runner;
+use crate::job::{Resolved, Runner};
 use crate::workdir;
 
 /// How long a peer has to say hello, and then to send its request.
@@ -42,13 +43,24 @@ struct Executor {
 /// resolves; running jobs get [`SHUTDOWN_GRACE`] to finish.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     workdir::prepare(&config.state_dir)?;
+    let cgroups = Cgroups::detect(&cgroup::instance_name(&config.state_dir));
+    match &cgroups {
+        Some(cgroups) => {
+            cgroups.sweep();
+            info!(version = ?cgroups.version(), "per-job cgroups in use");
+        }
+        None => warn!(
+            "no usable cgroup hierarchy (memory and pids controllers): falling back to \
+             RLIMIT_AS and a per-uid RLIMIT_NPROC"
+        ),
+    }
     let jail = Jail::new(&config)?;
     let listener = bind(&config.socket, config.socket_group)?;
     let own_uid = nix::unistd::getuid().as_raw();
     let mut allowed_uids = vec![0, own_uid];
     allowed_uids.extend(&config.allow_uids);
     let executor = Arc::new(Executor {
-        runner: Runner::new(&config, jail),
+        runner: Runner::new(&config, jail, cgroups),
         permits: Semaphore::new(config.max_jobs as usize),
         running: AtomicU32::new(0),
         max_jobs: config.max_jobs,
@@ -167,6 +179,7 @@ impl Executor {
         ExecutorStatus {
             running_jobs: self.running.load(Ordering::Relaxed),
             max_jobs: self.max_jobs,
+            enforcement: self.runner.enforcement(),
         }
     }
 
@@ -174,12 +187,12 @@ impl Executor {
     /// the job waits or runs means it is gone or broken: the job is then dropped, which
     /// kills its jail and removes its work dir.
     async fn run(&self, conn: &mut Conn, spec: JobSpec) -> Result<(), Error> {
-        let timeout_ms = match self.runner.timeout_ms(&spec) {
-            Ok(ms) => ms,
+        let resolved = match self.runner.resolve(&spec) {
+            Ok(resolved) => resolved,
             Err(rejected) => return Ok(conn.send(&Response::Failed(rejected)).await?),
         };
         let outcome = tokio::select! {
-            outcome = self.admitted_run(&spec, timeout_ms) => outcome,
+            outcome = self.admitted_run(&spec, resolved) => outcome,
             _ = conn.recv::<Request>() => {
                 info!("peer went away; job killed");
                 return Ok(());
@@ -190,8 +203,10 @@ impl Executor {
                 info!(
                     exit_code = ?result.exit_code,
                     signal = ?result.signal,
-                    timed_out = result.timed_out,
-                    duration_ms = result.duration_ms,
+                    limit = result.limit_exceeded.map(|l| l.as_str()),
+                    wall_ms = result.usage.wall_ms,
+                    cpu_ms = result.usage.cpu_ms,
+                    peak_memory_bytes = result.usage.peak_memory_bytes,
                     "job finished"
                 );
                 Response::Finished(result)
@@ -209,7 +224,7 @@ impl Executor {
     async fn admitted_run(
         &self,
         spec: &JobSpec,
-        timeout_ms: u32,
+        resolved: Resolved,
     ) -> Result<pysandbox_shared::JobResult, Error> {
         let _permit = self
             .permits
@@ -218,7 +233,7 @@ impl Executor {
             .map_err(|_| Error::Jail("executor shutting down".into()))?;
         self.running.fetch_add(1, Ordering::Relaxed);
         let _running = RunningGuard(&self.running);
-        self.runner.run(spec, timeout_ms).await
+        self.runner.run(spec, resolved).await
     }
 }
 

@@ -9,67 +9,98 @@ use tokio::process::Command;
 
 /// Descriptors a jail inherits: `(source, target)` pairs, at most this many.
 pub const MAX_PASSED_FDS: usize = 2;
+/// cgroup hierarchies a jail joins, at most (v1: memory, pids, cpu, cpuacct).
+pub const MAX_CGROUPS: usize = 4;
+/// Resource limits set on a jail's first process, at most.
+pub const MAX_RLIMITS: usize = 8;
 
-/// Who a jail's first process runs as, and what it inherits.
+/// A resource limit: `RLIMIT_*` and the value for both soft and hard limit.
+pub type Rlimit = (libc::__rlimit_resource_t, u64);
+
+/// Everything a jail's first process does to itself before it becomes bwrap,
+/// precomputed so that the child only makes syscalls.
 #[derive(Debug, Clone, Copy)]
-pub struct SpawnCredentials {
+pub struct SpawnPlan {
     pub uid: u32,
     pub gid: u32,
     /// The executor's pid, to notice that it died before the death signal was armed.
     pub parent: libc::pid_t,
     /// Descriptors to place at fixed numbers for bwrap and jail-init.
     pub fds: [(RawFd, RawFd); MAX_PASSED_FDS],
+    /// Open `cgroup.procs` files of the job's cgroups; -1 marks an unused slot.
+    pub cgroup_procs: [RawFd; MAX_CGROUPS],
+    /// Limits inherited by every process of the jail.
+    pub rlimits: [Option<Rlimit>; MAX_RLIMITS],
 }
 
-/// Arranges for `cmd`'s child to drop to the sandbox credentials, die with the
-/// executor and inherit exactly stdio plus `creds.fds`.
-pub fn harden_spawn(cmd: &mut Command, creds: SpawnCredentials) {
+/// Arranges for `cmd`'s child to join the job's cgroups, take its rlimits, drop to
+/// the sandbox credentials, die with the executor and inherit exactly stdio plus
+/// `plan.fds`.
+pub fn harden_spawn(cmd: &mut Command, plan: SpawnPlan) {
     // SAFETY: the closure only makes raw syscalls through libc on values it owns by
     // copy; it allocates nothing and takes no lock, so it is async-signal-safe.
     unsafe {
-        cmd.pre_exec(move || child_steps(&creds).map_err(|()| std::io::Error::last_os_error()));
+        cmd.pre_exec(move || child_steps(&plan).map_err(|()| std::io::Error::last_os_error()));
     }
 }
 
 /// The child's steps between fork and exec, in the only order that works.
-fn child_steps(creds: &SpawnCredentials) -> Result<(), ()> {
+fn child_steps(plan: &SpawnPlan) -> Result<(), ()> {
     let check = |rc: libc::c_int| if rc < 0 { Err(()) } else { Ok(()) };
-    // SAFETY (whole block): plain syscalls on integers; see each step for why.
+    // SAFETY (whole block): plain syscalls on integers and on pointers to locals;
+    // see each step for why it is there.
     unsafe {
-        // 1. Park the passed descriptors above any target number first, so that
+        // 1. Join the job's cgroups while still root (v1 checks the writer's
+        //    credentials), before any other process exists: everything the jail
+        //    forks is born inside, so no process escapes the limits or the kill.
+        for fd in plan.cgroup_procs.into_iter().filter(|&fd| fd >= 0) {
+            if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(());
+            }
+        }
+        // 2. Limits every process of the jail inherits; set while still privileged,
+        //    so a hard limit above the executor's own can still be set.
+        for (resource, value) in plan.rlimits.into_iter().flatten() {
+            let limit = libc::rlimit {
+                rlim_cur: value,
+                rlim_max: value,
+            };
+            check(libc::setrlimit(resource, &limit))?;
+        }
+        // 3. Park the passed descriptors above any target number first, so that
         //    placing one cannot clobber another still waiting to be placed.
         let mut parked = [-1; MAX_PASSED_FDS];
-        for (slot, (src, _)) in parked.iter_mut().zip(creds.fds) {
+        for (slot, (src, _)) in parked.iter_mut().zip(plan.fds) {
             *slot = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, 100);
             check(*slot)?;
         }
-        // 2. dup2 clears close-on-exec on the copy: these, and stdio, are all bwrap gets.
-        for (fd, (_, target)) in parked.into_iter().zip(creds.fds) {
+        // 4. dup2 clears close-on-exec on the copy: these, and stdio, are all bwrap gets.
+        for (fd, (_, target)) in parked.into_iter().zip(plan.fds) {
             check(libc::dup2(fd, target))?;
         }
-        // 3. Everything above the passed range closes at exec, whoever opened it and
+        // 5. Everything above the passed range closes at exec, whoever opened it and
         //    however (CLOSE_RANGE_CLOEXEC, Linux 5.11; older kernels rely on O_CLOEXEC,
         //    which std and tokio set on every descriptor they create).
-        let first_free = creds.fds.iter().map(|&(_, t)| t).max().unwrap_or(2) + 1;
+        let first_free = plan.fds.iter().map(|&(_, t)| t).max().unwrap_or(2) + 1;
         libc::syscall(
             libc::SYS_close_range,
             first_free as libc::c_uint,
             libc::c_uint::MAX,
             libc::CLOSE_RANGE_CLOEXEC,
         );
-        // 4. Drop root for good: bwrap then builds the namespaces as an ordinary user,
+        // 6. Drop root for good: bwrap then builds the namespaces as an ordinary user,
         //    so even a full escape from them lands as the sandbox uid, not as root.
         //    Groups first, while we still may.
         check(libc::setgroups(0, std::ptr::null()))?;
-        check(libc::setresgid(creds.gid, creds.gid, creds.gid))?;
-        check(libc::setresuid(creds.uid, creds.uid, creds.uid))?;
-        // 5. Die with the executor. Armed after setresuid because a credential change
+        check(libc::setresgid(plan.gid, plan.gid, plan.gid))?;
+        check(libc::setresuid(plan.uid, plan.uid, plan.uid))?;
+        // 7. Die with the executor. Armed after setresuid because a credential change
         //    clears the parent-death signal (prctl(2)). It fires when the *thread* that
         //    forked exits; tokio spawns from runtime worker threads, which live as long
         //    as the executor.
         check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0))?;
-        // 6. If the executor died before step 5, nobody would ever kill this jail.
-        if libc::getppid() != creds.parent {
+        // 8. If the executor died before step 7, nobody would ever kill this jail.
+        if libc::getppid() != plan.parent {
             return Err(());
         }
     }

@@ -1,18 +1,29 @@
-//! Per-job work dirs under `<state dir>/jobs`, owned by the sandbox uid while the job
-//! runs and removed when their guard drops, whatever way the job ended.
+//! Per-job disk space: a size- and inode-limited tmpfs at `<state dir>/jobs/<id>`,
+//! holding the job's work dir (`work/`, its cwd) and its `/tmp` (`tmp/`). A job that
+//! fills it gets ENOSPC; the host's disk never sees its files. Unmounting frees
+//! everything at once, however many files the job made.
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use nix::mount::{umount2, MntFlags, MsFlags};
+
 use crate::error::Error;
 
-/// The parent of every work dir.
+/// The parent of every job's tmpfs.
 pub fn jobs_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("jobs")
 }
 
-/// Creates the state dir layout and removes work dirs a previous run left behind
-/// (the executor was killed mid-job, or the host lost power).
+/// Size of a job's tmpfs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskLimits {
+    pub bytes: u64,
+    pub inodes: u32,
+}
+
+/// Creates the state dir layout and removes what a previous run left behind (the
+/// executor was killed mid-job, or the host lost power): mounts first, then dirs.
 pub fn prepare(state_dir: &Path) -> Result<(), Error> {
     let jobs = jobs_dir(state_dir);
     for dir in [state_dir, &jobs] {
@@ -25,6 +36,14 @@ pub fn prepare(state_dir: &Path) -> Result<(), Error> {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
             .map_err(Error::setup("chmod", dir))?;
     }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(Error::setup("read", "/proc/self/mountinfo"))?;
+    for point in mount_points_under(&mountinfo, &jobs) {
+        tracing::info!(path = %point.display(), "unmounting a work dir left by a previous run");
+        // Detached: a process of the old run may still hold it; it goes when that does.
+        umount2(&point, MntFlags::MNT_DETACH)
+            .map_err(|e| Error::setup("unmount", &point)(e.into()))?;
+    }
     let entries = std::fs::read_dir(&jobs).map_err(Error::setup("list", &jobs))?;
     for entry in entries.flatten() {
         let path = entry.path();
@@ -35,28 +54,83 @@ pub fn prepare(state_dir: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// A job's work dir; dropping it deletes the directory and everything the job left.
+/// Mount points strictly below `dir`, deepest first, from /proc/self/mountinfo text.
+fn mount_points_under(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
+    let mut points: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(PathBuf::from)
+        .filter(|point| point.starts_with(dir) && point != dir)
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points
+}
+
+/// A job's tmpfs; dropping it unmounts and removes it.
 #[derive(Debug)]
 pub struct WorkDir {
-    path: PathBuf,
+    root: PathBuf,
+    mounted: bool,
 }
 
 impl WorkDir {
-    /// Creates `<jobs dir>/<id>`, private to the sandbox uid.
-    pub fn create(jobs_dir: &Path, id: u64, uid: u32, gid: u32) -> Result<WorkDir, Error> {
-        let path = jobs_dir.join(id.to_string());
+    /// Mounts a fresh tmpfs at `<jobs dir>/<id>` and makes `work/` and `tmp/` in it,
+    /// owned by the sandbox uid.
+    pub fn create(
+        jobs_dir: &Path,
+        id: u64,
+        owner: (u32, u32),
+        limits: DiskLimits,
+    ) -> Result<WorkDir, Error> {
+        let root = jobs_dir.join(id.to_string());
         std::fs::DirBuilder::new()
             .mode(0o700)
-            .create(&path)
-            .map_err(Error::setup("create", &path))?;
-        let dir = WorkDir { path };
-        std::os::unix::fs::chown(&dir.path, Some(uid), Some(gid))
-            .map_err(Error::setup("chown", &dir.path))?;
+            .create(&root)
+            .map_err(Error::setup("create", &root))?;
+        let mut dir = WorkDir {
+            root,
+            mounted: false,
+        };
+        let (uid, gid) = owner;
+        let options = format!(
+            "size={},nr_inodes={},mode=0700,uid={uid},gid={gid}",
+            limits.bytes, limits.inodes
+        );
+        nix::mount::mount(
+            Some("pysandbox"),
+            &dir.root,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(options.as_str()),
+        )
+        .map_err(|e| Error::setup("mount tmpfs on", &dir.root)(e.into()))?;
+        dir.mounted = true;
+        for (sub, mode) in [("work", 0o700), ("tmp", 0o1777)] {
+            let path = dir.root.join(sub);
+            std::fs::create_dir(&path).map_err(Error::setup("create", &path))?;
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                .map_err(Error::setup("chown", &path))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                .map_err(Error::setup("chmod", &path))?;
+        }
         Ok(dir)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The job's cwd, `/work` in the jail.
+    pub fn work(&self) -> PathBuf {
+        self.root.join("work")
+    }
+
+    /// The job's `/tmp`.
+    pub fn tmp(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// Whether the job ran out of space or inodes (less than 1 MiB or 16 inodes left).
+    pub fn is_full(&self) -> bool {
+        nix::sys::statvfs::statvfs(&self.root).is_ok_and(|st| {
+            st.blocks_available() * st.fragment_size() < 1 << 20 || st.files_available() < 16
+        })
     }
 }
 
@@ -64,8 +138,13 @@ impl Drop for WorkDir {
     fn drop(&mut self) {
         // Every process of the job is dead by now (the jail's pid namespace is gone),
         // so nothing can race the removal with new files or symlinks.
-        if let Err(e) = std::fs::remove_dir_all(&self.path) {
-            tracing::error!(path = %self.path.display(), error = %e, "cannot remove work dir");
+        if self.mounted {
+            if let Err(e) = umount2(&self.root, MntFlags::MNT_DETACH) {
+                tracing::error!(path = %self.root.display(), error = %e, "cannot unmount work dir");
+            }
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.root) {
+            tracing::error!(path = %self.root.display(), error = %e, "cannot remove work dir");
         }
     }
 }
@@ -75,24 +154,52 @@ mod tests {
     use super::*;
 
     #[test]
-    fn leftovers_are_swept_and_a_guard_removes_its_dir() {
+    fn only_mounts_below_the_jobs_dir_are_swept_deepest_first() {
+        let mountinfo = "\
+22 1 0:21 / / rw - ext4 /dev/vda rw
+90 22 0:50 / /var/lib/pysandbox/jobs/3 rw - tmpfs pysandbox rw
+91 90 0:51 / /var/lib/pysandbox/jobs/3/work/inner rw - tmpfs x rw
+92 22 0:52 / /var/lib/pysandbox/jobs rw - tmpfs x rw
+93 22 0:53 / /var/lib/pysandbox/jobsx/1 rw - tmpfs x rw";
+        assert_eq!(
+            mount_points_under(mountinfo, Path::new("/var/lib/pysandbox/jobs")),
+            [
+                PathBuf::from("/var/lib/pysandbox/jobs/3/work/inner"),
+                PathBuf::from("/var/lib/pysandbox/jobs/3"),
+            ]
+        );
+    }
+
+    #[test]
+    fn leftover_dirs_are_swept_without_following_links() {
         let state = tempfile::tempdir().unwrap();
         let leftover = jobs_dir(state.path()).join("old");
         std::fs::create_dir_all(leftover.join("sub")).unwrap();
         std::os::unix::fs::symlink("/etc", leftover.join("link")).unwrap();
         prepare(state.path()).unwrap();
         assert!(!leftover.exists());
-        assert!(
-            Path::new("/etc/passwd").exists(),
-            "the sweep must not follow links"
-        );
+        assert!(Path::new("/etc/passwd").exists());
+    }
 
-        let uid = nix::unistd::getuid().as_raw();
-        let gid = nix::unistd::getgid().as_raw();
-        let dir = WorkDir::create(&jobs_dir(state.path()), 1, uid, gid).unwrap();
-        let path = dir.path().to_owned();
-        std::fs::write(path.join("f"), "x").unwrap();
+    /// Needs CAP_SYS_ADMIN to mount; CI runs as root.
+    #[test]
+    fn a_work_dir_is_a_limited_tmpfs_that_vanishes_on_drop() {
+        if !nix::unistd::geteuid().is_root() {
+            assert!(std::env::var_os("CI").is_none(), "CI must run as root");
+            return eprintln!("skipped: needs root");
+        }
+        let state = tempfile::tempdir().unwrap();
+        prepare(state.path()).unwrap();
+        let limits = DiskLimits {
+            bytes: 1 << 20,
+            inodes: 64,
+        };
+        let dir = WorkDir::create(&jobs_dir(state.path()), 1, (65534, 65534), limits).unwrap();
+        let root = dir.root.clone();
+        let big = std::fs::write(dir.work().join("big"), vec![0u8; 2 << 20]);
+        assert_eq!(big.unwrap_err().raw_os_error(), Some(libc::ENOSPC));
+        assert!(dir.is_full());
         drop(dir);
-        assert!(!path.exists());
+        assert!(!root.exists());
     }
 }

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::limits::{JobLimits, LimitKind, Usage};
+
 /// The largest wall-clock limit the HTTP API accepts, in milliseconds (seed-compatible).
 pub const MAX_TIMEOUT_MS: u32 = 120_000;
 
@@ -16,6 +18,8 @@ pub struct JobSpec {
     pub stdin: Option<String>,
     /// Wall-clock limit in milliseconds; `None` takes the executor's default.
     pub timeout_ms: Option<u32>,
+    /// Resource limits below the executor's maxima.
+    pub limits: JobLimits,
 }
 
 /// How a job that ran ended, and what it printed.
@@ -35,8 +39,11 @@ pub struct JobResult {
     pub stderr_truncated: bool,
     /// Whether the wall-clock limit ended the job.
     pub timed_out: bool,
-    /// Wall-clock time from the start of the jail to the end of the job.
-    pub duration_ms: u64,
+    /// The limit that stopped or cut the job, if one did. Authoritative, unlike the
+    /// `[sandbox]` lines in `stderr`, which the job can imitate.
+    pub limit_exceeded: Option<LimitKind>,
+    /// What the job used.
+    pub usage: Usage,
 }
 
 /// Why a job could not run. The executor logs the detail; the frontend turns each

@@ -8,8 +8,10 @@
 
 pub mod codec;
 pub mod job;
+pub mod limits;
 pub mod protocol;
 
 pub use codec::{Connection, ProtocolError, MAX_FRAME_LEN};
 pub use job::{JobError, JobResult, JobSpec, MAX_TIMEOUT_MS};
-pub use protocol::{ExecutorStatus, Hello, Request, Response, PROTOCOL_VERSION};
+pub use limits::{JobLimits, LimitKind, Usage};
+pub use protocol::{Enforcement, ExecutorStatus, Hello, Request, Response, PROTOCOL_VERSION};

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::job::{JobError, JobResult, JobSpec};
 
 /// Bumped on every incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The first frame each way. Its encoding must never change, so that peers of
 /// different versions can at least tell each other so.
@@ -59,12 +59,24 @@ pub struct ExecutorStatus {
     pub running_jobs: u32,
     /// Jobs that may run at once.
     pub max_jobs: u32,
+    /// How each limit is enforced on this host, e.g. memory by "cgroup v1".
+    pub enforcement: Vec<Enforcement>,
+}
+
+/// How one limit is enforced on this host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enforcement {
+    /// The limit, as in [`crate::LimitKind::as_str`].
+    pub limit: String,
+    /// The mechanism, e.g. `cgroup v2 memory.max` or `RLIMIT_AS (fallback)`.
+    pub mechanism: String,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::codec::{decode, encode};
+    use crate::limits::{JobLimits, LimitKind, Usage};
 
     fn sample_job() -> JobSpec {
         JobSpec {
@@ -72,6 +84,10 @@ mod tests {
             code: "print(2 + 2)".into(),
             stdin: Some("in".into()),
             timeout_ms: Some(1000),
+            limits: JobLimits {
+                memory_mb: Some(256),
+                ..JobLimits::default()
+            },
         }
     }
 
@@ -84,7 +100,12 @@ mod tests {
             stdout_truncated: false,
             stderr_truncated: true,
             timed_out: false,
-            duration_ms: 12,
+            limit_exceeded: Some(LimitKind::Output),
+            usage: Usage {
+                wall_ms: 12,
+                cpu_ms: Some(3),
+                peak_memory_bytes: None,
+            },
         }
     }
 
@@ -118,6 +139,10 @@ mod tests {
             Response::Status(ExecutorStatus {
                 running_jobs: 1,
                 max_jobs: 2,
+                enforcement: vec![Enforcement {
+                    limit: "memory".into(),
+                    mechanism: "cgroup v1".into(),
+                }],
             }),
         ]
     }
@@ -137,12 +162,13 @@ mod tests {
     #[test]
     fn golden_encodings() {
         let golden: &[(Request, &[u8])] = &[
-            (Request::Hello(Hello { version: 1 }), &[0, 1]),
+            (Request::Hello(Hello { version: 2 }), &[0, 2]),
             (
                 Request::Run(sample_job()),
                 &[
                     1, 2, b'r', b'1', 12, b'p', b'r', b'i', b'n', b't', b'(', b'2', b' ', b'+',
-                    b' ', b'2', b')', 1, 2, b'i', b'n', 1, 0xe8, 0x07,
+                    b' ', b'2', b')', 1, 2, b'i', b'n', 1, 0xe8, 0x07, 1, 0x80, 0x02, 0, 0, 0,
+                    0,
                 ],
             ),
             (Request::Status, &[2]),
@@ -151,18 +177,21 @@ mod tests {
             assert_eq!(&encode(msg).unwrap()[..], *bytes, "{msg:?}");
         }
         let golden: &[(Response, &[u8])] = &[
-            (Response::Hello(Hello { version: 1 }), &[0, 1]),
+            (Response::Hello(Hello { version: 2 }), &[0, 2]),
             (
                 Response::Finished(sample_result()),
-                &[1, 1, 0, 0, 2, b'4', b'\n', 0, 0, 1, 0, 12],
+                &[
+                    1, 1, 0, 0, 2, b'4', b'\n', 0, 0, 1, 0, 1, 5, 12, 1, 3, 0,
+                ],
             ),
             (Response::Failed(JobError::ShuttingDown), &[2, 3]),
             (
                 Response::Status(ExecutorStatus {
                     running_jobs: 1,
                     max_jobs: 2,
+                    enforcement: vec![],
                 }),
-                &[3, 1, 2],
+                &[3, 1, 2, 0],
             ),
         ];
         for (msg, bytes) in golden {

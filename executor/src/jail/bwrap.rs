@@ -47,8 +47,8 @@ pub struct Layout {
     pub symlinks: Vec<(PathBuf, PathBuf)>,
     /// The executor binary on the host.
     pub init: PathBuf,
-    /// Size of the private `/tmp` and of `/dev/shm`, in bytes.
-    pub tmp_bytes: u64,
+    /// Size of `/dev/shm`, in bytes.
+    pub shm_bytes: u64,
 }
 
 /// The argv, without the program name, that stays the same for every job.
@@ -87,19 +87,18 @@ pub fn fixed_args(layout: &Layout) -> Vec<OsString> {
     args.push_all(&["--ro-bind-data", &CODE_FD.to_string(), CODE_PATH]);
     args.push_all(&["--proc", "/proc", "--dev", "/dev"]);
     args.push_all(&["--perms", "1777", "--size"]);
-    args.push(layout.tmp_bytes.to_string());
+    args.push(layout.shm_bytes.to_string());
     args.push_all(&["--tmpfs", "/dev/shm", "--remount-ro", "/dev"]);
     args.push_all(&["--dir", WORK_DIR, "--dir", "/tmp", "--remount-ro", "/"]);
-    args.push_all(&["--perms", "1777", "--size"]);
-    args.push(layout.tmp_bytes.to_string());
-    args.push_all(&["--tmpfs", "/tmp"]);
     args.0
 }
 
-/// The rest of the argv for one job: its work dir, and the command run in the jail.
-pub fn job_args(work_dir: &Path, python: &Path) -> Vec<OsString> {
+/// The rest of the argv for one job: its work dir and `/tmp` (both on the job's
+/// size-limited tmpfs), and the command run in the jail.
+pub fn job_args(work_dir: &Path, tmp_dir: &Path, python: &Path) -> Vec<OsString> {
     let mut args = Args::default();
     args.push("--bind").push(work_dir).push(WORK_DIR);
+    args.push("--bind").push(tmp_dir).push("/tmp");
     args.push_all(&["--chdir", WORK_DIR, INIT_PATH, super::init::SUBCOMMAND]);
     args.push(python).push(CODE_PATH);
     args.0
@@ -131,7 +130,7 @@ mod tests {
             ro_binds: vec![("/usr".into(), "/usr".into())],
             symlinks: vec![("usr/lib".into(), "/lib".into())],
             init: "/opt/pysandbox-executor".into(),
-            tmp_bytes: 1024,
+            shm_bytes: 1024,
         }
     }
 
@@ -180,7 +179,7 @@ mod tests {
         assert!(position(&args, "--dir /work") < root_ro);
         assert!(position(&args, "--ro-bind-data 3 /sandbox/main.py") < root_ro);
         assert!(position(&args, "--tmpfs /dev/shm") < position(&args, "--remount-ro /dev"));
-        assert!(position(&args, "--tmpfs /tmp") > root_ro);
+        assert!(position(&args, "--dir /tmp") < root_ro);
     }
 
     #[test]
@@ -192,7 +191,7 @@ mod tests {
             .filter(|(_, a)| *a == "--tmpfs")
             .map(|(i, _)| i)
             .collect();
-        assert_eq!(tmpfs.len(), 2);
+        assert_eq!(tmpfs.len(), 1);
         for i in tmpfs {
             assert_eq!(args[i - 2], "--size", "{:?}", &args[i - 3..=i + 1]);
             assert_eq!(args[i - 1], "1024");

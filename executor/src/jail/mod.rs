@@ -19,7 +19,8 @@ use tokio::process::{Child, Command};
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::sys::{harden_spawn, SpawnCredentials};
+use crate::sys::{harden_spawn, Rlimit, SpawnPlan, MAX_CGROUPS, MAX_RLIMITS};
+use crate::workdir::WorkDir;
 
 /// Host directories that may hold the dynamic loader and libraries: bound, or
 /// recreated as symlinks on merged-/usr hosts.
@@ -69,7 +70,7 @@ impl Jail {
             ro_binds,
             symlinks,
             init,
-            tmp_bytes: config.tmp_bytes,
+            shm_bytes: config.shm_bytes,
         };
         Ok(Jail {
             bwrap: config.bwrap.clone(),
@@ -80,11 +81,28 @@ impl Jail {
         })
     }
 
-    /// Starts a jail that runs `code` with `work_dir` as its cwd.
+    /// Starts a jail that runs `code` in `dir`, inside the cgroups whose `cgroup.procs`
+    /// descriptors are `cgroup_procs`, with `rlimits` on every process.
     ///
     /// The returned child is killed when dropped. `stdin` is the job's standard input
     /// (`Stdio::null()` for none); stdout and stderr are piped.
-    pub fn spawn(&self, work_dir: &Path, code: &str, stdin: Stdio) -> Result<Started, Error> {
+    pub fn spawn(
+        &self,
+        dir: &WorkDir,
+        code: &str,
+        stdin: Stdio,
+        cgroup_procs: &[std::os::fd::RawFd],
+        rlimits: &[Rlimit],
+    ) -> Result<Started, Error> {
+        if cgroup_procs.len() > MAX_CGROUPS || rlimits.len() > MAX_RLIMITS {
+            return Err(Error::Jail("too many cgroups or rlimits".into()));
+        }
+        let mut plan_cgroups = [-1; MAX_CGROUPS];
+        plan_cgroups[..cgroup_procs.len()].copy_from_slice(cgroup_procs);
+        let mut plan_rlimits = [None; MAX_RLIMITS];
+        for (slot, &limit) in plan_rlimits.iter_mut().zip(rlimits) {
+            *slot = Some(limit);
+        }
         let code = code_fd(code).map_err(|e| Error::Jail(format!("cannot stage code: {e}")))?;
         let (ready_tx, ready) =
             pipe::pipe().map_err(|e| Error::Jail(format!("cannot create pipe: {e}")))?;
@@ -93,7 +111,7 @@ impl Jail {
             .map_err(|e| Error::Jail(format!("cannot create pipe: {e}")))?;
         let mut cmd = Command::new(&self.bwrap);
         cmd.args(&self.fixed_args)
-            .args(bwrap::job_args(work_dir, &self.python))
+            .args(bwrap::job_args(&dir.work(), &dir.tmp(), &self.python))
             // bwrap's pid 1 keeps its own environment, which the job can read in
             // /proc/1/environ: it gets none of ours.
             .env_clear()
@@ -103,7 +121,7 @@ impl Jail {
             .kill_on_drop(true);
         harden_spawn(
             &mut cmd,
-            SpawnCredentials {
+            SpawnPlan {
                 uid: self.uid,
                 gid: self.gid,
                 parent: std::process::id() as libc::pid_t,
@@ -111,6 +129,8 @@ impl Jail {
                     (code.as_raw_fd(), bwrap::CODE_FD),
                     (ready_tx.as_raw_fd(), bwrap::READY_FD),
                 ],
+                cgroup_procs: plan_cgroups,
+                rlimits: plan_rlimits,
             },
         );
         let child = cmd
