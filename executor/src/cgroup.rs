@@ -135,10 +135,9 @@ impl Cgroups {
     fn v1(mounts: &[Mount], name: &str) -> Option<Cgroups> {
         let mut bases: Vec<(PathBuf, Vec<Controller>)> = Vec::new();
         for controller in ALL {
-            let Some(mount) = mounts
-                .iter()
-                .find(|m| m.fs_type == "cgroup" && m.options.iter().any(|o| o == controller.v1_name()))
-            else {
+            let Some(mount) = mounts.iter().find(|m| {
+                m.fs_type == "cgroup" && m.options.iter().any(|o| o == controller.v1_name())
+            }) else {
                 continue;
             };
             let base = mount.point.join(name);
@@ -199,7 +198,9 @@ impl Cgroups {
     /// Kills and removes every job cgroup left by a previous run of this instance.
     pub fn sweep(&self) {
         for (base, _) in &self.bases {
-            let Ok(entries) = fs::read_dir(base) else { continue };
+            let Ok(entries) = fs::read_dir(base) else {
+                continue;
+            };
             for entry in entries.flatten().filter(|e| e.path().is_dir()) {
                 tracing::info!(cgroup = %entry.path().display(), "removing a cgroup left by a previous run");
                 kill_and_remove(&entry.path(), self.version);
@@ -248,13 +249,20 @@ impl JobCgroup {
             Version::V2 => {
                 self.write(Controller::Memory, "memory.max", &memory)?;
                 // Swap would let a job exceed its memory limit at the host's expense.
-                if self.dir(Controller::Memory).is_some_and(|d| d.join("memory.swap.max").exists()) {
+                if self
+                    .dir(Controller::Memory)
+                    .is_some_and(|d| d.join("memory.swap.max").exists())
+                {
                     self.write(Controller::Memory, "memory.swap.max", "0")?;
                 }
                 self.write(Controller::Pids, "pids.max", &pids)?;
                 if let Some(percent) = limits.cpu_percent {
                     let quota = CPU_PERIOD_US * u64::from(percent) / 100;
-                    self.write(Controller::Cpu, "cpu.max", &format!("{quota} {CPU_PERIOD_US}"))?;
+                    self.write(
+                        Controller::Cpu,
+                        "cpu.max",
+                        &format!("{quota} {CPU_PERIOD_US}"),
+                    )?;
                 }
             }
             Version::V1 => {
@@ -270,7 +278,11 @@ impl JobCgroup {
                 self.write(Controller::Pids, "pids.max", &pids)?;
                 if let Some(percent) = limits.cpu_percent {
                     let quota = CPU_PERIOD_US * u64::from(percent) / 100;
-                    self.write(Controller::Cpu, "cpu.cfs_period_us", &CPU_PERIOD_US.to_string())?;
+                    self.write(
+                        Controller::Cpu,
+                        "cpu.cfs_period_us",
+                        &CPU_PERIOD_US.to_string(),
+                    )?;
                     self.write(Controller::Cpu, "cpu.cfs_quota_us", &quota.to_string())?;
                 }
             }
@@ -290,7 +302,20 @@ impl JobCgroup {
                 let usec = keyed(&self.read(Controller::CpuAcct, "cpu.stat")?, "usage_usec")?;
                 Some(usec * 1000)
             }
-            Version::V1 => self.read(Controller::CpuAcct, "cpuacct.usage")?.trim().parse().ok(),
+            Version::V1 => self
+                .read(Controller::CpuAcct, "cpuacct.usage")?
+                .trim()
+                .parse()
+                .ok(),
+        }
+    }
+
+    /// Kills every process left in the job's cgroups: the jail's pid namespace takes
+    /// its processes along when it dies, but a bwrap killed halfway through its
+    /// setup can leave a child that never armed its death signal.
+    pub fn kill_all(&self) {
+        for (dir, _) in &self.dirs {
+            kill_all(dir, self.version);
         }
     }
 
@@ -332,19 +357,27 @@ impl Drop for JobCgroup {
     }
 }
 
+/// Kills every process in the cgroup at `dir`.
+fn kill_all(dir: &Path, version: Version) {
+    // One write kills the whole subtree (v2, Linux 5.14); the pid loop is the
+    // fallback for older kernels and v1.
+    if version == Version::V2 && fs::write(dir.join("cgroup.kill"), "1").is_ok() {
+        return;
+    }
+    let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    for pid in procs.split_whitespace().filter_map(|p| p.parse().ok()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
 /// Kills every process in the cgroup at `dir` and removes it, waiting briefly for
 /// the dying processes to leave (rmdir fails with EBUSY until they have).
 fn kill_and_remove(dir: &Path, version: Version) {
     for attempt in 0..50 {
-        if version == Version::V2 && fs::write(dir.join("cgroup.kill"), "1").is_ok() {
-            // One write kills the whole subtree (Linux 5.14); the pid loop below is
-            // the fallback for older kernels and v1.
-        }
-        for pid in fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default().split_whitespace() {
-            if let Ok(pid) = pid.parse() {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-            }
-        }
+        kill_all(dir, version);
         match fs::remove_dir(dir) {
             Ok(()) => return,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
@@ -404,7 +437,10 @@ fn unescape_octal(field: &str) -> String {
     let mut rest = field;
     while let Some(i) = rest.find('\\') {
         out.push_str(&rest[..i]);
-        match rest.get(i + 1..i + 4).and_then(|o| u8::from_str_radix(o, 8).ok()) {
+        match rest
+            .get(i + 1..i + 4)
+            .and_then(|o| u8::from_str_radix(o, 8).ok())
+        {
             Some(byte) => {
                 out.push(byte as char);
                 rest = &rest[i + 4..];
@@ -438,7 +474,9 @@ pub fn instance_name(state_dir: &Path) -> String {
         .as_os_str()
         .as_encoded_bytes()
         .iter()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
     format!("pysandbox-{:08x}", hash as u32)
 }
 
@@ -470,8 +508,13 @@ mod tests {
         assert_eq!(v2_base(&parse_mounts(MOUNTINFO_V1), "0::/\n"), None);
         let v2 = "30 23 0:27 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate";
         assert_eq!(
-            v2_base(&parse_mounts(v2), "0::/system.slice/pysandbox-executor.service\n"),
-            Some(PathBuf::from("/sys/fs/cgroup/system.slice/pysandbox-executor.service"))
+            v2_base(
+                &parse_mounts(v2),
+                "0::/system.slice/pysandbox-executor.service\n"
+            ),
+            Some(PathBuf::from(
+                "/sys/fs/cgroup/system.slice/pysandbox-executor.service"
+            ))
         );
     }
 
@@ -481,7 +524,10 @@ mod tests {
         assert_eq!(keyed(events, "oom_kill"), Some(2));
         assert_eq!(keyed(events, "oom"), Some(1));
         assert_eq!(keyed(events, "missing"), None);
-        assert_eq!(keyed("oom_kill_disable 0\nunder_oom 0\noom_kill 5\n", "oom_kill"), Some(5));
+        assert_eq!(
+            keyed("oom_kill_disable 0\nunder_oom 0\noom_kill 5\n", "oom_kill"),
+            Some(5)
+        );
     }
 
     #[test]
@@ -526,7 +572,10 @@ mod tests {
             &[
                 ("cgroup.procs", ""),
                 ("memory.memsw.limit_in_bytes", ""),
-                ("memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n"),
+                (
+                    "memory.oom_control",
+                    "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n",
+                ),
                 ("memory.max_usage_in_bytes", "1048576\n"),
                 ("pids.events", "max 0\n"),
                 ("cpuacct.usage", "2500000\n"),

@@ -50,6 +50,8 @@ const MAX_LIMITS: Limits = Limits {
     about = "Runs pysandbox jobs in bubblewrap jails"
 )]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// TOML file with any of the settings below (keys are the flag names with `_`).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -77,6 +79,14 @@ pub struct Cli {
     /// Gid jobs run as [default: 65534].
     #[arg(long)]
     pub sandbox_gid: Option<u32>,
+}
+
+/// What to do instead of serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
+pub enum Command {
+    /// Check that this host can run jails as configured, with a fix for each failure;
+    /// exits non-zero when a required check fails.
+    Check,
 }
 
 /// The `--config` file. Unknown keys are an error that names them.
@@ -279,9 +289,16 @@ impl Config {
         // Both captures travel in one frame; keep them well inside it.
         let max_output = pysandbox_shared::MAX_FRAME_LEN as u32 / 4;
         if self.max_limits.output_bytes > max_output {
-            return invalid(format!("max_limits.output_bytes: must be at most {max_output}"));
+            return invalid(format!(
+                "max_limits.output_bytes: must be at most {max_output}"
+            ));
         }
-        for ((name, default), (_, max)) in self.default_limits.fields().into_iter().zip(self.max_limits.fields()) {
+        for ((name, default), (_, max)) in self
+            .default_limits
+            .fields()
+            .into_iter()
+            .zip(self.max_limits.fields())
+        {
             if default == 0 || default > max {
                 return invalid(format!(
                     "default_limits: {name} must be from 1 to its max_limits value {max}"
@@ -289,7 +306,9 @@ impl Config {
             }
         }
         if self.disk_inodes == 0 || self.open_files < 16 || self.stack_mb == 0 {
-            return invalid("disk_inodes, open_files (at least 16) and stack_mb must be positive".into());
+            return invalid(
+                "disk_inodes, open_files (at least 16) and stack_mb must be positive".into(),
+            );
         }
         if !self.python_is_bound() {
             return invalid(format!(
@@ -341,7 +360,10 @@ mod tests {
         assert_eq!(config.default_limits.memory_mb, 128);
         assert_eq!(config.max_limits.cpu_ms, 100_000);
         assert_eq!(config.default_limits.disk_mb, DEFAULT_LIMITS.disk_mb);
-        assert!(load_file("[max_limits]\ncpu_ms = 1000").is_err(), "default cpu_ms 60000 > max");
+        assert!(
+            load_file("[max_limits]\ncpu_ms = 1000").is_err(),
+            "default cpu_ms 60000 > max"
+        );
     }
 
     #[test]

@@ -90,10 +90,13 @@ impl Runner {
     /// How each limit is enforced on this host, for `/health` and `check`.
     pub fn enforcement(&self) -> Vec<Enforcement> {
         let cgroup = |c: Controller| {
-            self.cgroups.as_ref().filter(|g| g.has(c)).map(|g| match g.version() {
-                Version::V1 => "cgroup v1",
-                Version::V2 => "cgroup v2",
-            })
+            self.cgroups
+                .as_ref()
+                .filter(|g| g.has(c))
+                .map(|g| match g.version() {
+                    Version::V1 => "cgroup v1",
+                    Version::V2 => "cgroup v2",
+                })
         };
         let memory = match cgroup(Controller::Memory) {
             Some(v) => format!("{v} memory limit, swap off; OOM kills reported"),
@@ -104,7 +107,10 @@ impl Runner {
             None => "RLIMIT_NPROC, counted per uid across all jobs, not per job (fallback: no pids cgroup)".into(),
         };
         let mut cpu = match cgroup(Controller::CpuAcct) {
-            Some(v) => format!("{v} CPU time, polled every {} ms; RLIMIT_CPU per process", CPU_POLL.as_millis()),
+            Some(v) => format!(
+                "{v} CPU time, polled every {} ms; RLIMIT_CPU per process",
+                CPU_POLL.as_millis()
+            ),
             None => "RLIMIT_CPU per process (fallback: no cpuacct cgroup)".into(),
         };
         if let (Some(v), true) = (cgroup(Controller::Cpu), self.cpu_percent > 0) {
@@ -112,11 +118,23 @@ impl Runner {
         }
         [
             ("memory", memory),
-            ("time", "wall clock; the whole pid namespace is killed".into()),
+            (
+                "time",
+                "wall clock; the whole pid namespace is killed".into(),
+            ),
             ("cpu", cpu),
             ("processes", processes),
-            ("disk", format!("tmpfs size and {} inodes; RLIMIT_FSIZE per file", self.disk_inodes)),
-            ("output", "capture cap; the rest is drained and dropped".into()),
+            (
+                "disk",
+                format!(
+                    "tmpfs size and {} inodes; RLIMIT_FSIZE per file",
+                    self.disk_inodes
+                ),
+            ),
+            (
+                "output",
+                "capture cap; the rest is drained and dropped".into(),
+            ),
         ]
         .into_iter()
         .map(|(limit, mechanism)| Enforcement {
@@ -128,10 +146,20 @@ impl Runner {
 
     /// The job's limits, or why it asks for more than is allowed.
     pub fn resolve(&self, spec: &JobSpec) -> Result<Resolved, JobError> {
-        let timeout_ms = check("timeoutMs", spec.timeout_ms, self.default_timeout_ms, self.max_timeout_ms)?;
+        let timeout_ms = check(
+            "timeoutMs",
+            spec.timeout_ms,
+            self.default_timeout_ms,
+            self.max_timeout_ms,
+        )?;
         let (asked, default, max) = (&spec.limits, &self.default_limits, &self.max_limits);
         let limits = Limits {
-            memory_mb: check("limits.memoryMb", asked.memory_mb, default.memory_mb, max.memory_mb)?,
+            memory_mb: check(
+                "limits.memoryMb",
+                asked.memory_mb,
+                default.memory_mb,
+                max.memory_mb,
+            )?,
             cpu_ms: check("limits.cpuMs", asked.cpu_ms, default.cpu_ms, max.cpu_ms)?,
             max_processes: check(
                 "limits.maxProcesses",
@@ -164,14 +192,18 @@ impl Runner {
             Some(cgroups) => Some(cgroups.create(id, &self.cgroup_limits(&limits))?),
             None => None,
         };
-        let procs = cgroup.as_ref().map(JobCgroup::procs_fds).unwrap_or_default();
+        let procs = cgroup
+            .as_ref()
+            .map(JobCgroup::procs_fds)
+            .unwrap_or_default();
         let stdin = match spec.stdin {
             Some(_) => Stdio::piped(),
             None => Stdio::null(),
         };
         let started_at = Instant::now();
         let Started { mut child, ready } =
-            self.jail.spawn(&dir, &spec.code, stdin, &procs, &self.rlimits(&limits))?;
+            self.jail
+                .spawn(&dir, &spec.code, stdin, &procs, &self.rlimits(&limits))?;
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
         let input = child.stdin.take();
         let cap = limits.output_bytes as usize;
@@ -185,16 +217,24 @@ impl Runner {
                 is_ready(ready),
             )
         };
-        let (waited, io) = tokio::join!(
-            wait_or_kill(&mut child, timeout, cgroup.as_ref().map(|c| (c, cpu_limit))),
-            tokio::time::timeout(timeout + DRAIN_GRACE, io),
-        );
+        let wait = async {
+            let waited =
+                wait_or_kill(&mut child, timeout, cgroup.as_ref().map(|c| (c, cpu_limit))).await;
+            // Whatever is left once bwrap is gone must not hold the output pipes open.
+            if let Some(cgroup) = &cgroup {
+                cgroup.kill_all();
+            }
+            waited
+        };
+        let (waited, io) = tokio::join!(wait, tokio::time::timeout(timeout + DRAIN_GRACE, io));
         let wall = started_at.elapsed();
         let (status, killed_by) = waited.map_err(|e| Error::Jail(format!("cannot wait: {e}")))?;
         let Ok((stdout, stderr, (), ready)) = io else {
             return Err(Error::Jail("the jail's output did not close".into()));
         };
-        if !ready {
+        // A jail killed at its limit before jail-init ran still hit the limit: that
+        // is the answer, not a setup failure.
+        if !ready && killed_by.is_none() {
             let reason = stderr.into_text();
             return Err(Error::Jail(reason.trim().chars().take(500).collect()));
         }
@@ -238,7 +278,10 @@ impl Runner {
             // One file may take the whole disk limit, never more: EFBIG, not ENOSPC.
             (libc::RLIMIT_FSIZE, u64::from(limits.disk_mb) << 20),
             // A backstop for one process; the cgroup poll covers the whole tree.
-            (libc::RLIMIT_CPU, u64::from(limits.cpu_ms).div_ceil(1000) + 1),
+            (
+                libc::RLIMIT_CPU,
+                u64::from(limits.cpu_ms).div_ceil(1000) + 1,
+            ),
         ];
         let has = |c| self.cgroups.as_ref().is_some_and(|g| g.has(c));
         if !has(Controller::Memory) {
@@ -285,13 +328,17 @@ async fn wait_or_kill(
             }
         }
     };
-    let reason = tokio::select! {
-        status = child.wait() => return Ok((status?, None)),
+    let killed_by = tokio::select! {
+        status = child.wait() => {
+            let status = status?;
+            return Ok((status, None));
+        }
         () = tokio::time::sleep(timeout) => LimitKind::Time,
         () = cpu_exceeded => LimitKind::Cpu,
     };
     child.start_kill()?;
-    Ok((child.wait().await?, Some(reason)))
+    let status = child.wait().await?;
+    Ok((status, Some(killed_by)))
 }
 
 /// Waits until the last process of a killed jail has left its cgroup, so that the
@@ -327,22 +374,64 @@ async fn is_ready(mut ready: pipe::Receiver) -> bool {
 /// Turns what was observed into the result: exit status, one `[sandbox]` line per
 /// limit that fired, and the limit that matters most in `limit_exceeded` (the one
 /// that killed the job, else the first of memory, cpu, processes, disk, output).
-fn assemble(observed: Observed, resolved: &Resolved, stdout: Captured, stderr: Captured) -> JobResult {
+fn assemble(
+    observed: Observed,
+    resolved: &Resolved,
+    stdout: Captured,
+    stderr: Captured,
+) -> JobResult {
     let Resolved { timeout_ms, limits } = resolved;
     let (exit_code, signal) = exit_of(observed.status, observed.killed_by.is_some());
     let cpu_signal = signal.as_deref() == Some("SIGXCPU");
     let fired = [
-        (observed.killed_by == Some(LimitKind::Time), LimitKind::Time, format!("killed: wall-clock timeout of {timeout_ms} ms exceeded")),
-        (observed.oom_killed, LimitKind::Memory, format!("killed: memory limit {} MiB exceeded", limits.memory_mb)),
-        (observed.killed_by == Some(LimitKind::Cpu) || cpu_signal, LimitKind::Cpu, format!("killed: CPU time limit of {} ms exceeded", limits.cpu_ms)),
-        (observed.pids_limited, LimitKind::Processes, format!("process limit of {} reached: a fork or thread was refused", limits.max_processes)),
-        (observed.disk_full, LimitKind::Disk, format!("disk limit of {} MiB reached (work dir and /tmp together)", limits.disk_mb)),
-        (stdout.truncated, LimitKind::Output, format!("stdout truncated at {} bytes", limits.output_bytes)),
-        (stderr.truncated, LimitKind::Output, format!("stderr truncated at {} bytes", limits.output_bytes)),
+        (
+            observed.killed_by == Some(LimitKind::Time),
+            LimitKind::Time,
+            format!("killed: wall-clock timeout of {timeout_ms} ms exceeded"),
+        ),
+        (
+            observed.oom_killed,
+            LimitKind::Memory,
+            format!("killed: memory limit {} MiB exceeded", limits.memory_mb),
+        ),
+        (
+            observed.killed_by == Some(LimitKind::Cpu) || cpu_signal,
+            LimitKind::Cpu,
+            format!("killed: CPU time limit of {} ms exceeded", limits.cpu_ms),
+        ),
+        (
+            observed.pids_limited,
+            LimitKind::Processes,
+            format!(
+                "process limit of {} reached: a fork or thread was refused",
+                limits.max_processes
+            ),
+        ),
+        (
+            observed.disk_full,
+            LimitKind::Disk,
+            format!(
+                "disk limit of {} MiB reached (work dir and /tmp together)",
+                limits.disk_mb
+            ),
+        ),
+        (
+            stdout.truncated,
+            LimitKind::Output,
+            format!("stdout truncated at {} bytes", limits.output_bytes),
+        ),
+        (
+            stderr.truncated,
+            LimitKind::Output,
+            format!("stderr truncated at {} bytes", limits.output_bytes),
+        ),
     ];
-    let limit_exceeded = observed
-        .killed_by
-        .or_else(|| fired.iter().find(|(hit, ..)| *hit).map(|(_, kind, _)| *kind));
+    let limit_exceeded = observed.killed_by.or_else(|| {
+        fired
+            .iter()
+            .find(|(hit, ..)| *hit)
+            .map(|(_, kind, _)| *kind)
+    });
     let (stdout_truncated, stderr_truncated) = (stdout.truncated, stderr.truncated);
     let mut stderr = stderr.into_text();
     for (_, _, note) in fired.iter().filter(|(hit, ..)| *hit) {
@@ -383,7 +472,11 @@ fn exit_of(status: Option<ExitStatus>, killed: bool) -> (Option<i32>, Option<Str
         return (None, name(n).or(Some(format!("signal {n}"))));
     }
     let code = status.code().unwrap_or(-1);
-    match code.checked_sub(SIGNAL_EXIT_BASE).filter(|&n| n > 0).and_then(name) {
+    match code
+        .checked_sub(SIGNAL_EXIT_BASE)
+        .filter(|&n| n > 0)
+        .and_then(name)
+    {
         Some(signal) => (None, Some(signal)),
         None => (Some(code), None),
     }
@@ -421,7 +514,10 @@ mod tests {
     fn exit_codes_and_signals() {
         assert_eq!(exit_of(exited(0), false), (Some(0), None));
         assert_eq!(exit_of(exited(3), false), (Some(3), None));
-        assert_eq!(exit_of(exited(128 + 11), false), (None, Some("SIGSEGV".into())));
+        assert_eq!(
+            exit_of(exited(128 + 11), false),
+            (None, Some("SIGSEGV".into()))
+        );
         assert_eq!(exit_of(exited(128), false), (Some(128), None));
         assert_eq!(exit_of(exited(255), false), (Some(255), None));
         assert_eq!(
@@ -439,7 +535,12 @@ mod tests {
             pids_limited: true,
             ..Observed::default()
         };
-        let result = assemble(observed, &resolved(), text("out", true), text("partial", true));
+        let result = assemble(
+            observed,
+            &resolved(),
+            text("out", true),
+            text("partial", true),
+        );
         assert_eq!(
             result.stderr,
             "partial\n[sandbox] killed: wall-clock timeout of 1000 ms exceeded\n\
@@ -461,7 +562,10 @@ mod tests {
         let result = assemble(observed, &resolved(), text("", false), text("", false));
         assert_eq!(result.limit_exceeded, Some(LimitKind::Memory));
         assert_eq!(result.signal.as_deref(), Some("SIGKILL"));
-        assert_eq!(result.stderr, "[sandbox] killed: memory limit 64 MiB exceeded\n");
+        assert_eq!(
+            result.stderr,
+            "[sandbox] killed: memory limit 64 MiB exceeded\n"
+        );
         assert!(!result.timed_out);
     }
 
@@ -482,7 +586,10 @@ mod tests {
             ..Observed::default()
         };
         let result = assemble(observed, &resolved(), text("4\n", false), text("", false));
-        assert_eq!((result.stdout.as_str(), result.stderr.as_str()), ("4\n", ""));
+        assert_eq!(
+            (result.stdout.as_str(), result.stderr.as_str()),
+            ("4\n", "")
+        );
         assert_eq!(result.limit_exceeded, None);
     }
 

@@ -2,6 +2,7 @@
 //! runs each job it is sent in a fresh bubblewrap jail as an unprivileged uid.
 
 pub mod cgroup;
+pub mod check;
 pub mod config;
 pub mod error;
 pub mod jail;
@@ -11,5 +12,5 @@ pub mod server;
 mod sys;
 pub mod workdir;
 
-pub use config::{Cli, Config};
+pub use config::{Cli, Command, Config};
 pub use error::Error;

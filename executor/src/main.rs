@@ -1,5 +1,5 @@
 use clap::Parser;
-use pysandbox_executor::{jail, server, Cli, Config};
+use pysandbox_executor::{check, jail, server, Cli, Command, Config};
 
 fn main() -> std::process::ExitCode {
     let mut args = std::env::args_os().skip(1);
@@ -13,7 +13,9 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let config = match Config::load(Cli::parse()) {
+    let cli = Cli::parse();
+    let command = cli.command;
+    let config = match Config::load(cli) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("pysandbox-executor: {e}");
@@ -29,6 +31,12 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    if command == Some(Command::Check) {
+        return match runtime.block_on(check::run(&config)) {
+            true => std::process::ExitCode::SUCCESS,
+            false => std::process::ExitCode::FAILURE,
+        };
+    }
     match runtime.block_on(server::run(config, shutdown_signal())) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -128,3 +128,20 @@ pub fn write_ready_byte(fd: RawFd) -> bool {
     // a closed or foreign descriptor makes it fail, not misbehave.
     unsafe { libc::write(fd, b"R".as_ptr().cast(), 1) == 1 }
 }
+
+/// The landlock ABI version the kernel offers, or `None` without landlock
+/// (landlock_create_ruleset(2) with LANDLOCK_CREATE_RULESET_VERSION).
+pub fn landlock_abi() -> Option<i64> {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: with this flag the syscall reads no memory (null attr, size 0) and only
+    // returns a number or an error.
+    let abi = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    (abi > 0).then_some(abi)
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::body::{Body, HttpBody};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use pysandbox_shared::MAX_TIMEOUT_MS;
+use pysandbox_shared::{JobLimits, MAX_TIMEOUT_MS};
 use serde_json::{Map, Value};
 use tracing::debug;
 use url::Url;
@@ -62,6 +62,8 @@ pub struct ExecuteRequest {
     pub upload_token: Option<String>,
     /// Passed to the upload endpoint as `?public=`; uploads use it next.
     pub public: Option<bool>,
+    /// Limits asked for; the executor checks each against its configured maximum.
+    pub limits: JobLimits,
 }
 
 impl ExecuteRequest {
@@ -104,6 +106,11 @@ impl ExecuteRequest {
             .get(&["stdin"])
             .map(|(key, v)| string(v).ok_or_else(|| invalid(key, "must be a string")))
             .transpose()?;
+        let limits = fields
+            .get(&["limits"])
+            .map(|(_, v)| limits(v))
+            .transpose()?
+            .unwrap_or_default();
 
         Ok(ExecuteRequest {
             code,
@@ -112,6 +119,7 @@ impl ExecuteRequest {
             file_upload_url,
             upload_token,
             public,
+            limits,
         })
     }
 }
@@ -137,27 +145,66 @@ fn invalid(field: &str, reason: &str) -> ApiError {
     }
 }
 
-/// An integer number of milliseconds in range. A float with no fractional part
-/// (`1000.0`, `1e3`) is the same number in JSON and in the JavaScript seed, so it
-/// counts as an integer; strings do not.
+/// The `limits` object: each known key a positive integer or `null`. Unknown keys are
+/// refused, so a misspelt limit is not silently ignored. Whether a value is within
+/// the configured maximum is the executor's to say.
+fn limits(value: &Value) -> Result<JobLimits, ApiError> {
+    let Value::Object(map) = value else {
+        return Err(invalid("limits", "must be an object"));
+    };
+    let mut limits = JobLimits::default();
+    for (key, value) in map {
+        let slot = match key.as_str() {
+            "memoryMb" => &mut limits.memory_mb,
+            "cpuMs" => &mut limits.cpu_ms,
+            "maxProcesses" => &mut limits.max_processes,
+            "diskMb" => &mut limits.disk_mb,
+            "outputBytes" => &mut limits.output_bytes,
+            _ => {
+                // The key is the client's: keep the message short whatever it sent.
+                let key: String = key.chars().take(64).collect();
+                return Err(invalid(
+                    &format!("limits.{key}"),
+                    "is not a limit (memoryMb, cpuMs, maxProcesses, diskMb, outputBytes)",
+                ));
+            }
+        };
+        if !value.is_null() {
+            *slot =
+                Some(integer(value, u32::MAX).ok_or_else(|| {
+                    invalid(&format!("limits.{key}"), "must be a positive integer")
+                })?);
+        }
+    }
+    Ok(limits)
+}
+
+/// The timeout: an integer number of milliseconds in range.
 fn timeout(value: &Value) -> Option<u32> {
+    integer(value, MAX_TIMEOUT_MS)
+}
+
+/// An integer from 1 to `max`. A float with no fractional part (`1000.0`, `1e3`) is
+/// the same number in JSON and in the JavaScript seed, so it counts as an integer;
+/// strings do not.
+fn integer(value: &Value, max: u32) -> Option<u32> {
     let Value::Number(n) = value else {
         return None;
     };
-    let ms = match n.as_u64() {
-        Some(ms) => ms,
+    let int = match n.as_u64() {
+        Some(int) => int,
         None => {
             let f = n.as_f64()?;
             // The range check comes first, so the cast below is exact.
-            if !(1.0..=f64::from(MAX_TIMEOUT_MS)).contains(&f) || f.fract() != 0.0 {
+            if !(1.0..=f64::from(max)).contains(&f) || f.fract() != 0.0 {
                 return None;
             }
             f as u64
         }
     };
-    u32::try_from(ms)
+    u32::try_from(int)
         .ok()
-        .filter(|ms| (1..=MAX_TIMEOUT_MS).contains(ms))
+        .filter(|int| (1..=max).contains(int))
 }
 
 fn http_url(value: &Value) -> Option<Url> {
@@ -202,7 +249,46 @@ mod tests {
             file_upload_url: None,
             upload_token: None,
             public: None,
+            limits: JobLimits::default(),
         }
+    }
+
+    #[test]
+    fn limits_are_positive_integers_with_known_names() {
+        let request =
+            parse(r#"{"code":"1","limits":{"memoryMb":128,"cpuMs":1e3,"diskMb":null}}"#).unwrap();
+        assert_eq!(
+            request.limits,
+            JobLimits {
+                memory_mb: Some(128),
+                cpu_ms: Some(1000),
+                ..JobLimits::default()
+            }
+        );
+        let all = r#"{"code":"1","limits":{"maxProcesses":8,"outputBytes":10}}"#;
+        assert_eq!(parse(all).unwrap().limits.max_processes, Some(8));
+        assert_eq!(
+            field_error(r#"{"code":"1","limits":{"memoryMb":0}}"#),
+            (
+                "limits.memoryMb".into(),
+                "must be a positive integer".into()
+            )
+        );
+        assert_eq!(
+            field_error(r#"{"code":"1","limits":{"cpuMs":"5"}}"#),
+            ("limits.cpuMs".into(), "must be a positive integer".into())
+        );
+        assert_eq!(
+            field_error(r#"{"code":"1","limits":{"memroyMb":5}}"#),
+            (
+                "limits.memroyMb".into(),
+                "is not a limit (memoryMb, cpuMs, maxProcesses, diskMb, outputBytes)".into()
+            )
+        );
+        assert_eq!(
+            field_error(r#"{"code":"1","limits":[1]}"#),
+            ("limits".into(), "must be an object".into())
+        );
     }
 
     #[test]
@@ -229,6 +315,7 @@ mod tests {
                 file_upload_url: Some(Url::parse("https://up.example/f").unwrap()),
                 upload_token: Some("t".into()),
                 public: Some(true),
+                limits: JobLimits::default(),
             }
         );
     }

@@ -1,7 +1,7 @@
 //! The `200` body of `POST /execute`: the seed's fields first, under their seed
 //! names and types, then the fields this service adds.
 
-use pysandbox_shared::JobResult;
+use pysandbox_shared::{JobResult, LimitKind, Usage};
 use serde::Serialize;
 
 /// What a job that ran produced. Fields serialize in declaration order, which is
@@ -27,6 +27,34 @@ pub struct ExecuteResponse {
     pub stdout_truncated: bool,
     /// Whether standard error was cut at the cap.
     pub stderr_truncated: bool,
+    /// The limit that stopped or cut the job (`"memory"`, `"time"`, `"cpu"`,
+    /// `"processes"`, `"disk"`, `"output"`), or `null`. Unlike the `[sandbox]` lines
+    /// in `stderr`, which the job could print itself, this is authoritative.
+    pub limit_exceeded: Option<&'static str>,
+    /// What the job used.
+    pub usage: UsageBody,
+}
+
+/// The `usage` object; a figure is `null` where the executor's host cannot measure it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageBody {
+    /// Wall-clock time of the job.
+    pub wall_ms: u64,
+    /// CPU time of all its processes.
+    pub cpu_ms: Option<u64>,
+    /// The peak memory of all its processes together.
+    pub peak_memory_bytes: Option<u64>,
+}
+
+impl From<Usage> for UsageBody {
+    fn from(usage: Usage) -> Self {
+        UsageBody {
+            wall_ms: usage.wall_ms,
+            cpu_ms: usage.cpu_ms,
+            peak_memory_bytes: usage.peak_memory_bytes,
+        }
+    }
 }
 
 /// The outcome of uploading one produced file. Uploads are not implemented yet, so
@@ -54,9 +82,11 @@ impl From<JobResult> for ExecuteResponse {
             stderr: result.stderr,
             uploads: Vec::new(),
             timed_out: result.timed_out,
-            duration_ms: result.duration_ms,
+            duration_ms: result.usage.wall_ms,
             stdout_truncated: result.stdout_truncated,
             stderr_truncated: result.stderr_truncated,
+            limit_exceeded: result.limit_exceeded.map(LimitKind::as_str),
+            usage: result.usage.into(),
         }
     }
 }
@@ -75,11 +105,16 @@ mod tests {
             stdout_truncated: false,
             stderr_truncated: true,
             timed_out: false,
-            duration_ms: 12,
+            limit_exceeded: Some(LimitKind::Output),
+            usage: Usage {
+                wall_ms: 12,
+                cpu_ms: Some(5),
+                peak_memory_bytes: None,
+            },
         });
         assert_eq!(
             serde_json::to_string(&response).unwrap(),
-            r#"{"exitCode":0,"signal":null,"stdout":"4\n","stderr":"","uploads":[],"timedOut":false,"durationMs":12,"stdoutTruncated":false,"stderrTruncated":true}"#
+            r#"{"exitCode":0,"signal":null,"stdout":"4\n","stderr":"","uploads":[],"timedOut":false,"durationMs":12,"stdoutTruncated":false,"stderrTruncated":true,"limitExceeded":"output","usage":{"wallMs":12,"cpuMs":5,"peakMemoryBytes":null}}"#
         );
     }
 
@@ -93,11 +128,16 @@ mod tests {
             stdout_truncated: false,
             stderr_truncated: false,
             timed_out: true,
-            duration_ms: 1003,
+            limit_exceeded: Some(LimitKind::Time),
+            usage: Usage {
+                wall_ms: 1003,
+                cpu_ms: Some(1),
+                peak_memory_bytes: Some(4096),
+            },
         });
         assert_eq!(
             serde_json::to_string(&response).unwrap(),
-            r#"{"exitCode":null,"signal":"SIGKILL","stdout":"","stderr":"[sandbox] killed: wall-clock timeout of 1000 ms exceeded\n","uploads":[],"timedOut":true,"durationMs":1003,"stdoutTruncated":false,"stderrTruncated":false}"#
+            r#"{"exitCode":null,"signal":"SIGKILL","stdout":"","stderr":"[sandbox] killed: wall-clock timeout of 1000 ms exceeded\n","uploads":[],"timedOut":true,"durationMs":1003,"stdoutTruncated":false,"stderrTruncated":false,"limitExceeded":"time","usage":{"wallMs":1003,"cpuMs":1,"peakMemoryBytes":4096}}"#
         );
     }
 

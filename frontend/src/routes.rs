@@ -97,6 +97,7 @@ async fn execute(
         stdin: job.stdin,
         // Never unbounded: the default applies when the request sets no limit.
         timeout_ms: Some(job.timeout_ms.unwrap_or(app.default_timeout_ms)),
+        limits: job.limits,
     };
     let result = app.executor.run(spec).await?;
     Ok(Json(result.into()))
@@ -112,6 +113,9 @@ struct Health {
     running_jobs: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_jobs: Option<u32>,
+    /// How each limit is enforced on the executor's host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limits: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 async fn health(State(app): State<AppState>) -> Json<Health> {
@@ -121,6 +125,12 @@ async fn health(State(app): State<AppState>) -> Json<Health> {
         executor: if status.is_some() { "up" } else { "down" },
         running_jobs: status.as_ref().map(|s| s.running_jobs),
         max_jobs: status.as_ref().map(|s| s.max_jobs),
+        limits: status.map(|s| {
+            s.enforcement
+                .into_iter()
+                .map(|e| (e.limit, e.mechanism.into()))
+                .collect()
+        }),
     })
 }
 

@@ -157,7 +157,7 @@ mod tests {
         let request_id = header(&response, "x-request-id").unwrap().to_owned();
         assert_eq!(
             response.text().await.unwrap(),
-            r#"{"exitCode":0,"signal":null,"stdout":"4\n","stderr":"","uploads":[],"timedOut":false,"durationMs":7,"stdoutTruncated":false,"stderrTruncated":false}"#
+            r#"{"exitCode":0,"signal":null,"stdout":"4\n","stderr":"","uploads":[],"timedOut":false,"durationMs":7,"stdoutTruncated":false,"stderrTruncated":false,"limitExceeded":null,"usage":{"wallMs":7,"cpuMs":3,"peakMemoryBytes":1048576}}"#
         );
         assert_eq!(
             specs.recv().await.unwrap(),
@@ -166,6 +166,7 @@ mod tests {
                 code: "print(2 + 2)".into(),
                 stdin: Some("x".into()),
                 timeout_ms: Some(30_000),
+                limits: Default::default(),
             }
         );
 
@@ -312,6 +313,7 @@ mod tests {
                 Response::Status(pysandbox_shared::ExecutorStatus {
                     running_jobs: 0,
                     max_jobs: 1,
+                    enforcement: vec![],
                 }),
                 500,
                 None,
@@ -457,6 +459,10 @@ mod tests {
             conn.send(&Response::Status(pysandbox_shared::ExecutorStatus {
                 running_jobs: 2,
                 max_jobs: 4,
+                enforcement: vec![pysandbox_shared::Enforcement {
+                    limit: "memory".into(),
+                    mechanism: "cgroup v2".into(),
+                }],
             }))
             .await
             .unwrap();
@@ -467,7 +473,7 @@ mod tests {
         assert!(header(&response, "x-request-id").is_some());
         assert_eq!(
             response.text().await.unwrap(),
-            r#"{"ok":true,"executor":"up","runningJobs":2,"maxJobs":4}"#
+            r#"{"ok":true,"executor":"up","runningJobs":2,"maxJobs":4,"limits":{"memory":"cgroup v2"}}"#
         );
 
         let dir = tempfile::tempdir().unwrap();

@@ -87,7 +87,12 @@ pub fn four() -> JobResult {
         stdout_truncated: false,
         stderr_truncated: false,
         timed_out: false,
-        duration_ms: 7,
+        limit_exceeded: None,
+        usage: pysandbox_shared::Usage {
+            wall_ms: 7,
+            cpu_ms: Some(3),
+            peak_memory_bytes: Some(1 << 20),
+        },
     }
 }
 

@@ -167,8 +167,7 @@ mod tests {
                 Request::Run(sample_job()),
                 &[
                     1, 2, b'r', b'1', 12, b'p', b'r', b'i', b'n', b't', b'(', b'2', b' ', b'+',
-                    b' ', b'2', b')', 1, 2, b'i', b'n', 1, 0xe8, 0x07, 1, 0x80, 0x02, 0, 0, 0,
-                    0,
+                    b' ', b'2', b')', 1, 2, b'i', b'n', 1, 0xe8, 0x07, 1, 0x80, 0x02, 0, 0, 0, 0,
                 ],
             ),
             (Request::Status, &[2]),
@@ -180,9 +179,7 @@ mod tests {
             (Response::Hello(Hello { version: 2 }), &[0, 2]),
             (
                 Response::Finished(sample_result()),
-                &[
-                    1, 1, 0, 0, 2, b'4', b'\n', 0, 0, 1, 0, 1, 5, 12, 1, 3, 0,
-                ],
+                &[1, 1, 0, 0, 2, b'4', b'\n', 0, 0, 1, 0, 1, 5, 12, 1, 3, 0],
             ),
             (Response::Failed(JobError::ShuttingDown), &[2, 3]),
             (
