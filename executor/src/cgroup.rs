@@ -365,7 +365,12 @@ fn kill_all(dir: &Path, version: Version) {
         return;
     }
     let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-    for pid in procs.split_whitespace().filter_map(|p| p.parse().ok()) {
+    // Only real pids: kill(0) or kill(-1) would hit our own process group or every
+    // process we may signal.
+    let pids = procs
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok());
+    for pid in pids.filter(|&pid| pid > 0) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGKILL,
@@ -608,6 +613,8 @@ mod tests {
         let procs = job.procs[0].try_clone().unwrap();
         std::io::Write::write_all(&mut fs::File::from(procs), b"0").unwrap();
         assert_eq!(read("memory", "cgroup.procs"), "0");
+        // A fake tree's directories hold plain files, which rmdir cannot remove.
+        std::mem::forget(job);
     }
 
     #[test]
@@ -645,5 +652,6 @@ mod tests {
         assert_eq!(report.cpu_ns, Some(1_500_000));
         assert!(!report.oom_killed && report.pids_limited);
         assert!(job.is_empty());
+        std::mem::forget(job);
     }
 }

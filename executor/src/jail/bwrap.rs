@@ -141,8 +141,10 @@ mod tests {
             .join(" ")
     }
 
+    /// Where `needle` starts, matching whole arguments only.
     fn position(args: &str, needle: &str) -> usize {
-        args.find(needle)
+        format!("{args} ")
+            .find(&format!("{} ", needle.trim_end()))
             .unwrap_or_else(|| panic!("{needle:?} missing from {args}"))
     }
 
@@ -225,13 +227,14 @@ mod tests {
     #[test]
     fn the_job_runs_python_through_jail_init_in_its_work_dir() {
         let args = joined(&job_args(
-            Path::new("/state/jobs/7"),
+            Path::new("/state/jobs/7/work"),
+            Path::new("/state/jobs/7/tmp"),
             Path::new("/usr/bin/python3"),
         ));
         assert_eq!(
             args,
-            "--bind /state/jobs/7 /work --chdir /work /sandbox/init jail-init \
-             /usr/bin/python3 /sandbox/main.py"
+            "--bind /state/jobs/7/work /work --bind /state/jobs/7/tmp /tmp --chdir /work \
+             /sandbox/init jail-init /usr/bin/python3 /sandbox/main.py"
         );
     }
 }
