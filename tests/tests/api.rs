@@ -55,6 +55,12 @@ async fn seed_example_prints_four() {
         duration.as_ref().is_some_and(Value::is_u64),
         "durationMs must be a non-negative integer: {duration:?}"
     );
+    let usage = out.as_object_mut().and_then(|o| o.remove("usage"));
+    assert_eq!(
+        usage.as_ref().and_then(|u| u.get("wallMs")),
+        duration.as_ref(),
+        "usage.wallMs is durationMs: {usage:?}"
+    );
     assert_eq!(
         out,
         json!({
@@ -66,6 +72,7 @@ async fn seed_example_prints_four() {
             "timedOut": false,
             "stdoutTruncated": false,
             "stderrTruncated": false,
+            "limitExceeded": null,
         })
     );
 }
@@ -86,6 +93,8 @@ async fn result_keys_come_in_contract_order() {
         "durationMs",
         "stdoutTruncated",
         "stderrTruncated",
+        "limitExceeded",
+        "usage",
     ];
     let positions: Vec<Option<usize>> = keys
         .iter()
@@ -719,10 +728,16 @@ async fn health_needs_no_auth_and_leaks_nothing() {
         .start();
     let reply = svc.health().await;
     assert_eq!(reply.status, 200, "{}", reply.text);
+    let mut body = reply.json.clone();
+    let limits = body.as_object_mut().and_then(|o| o.remove("limits"));
     assert_eq!(
-        reply.json,
+        body,
         json!({ "ok": true, "executor": "up", "runningJobs": 0, "maxJobs": 3 })
     );
+    let limits = limits.expect("/health names the limit mechanisms");
+    for limit in ["memory", "time", "cpu", "processes", "disk", "output"] {
+        assert!(limits[limit].is_string(), "{limit} missing: {limits}");
+    }
     assert!(
         !reply.text.contains(svc.token()),
         "token in /health: {}",

@@ -111,12 +111,19 @@ async fn status_request_is_answered() {
     let hello = conn.recv::<Response>().await.expect("read hello");
     assert_eq!(hello, Some(Response::Hello(Hello::CURRENT)));
     let status = conn.recv::<Response>().await.expect("read status");
+    let Some(Response::Status(ExecutorStatus {
+        running_jobs,
+        max_jobs,
+        enforcement,
+    })) = status
+    else {
+        panic!("expected a status, got {status:?}");
+    };
+    assert_eq!((running_jobs, max_jobs), (0, 3));
+    let limits: Vec<_> = enforcement.iter().map(|e| e.limit.as_str()).collect();
     assert_eq!(
-        status,
-        Some(Response::Status(ExecutorStatus {
-            running_jobs: 0,
-            max_jobs: 3
-        }))
+        limits,
+        ["memory", "time", "cpu", "processes", "disk", "output"]
     );
 }
 
