@@ -1,0 +1,946 @@
+//! Resource limits: what each hostile job is stopped by, what the response says
+//! about it, that nothing of the job is left on the host, and that the service
+//! still serves the next job. Also the per-request `limits` object, usage figures,
+//! `/health`'s limit mechanisms and `pysandbox-executor check`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use pysandbox_tests::{
+    assert_error, binaries, host_processes_matching, py_concat, require_root, sleep_needle,
+    wait_until, wait_until_async, Service,
+};
+use serde_json::{json, Value};
+
+const MIB: u64 = 1 << 20;
+/// The executor's default maxima, in the order the API names the limits.
+const MAXIMA: [(&str, u64); 5] = [
+    ("memoryMb", 4096),
+    ("cpuMs", 600_000),
+    ("maxProcesses", 512),
+    ("diskMb", 2048),
+    ("outputBytes", 4_194_304),
+];
+const DEFAULT_OUTPUT_BYTES: usize = 1_048_576;
+
+/// The same service still runs an ordinary job correctly.
+#[track_caller]
+fn assert_still_serves(svc: &Service) -> impl std::future::Future<Output = ()> + '_ {
+    let caller = std::panic::Location::caller();
+    async move {
+        let out = svc.run_code("print(2 + 2)").await;
+        assert_eq!(
+            (
+                &out["exitCode"],
+                &out["stdout"],
+                &out["stderr"],
+                &out["limitExceeded"]
+            ),
+            (&json!(0), &json!("4\n"), &json!(""), &Value::Null),
+            "after the hostile job (at {caller}) print(2 + 2) gave {out:#}"
+        );
+    }
+}
+
+fn stderr_of(out: &Value) -> &str {
+    out["stderr"].as_str().unwrap_or_default()
+}
+
+fn usage_u64(out: &Value, key: &str) -> u64 {
+    out["usage"][key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("usage.{key} is not a non-negative integer: {out:#}"))
+}
+
+fn pid(raw: u32) -> Pid {
+    Pid::from_raw(i32::try_from(raw).expect("pid fits in i32"))
+}
+
+/// Code that runs `sleep <needle>` as a child and waits for it.
+fn sleeper(needle: &str) -> String {
+    format!(
+        "import subprocess\nsubprocess.run(['sleep', {}])",
+        py_concat(needle)
+    )
+}
+
+/// The host directories of the pysandbox cgroups `pid` is in (one per hierarchy),
+/// from `/proc/<pid>/cgroup` and the cgroup mounts in `/proc/self/mountinfo`.
+fn pysandbox_cgroups_of(pid: u32) -> Vec<PathBuf> {
+    let Ok(own) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+        return Vec::new();
+    };
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
+    // (fs type, super options, mount point) of every cgroup mount.
+    let mounts: Vec<(String, Vec<String>, PathBuf)> = mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let point = left.split(' ').nth(4)?;
+            let mut right = right.split(' ');
+            let fs_type = right.next()?;
+            let opts = right.nth(1)?;
+            fs_type.starts_with("cgroup").then(|| {
+                (
+                    fs_type.to_owned(),
+                    opts.split(',').map(str::to_owned).collect(),
+                    PathBuf::from(point),
+                )
+            })
+        })
+        .collect();
+    own.lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            if !path.contains("/pysandbox-") {
+                return None;
+            }
+            let mount = mounts.iter().find(|(fs_type, opts, _)| {
+                if id == "0" {
+                    fs_type == "cgroup2"
+                } else {
+                    fs_type == "cgroup"
+                        && controllers.split(',').all(|c| opts.iter().any(|o| o == c))
+                }
+            })?;
+            Some(mount.2.join(path.trim_start_matches('/')))
+        })
+        .collect()
+}
+
+/// `job-*` directories directly under `instance` (an executor's cgroup dir).
+fn job_cgroups_under(instance: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(instance) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("job-"))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Mount points below `dir` in the test's mount namespace.
+fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
+    mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(PathBuf::from)
+        .filter(|point| point.starts_with(dir) && point != dir)
+        .collect()
+}
+
+/// The names in the executor's jobs dir (`<state dir>/jobs`), which must exist.
+fn jobs_dir_entries(state_dir: &Path) -> Vec<String> {
+    let jobs = state_dir.join("jobs");
+    fs::read_dir(&jobs)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", jobs.display()))
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// The pid namespace of `pid`, e.g. `pid:[4026532301]`.
+fn pid_namespace(pid: u32) -> Option<String> {
+    fs::read_link(format!("/proc/{pid}/ns/pid"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
+}
+
+/// Whether `pid` has exited and waits to be reaped (or is gone already).
+fn is_zombie(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        // `pid (comm) S ...`: the state follows the last `)`.
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
+    })
+}
+
+/// Live host processes in the pid namespace `ns`. Zombies do not count: they
+/// have exited and hold nothing but their pid until their parent (often the
+/// host's init, once the jail's bwrap is gone) reaps them.
+fn processes_in_namespace(ns: &str) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&p| pid_namespace(p).as_deref() == Some(ns) && !is_zombie(p))
+        .collect()
+}
+
+/// Bytes available to unprivileged users on the filesystem holding `path`.
+fn free_bytes(path: &Path) -> u64 {
+    let st = nix::sys::statvfs::statvfs(path).expect("statvfs");
+    st.blocks_available() * st.fragment_size()
+}
+
+/// A job that, once running, shows itself on the host: the process whose command
+/// line holds the needle, and what was recorded about it.
+#[derive(Debug)]
+struct Sighting {
+    sleep_pid: u32,
+    namespace: String,
+    cgroups: Vec<PathBuf>,
+    mounts: Vec<PathBuf>,
+}
+
+/// Waits (up to 10 s) for `sleep <needle>` and records its pid namespace,
+/// pysandbox cgroups and the mounts under `state_dir` while it runs.
+async fn sight(needle: &str, state_dir: &Path) -> Sighting {
+    let found = wait_until_async(Duration::from_secs(10), || {
+        !host_processes_matching(needle).is_empty()
+    })
+    .await;
+    assert!(found, "the job's `sleep {needle}` never showed on the host");
+    let sleep_pid = host_processes_matching(needle)[0];
+    let sighting = Sighting {
+        sleep_pid,
+        namespace: pid_namespace(sleep_pid).expect("the sleep's pid namespace"),
+        cgroups: pysandbox_cgroups_of(sleep_pid),
+        mounts: mounts_under(state_dir),
+    };
+    assert!(
+        !sighting.cgroups.is_empty() && !sighting.mounts.is_empty(),
+        "the running job has no pysandbox cgroup or no work-dir mount: {sighting:?}"
+    );
+    sighting
+}
+
+/// `VmRSS` of `pid` in KiB.
+fn vm_rss_kib(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Samples the `VmRSS` of some processes every 50 ms on a thread until stopped.
+#[derive(Debug)]
+struct RssSampler {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<(Vec<u64>, u32)>,
+}
+
+impl RssSampler {
+    fn start(pids: Vec<u32>) -> RssSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut peaks = vec![0; pids.len()];
+            let mut samples = 0;
+            loop {
+                for (peak, pid) in peaks.iter_mut().zip(&pids) {
+                    if let Some(rss) = vm_rss_kib(*pid) {
+                        *peak = (*peak).max(rss);
+                    }
+                }
+                samples += 1;
+                if flag.load(Ordering::Relaxed) {
+                    return (peaks, samples);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        RssSampler { stop, thread }
+    }
+
+    /// The peak RSS (KiB) of each process, and how many samples were taken.
+    fn finish(self) -> (Vec<u64>, u32) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("the RSS sampler panicked")
+    }
+}
+
+#[tokio::test]
+async fn memory_bomb_is_killed_at_the_memory_limit() {
+    require_root!();
+    let svc = Service::start();
+    // Each step touches every page, so it is really charged to the job.
+    let code = r#"
+held = []
+for step in range(1, 65):
+    block = bytearray(64 << 20)
+    block[::4096] = b"\x01" * (len(block) // 4096)
+    held.append(block)
+    print(step, flush=True)
+"#;
+    let started = Instant::now();
+    let out = svc
+        .run(json!({ "code": code, "timeoutMs": 30000, "limits": { "memoryMb": 256 } }))
+        .await;
+    let elapsed = started.elapsed();
+    let stdout = out["stdout"].as_str().unwrap_or_default();
+    let steps = stdout.lines().count();
+    let peak = usage_u64(&out, "peakMemoryBytes");
+    eprintln!(
+        "memory bomb: {steps} steps of 64 MiB printed, peak {} MiB, answered in {elapsed:?}",
+        peak / MIB
+    );
+    assert_eq!(
+        (
+            &out["limitExceeded"],
+            &out["signal"],
+            &out["exitCode"],
+            &out["timedOut"]
+        ),
+        (
+            &json!("memory"),
+            &json!("SIGKILL"),
+            &Value::Null,
+            &json!(false)
+        ),
+        "{out:#}"
+    );
+    assert_eq!(
+        stderr_of(&out),
+        "[sandbox] killed: memory limit 256 MiB exceeded\n",
+        "{out:#}"
+    );
+    // 3 × 64 MiB fit under 256 MiB beside the interpreter; a 4th cannot.
+    let expected: String = (1..=3).map(|i| format!("{i}\n")).collect();
+    assert_eq!(
+        stdout, expected,
+        "the bomb did not stop at 192 MiB: {out:#}"
+    );
+    assert!(
+        (192 * MIB..=256 * MIB + 8 * MIB).contains(&peak),
+        "peakMemoryBytes {peak} is not between 192 MiB and the 256 MiB limit (+8 MiB)"
+    );
+    assert!(
+        elapsed < Duration::from_secs(10),
+        "answered after {elapsed:?}"
+    );
+    assert_still_serves(&svc).await;
+}
+
+#[tokio::test]
+async fn fork_bomb_is_refused_at_the_process_limit_and_leaves_nothing() {
+    require_root!();
+    let svc = Service::start();
+    let state_dir = svc.executor.state_dir().to_owned();
+    let needle = sleep_needle("654.3");
+    // A sentinel in the job's tree to find its namespace and cgroups by; the
+    // bomb's processes all run the same interpreter command line as any job's.
+    let code = format!(
+        "import os, subprocess, time\nsubprocess.Popen(['sleep', {}])\ntime.sleep(0.5)\nwhile True:\n    os.fork()\n",
+        py_concat(&needle)
+    );
+    let body = json!({ "code": code, "timeoutMs": 10000, "limits": { "maxProcesses": 16 } });
+    let started = Instant::now();
+    let (out, seen) = tokio::join!(svc.run(body), sight(&needle, &state_dir));
+    let elapsed = started.elapsed();
+    eprintln!(
+        "fork bomb: answered in {elapsed:?}, exitCode {}, signal {}, {} bytes of stderr",
+        out["exitCode"],
+        out["signal"],
+        stderr_of(&out).len()
+    );
+    assert_eq!(
+        (&out["limitExceeded"], &out["timedOut"]),
+        (&json!("processes"), &json!(false)),
+        "{out:#}"
+    );
+    // The first refused fork ends the main interpreter with an uncaught error.
+    assert_eq!(
+        (&out["exitCode"], &out["signal"]),
+        (&json!(1), &Value::Null),
+        "{out:#}"
+    );
+    let stderr = stderr_of(&out);
+    assert!(
+        stderr.contains("BlockingIOError")
+            && stderr
+                .ends_with("[sandbox] process limit of 16 reached: a fork or thread was refused\n"),
+        "stderr: {stderr:?}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "answered after {elapsed:?}"
+    );
+    // Checked at once: the job's processes, cgroups and tmpfs are gone before the
+    // response is sent.
+    assert_eq!(
+        processes_in_namespace(&seen.namespace),
+        Vec::<u32>::new(),
+        "processes of the jail's pid namespace {} survived (sleep was {})",
+        seen.namespace,
+        seen.sleep_pid
+    );
+    assert_eq!(host_processes_matching(&needle), Vec::<u32>::new());
+    assert_eq!(svc.executor.jail_processes(), Vec::<u32>::new());
+    let left: Vec<&PathBuf> = seen.cgroups.iter().filter(|d| d.exists()).collect();
+    assert!(left.is_empty(), "job cgroups left: {left:?}");
+    assert_eq!(mounts_under(&state_dir), Vec::<PathBuf>::new());
+    assert_still_serves(&svc).await;
+}
+
+/// Python that writes 10 GiB to `path` in 1 MiB chunks and prints the errno name,
+/// the whole MiB written and the message of the error that stopped it.
+fn big_write(path: &str) -> String {
+    format!(
+        r#"
+import errno
+written = 0
+chunk = b"x" * (1 << 20)
+try:
+    with open({path:?}, "wb", buffering=0) as f:
+        for _ in range(10240):
+            written += f.write(chunk)
+except OSError as e:
+    print(errno.errorcode[e.errno], written >> 20, e.strerror)
+else:
+    print("wrote", written)
+"#
+    )
+}
+
+#[tokio::test]
+async fn big_writes_to_the_work_dir_and_tmp_stop_at_the_disk_limit() {
+    require_root!();
+    let svc = Service::start();
+    let state_dir = svc.executor.state_dir().to_owned();
+    for path in ["big.bin", "/tmp/big.bin"] {
+        let free_before = free_bytes(&state_dir);
+        let out = svc
+            .run(json!({ "code": big_write(path), "timeoutMs": 30000, "limits": { "diskMb": 32 } }))
+            .await;
+        let free_after = free_bytes(&state_dir);
+        let dropped = free_before.saturating_sub(free_after);
+        let stdout = out["stdout"].as_str().unwrap_or_default();
+        eprintln!(
+            "10 GiB write to {path}: {stdout:?}, host free space dropped by {} KiB",
+            dropped / 1024
+        );
+        // One file may take the whole 32 MiB (RLIMIT_FSIZE, EFBIG), unless the
+        // tmpfs runs out a little earlier (ENOSPC).
+        let fields: Vec<&str> = stdout.trim_end().splitn(3, ' ').collect();
+        let ok = match fields[..] {
+            ["EFBIG", mib, "File too large"] => mib == "32",
+            ["ENOSPC", mib, "No space left on device"] => {
+                mib.parse::<u32>().is_ok_and(|m| (28..=32).contains(&m))
+            }
+            _ => false,
+        };
+        assert!(
+            ok && stdout.ends_with('\n'),
+            "writing to {path}: {stdout:?}; {out:#}"
+        );
+        assert_eq!(
+            (&out["exitCode"], &out["limitExceeded"]),
+            (&json!(0), &json!("disk")),
+            "writing to {path}: {out:#}"
+        );
+        assert_eq!(
+            stderr_of(&out),
+            "[sandbox] disk limit of 32 MiB reached (work dir and /tmp together)\n",
+            "writing to {path}"
+        );
+        assert!(
+            dropped < 16 * MIB,
+            "the host's free space dropped by {dropped} bytes while writing to {path}"
+        );
+        assert_still_serves(&svc).await;
+    }
+}
+
+#[tokio::test]
+async fn inode_flood_is_refused_with_enospc() {
+    require_root!();
+    let svc = Service::start();
+    let state_dir = svc.executor.state_dir().to_owned();
+    let code = r#"
+import errno
+n = 0
+try:
+    while n < 300000:
+        open("f%d" % n, "x").close()
+        n += 1
+except OSError as e:
+    print(errno.errorcode[e.errno], n)
+else:
+    print("created", n)
+"#;
+    let started = Instant::now();
+    let out = svc.run(json!({ "code": code, "timeoutMs": 30000 })).await;
+    let elapsed = started.elapsed();
+    let stdout = out["stdout"].as_str().unwrap_or_default();
+    eprintln!("inode flood: {stdout:?} in {elapsed:?}");
+    let created = stdout
+        .strip_prefix("ENOSPC ")
+        .and_then(|n| n.strip_suffix('\n'))
+        .and_then(|n| n.parse::<u32>().ok());
+    // 16384 inodes, a few of them taken by the tmpfs's own directories.
+    assert!(
+        created.is_some_and(|n| (16384 - 64..16384).contains(&n)),
+        "stdout {stdout:?}; {out:#}"
+    );
+    assert_eq!(
+        (&out["exitCode"], &out["limitExceeded"]),
+        (&json!(0), &json!("disk")),
+        "{out:#}"
+    );
+    assert_eq!(
+        stderr_of(&out),
+        "[sandbox] disk limit of 256 MiB reached (work dir and /tmp together)\n"
+    );
+    assert!(
+        elapsed < Duration::from_secs(10),
+        "answered after {elapsed:?}"
+    );
+    assert_eq!(mounts_under(&state_dir), Vec::<PathBuf>::new());
+    assert_eq!(jobs_dir_entries(&state_dir), Vec::<String>::new());
+    assert_still_serves(&svc).await;
+}
+
+#[tokio::test]
+async fn stdout_flood_is_cut_quickly_with_bounded_daemon_memory() {
+    require_root!();
+    let svc = Service::start();
+    let pids = vec![
+        svc.executor.pid().expect("the executor runs"),
+        svc.frontend.pid().expect("the frontend runs"),
+    ];
+    let code = "import sys\nchunk = b'x' * (1 << 20)\nfor _ in range(200):\n    sys.stdout.buffer.write(chunk)\nprint('done', file=sys.stderr)";
+    let sampler = RssSampler::start(pids);
+    let started = Instant::now();
+    let out = svc.run(json!({ "code": code, "timeoutMs": 60000 })).await;
+    let elapsed = started.elapsed();
+    let (peaks, samples) = sampler.finish();
+    let stdout = out["stdout"].as_str().unwrap_or_default();
+    eprintln!(
+        "200 MiB stdout flood: answered in {elapsed:?}; peak VmRSS executor {} KiB, frontend {} KiB ({samples} samples)",
+        peaks[0], peaks[1]
+    );
+    assert!(
+        elapsed < Duration::from_secs(10),
+        "answered after {elapsed:?}"
+    );
+    assert_eq!(stdout.len(), DEFAULT_OUTPUT_BYTES);
+    assert!(stdout.bytes().all(|b| b == b'x'), "stdout is not the job's");
+    assert_eq!(
+        (
+            &out["exitCode"],
+            &out["stdoutTruncated"],
+            &out["stderrTruncated"],
+            &out["limitExceeded"]
+        ),
+        (&json!(0), &json!(true), &json!(false), &json!("output")),
+        "{}",
+        out["stderr"]
+    );
+    assert_eq!(
+        stderr_of(&out),
+        "done\n[sandbox] stdout truncated at 1048576 bytes\n"
+    );
+    assert!(peaks.iter().all(|&kib| kib > 0), "no VmRSS read: {peaks:?}");
+    assert!(
+        peaks[0] < 64 * 1024 && peaks[1] < 64 * 1024,
+        "peak VmRSS executor {} KiB, frontend {} KiB: not under 64 MiB",
+        peaks[0],
+        peaks[1]
+    );
+    assert_still_serves(&svc).await;
+}
+
+#[tokio::test]
+async fn eight_spinning_threads_are_killed_at_the_wall_clock_timeout() {
+    require_root!();
+    let svc = Service::start();
+    let code = r#"
+import threading
+def spin():
+    while True:
+        pass
+for _ in range(8):
+    threading.Thread(target=spin, daemon=True).start()
+print("spinning", flush=True)
+spin()
+"#;
+    let started = Instant::now();
+    let out = svc.run(json!({ "code": code, "timeoutMs": 2000 })).await;
+    let elapsed = started.elapsed();
+    eprintln!(
+        "8 spinning threads: answered in {elapsed:?}, usage {}",
+        out["usage"]
+    );
+    assert!(
+        elapsed < Duration::from_millis(3500),
+        "answered after {elapsed:?}: {out:#}"
+    );
+    assert_eq!(
+        (
+            &out["limitExceeded"],
+            &out["timedOut"],
+            &out["signal"],
+            &out["stdout"]
+        ),
+        (
+            &json!("time"),
+            &json!(true),
+            &json!("SIGKILL"),
+            &json!("spinning\n")
+        ),
+        "{out:#}"
+    );
+    assert_eq!(
+        stderr_of(&out),
+        "[sandbox] killed: wall-clock timeout of 2000 ms exceeded\n"
+    );
+    assert_still_serves(&svc).await;
+}
+
+#[tokio::test]
+async fn cpu_time_limit_kills_a_busy_loop() {
+    require_root!();
+    let svc = Service::start();
+    let started = Instant::now();
+    let out = svc
+        .run(json!({ "code": "while True:\n    pass", "timeoutMs": 20000, "limits": { "cpuMs": 1000 } }))
+        .await;
+    let elapsed = started.elapsed();
+    let cpu = usage_u64(&out, "cpuMs");
+    let wall = usage_u64(&out, "wallMs");
+    eprintln!("CPU limit 1000 ms: usage.cpuMs {cpu}, usage.wallMs {wall}, answered in {elapsed:?}");
+    assert_eq!(
+        (
+            &out["limitExceeded"],
+            &out["timedOut"],
+            &out["signal"],
+            &out["exitCode"]
+        ),
+        (
+            &json!("cpu"),
+            &json!(false),
+            &json!("SIGKILL"),
+            &Value::Null
+        ),
+        "{out:#}"
+    );
+    assert_eq!(
+        stderr_of(&out),
+        "[sandbox] killed: CPU time limit of 1000 ms exceeded\n"
+    );
+    assert!((1000..=2500).contains(&cpu), "usage.cpuMs {cpu}");
+    assert!(wall < 5000, "usage.wallMs {wall}");
+    assert!(
+        elapsed < Duration::from_secs(6),
+        "answered after {elapsed:?}"
+    );
+    assert_still_serves(&svc).await;
+}
+
+#[tokio::test]
+async fn lowered_output_limit_keeps_the_first_bytes() {
+    require_root!();
+    let svc = Service::start();
+    let out = svc
+        .run(json!({ "code": "print('0123456789abcdef')", "limits": { "outputBytes": 10 } }))
+        .await;
+    assert_eq!(
+        (
+            &out["exitCode"],
+            &out["stdout"],
+            &out["stdoutTruncated"],
+            &out["stderrTruncated"],
+            &out["limitExceeded"]
+        ),
+        (
+            &json!(0),
+            &json!("0123456789"),
+            &json!(true),
+            &json!(false),
+            &json!("output")
+        ),
+        "{out:#}"
+    );
+    assert_eq!(stderr_of(&out), "[sandbox] stdout truncated at 10 bytes\n");
+}
+
+#[tokio::test]
+async fn limits_above_the_maximum_are_400_and_at_the_maximum_run() {
+    require_root!();
+    let svc = Service::start();
+    for (key, max) in MAXIMA {
+        let body = json!({ "code": "print(1)", "limits": { key: max + 1 } });
+        let reply = svc.post_execute(&body).await;
+        let field = format!("limits.{key}");
+        assert_error(
+            &reply,
+            400,
+            json!({ "error": format!("{field}: must be from 1 to {max}"), "field": field }),
+        );
+    }
+    let at_max: serde_json::Map<String, Value> = MAXIMA
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), json!(v)))
+        .collect();
+    let out = svc
+        .run(json!({ "code": "print(1)", "limits": at_max }))
+        .await;
+    assert_eq!(
+        (&out["exitCode"], &out["stdout"], &out["limitExceeded"]),
+        (&json!(0), &json!("1\n"), &Value::Null),
+        "{out:#}"
+    );
+}
+
+#[tokio::test]
+async fn malformed_limits_are_400() {
+    require_root!();
+    let svc = Service::start();
+    let mut failures = Vec::new();
+    let mut expect = |body: Value, field: &str, reason: &str, reply: pysandbox_tests::Reply| {
+        let want = json!({ "error": format!("{field}: {reason}"), "field": field });
+        if (reply.status, &reply.json) != (400, &want) {
+            failures.push(format!("{body} answered {} {}", reply.status, reply.text));
+        }
+    };
+    for (key, _) in MAXIMA {
+        for bad in [
+            json!(0),
+            json!(-1),
+            json!(1.5),
+            json!("5"),
+            json!(true),
+            json!([5]),
+        ] {
+            let body = json!({ "code": "print(1)", "limits": { key: bad } });
+            let reply = svc.post_execute(&body).await;
+            expect(
+                body,
+                &format!("limits.{key}"),
+                "must be a positive integer",
+                reply,
+            );
+        }
+    }
+    let known = "is not a limit (memoryMb, cpuMs, maxProcesses, diskMb, outputBytes)";
+    for key in ["memoryMB", "timeoutMs", "memory_mb", ""] {
+        let body = json!({ "code": "print(1)", "limits": { key: 64 } });
+        let reply = svc.post_execute(&body).await;
+        expect(body, &format!("limits.{key}"), known, reply);
+    }
+    for bad in [json!(5), json!("memoryMb"), json!([256]), json!(true)] {
+        let body = json!({ "code": "print(1)", "limits": bad });
+        let reply = svc.post_execute(&body).await;
+        expect(body, "limits", "must be an object", reply);
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[tokio::test]
+async fn usage_of_a_small_job_is_plausible() {
+    require_root!();
+    let svc = Service::start();
+    let out = svc.run_code("print(2+2)").await;
+    assert_eq!(
+        (&out["stdout"], &out["limitExceeded"]),
+        (&json!("4\n"), &Value::Null),
+        "{out:#}"
+    );
+    let usage = out["usage"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no usage object: {out:#}"));
+    // serde_json's map is sorted by key.
+    let keys: Vec<&str> = usage.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["cpuMs", "peakMemoryBytes", "wallMs"], "{out:#}");
+    let (wall, cpu, peak) = (
+        usage_u64(&out, "wallMs"),
+        usage_u64(&out, "cpuMs"),
+        usage_u64(&out, "peakMemoryBytes"),
+    );
+    eprintln!("print(2+2): wallMs {wall}, cpuMs {cpu}, peakMemoryBytes {peak}");
+    assert!((1..5000).contains(&wall), "wallMs {wall}");
+    assert!(cpu < 2000, "cpuMs {cpu}");
+    assert!((MIB..200 * MIB).contains(&peak), "peakMemoryBytes {peak}");
+}
+
+/// The executor killed with SIGKILL mid-job: once started again, it has swept
+/// every trace of the job (process, cgroups, tmpfs mount, work dir).
+#[tokio::test]
+async fn executor_killed_mid_job_leaves_nothing_once_restarted() {
+    require_root!();
+    let mut svc = Service::start();
+    let state_dir = svc.executor.state_dir().to_owned();
+    let executor_pid = pid(svc.executor.pid().expect("the executor runs"));
+    let needle = sleep_needle("765.4");
+    let body = json!({ "code": sleeper(&needle), "timeoutMs": 60000 });
+    let crash = async {
+        let seen = sight(&needle, &state_dir).await;
+        kill(executor_pid, Signal::SIGKILL).expect("cannot kill the executor");
+        seen
+    };
+    let (reply, seen) = tokio::join!(svc.post_execute(&body), crash);
+    assert_eq!(reply.status, 503, "{}", reply.text);
+    svc.executor.kill();
+    let cgroups_left = seen.cgroups.iter().filter(|d| d.exists()).count();
+    eprintln!(
+        "executor killed mid-job: before the restart {} of {} job cgroups and {} work-dir mounts are left, sleep alive: {}",
+        cgroups_left,
+        seen.cgroups.len(),
+        mounts_under(&state_dir).len(),
+        !host_processes_matching(&needle).is_empty()
+    );
+    svc.executor.restart();
+
+    assert_eq!(
+        host_processes_matching(&needle),
+        Vec::<u32>::new(),
+        "the job's sleep survived"
+    );
+    assert_eq!(processes_in_namespace(&seen.namespace), Vec::<u32>::new());
+    let left: Vec<&PathBuf> = seen.cgroups.iter().filter(|d| d.exists()).collect();
+    assert!(left.is_empty(), "job cgroups left: {left:?}");
+    let instances: Vec<PathBuf> = seen
+        .cgroups
+        .iter()
+        .filter_map(|d| d.parent().map(Path::to_path_buf))
+        .collect();
+    let jobs: Vec<PathBuf> = instances
+        .iter()
+        .flat_map(|d| job_cgroups_under(d))
+        .collect();
+    assert!(jobs.is_empty(), "job cgroups of this executor: {jobs:?}");
+    assert_eq!(mounts_under(&state_dir), Vec::<PathBuf>::new());
+    assert_eq!(jobs_dir_entries(&state_dir), Vec::<String>::new());
+    assert_still_serves(&svc).await;
+}
+
+#[tokio::test]
+async fn health_reports_the_limit_mechanisms() {
+    require_root!();
+    let svc = Service::start();
+    let health = svc.health().await;
+    assert_eq!(health.status, 200, "{}", health.text);
+    let limits: BTreeMap<String, String> = health.json["limits"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no limits object: {}", health.text))
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+        .collect();
+    let keys: Vec<&str> = limits.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        ["cpu", "disk", "memory", "output", "processes", "time"],
+        "{}",
+        health.text
+    );
+    assert!(limits.values().all(|v| !v.is_empty()), "{}", health.text);
+    for key in ["memory", "processes", "cpu"] {
+        assert!(
+            limits[key].contains("cgroup"),
+            "limits.{key} does not say cgroup: {}",
+            health.text
+        );
+    }
+}
+
+/// Runs `pysandbox-executor <args> check` with a fresh state dir; kills it (and
+/// fails) after 30 s.
+fn run_check(extra: &[&str]) -> Output {
+    let dir = tempfile::Builder::new()
+        .prefix("pysandbox-check.")
+        .tempdir()
+        .expect("temp dir");
+    // The sandbox uid must reach the state dir, as with the harness's executors.
+    fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let mut child = Command::new(&binaries().executor)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .args(extra)
+        .arg("check")
+        .env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the executor's check");
+    let exited = wait_until(Duration::from_secs(30), || {
+        child.try_wait().ok().flatten().is_some()
+    });
+    if !exited {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().expect("collect output");
+    assert!(
+        exited,
+        "check kept running; stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    out
+}
+
+/// The mark (`ok`, `warn`, `FAIL`) of the line for `name` in check's output.
+fn check_mark<'a>(stdout: &'a str, name: &str) -> Option<&'a str> {
+    stdout.lines().find_map(|line| {
+        let mark = line.split_whitespace().next()?;
+        let rest = line[mark.len()..].trim_start();
+        let after = rest.strip_prefix(name)?;
+        after.starts_with(' ').then_some(mark)
+    })
+}
+
+#[test]
+fn check_passes_on_this_host() {
+    require_root!();
+    let out = run_check(&[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("check:\n{stdout}");
+    assert!(
+        out.status.success(),
+        "check exited with {}; stdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in ["bwrap", "python", "cgroups", "jail"] {
+        assert_eq!(
+            check_mark(&stdout, name),
+            Some("ok"),
+            "{name} in:\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn check_fails_without_the_python_interpreter() {
+    require_root!();
+    let out = run_check(&["--python", "/usr/bin/nonexistent-python"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && out.status.code().is_some(),
+        "check exited with {}; stdout:\n{stdout}",
+        out.status
+    );
+    assert_eq!(check_mark(&stdout, "python"), Some("FAIL"), "{stdout}");
+    assert!(
+        stdout.contains("/usr/bin/nonexistent-python not found"),
+        "{stdout}"
+    );
+    assert_eq!(check_mark(&stdout, "bwrap"), Some("ok"), "{stdout}");
+}
