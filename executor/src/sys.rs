@@ -8,7 +8,7 @@ use std::os::fd::RawFd;
 use tokio::process::Command;
 
 /// Descriptors a jail inherits: `(source, target)` pairs, at most this many.
-pub const MAX_PASSED_FDS: usize = 2;
+pub const MAX_PASSED_FDS: usize = 3;
 /// cgroup hierarchies a jail joins, at most (v1: memory, pids, cpu, cpuacct).
 pub const MAX_CGROUPS: usize = 4;
 /// Resource limits set on a jail's first process, at most.

@@ -18,6 +18,8 @@ pub const WORK_DIR: &str = "/work";
 pub const CODE_FD: i32 = 3;
 /// jail-init writes one byte here once the jail is set up, then closes it.
 pub const READY_FD: i32 = 4;
+/// bwrap reads the seccomp program from this descriptor and loads it before jail-init.
+pub const SECCOMP_FD: i32 = 5;
 
 /// The environment of every job: nothing of the executor's, only what Python needs.
 const JOB_ENV: &[(&str, &str)] = &[
@@ -72,6 +74,7 @@ pub fn fixed_args(layout: &Layout) -> Vec<OsString> {
         "--new-session",
         "--clearenv",
     ]);
+    args.push_all(&["--seccomp", &SECCOMP_FD.to_string()]);
     args.push("--uid").push(layout.uid.to_string());
     args.push("--gid").push(layout.gid.to_string());
     for (key, value) in JOB_ENV {
@@ -94,13 +97,14 @@ pub fn fixed_args(layout: &Layout) -> Vec<OsString> {
 }
 
 /// The rest of the argv for one job: its work dir and `/tmp` (both on the job's
-/// size-limited tmpfs), and the command run in the jail.
-pub fn job_args(work_dir: &Path, tmp_dir: &Path, python: &Path) -> Vec<OsString> {
+/// size-limited tmpfs), then `command`, run by the executor binary inside the jail
+/// (its first word is the `jail-init` subcommand).
+pub fn job_args(work_dir: &Path, tmp_dir: &Path, command: &[OsString]) -> Vec<OsString> {
     let mut args = Args::default();
     args.push("--bind").push(work_dir).push(WORK_DIR);
     args.push("--bind").push(tmp_dir).push("/tmp");
-    args.push_all(&["--chdir", WORK_DIR, INIT_PATH, super::init::SUBCOMMAND]);
-    args.push(python).push(CODE_PATH);
+    args.push_all(&["--chdir", WORK_DIR, INIT_PATH]);
+    args.0.extend_from_slice(command);
     args.0
 }
 
@@ -161,6 +165,7 @@ mod tests {
             "--die-with-parent ",
             "--new-session ",
             "--clearenv ",
+            "--seccomp 5 ",
             "--uid 65534 ",
             "--gid 65534 ",
         ] {
@@ -226,15 +231,18 @@ mod tests {
 
     #[test]
     fn the_job_runs_python_through_jail_init_in_its_work_dir() {
+        let command: Vec<OsString> = ["jail-init", "--", "/usr/bin/python3", CODE_PATH]
+            .map(OsString::from)
+            .to_vec();
         let args = joined(&job_args(
             Path::new("/state/jobs/7/work"),
             Path::new("/state/jobs/7/tmp"),
-            Path::new("/usr/bin/python3"),
+            &command,
         ));
         assert_eq!(
             args,
             "--bind /state/jobs/7/work /work --bind /state/jobs/7/tmp /tmp --chdir /work \
-             /sandbox/init jail-init /usr/bin/python3 /sandbox/main.py"
+             /sandbox/init jail-init -- /usr/bin/python3 /sandbox/main.py"
         );
     }
 }

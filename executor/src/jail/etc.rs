@@ -7,9 +7,17 @@ use std::path::{Path, PathBuf};
 
 use crate::error::Error;
 
-/// Host paths bound read-only when they exist: TLS roots for HTTPS, the time zone,
-/// and Debian's matplotlib defaults (matplotlib warns without them).
-const HOST_FILES: &[&str] = &["/etc/ssl/certs", "/etc/localtime", "/etc/matplotlibrc"];
+/// Host paths bound read-only when they exist: the dynamic loader's cache (faster
+/// start), Debian's alternatives (numpy finds its BLAS through them), TLS roots for
+/// HTTPS, the time zone, fontconfig and Debian's matplotlib defaults.
+const HOST_FILES: &[&str] = &[
+    "/etc/ld.so.cache",
+    "/etc/alternatives",
+    "/etc/ssl/certs",
+    "/etc/localtime",
+    "/etc/fonts",
+    "/etc/matplotlibrc",
+];
 
 /// Writes the generated files under `dir` and returns every `(host, jail)` pair to
 /// bind read-only.

@@ -7,6 +7,8 @@
 pub mod bwrap;
 mod etc;
 pub mod init;
+mod landlock;
+pub mod seccomp;
 
 use std::ffi::OsString;
 use std::io::{Seek, Write};
@@ -30,8 +32,11 @@ const ROOT_LIB_DIRS: &[&str] = &["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/
 #[derive(Debug)]
 pub struct Jail {
     bwrap: PathBuf,
-    python: PathBuf,
     fixed_args: Vec<OsString>,
+    /// What the executor binary runs inside the jail: jail-init, then Python.
+    command: Vec<OsString>,
+    /// The compiled seccomp filter, copied into a memfd for each jail.
+    seccomp: Vec<u8>,
     uid: u32,
     gid: u32,
 }
@@ -50,14 +55,17 @@ impl Jail {
         let init = std::env::current_exe().map_err(Error::setup("locate", "/proc/self/exe"))?;
         let mut ro_binds = vec![(PathBuf::from("/usr"), PathBuf::from("/usr"))];
         let mut symlinks = Vec::new();
+        // Host paths bound read-only beyond the fixed layout: landlock must grant them.
+        let mut extra_read = Vec::new();
         for dir in ROOT_LIB_DIRS.iter().map(Path::new) {
             match std::fs::read_link(dir) {
                 Ok(target) => symlinks.push((target, dir.to_owned())),
-                Err(_) if dir.is_dir() => ro_binds.push((dir.to_owned(), dir.to_owned())),
+                Err(_) if dir.is_dir() => extra_read.push(dir.to_owned()),
                 Err(_) => {}
             }
         }
-        ro_binds.extend(config.ro_binds.iter().map(|p| (p.clone(), p.clone())));
+        extra_read.extend(config.ro_binds.iter().cloned());
+        ro_binds.extend(extra_read.iter().map(|p| (p.clone(), p.clone())));
         let etc_dir = config.state_dir.join("etc");
         ro_binds.extend(etc::stage(
             &etc_dir,
@@ -72,10 +80,13 @@ impl Jail {
             init,
             shm_bytes: config.shm_bytes,
         };
+        let mut command = init::argv(&extra_read, &[], &config.python);
+        command.push(bwrap::CODE_PATH.into());
         Ok(Jail {
             bwrap: config.bwrap.clone(),
-            python: config.python.clone(),
+            command,
             fixed_args: bwrap::fixed_args(&layout),
+            seccomp: seccomp::bytes(),
             uid: config.sandbox_uid,
             gid: config.sandbox_gid,
         })
@@ -103,7 +114,10 @@ impl Jail {
         for (slot, &limit) in plan_rlimits.iter_mut().zip(rlimits) {
             *slot = Some(limit);
         }
-        let code = code_fd(code).map_err(|e| Error::Jail(format!("cannot stage code: {e}")))?;
+        let code = memfd(c"pysandbox-code", code.as_bytes())
+            .map_err(|e| Error::Jail(format!("cannot stage code: {e}")))?;
+        let seccomp = memfd(c"pysandbox-seccomp", &self.seccomp)
+            .map_err(|e| Error::Jail(format!("cannot stage the seccomp filter: {e}")))?;
         let (ready_tx, ready) =
             pipe::pipe().map_err(|e| Error::Jail(format!("cannot create pipe: {e}")))?;
         let ready_tx = ready_tx
@@ -111,7 +125,7 @@ impl Jail {
             .map_err(|e| Error::Jail(format!("cannot create pipe: {e}")))?;
         let mut cmd = Command::new(&self.bwrap);
         cmd.args(&self.fixed_args)
-            .args(bwrap::job_args(&dir.work(), &dir.tmp(), &self.python))
+            .args(bwrap::job_args(&dir.work(), &dir.tmp(), &self.command))
             // bwrap's pid 1 keeps its own environment, which the job can read in
             // /proc/1/environ: it gets none of ours.
             .env_clear()
@@ -128,6 +142,7 @@ impl Jail {
                 fds: [
                     (code.as_raw_fd(), bwrap::CODE_FD),
                     (ready_tx.as_raw_fd(), bwrap::READY_FD),
+                    (seccomp.as_raw_fd(), bwrap::SECCOMP_FD),
                 ],
                 cgroup_procs: plan_cgroups,
                 rlimits: plan_rlimits,
@@ -137,19 +152,16 @@ impl Jail {
             .spawn()
             .map_err(|e| Error::Jail(format!("cannot start {:?}: {e}", self.bwrap)))?;
         // Our copies close here, so the readiness pipe sees EOF when the jail's do.
-        drop((code, ready_tx));
+        drop((code, ready_tx, seccomp));
         Ok(Started { child, ready })
     }
 }
 
-/// The job's code in an anonymous memory file, rewound for bwrap to read.
-fn code_fd(code: &str) -> std::io::Result<OwnedFd> {
-    let fd = nix::sys::memfd::memfd_create(
-        c"pysandbox-code",
-        nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
-    )?;
+/// `data` in an anonymous memory file, rewound for bwrap to read.
+fn memfd(name: &std::ffi::CStr, data: &[u8]) -> std::io::Result<OwnedFd> {
+    let fd = nix::sys::memfd::memfd_create(name, nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)?;
     let mut file = std::fs::File::from(fd);
-    file.write_all(code.as_bytes())?;
+    file.write_all(data)?;
     file.rewind()?;
     Ok(file.into())
 }

@@ -1,0 +1,198 @@
+//! Landlock, applied by jail-init to itself just before it becomes Python: a second
+//! wall behind the mounts. Even if a bind were misconfigured and exposed a host path,
+//! the job could read only the paths below, write only its work dir, `/tmp` and
+//! `/dev/shm`, connect over TCP only to the ports listed (none without network), and
+//! — scoped — neither signal nor reach the abstract sockets of anything outside its
+//! own domain: bwrap's pid 1, socat, the host.
+//!
+//! Landlock is best effort: on a kernel without it, or with an older ABI, what the
+//! kernel supports is enforced and the rest is not. The executor logs the ABI once at
+//! start and reports it in `/health` and `check`.
+
+use std::path::{Path, PathBuf};
+
+use landlock::{
+    Access, AccessFs, AccessNet, NetPort, PathBeneath, PathFd, Ruleset, RulesetAttr,
+    RulesetCreatedAttr, RulesetError, RulesetStatus, Scope, ABI,
+};
+
+/// The newest ABI whose rights this policy was written and tested against.
+const TARGET_ABI: ABI = ABI::V6;
+
+/// Paths of the jail every job may read and execute.
+const READ: &[&str] = &["/usr", "/etc", "/sandbox", "/proc", "/dev"];
+/// Paths of the jail every job may change.
+const WRITE: &[&str] = &["/work", "/tmp", "/dev/shm"];
+/// Character devices a job may read and write (but not create or remove).
+const DEVICES: &[&str] = &[
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+];
+
+/// What a jail's processes may touch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rules {
+    pub read: Vec<PathBuf>,
+    pub write: Vec<PathBuf>,
+    pub devices: Vec<PathBuf>,
+    pub connect_ports: Vec<u16>,
+}
+
+impl Rules {
+    /// The jail's fixed layout, plus read-only `extra` paths (venvs, non-merged-/usr
+    /// library dirs) and the TCP ports the job may connect to.
+    pub fn for_jail(extra: impl IntoIterator<Item = PathBuf>, connect_ports: Vec<u16>) -> Rules {
+        let paths = |list: &[&str]| list.iter().map(PathBuf::from).collect::<Vec<_>>();
+        let mut read = paths(READ);
+        read.extend(extra);
+        Rules {
+            read,
+            write: paths(WRITE),
+            devices: paths(DEVICES),
+            connect_ports,
+        }
+    }
+}
+
+/// Restricts the calling thread, and every process it then starts, to `rules`.
+pub fn apply(rules: &Rules) -> Result<RulesetStatus, RulesetError> {
+    let abi = TARGET_ABI;
+    let file_rw = AccessFs::ReadFile | AccessFs::WriteFile;
+    let status = Ruleset::default()
+        .handle_access(AccessFs::from_all(abi))?
+        .handle_access(AccessNet::ConnectTcp)?
+        .scope(Scope::from_all(abi))?
+        .create()?
+        .add_rules(beneath(&rules.read, AccessFs::from_read(abi)))?
+        .add_rules(beneath(&rules.write, AccessFs::from_all(abi)))?
+        .add_rules(beneath(&rules.devices, file_rw))?
+        .add_rules(
+            rules
+                .connect_ports
+                .iter()
+                .map(|&port| Ok::<_, RulesetError>(NetPort::new(port, AccessNet::ConnectTcp))),
+        )?
+        .restrict_self()?;
+    Ok(status.ruleset)
+}
+
+/// Rules for the paths that exist; a missing one (no `/dev/full` on some hosts) is
+/// simply not granted.
+fn beneath(
+    paths: &[PathBuf],
+    access: landlock::BitFlags<AccessFs>,
+) -> impl Iterator<Item = Result<PathBeneath<PathFd>, RulesetError>> + '_ {
+    paths
+        .iter()
+        .filter(|path| Path::exists(path))
+        .filter_map(move |path| PathFd::new(path).ok())
+        .map(move |fd| Ok(PathBeneath::new(fd, access)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Landlock restricts only the calling thread (and what it starts), so a test
+    /// thread can try the rules without touching the rest of the test process.
+    fn in_restricted_thread<T: Send + 'static>(
+        rules: Rules,
+        probe: impl FnOnce() -> T + Send + 'static,
+    ) -> (RulesetStatus, T) {
+        std::thread::spawn(move || {
+            let status = apply(&rules).expect("landlock ruleset");
+            (status, probe())
+        })
+        .join()
+        .unwrap()
+    }
+
+    #[test]
+    fn only_listed_paths_are_readable_and_only_write_paths_writable() {
+        let root = tempfile::tempdir().unwrap();
+        let (allowed, hidden, writable) = (
+            root.path().join("allowed"),
+            root.path().join("hidden"),
+            root.path().join("rw"),
+        );
+        for dir in [&allowed, &hidden, &writable] {
+            std::fs::create_dir(dir).unwrap();
+            std::fs::write(dir.join("f"), "x").unwrap();
+        }
+        let rules = Rules {
+            read: vec![allowed.clone()],
+            write: vec![writable.clone()],
+            devices: vec![],
+            connect_ports: vec![],
+        };
+        let (status, results) = in_restricted_thread(rules, move || {
+            (
+                std::fs::read(allowed.join("f")).is_ok(),
+                std::fs::read(hidden.join("f")).map_err(|e| e.kind()),
+                std::fs::write(allowed.join("new"), "x").map_err(|e| e.kind()),
+                std::fs::write(writable.join("new"), "x").is_ok(),
+            )
+        });
+        if status == RulesetStatus::NotEnforced {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI's kernel must have landlock"
+            );
+            return eprintln!("skipped: this kernel has no landlock");
+        }
+        let (read_allowed, read_hidden, write_allowed, write_writable) = results;
+        assert!(read_allowed);
+        assert_eq!(read_hidden, Err(std::io::ErrorKind::PermissionDenied));
+        assert_eq!(write_allowed, Err(std::io::ErrorKind::PermissionDenied));
+        assert!(write_writable);
+    }
+
+    #[test]
+    fn tcp_connect_only_to_listed_ports() {
+        let open = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (open_port, closed_port) = (
+            open.local_addr().unwrap().port(),
+            closed.local_addr().unwrap().port(),
+        );
+        let rules = Rules {
+            read: vec![],
+            write: vec![],
+            devices: vec![],
+            connect_ports: vec![open_port],
+        };
+        let (status, (to_open, to_closed)) = in_restricted_thread(rules, move || {
+            (
+                std::net::TcpStream::connect(("127.0.0.1", open_port)).is_ok(),
+                std::net::TcpStream::connect(("127.0.0.1", closed_port))
+                    .map(drop)
+                    .map_err(|e| e.kind()),
+            )
+        });
+        if status == RulesetStatus::NotEnforced {
+            return eprintln!("skipped: this kernel has no landlock");
+        }
+        assert!(to_open);
+        assert_eq!(to_closed, Err(std::io::ErrorKind::PermissionDenied));
+    }
+
+    #[test]
+    fn the_jail_layout_covers_python() {
+        let rules = Rules::for_jail([PathBuf::from("/opt/venv")], vec![]);
+        for path in ["/usr", "/etc", "/sandbox", "/opt/venv"] {
+            assert!(rules.read.contains(&PathBuf::from(path)), "{path}");
+        }
+        assert_eq!(
+            rules.write,
+            [
+                PathBuf::from("/work"),
+                PathBuf::from("/tmp"),
+                PathBuf::from("/dev/shm")
+            ]
+        );
+        assert!(rules.connect_ports.is_empty());
+    }
+}
