@@ -1,5 +1,5 @@
 use clap::Parser;
-use pysandbox_executor::{check, jail, server, Cli, Command, Config};
+use pysandbox_executor::{check, jail, privileges, server, Cli, Command, Config};
 
 fn main() -> std::process::ExitCode {
     let mut args = std::env::args_os().skip(1);
@@ -7,12 +7,18 @@ fn main() -> std::process::ExitCode {
     if args.next().is_some_and(|a| a == jail::init::SUBCOMMAND) {
         return std::process::ExitCode::from(jail::init::main(args) as u8);
     }
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    // LOG_FORMAT=json: one JSON object per line, as the frontend's LOG_FORMAT does.
+    if std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     let cli = Cli::parse();
     let command = cli.command;
     let config = match Config::load(cli) {
@@ -22,6 +28,19 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if nix::unistd::geteuid().is_root() {
+        match privileges::drop_unneeded() {
+            Ok(kept) => tracing::info!(
+                capabilities = ?kept,
+                mask = format_args!("{:#x}", privileges::mask(&kept)),
+                "dropped every other capability"
+            ),
+            Err(e) => {
+                eprintln!("pysandbox-executor: cannot drop capabilities: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    }
     // Everything the executor creates is private unless it opens it up on purpose.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let runtime = match tokio::runtime::Runtime::new() {

@@ -55,7 +55,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         ),
     }
     let jail = Jail::new(&config)?;
-    let listener = bind(&config.socket, config.socket_group)?;
+    let activated = crate::sys::activated_listener().map_err(Error::setup(
+        "adopt the socket passed in LISTEN_FDS",
+        &config.socket,
+    ))?;
+    let (listener, owns_socket_file) = match activated {
+        // systemd owns the socket file and keeps it, with its backlog, across restarts.
+        Some(listener) => {
+            listener
+                .set_nonblocking(true)
+                .map_err(Error::setup("configure", &config.socket))?;
+            let listener =
+                UnixListener::from_std(listener).map_err(Error::setup("adopt", &config.socket))?;
+            info!("socket-activated: serving the socket passed by the service manager");
+            (listener, false)
+        }
+        None => (bind(&config.socket, config.socket_group)?, true),
+    };
     let own_uid = nix::unistd::getuid().as_raw();
     let mut allowed_uids = vec![0, own_uid];
     allowed_uids.extend(&config.allow_uids);
@@ -94,7 +110,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     {
         warn!("jobs still running after the grace period are killed");
     }
-    let _ = std::fs::remove_file(&config.socket);
+    if owns_socket_file {
+        let _ = std::fs::remove_file(&config.socket);
+    }
     Ok(())
 }
 

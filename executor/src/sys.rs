@@ -3,7 +3,7 @@
 //! forked child of a multi-threaded process may only make async-signal-safe calls
 //! (signal-safety(7)).
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use tokio::process::Command;
 
@@ -144,4 +144,34 @@ pub fn landlock_abi() -> Option<i64> {
         )
     };
     (abi > 0).then_some(abi)
+}
+
+/// The first descriptor systemd passes with socket activation (sd_listen_fds(3)).
+const LISTEN_FDS_START: RawFd = 3;
+
+/// Takes the listening socket systemd passed (`LISTEN_FDS=1`, `LISTEN_PID` = us), so
+/// that connections wait in its backlog while the executor restarts. `None` when
+/// not socket-activated; an error when what was passed is not a listening Unix
+/// stream socket.
+pub fn activated_listener() -> std::io::Result<Option<std::os::unix::net::UnixListener>> {
+    let ours = std::env::var("LISTEN_PID").ok() == Some(std::process::id().to_string());
+    if !ours || std::env::var("LISTEN_FDS").ok().as_deref() != Some("1") {
+        return Ok(None);
+    }
+    // SAFETY: systemd's protocol hands us descriptor 3 (checked for us just above);
+    // nothing in this process has opened or claimed it, and we take ownership once.
+    let fd = unsafe { OwnedFd::from_raw_fd(LISTEN_FDS_START) };
+    let listening: bool = nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::AcceptConn)?;
+    let local: nix::sys::socket::UnixAddr = nix::sys::socket::getsockname(fd.as_raw_fd())?;
+    if !listening || local.path().is_none() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "LISTEN_FDS passed a descriptor that is not a listening Unix socket",
+        ));
+    }
+    nix::fcntl::fcntl(
+        fd.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )?;
+    Ok(Some(fd.into()))
 }

@@ -108,10 +108,11 @@ impl WorkDir {
         for (sub, mode) in [("work", 0o700), ("tmp", 0o1777)] {
             let path = dir.root.join(sub);
             std::fs::create_dir(&path).map_err(Error::setup("create", &path))?;
-            std::os::unix::fs::chown(&path, Some(uid), Some(gid))
-                .map_err(Error::setup("chown", &path))?;
+            // chmod while we still own it: afterwards it would take CAP_FOWNER.
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
                 .map_err(Error::setup("chmod", &path))?;
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                .map_err(Error::setup("chown", &path))?;
         }
         Ok(dir)
     }

@@ -74,6 +74,23 @@ pub struct Config {
     /// On SIGTERM/SIGINT, how long requests in flight may still run, in milliseconds.
     #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 130_000)]
     pub shutdown_grace_ms: u64,
+
+    /// Log lines as plain text or as JSON objects (one per line).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Run even as root (not recommended: the frontend needs no privilege at all).
+    #[arg(long)]
+    pub allow_root: bool,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
 }
 
 impl Config {

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod executor_client;
+pub mod privileges;
 pub mod request;
 pub mod response;
 pub mod routes;

@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
+use pysandbox_frontend::config::LogFormat;
 use pysandbox_frontend::Config;
 use tracing_subscriber::EnvFilter;
 
@@ -20,14 +21,21 @@ async fn main() -> ExitCode {
         );
         return ExitCode::from(EXIT_USAGE);
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         // Colour codes only for a person at a terminal, not in journald or test logs.
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+        );
+    match config.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    if let Err(e) = pysandbox_frontend::privileges::shed(config.allow_root) {
+        eprintln!("pysandbox-frontend: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
     match pysandbox_frontend::run(config, token).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

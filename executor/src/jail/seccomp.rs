@@ -354,7 +354,7 @@ mod tests {
 
     /// A classic-BPF interpreter for the few instructions the compiler emits.
     fn run(prog: &[Insn], nr: u64, arch: u32, args: [u64; 6]) -> Action {
-        let mut data = vec![0u8; 64];
+        let mut data = [0u8; 64];
         data[0..4].copy_from_slice(&(nr as u32).to_le_bytes());
         data[4..8].copy_from_slice(&arch.to_le_bytes());
         for (i, arg) in args.iter().enumerate() {
@@ -444,7 +444,7 @@ mod tests {
 
     #[test]
     fn arguments_are_compared_on_their_low_32_bits() {
-        let tiocsti = libc::TIOCSTI as u64;
+        let tiocsti = u64::from(libc::TIOCSTI as u32);
         assert_eq!(call(libc::SYS_ioctl, [0, tiocsti, 0, 0, 0, 0]), EPERM);
         assert_eq!(
             call(
@@ -454,11 +454,17 @@ mod tests {
             EPERM
         );
         assert_eq!(
-            call(libc::SYS_ioctl, [0, libc::TIOCLINUX as u64, 0, 0, 0, 0]),
+            call(
+                libc::SYS_ioctl,
+                [0, u64::from(libc::TIOCLINUX as u32), 0, 0, 0, 0]
+            ),
             EPERM
         );
         assert_eq!(
-            call(libc::SYS_ioctl, [0, libc::TIOCGWINSZ as u64, 0, 0, 0, 0]),
+            call(
+                libc::SYS_ioctl,
+                [0, u64::from(libc::TIOCGWINSZ as u32), 0, 0, 0, 0]
+            ),
             Action::Allow
         );
         let newuser = (libc::CLONE_NEWUSER as u64) | (1 << 40);
