@@ -87,6 +87,11 @@ impl Runner {
         }
     }
 
+    /// What each isolation layer enforces on this host, for `/health`.
+    pub fn isolation(&self) -> Vec<pysandbox_shared::Layer> {
+        self.jail.layers().to_vec()
+    }
+
     /// How each limit is enforced on this host, for `/health` and `check`.
     pub fn enforcement(&self) -> Vec<Enforcement> {
         let cgroup = |c: Controller| {

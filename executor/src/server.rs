@@ -198,6 +198,7 @@ impl Executor {
             running_jobs: self.running.load(Ordering::Relaxed),
             max_jobs: self.max_jobs,
             enforcement: self.runner.enforcement(),
+            isolation: self.runner.isolation(),
         }
     }
 

@@ -116,6 +116,9 @@ struct Health {
     /// How each limit is enforced on the executor's host.
     #[serde(skip_serializing_if = "Option::is_none")]
     limits: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The isolation layers in force there (landlock ABI, seccomp, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    isolation: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 async fn health(State(app): State<AppState>) -> Json<Health> {
@@ -125,10 +128,16 @@ async fn health(State(app): State<AppState>) -> Json<Health> {
         executor: if status.is_some() { "up" } else { "down" },
         running_jobs: status.as_ref().map(|s| s.running_jobs),
         max_jobs: status.as_ref().map(|s| s.max_jobs),
-        limits: status.map(|s| {
+        limits: status.as_ref().map(|s| {
             s.enforcement
+                .iter()
+                .map(|e| (e.limit.clone(), e.mechanism.clone().into()))
+                .collect()
+        }),
+        isolation: status.map(|s| {
+            s.isolation
                 .into_iter()
-                .map(|e| (e.limit, e.mechanism.into()))
+                .map(|layer| (layer.name, layer.detail.into()))
                 .collect()
         }),
     })

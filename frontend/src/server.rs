@@ -314,6 +314,7 @@ mod tests {
                     running_jobs: 0,
                     max_jobs: 1,
                     enforcement: vec![],
+                    isolation: vec![],
                 }),
                 500,
                 None,
@@ -463,6 +464,10 @@ mod tests {
                     limit: "memory".into(),
                     mechanism: "cgroup v2".into(),
                 }],
+                isolation: vec![pysandbox_shared::Layer {
+                    name: "landlock".into(),
+                    detail: "ABI 6".into(),
+                }],
             }))
             .await
             .unwrap();
@@ -473,7 +478,7 @@ mod tests {
         assert!(header(&response, "x-request-id").is_some());
         assert_eq!(
             response.text().await.unwrap(),
-            r#"{"ok":true,"executor":"up","runningJobs":2,"maxJobs":4,"limits":{"memory":"cgroup v2"}}"#
+            r#"{"ok":true,"executor":"up","runningJobs":2,"maxJobs":4,"limits":{"memory":"cgroup v2"},"isolation":{"landlock":"ABI 6"}}"#
         );
 
         let dir = tempfile::tempdir().unwrap();

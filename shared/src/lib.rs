@@ -14,4 +14,6 @@ pub mod protocol;
 pub use codec::{Connection, ProtocolError, MAX_FRAME_LEN};
 pub use job::{JobError, JobResult, JobSpec, MAX_TIMEOUT_MS};
 pub use limits::{JobLimits, LimitKind, Usage};
-pub use protocol::{Enforcement, ExecutorStatus, Hello, Request, Response, PROTOCOL_VERSION};
+pub use protocol::{
+    Enforcement, ExecutorStatus, Hello, Layer, Request, Response, PROTOCOL_VERSION,
+};

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::job::{JobError, JobResult, JobSpec};
 
 /// Bumped on every incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The first frame each way. Its encoding must never change, so that peers of
 /// different versions can at least tell each other so.
@@ -61,6 +61,17 @@ pub struct ExecutorStatus {
     pub max_jobs: u32,
     /// How each limit is enforced on this host, e.g. memory by "cgroup v1".
     pub enforcement: Vec<Enforcement>,
+    /// The isolation layers in force on this host, e.g. landlock and its ABI.
+    pub isolation: Vec<Layer>,
+}
+
+/// One isolation layer and what of it this host enforces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layer {
+    /// The layer, e.g. `landlock`.
+    pub name: String,
+    /// What is in force, e.g. `ABI 6: filesystem, TCP connect, scoped signals`.
+    pub detail: String,
 }
 
 /// How one limit is enforced on this host.
@@ -143,6 +154,10 @@ mod tests {
                     limit: "memory".into(),
                     mechanism: "cgroup v1".into(),
                 }],
+                isolation: vec![Layer {
+                    name: "landlock".into(),
+                    detail: "ABI 6".into(),
+                }],
             }),
         ]
     }
@@ -162,7 +177,7 @@ mod tests {
     #[test]
     fn golden_encodings() {
         let golden: &[(Request, &[u8])] = &[
-            (Request::Hello(Hello { version: 2 }), &[0, 2]),
+            (Request::Hello(Hello { version: 3 }), &[0, 3]),
             (
                 Request::Run(sample_job()),
                 &[
@@ -176,7 +191,7 @@ mod tests {
             assert_eq!(&encode(msg).unwrap()[..], *bytes, "{msg:?}");
         }
         let golden: &[(Response, &[u8])] = &[
-            (Response::Hello(Hello { version: 2 }), &[0, 2]),
+            (Response::Hello(Hello { version: 3 }), &[0, 3]),
             (
                 Response::Finished(sample_result()),
                 &[1, 1, 0, 0, 2, b'4', b'\n', 0, 0, 1, 0, 1, 5, 12, 1, 3, 0],
@@ -187,8 +202,9 @@ mod tests {
                     running_jobs: 1,
                     max_jobs: 2,
                     enforcement: vec![],
+                    isolation: vec![],
                 }),
-                &[3, 1, 2, 0],
+                &[3, 1, 2, 0, 0],
             ),
         ];
         for (msg, bytes) in golden {

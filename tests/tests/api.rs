@@ -730,6 +730,14 @@ async fn health_needs_no_auth_and_leaks_nothing() {
     assert_eq!(reply.status, 200, "{}", reply.text);
     let mut body = reply.json.clone();
     let limits = body.as_object_mut().and_then(|o| o.remove("limits"));
+    let isolation = body.as_object_mut().and_then(|o| o.remove("isolation"));
+    let isolation = isolation.expect("/health names the isolation layers");
+    assert!(
+        isolation["landlock"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("ABI ")),
+        "landlock ABI in /health: {isolation}"
+    );
     assert_eq!(
         body,
         json!({ "ok": true, "executor": "up", "runningJobs": 0, "maxJobs": 3 })

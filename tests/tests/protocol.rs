@@ -115,11 +115,14 @@ async fn status_request_is_answered() {
         running_jobs,
         max_jobs,
         enforcement,
+        isolation,
     })) = status
     else {
         panic!("expected a status, got {status:?}");
     };
     assert_eq!((running_jobs, max_jobs), (0, 3));
+    let layers: Vec<_> = isolation.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(layers, ["namespaces", "uid", "seccomp", "landlock"]);
     let limits: Vec<_> = enforcement.iter().map(|e| e.limit.as_str()).collect();
     assert_eq!(
         limits,

@@ -19,6 +19,8 @@ use std::process::Stdio;
 use tokio::net::unix::pipe;
 use tokio::process::{Child, Command};
 
+use pysandbox_shared::Layer;
+
 use crate::config::Config;
 use crate::error::Error;
 use crate::sys::{harden_spawn, Rlimit, SpawnPlan, MAX_CGROUPS, MAX_RLIMITS};
@@ -37,6 +39,8 @@ pub struct Jail {
     command: Vec<OsString>,
     /// The compiled seccomp filter, copied into a memfd for each jail.
     seccomp: Vec<u8>,
+    /// What each isolation layer enforces on this host.
+    layers: Vec<Layer>,
     uid: u32,
     gid: u32,
 }
@@ -82,7 +86,17 @@ impl Jail {
         };
         let mut command = init::argv(&extra_read, &[], &config.python);
         command.push(bwrap::CODE_PATH.into());
+        let landlock_abi = crate::sys::landlock_abi();
+        match landlock_abi {
+            Some(abi) => {
+                tracing::info!(abi, "landlock available; jails confine themselves with it")
+            }
+            None => tracing::warn!(
+                "this kernel has no landlock: jails rely on namespaces, seccomp and the sandbox uid"
+            ),
+        }
         Ok(Jail {
+            layers: layers(config, landlock_abi),
             bwrap: config.bwrap.clone(),
             command,
             fixed_args: bwrap::fixed_args(&layout),
@@ -90,6 +104,11 @@ impl Jail {
             uid: config.sandbox_uid,
             gid: config.sandbox_gid,
         })
+    }
+
+    /// What each isolation layer enforces on this host, for `/health`.
+    pub fn layers(&self) -> &[Layer] {
+        &self.layers
     }
 
     /// Starts a jail that runs `code` in `dir`, inside the cgroups whose `cgroup.procs`
@@ -155,6 +174,41 @@ impl Jail {
         drop((code, ready_tx, seccomp));
         Ok(Started { child, ready })
     }
+}
+
+fn layers(config: &Config, landlock_abi: Option<i64>) -> Vec<Layer> {
+    let landlock = match landlock_abi {
+        Some(abi) if abi >= 6 => format!(
+            "ABI {abi}: filesystem, TCP connect, signals and abstract sockets scoped to the job"
+        ),
+        Some(abi) if abi >= 4 => format!("ABI {abi}: filesystem and TCP connect"),
+        Some(abi) => format!("ABI {abi}: filesystem"),
+        None => "not available on this kernel".into(),
+    };
+    [
+        (
+            "namespaces",
+            "user, pid, net, ipc, uts, cgroup (bubblewrap)".to_owned(),
+        ),
+        (
+            "uid",
+            format!("jobs run as {}:{}", config.sandbox_uid, config.sandbox_gid),
+        ),
+        (
+            "seccomp",
+            format!(
+                "{} rules: EPERM, clone3 ENOSYS, other ABIs refused",
+                seccomp::RULE_COUNT
+            ),
+        ),
+        ("landlock", landlock),
+    ]
+    .into_iter()
+    .map(|(name, detail)| Layer {
+        name: name.into(),
+        detail,
+    })
+    .collect()
 }
 
 /// `data` in an anonymous memory file, rewound for bwrap to read.

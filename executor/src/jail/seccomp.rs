@@ -192,6 +192,9 @@ const RULES: &[Rule] = &[
     ),
 ];
 
+/// How many syscalls the policy restricts.
+pub const RULE_COUNT: usize = RULES.len();
+
 const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
 const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
 
