@@ -2,8 +2,9 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -34,6 +35,8 @@ pub struct ExecutorBuilder {
     env: Vec<(OsString, OsString)>,
     config: Option<String>,
     no_harness_flags: bool,
+    wrapper: Vec<OsString>,
+    socket_activated: bool,
 }
 
 impl ExecutorBuilder {
@@ -79,6 +82,31 @@ impl ExecutorBuilder {
         self
     }
 
+    /// Runs the executor through `argv` (a program and its arguments that ends up
+    /// exec'ing the executor, which comes after them with its own arguments), e.g.
+    /// `["setpriv", "--inh-caps=+net_bind_service", "--"]`. The process keeps its
+    /// pid across the exec, so [`Executor::pid`] and [`Executor::kill`] still apply.
+    pub fn wrapper<I, S>(mut self, argv: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.wrapper = argv.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        self
+    }
+
+    /// Socket activation as systemd does it: the harness binds `{dir}/executor.sock`
+    /// itself (owner root, group 65533, mode 0660, as `pysandbox-executor.socket`
+    /// does), keeps it open for the life of the [`Executor`], and hands it to every
+    /// start of the process as descriptor 3 with `LISTEN_FDS=1` and `LISTEN_PID` set
+    /// to the executor's pid. Connections made while the executor is down wait in
+    /// the socket's backlog. A start counts as ready once the executor logged
+    /// `socket-activated` (connecting proves nothing: the backlog always accepts).
+    pub fn socket_activated(mut self) -> Self {
+        self.socket_activated = true;
+        self
+    }
+
     /// Starts the executor and waits until its socket accepts connections.
     pub fn start(self) -> Executor {
         let dir = tempfile::Builder::new()
@@ -94,8 +122,18 @@ impl ExecutorBuilder {
         fs::create_dir(&state_dir).expect("cannot create the state dir");
         fs::set_permissions(&state_dir, fs::Permissions::from_mode(0o755))
             .expect("cannot chmod the state dir");
+        let listener = self.socket_activated.then(|| {
+            let listener = UnixListener::bind(&socket)
+                .unwrap_or_else(|e| panic!("cannot bind {}: {e}", socket.display()));
+            std::os::unix::fs::chown(&socket, Some(0), Some(FRONTEND_GID))
+                .expect("cannot chown the activation socket");
+            fs::set_permissions(&socket, fs::Permissions::from_mode(0o660))
+                .expect("cannot chmod the activation socket");
+            listener
+        });
         let mut executor = Executor {
             child: None,
+            listener,
             socket,
             state_dir,
             builder: self,
@@ -112,6 +150,8 @@ impl ExecutorBuilder {
 #[derive(Debug)]
 pub struct Executor {
     child: Option<Child>,
+    /// The listening socket handed to every start ([`ExecutorBuilder::socket_activated`]).
+    listener: Option<UnixListener>,
     socket: PathBuf,
     state_dir: PathBuf,
     builder: ExecutorBuilder,
@@ -221,7 +261,36 @@ impl Executor {
 
     fn spawn(&mut self) {
         let bins = binaries();
-        let mut cmd = Command::new(&bins.executor);
+        let mut argv: Vec<OsString> = Vec::new();
+        if self.listener.is_some() {
+            // The shell keeps its pid through both execs, so LISTEN_PID names the
+            // executor; the socket arrives on stdin and moves to descriptor 3.
+            argv.extend(
+                [
+                    "/bin/sh",
+                    "-c",
+                    "exec 3<&0 </dev/null; LISTEN_FDS=1 LISTEN_PID=$$; \
+                     export LISTEN_FDS LISTEN_PID; exec \"$0\" \"$@\"",
+                ]
+                .map(OsString::from),
+            );
+        }
+        argv.extend(self.builder.wrapper.iter().cloned());
+        argv.push(bins.executor.clone().into_os_string());
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]);
+        match &self.listener {
+            Some(listener) => {
+                let fd: OwnedFd = listener
+                    .try_clone()
+                    .expect("cannot duplicate the activation socket")
+                    .into();
+                cmd.stdin(fd);
+            }
+            None => {
+                cmd.stdin(Stdio::null());
+            }
+        }
         if !self.builder.no_harness_flags {
             cmd.arg("--socket")
                 .arg(&self.socket)
@@ -245,7 +314,6 @@ impl Executor {
             .env("NO_COLOR", "1")
             .envs(self.builder.env.iter().map(|(k, v)| (k, v)))
             .current_dir("/")
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd
@@ -276,13 +344,29 @@ impl Executor {
                     self.log.text()
                 );
             }
-            // Root may always connect; the probe closes without a hello.
-            if UnixStream::connect(&self.socket).is_ok() {
+            // Root may always connect; the probe closes without a hello. Under socket
+            // activation the backlog accepts even with no executor: wait for its line.
+            if self.listener.is_some() {
+                let activations = self
+                    .log
+                    .lines()
+                    .iter()
+                    .filter(|l| l.contains("socket-activated"))
+                    .count();
+                if activations >= self.starts as usize {
+                    return;
+                }
+            } else if UnixStream::connect(&self.socket).is_ok() {
                 return;
             }
             if Instant::now() >= deadline {
+                let what = if self.listener.is_some() {
+                    "log `socket-activated` for"
+                } else {
+                    "accept connections on"
+                };
                 panic!(
-                    "the executor did not accept connections on {} within {START_TIMEOUT:?}; its log:\n{}",
+                    "the executor did not {what} {} within {START_TIMEOUT:?}; its log:\n{}",
                     self.socket.display(),
                     self.log.text()
                 );
