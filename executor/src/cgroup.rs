@@ -183,7 +183,7 @@ impl Cgroups {
             // Pushed before anything can fail, so that Drop removes it.
             job.dirs.push((dir, controllers.clone()));
         }
-        job.apply(limits)?;
+        job.set_limits(limits)?;
         for (dir, _) in &job.dirs {
             let path = dir.join("cgroup.procs");
             let file = fs::OpenOptions::new()
@@ -242,7 +242,10 @@ impl JobCgroup {
         fs::read_to_string(self.dir(controller)?.join(file)).ok()
     }
 
-    fn apply(&self, limits: &CgroupLimits) -> Result<(), Error> {
+    /// Writes `limits` into the job's cgroup; also on a live one, when a warm jail
+    /// takes its job (the memory limit may only go down there: on v1 it is written
+    /// before the memory+swap limit, which may not be below it).
+    pub fn set_limits(&self, limits: &CgroupLimits) -> Result<(), Error> {
         let memory = limits.memory_bytes.to_string();
         let pids = limits.max_processes.to_string();
         match self.version {
@@ -288,6 +291,15 @@ impl JobCgroup {
             }
         }
         Ok(())
+    }
+
+    /// Starts the peak-memory figure afresh (v1: writing to `max_usage_in_bytes`),
+    /// so that a warm jail reports its job's peak; v2's `memory.peak` cannot be reset
+    /// for all readers and keeps counting from the jail's start.
+    pub fn reset_peak(&self) {
+        if self.version == Version::V1 {
+            let _ = self.write(Controller::Memory, "memory.max_usage_in_bytes", "0");
+        }
     }
 
     /// Descriptors of every `cgroup.procs` of the job (writing "0" moves the writer).

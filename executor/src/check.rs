@@ -152,7 +152,7 @@ async fn run_job(
         limits: JobLimits::default(),
     };
     let resolved: Resolved = runner.resolve(&spec).map_err(|e| e.to_string())?;
-    match runner.run(&spec, resolved).await {
+    match runner.run(&spec, resolved, None).await {
         Ok(result) if result.stdout == "4\n" && result.exit_code == Some(0) => Ok(format!(
             "print(2 + 2) ran as uid {} in {} ms",
             config.sandbox_uid, result.usage.wall_ms

@@ -23,6 +23,7 @@ const DEFAULT_DISK_INODES: u32 = 16_384;
 const DEFAULT_OPEN_FILES: u32 = 256;
 const DEFAULT_STACK_MB: u32 = 8;
 const DEFAULT_CPU_PERCENT: u32 = 100;
+const DEFAULT_WARM_POOL_SIZE: u32 = 2;
 
 /// Limits a job gets when it names none.
 const DEFAULT_LIMITS: Limits = Limits {
@@ -79,6 +80,9 @@ pub struct Cli {
     /// Gid jobs run as [default: 65534].
     #[arg(long)]
     pub sandbox_gid: Option<u32>,
+    /// Jails kept set up and waiting for a job; 0 turns the pool off [default: 2].
+    #[arg(long)]
+    pub warm_pool_size: Option<u32>,
 }
 
 /// What to do instead of serving.
@@ -103,6 +107,9 @@ struct FileConfig {
     sandbox_uid: Option<u32>,
     sandbox_gid: Option<u32>,
     bwrap: Option<PathBuf>,
+    warm_pool_size: Option<u32>,
+    #[serde(default)]
+    preload: Vec<String>,
     default_timeout_ms: Option<u32>,
     max_timeout_ms: Option<u32>,
     shm_bytes: Option<u64>,
@@ -196,6 +203,10 @@ pub struct Config {
     pub stack_mb: u32,
     /// CPU bandwidth of one job in percent of a CPU; 0 leaves it unlimited.
     pub cpu_percent: u32,
+    /// Jails kept set up and waiting for a job (0: every job starts its own).
+    pub warm_pool_size: u32,
+    /// Modules a warm jail's Python imports before it waits for its job.
+    pub preload: Vec<String>,
     /// Extra host paths bound read-only at the same place in every jail (a venv, say).
     pub ro_binds: Vec<PathBuf>,
 }
@@ -239,6 +250,11 @@ impl Config {
             open_files: file.open_files.unwrap_or(DEFAULT_OPEN_FILES),
             stack_mb: file.stack_mb.unwrap_or(DEFAULT_STACK_MB),
             cpu_percent: file.cpu_percent.unwrap_or(DEFAULT_CPU_PERCENT),
+            warm_pool_size: cli
+                .warm_pool_size
+                .or(file.warm_pool_size)
+                .unwrap_or(DEFAULT_WARM_POOL_SIZE),
+            preload: file.preload,
             ro_binds: file.ro_binds,
         };
         config.check(nix::unistd::getuid().as_raw())?;
@@ -305,6 +321,22 @@ impl Config {
                 ));
             }
         }
+        // A module name becomes an argument of the jail's Python: dotted identifiers only.
+        let valid_module = |m: &String| {
+            !m.is_empty()
+                && m.split('.').all(|part| {
+                    part.chars()
+                        .next()
+                        .is_some_and(|c| c.is_alphabetic() || c == '_')
+                        && part.chars().all(|c| c.is_alphanumeric() || c == '_')
+                })
+        };
+        if let Some(bad) = self.preload.iter().find(|m| !valid_module(m)) {
+            return invalid(format!("preload: {bad:?} is not a module name"));
+        }
+        if self.warm_pool_size > 64 {
+            return invalid("warm_pool_size: must be at most 64".into());
+        }
         if self.disk_inodes == 0 || self.open_files < 16 || self.stack_mb == 0 {
             return invalid(
                 "disk_inodes, open_files (at least 16) and stack_mb must be positive".into(),
@@ -364,6 +396,17 @@ mod tests {
             load_file("[max_limits]\ncpu_ms = 1000").is_err(),
             "default cpu_ms 60000 > max"
         );
+    }
+
+    #[test]
+    fn warm_pool_settings() {
+        let config =
+            load_file("warm_pool_size = 3\npreload = [\"numpy\", \"matplotlib.pyplot\"]").unwrap();
+        assert_eq!((config.warm_pool_size, config.preload.len()), (3, 2));
+        assert_eq!(load(&["--warm-pool-size", "0"]).unwrap().warm_pool_size, 0);
+        assert!(load_file("preload = [\"os; import x\"]").is_err());
+        assert!(load_file("preload = [\"-m\"]").is_err());
+        assert!(load_file("warm_pool_size = 65").is_err());
     }
 
     #[test]

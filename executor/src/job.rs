@@ -3,7 +3,7 @@
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,6 @@ use crate::config::{Config, Limits};
 use crate::error::Error;
 use crate::jail::{Jail, Started};
 use crate::output::{capture, Captured};
-use crate::sys::Rlimit;
 use crate::workdir::{jobs_dir, DiskLimits, WorkDir};
 
 /// How long output may keep flowing after the jail's pid 1 is gone. The kernel kills
@@ -28,6 +27,11 @@ const DRAIN_GRACE: Duration = Duration::from_secs(5);
 const CPU_POLL: Duration = Duration::from_millis(50);
 /// How long the last processes of a killed jail get to leave its cgroup.
 const EMPTY_WAIT: Duration = Duration::from_secs(2);
+
+/// How long a warm jail may take to start and import the preloaded modules.
+const WARM_TIMEOUT: Duration = Duration::from_secs(60);
+/// The rlimits that differ between jobs, which the launcher lowers at hand-off.
+const PER_JOB_RLIMITS: &[&str] = &["RLIMIT_FSIZE", "RLIMIT_CPU", "RLIMIT_AS", "RLIMIT_NPROC"];
 
 /// Exit statuses above this are bwrap's report of a fatal signal (128 + signal number).
 const SIGNAL_EXIT_BASE: i32 = 128;
@@ -47,7 +51,18 @@ pub struct Runner {
     open_files: u32,
     stack_mb: u32,
     cpu_percent: u32,
+    preload: Vec<String>,
     next_id: AtomicU64,
+}
+
+/// A jail set up and waiting for its job.
+#[derive(Debug)]
+pub struct Prepared {
+    dir: WorkDir,
+    cgroup: Option<JobCgroup>,
+    started: Started,
+    /// Whether its Python already said it is waiting (so its readiness is known).
+    warm: bool,
 }
 
 /// A job's limits once its request has been checked against the maxima.
@@ -83,6 +98,7 @@ impl Runner {
             open_files: config.open_files,
             stack_mb: config.stack_mb,
             cpu_percent: config.cpu_percent,
+            preload: config.preload.clone(),
             next_id: AtomicU64::new(1),
         }
     }
@@ -183,48 +199,104 @@ impl Runner {
         Ok(Resolved { timeout_ms, limits })
     }
 
-    /// Runs `spec` to its end. Dropping the returned future kills the jail and
-    /// removes its cgroup and tmpfs.
-    pub async fn run(&self, spec: &JobSpec, resolved: Resolved) -> Result<JobResult, Error> {
-        let Resolved { timeout_ms, limits } = resolved;
+    /// Sets up a jail that waits for a job, within `limits` (the job's own for a cold
+    /// jail; the maxima for a warm one, lowered when its job comes). Its Python
+    /// imports `preload` first. Dropping it kills the jail and removes its cgroup and
+    /// tmpfs.
+    pub fn prepare(&self, limits: &Limits, preload: &[String]) -> Result<Prepared, Error> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let disk = DiskLimits {
-            bytes: u64::from(limits.disk_mb) << 20,
-            inodes: self.disk_inodes,
-        };
-        let dir = WorkDir::create(&self.jobs_dir, id, self.owner, disk)?;
+        let dir = WorkDir::create(&self.jobs_dir, id, self.owner, self.disk(limits))?;
         let cgroup = match &self.cgroups {
-            Some(cgroups) => Some(cgroups.create(id, &self.cgroup_limits(&limits))?),
+            Some(cgroups) => Some(cgroups.create(id, &self.cgroup_limits(limits))?),
             None => None,
         };
         let procs = cgroup
             .as_ref()
             .map(JobCgroup::procs_fds)
             .unwrap_or_default();
-        let stdin = match spec.stdin {
-            Some(_) => Stdio::piped(),
-            None => Stdio::null(),
+        let rlimits = self.rlimits(limits).into_iter().map(|(r, _, v)| (r, v));
+        let started = self
+            .jail
+            .spawn(&dir, &procs, &rlimits.collect::<Vec<_>>(), preload)?;
+        Ok(Prepared {
+            dir,
+            cgroup,
+            started,
+            warm: false,
+        })
+    }
+
+    /// Sets up a warm jail for the pool: at the maxima, with the configured modules
+    /// imported, and confirmed waiting (its Python said so) before it is returned.
+    pub async fn prepare_warm(&self) -> Result<Prepared, Error> {
+        let mut jail = self.prepare(&self.max_limits, &self.preload)?;
+        let mut bytes = [0u8; 2];
+        let confirmed =
+            tokio::time::timeout(WARM_TIMEOUT, jail.started.ready.read_exact(&mut bytes));
+        match confirmed.await {
+            Ok(Ok(_)) if &bytes == b"RW" => {
+                jail.warm = true;
+                Ok(jail)
+            }
+            _ => Err(Error::Jail("a warm jail did not start".into())),
+        }
+    }
+
+    /// Runs `spec` to its end in `jail` (a warm one from the pool, or a cold one set
+    /// up now when `None`). Dropping the returned future kills the jail and removes
+    /// its cgroup and tmpfs.
+    pub async fn run(
+        &self,
+        spec: &JobSpec,
+        resolved: Resolved,
+        jail: Option<Prepared>,
+    ) -> Result<JobResult, Error> {
+        let Resolved { timeout_ms, limits } = resolved;
+        let mut jail = match jail {
+            Some(jail) => jail,
+            None => self.prepare(&limits, &[])?,
         };
-        let started_at = Instant::now();
-        let Started { mut child, ready } =
-            self.jail
-                .spawn(&dir, &spec.code, stdin, &procs, &self.rlimits(&limits))?;
+        // The job's limits, on the live jail: a warm one was set up at the maxima.
+        jail.dir.resize(self.disk(&limits))?;
+        if let Some(cgroup) = &jail.cgroup {
+            cgroup.set_limits(&self.cgroup_limits(&limits))?;
+            cgroup.reset_peak();
+        }
+        jail.dir.write_code(&spec.code)?;
+        let Prepared {
+            dir,
+            cgroup,
+            started:
+                Started {
+                    mut child,
+                    ready,
+                    mut handoff,
+                },
+            warm,
+        } = jail;
+        let cpu_base = cgroup.as_ref().and_then(JobCgroup::cpu_ns).unwrap_or(0);
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
         let input = child.stdin.take();
         let cap = limits.output_bytes as usize;
         let timeout = Duration::from_millis(timeout_ms.into());
         let cpu_limit = Duration::from_millis(limits.cpu_ms.into());
+        let orders = self.orders(&limits);
+        let started_at = Instant::now();
         let io = async {
+            // The hand-off starts the job. A jail that died meanwhile shows as
+            // "not ready" below; its write error says nothing more.
+            let _ = handoff.write_all(orders.as_bytes()).await;
+            drop(handoff);
             tokio::join!(
                 capture_opt(stdout, cap),
                 capture_opt(stderr, cap),
                 feed(input, spec.stdin.as_deref().unwrap_or_default()),
-                is_ready(ready),
+                async { warm || is_ready(ready).await },
             )
         };
         let wait = async {
-            let waited =
-                wait_or_kill(&mut child, timeout, cgroup.as_ref().map(|c| (c, cpu_limit))).await;
+            let cpu = cgroup.as_ref().map(|c| (c, cpu_base, cpu_limit));
+            let waited = wait_or_kill(&mut child, timeout, cpu).await;
             // Whatever is left once bwrap is gone must not hold the output pipes open.
             if let Some(cgroup) = &cgroup {
                 cgroup.kill_all();
@@ -258,10 +330,29 @@ impl Runner {
             let report = cgroup.report();
             observed.oom_killed = report.oom_killed;
             observed.pids_limited = report.pids_limited;
-            observed.usage.cpu_ms = report.cpu_ns.map(|ns| ns / 1_000_000);
+            observed.usage.cpu_ms = report
+                .cpu_ns
+                .map(|ns| ns.saturating_sub(cpu_base) / 1_000_000);
             observed.usage.peak_memory_bytes = report.peak_memory_bytes;
         }
         Ok(assemble(observed, &resolved, stdout, stderr))
+    }
+
+    fn disk(&self, limits: &Limits) -> DiskLimits {
+        DiskLimits {
+            bytes: u64::from(limits.disk_mb) << 20,
+            inodes: self.disk_inodes,
+        }
+    }
+
+    /// The launcher's orders: the per-job rlimits it lowers itself to, one
+    /// `RLIMIT_NAME value` line each.
+    fn orders(&self, limits: &Limits) -> String {
+        self.rlimits(limits)
+            .into_iter()
+            .filter(|(_, name, _)| PER_JOB_RLIMITS.contains(name))
+            .map(|(_, name, value)| format!("{name} {value}\n"))
+            .collect()
     }
 
     fn cgroup_limits(&self, limits: &Limits) -> CgroupLimits {
@@ -272,28 +363,49 @@ impl Runner {
         }
     }
 
-    /// Per-process limits of every process in the jail. Those a cgroup enforces for
-    /// the whole job are only set here when the cgroup is missing.
-    fn rlimits(&self, limits: &Limits) -> Vec<Rlimit> {
+    /// Per-process limits of every process in the jail, with their names. Those a
+    /// cgroup enforces for the whole job are only set here when the cgroup is missing.
+    fn rlimits(&self, limits: &Limits) -> Vec<(libc::__rlimit_resource_t, &'static str, u64)> {
         let mut rlimits = vec![
             // No core dumps: they would fill the work dir and leak memory contents.
-            (libc::RLIMIT_CORE, 0),
-            (libc::RLIMIT_NOFILE, u64::from(self.open_files)),
-            (libc::RLIMIT_STACK, u64::from(self.stack_mb) << 20),
+            (libc::RLIMIT_CORE, "RLIMIT_CORE", 0),
+            (
+                libc::RLIMIT_NOFILE,
+                "RLIMIT_NOFILE",
+                u64::from(self.open_files),
+            ),
+            (
+                libc::RLIMIT_STACK,
+                "RLIMIT_STACK",
+                u64::from(self.stack_mb) << 20,
+            ),
             // One file may take the whole disk limit, never more: EFBIG, not ENOSPC.
-            (libc::RLIMIT_FSIZE, u64::from(limits.disk_mb) << 20),
+            (
+                libc::RLIMIT_FSIZE,
+                "RLIMIT_FSIZE",
+                u64::from(limits.disk_mb) << 20,
+            ),
             // A backstop for one process; the cgroup poll covers the whole tree.
             (
                 libc::RLIMIT_CPU,
+                "RLIMIT_CPU",
                 u64::from(limits.cpu_ms).div_ceil(1000) + 1,
             ),
         ];
         let has = |c| self.cgroups.as_ref().is_some_and(|g| g.has(c));
         if !has(Controller::Memory) {
-            rlimits.push((libc::RLIMIT_AS, u64::from(limits.memory_mb) << 20));
+            rlimits.push((
+                libc::RLIMIT_AS,
+                "RLIMIT_AS",
+                u64::from(limits.memory_mb) << 20,
+            ));
         }
         if !has(Controller::Pids) {
-            rlimits.push((libc::RLIMIT_NPROC, u64::from(limits.max_processes)));
+            rlimits.push((
+                libc::RLIMIT_NPROC,
+                "RLIMIT_NPROC",
+                u64::from(limits.max_processes),
+            ));
         }
         rlimits
     }
@@ -319,16 +431,19 @@ fn check(field: &str, asked: Option<u32>, default: u32, max: u32) -> Result<u32,
 async fn wait_or_kill(
     child: &mut Child,
     timeout: Duration,
-    cpu: Option<(&JobCgroup, Duration)>,
+    cpu: Option<(&JobCgroup, u64, Duration)>,
 ) -> std::io::Result<(ExitStatus, Option<LimitKind>)> {
     let cpu_exceeded = async {
-        let Some((cgroup, limit)) = cpu else {
+        let Some((cgroup, base_ns, limit)) = cpu else {
             return std::future::pending().await;
         };
         let limit_ns = limit.as_nanos() as u64;
         loop {
             tokio::time::sleep(CPU_POLL).await;
-            if cgroup.cpu_ns().is_some_and(|ns| ns > limit_ns) {
+            if cgroup
+                .cpu_ns()
+                .is_some_and(|ns| ns.saturating_sub(base_ns) > limit_ns)
+            {
                 return;
             }
         }

@@ -8,6 +8,7 @@ pub mod error;
 pub mod jail;
 pub mod job;
 pub mod output;
+pub mod pool;
 pub mod privileges;
 pub mod server;
 mod sys;

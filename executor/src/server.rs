@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::jail::Jail;
 use crate::job::{Resolved, Runner};
+use crate::pool::Pool;
 use crate::workdir;
 
 /// How long a peer has to say hello, and then to send its request.
@@ -33,6 +34,7 @@ type Conn = Connection<UnixStream>;
 #[derive(Debug)]
 struct Executor {
     runner: Runner,
+    pool: Pool,
     permits: Semaphore,
     running: AtomicU32,
     max_jobs: u32,
@@ -77,6 +79,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     allowed_uids.extend(&config.allow_uids);
     let executor = Arc::new(Executor {
         runner: Runner::new(&config, jail, cgroups),
+        pool: Pool::new(config.warm_pool_size),
         permits: Semaphore::new(config.max_jobs as usize),
         running: AtomicU32::new(0),
         max_jobs: config.max_jobs,
@@ -85,6 +88,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     info!(socket = %config.socket.display(), max_jobs = config.max_jobs, "listening on {}", config.socket.display());
 
     let tasks = TaskTracker::new();
+    let refill = tokio::spawn(Arc::clone(&executor).refill());
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -103,6 +107,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
     }
     info!("shutting down: no new connections");
+    refill.abort();
     tasks.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
         .await
@@ -199,6 +204,7 @@ impl Executor {
             max_jobs: self.max_jobs,
             enforcement: self.runner.enforcement(),
             isolation: self.runner.isolation(),
+            warm_jails: self.pool.waiting() as u32,
         }
     }
 
@@ -245,14 +251,39 @@ impl Executor {
         spec: &JobSpec,
         resolved: Resolved,
     ) -> Result<pysandbox_shared::JobResult, Error> {
-        let _permit = self
+        let permit = self
             .permits
             .acquire()
             .await
             .map_err(|_| Error::Jail("executor shutting down".into()))?;
         self.running.fetch_add(1, Ordering::Relaxed);
         let _running = RunningGuard(&self.running);
-        self.runner.run(spec, resolved).await
+        let warm = self.pool.take();
+        let result = self.runner.run(spec, resolved, warm).await;
+        // The slot is free again: the pool may refill now, not while the job ran.
+        drop(permit);
+        self.pool.wake.notify_one();
+        result
+    }
+
+    /// Keeps the pool full, but never ahead of admitted work: a warm jail is only set
+    /// up while a job slot is free, and it holds that slot while it starts.
+    async fn refill(self: Arc<Self>) {
+        loop {
+            while self.pool.wants_more() {
+                let Ok(_slot) = self.permits.try_acquire() else {
+                    break;
+                };
+                match self.runner.prepare_warm().await {
+                    Ok(jail) => self.pool.put(jail),
+                    Err(e) => {
+                        warn!(error = %e, "cannot set up a warm jail; retrying in a second");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+            self.pool.wake.notified().await;
+        }
     }
 }
 

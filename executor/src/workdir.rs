@@ -1,5 +1,6 @@
 //! Per-job disk space: a size- and inode-limited tmpfs at `<state dir>/jobs/<id>`,
-//! holding the job's work dir (`work/`, its cwd) and its `/tmp` (`tmp/`). A job that
+//! holding the job's work dir (`work/`, its cwd), its `/tmp` (`tmp/`) and its code
+//! (`sandbox/`, root's, read-only in the jail). A job that
 //! fills it gets ENOSPC; the host's disk never sees its files. Unmounting frees
 //! everything at once, however many files the job made.
 
@@ -9,6 +10,7 @@ use std::path::{Path, PathBuf};
 use nix::mount::{umount2, MntFlags, MsFlags};
 
 use crate::error::Error;
+use crate::jail::bwrap::JobDirs;
 
 /// The parent of every job's tmpfs.
 pub fn jobs_dir(state_dir: &Path) -> PathBuf {
@@ -54,6 +56,10 @@ pub fn prepare(state_dir: &Path) -> Result<(), Error> {
     Ok(())
 }
 
+fn size_options(limits: DiskLimits) -> String {
+    format!("size={},nr_inodes={}", limits.bytes, limits.inodes)
+}
+
 /// Mount points strictly below `dir`, deepest first, from /proc/self/mountinfo text.
 fn mount_points_under(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
     let mut points: Vec<PathBuf> = mountinfo
@@ -71,6 +77,7 @@ fn mount_points_under(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
 pub struct WorkDir {
     root: PathBuf,
     mounted: bool,
+    limits: DiskLimits,
 }
 
 impl WorkDir {
@@ -90,12 +97,10 @@ impl WorkDir {
         let mut dir = WorkDir {
             root,
             mounted: false,
+            limits,
         };
         let (uid, gid) = owner;
-        let options = format!(
-            "size={},nr_inodes={},mode=0700,uid={uid},gid={gid}",
-            limits.bytes, limits.inodes
-        );
+        let options = format!("{},mode=0700,uid={uid},gid={gid}", size_options(limits));
         nix::mount::mount(
             Some("pysandbox"),
             &dir.root,
@@ -105,6 +110,12 @@ impl WorkDir {
         )
         .map_err(|e| Error::setup("mount tmpfs on", &dir.root)(e.into()))?;
         dir.mounted = true;
+        // The code's directory stays root's: the job reads its code and cannot swap it.
+        let sandbox = dir.root.join("sandbox");
+        std::fs::create_dir(&sandbox).map_err(Error::setup("create", &sandbox))?;
+        // Explicitly: the executor's umask (0077) would keep the job out.
+        std::fs::set_permissions(&sandbox, std::fs::Permissions::from_mode(0o755))
+            .map_err(Error::setup("chmod", &sandbox))?;
         for (sub, mode) in [("work", 0o700), ("tmp", 0o1777)] {
             let path = dir.root.join(sub);
             std::fs::create_dir(&path).map_err(Error::setup("create", &path))?;
@@ -117,14 +128,41 @@ impl WorkDir {
         Ok(dir)
     }
 
-    /// The job's cwd, `/work` in the jail.
-    pub fn work(&self) -> PathBuf {
-        self.root.join("work")
+    /// The job's cwd (`/work` in the jail), its `/tmp` and its `/sandbox`.
+    pub fn dirs(&self) -> JobDirs {
+        JobDirs {
+            work: self.root.join("work"),
+            tmp: self.root.join("tmp"),
+            sandbox: self.root.join("sandbox"),
+        }
     }
 
-    /// The job's `/tmp`.
-    pub fn tmp(&self) -> PathBuf {
-        self.root.join("tmp")
+    /// Writes the job's code where the jail expects it, readable but not writable
+    /// by the job.
+    pub fn write_code(&self, code: &str) -> Result<(), Error> {
+        let path = self.root.join("sandbox/main.py");
+        std::fs::write(&path, code).map_err(Error::setup("write", &path))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+            .map_err(Error::setup("chmod", &path))
+    }
+
+    /// Gives the tmpfs other limits (a warm jail's job may ask for less, or more up
+    /// to the maximum). Shrinking below what is in use fails, which cannot happen
+    /// before the job ran.
+    pub fn resize(&mut self, limits: DiskLimits) -> Result<(), Error> {
+        if limits == self.limits {
+            return Ok(());
+        }
+        nix::mount::mount(
+            None::<&str>,
+            &self.root,
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(size_options(limits).as_str()),
+        )
+        .map_err(|e| Error::setup("resize the tmpfs on", &self.root)(e.into()))?;
+        self.limits = limits;
+        Ok(())
     }
 
     /// Whether the job ran out of space or inodes (less than 1 MiB or 16 inodes left).
@@ -197,9 +235,21 @@ mod tests {
         };
         let dir = WorkDir::create(&jobs_dir(state.path()), 1, (65534, 65534), limits).unwrap();
         let root = dir.root.clone();
-        let big = std::fs::write(dir.work().join("big"), vec![0u8; 2 << 20]);
+        let mut dir = dir;
+        let big = std::fs::write(dir.dirs().work.join("big"), vec![0u8; 2 << 20]);
         assert_eq!(big.unwrap_err().raw_os_error(), Some(libc::ENOSPC));
         assert!(dir.is_full());
+        dir.resize(DiskLimits {
+            bytes: 4 << 20,
+            inodes: 64,
+        })
+        .unwrap();
+        std::fs::write(dir.dirs().work.join("big"), vec![0u8; 2 << 20]).unwrap();
+        dir.write_code("print(1)").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.dirs().sandbox.join("main.py")).unwrap(),
+            "print(1)"
+        );
         drop(dir);
         assert!(!root.exists());
     }

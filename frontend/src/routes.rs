@@ -113,6 +113,9 @@ struct Health {
     running_jobs: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_jobs: Option<u32>,
+    /// Warm jails waiting for a job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warm_jails: Option<u32>,
     /// How each limit is enforced on the executor's host.
     #[serde(skip_serializing_if = "Option::is_none")]
     limits: Option<serde_json::Map<String, serde_json::Value>>,
@@ -128,6 +131,7 @@ async fn health(State(app): State<AppState>) -> Json<Health> {
         executor: if status.is_some() { "up" } else { "down" },
         running_jobs: status.as_ref().map(|s| s.running_jobs),
         max_jobs: status.as_ref().map(|s| s.max_jobs),
+        warm_jails: status.as_ref().map(|s| s.warm_jails),
         limits: status.as_ref().map(|s| {
             s.enforcement
                 .iter()

@@ -315,6 +315,7 @@ mod tests {
                     max_jobs: 1,
                     enforcement: vec![],
                     isolation: vec![],
+                    warm_jails: 0,
                 }),
                 500,
                 None,
@@ -468,6 +469,7 @@ mod tests {
                     name: "landlock".into(),
                     detail: "ABI 6".into(),
                 }],
+                warm_jails: 1,
             }))
             .await
             .unwrap();
@@ -478,7 +480,7 @@ mod tests {
         assert!(header(&response, "x-request-id").is_some());
         assert_eq!(
             response.text().await.unwrap(),
-            r#"{"ok":true,"executor":"up","runningJobs":2,"maxJobs":4,"limits":{"memory":"cgroup v2"},"isolation":{"landlock":"ABI 6"}}"#
+            r#"{"ok":true,"executor":"up","runningJobs":2,"maxJobs":4,"warmJails":1,"limits":{"memory":"cgroup v2"},"isolation":{"landlock":"ABI 6"}}"#
         );
 
         let dir = tempfile::tempdir().unwrap();

@@ -63,6 +63,8 @@ pub struct ExecutorStatus {
     pub enforcement: Vec<Enforcement>,
     /// The isolation layers in force on this host, e.g. landlock and its ABI.
     pub isolation: Vec<Layer>,
+    /// Warm jails waiting for a job.
+    pub warm_jails: u32,
 }
 
 /// One isolation layer and what of it this host enforces.
@@ -158,6 +160,7 @@ mod tests {
                     name: "landlock".into(),
                     detail: "ABI 6".into(),
                 }],
+                warm_jails: 2,
             }),
         ]
     }
@@ -203,8 +206,9 @@ mod tests {
                     max_jobs: 2,
                     enforcement: vec![],
                     isolation: vec![],
+                    warm_jails: 1,
                 }),
-                &[3, 1, 2, 0, 0],
+                &[3, 1, 2, 0, 0, 1],
             ),
         ];
         for (msg, bytes) in golden {

@@ -300,6 +300,12 @@ impl Executor {
                 .arg(FRONTEND_GID.to_string())
                 .arg("--allow-uid")
                 .arg(FRONTEND_UID.to_string());
+            // CI runs the whole suite twice: with the executor's default warm pool, and
+            // with PYSANDBOX_TEST_WARM_POOL=0 (every job in a cold jail).
+            let sets_pool = self.builder.args.iter().any(|a| a == "--warm-pool-size");
+            if let (Ok(size), false) = (std::env::var("PYSANDBOX_TEST_WARM_POOL"), sets_pool) {
+                cmd.arg("--warm-pool-size").arg(size);
+            }
         }
         if let Some(toml) = &self.builder.config {
             let path = self.dir.path().join("executor.toml");

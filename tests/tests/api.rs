@@ -731,6 +731,11 @@ async fn health_needs_no_auth_and_leaks_nothing() {
     let mut body = reply.json.clone();
     let limits = body.as_object_mut().and_then(|o| o.remove("limits"));
     let isolation = body.as_object_mut().and_then(|o| o.remove("isolation"));
+    let warm = body.as_object_mut().and_then(|o| o.remove("warmJails"));
+    assert!(
+        warm.as_ref().is_some_and(Value::is_u64),
+        "warmJails: {warm:?}"
+    );
     let isolation = isolation.expect("/health names the isolation layers");
     assert!(
         isolation["landlock"]

@@ -116,6 +116,7 @@ async fn status_request_is_answered() {
         max_jobs,
         enforcement,
         isolation,
+        ..
     })) = status
     else {
         panic!("expected a status, got {status:?}");

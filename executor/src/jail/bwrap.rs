@@ -6,17 +6,19 @@
 //! read-only (non-recursively, so `/tmp` and `/work` mounted later stay writable).
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-/// Where the job's code appears in the jail (bwrap copies it from [`CODE_FD`]).
+/// Where the job's code appears in the jail: the executor writes it into the job's
+/// own read-only `/sandbox` when it hands the job over.
 pub const CODE_PATH: &str = "/sandbox/main.py";
 /// Where the executor binary appears in the jail, to run as `jail-init`.
-pub const INIT_PATH: &str = "/sandbox/init";
+pub const INIT_PATH: &str = "/run/pysandbox/init";
 /// The job's work dir and cwd: the only host directory it may write.
 pub const WORK_DIR: &str = "/work";
-/// bwrap reads the job's code from this descriptor.
-pub const CODE_FD: i32 = 3;
-/// jail-init writes one byte here once the jail is set up, then closes it.
+/// The launcher reads its orders from this descriptor once the executor hands it a job.
+pub const HANDOFF_FD: i32 = 3;
+/// jail-init writes one byte here once the jail is set up; the launcher another once
+/// Python is warm; then it is closed.
 pub const READY_FD: i32 = 4;
 /// bwrap reads the seccomp program from this descriptor and loads it before jail-init.
 pub const SECCOMP_FD: i32 = 5;
@@ -87,25 +89,43 @@ pub fn fixed_args(layout: &Layout) -> Vec<OsString> {
         args.push("--symlink").push(target).push(link);
     }
     args.push("--ro-bind").push(&layout.init).push(INIT_PATH);
-    args.push_all(&["--ro-bind-data", &CODE_FD.to_string(), CODE_PATH]);
     args.push_all(&["--proc", "/proc", "--dev", "/dev"]);
     args.push_all(&["--perms", "1777", "--size"]);
     args.push(layout.shm_bytes.to_string());
     args.push_all(&["--tmpfs", "/dev/shm", "--remount-ro", "/dev"]);
-    args.push_all(&["--dir", WORK_DIR, "--dir", "/tmp", "--remount-ro", "/"]);
+    args.push_all(&[
+        "--dir",
+        WORK_DIR,
+        "--dir",
+        "/tmp",
+        "--dir",
+        "/sandbox",
+        "--remount-ro",
+        "/",
+    ]);
     args.0
 }
 
 /// The rest of the argv for one job: its work dir and `/tmp` (both on the job's
-/// size-limited tmpfs), then `command`, run by the executor binary inside the jail
-/// (its first word is the `jail-init` subcommand).
-pub fn job_args(work_dir: &Path, tmp_dir: &Path, command: &[OsString]) -> Vec<OsString> {
+/// size-limited tmpfs), its read-only `/sandbox` (where its code will be), then
+/// `command`, run by the executor binary inside the jail (its first word is the
+/// `jail-init` subcommand).
+pub fn job_args(dirs: &JobDirs, command: &[OsString]) -> Vec<OsString> {
     let mut args = Args::default();
-    args.push("--bind").push(work_dir).push(WORK_DIR);
-    args.push("--bind").push(tmp_dir).push("/tmp");
+    args.push("--bind").push(&dirs.work).push(WORK_DIR);
+    args.push("--bind").push(&dirs.tmp).push("/tmp");
+    args.push("--ro-bind").push(&dirs.sandbox).push("/sandbox");
     args.push_all(&["--chdir", WORK_DIR, INIT_PATH]);
     args.0.extend_from_slice(command);
     args.0
+}
+
+/// The host directories of one job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobDirs {
+    pub work: PathBuf,
+    pub tmp: PathBuf,
+    pub sandbox: PathBuf,
 }
 
 #[derive(Default)]
@@ -184,7 +204,7 @@ mod tests {
         let root_ro = position(&args, "--remount-ro / ");
         assert!(position(&args, "--ro-bind /usr /usr") < root_ro);
         assert!(position(&args, "--dir /work") < root_ro);
-        assert!(position(&args, "--ro-bind-data 3 /sandbox/main.py") < root_ro);
+        assert!(position(&args, "--dir /sandbox") < root_ro);
         assert!(position(&args, "--tmpfs /dev/shm") < position(&args, "--remount-ro /dev"));
         assert!(position(&args, "--dir /tmp") < root_ro);
     }
@@ -231,18 +251,19 @@ mod tests {
 
     #[test]
     fn the_job_runs_python_through_jail_init_in_its_work_dir() {
-        let command: Vec<OsString> = ["jail-init", "--", "/usr/bin/python3", CODE_PATH]
+        let command: Vec<OsString> = ["jail-init", "--", "/usr/bin/python3", "-c", "..."]
             .map(OsString::from)
             .to_vec();
-        let args = joined(&job_args(
-            Path::new("/state/jobs/7/work"),
-            Path::new("/state/jobs/7/tmp"),
-            &command,
-        ));
+        let dirs = JobDirs {
+            work: "/state/jobs/7/work".into(),
+            tmp: "/state/jobs/7/tmp".into(),
+            sandbox: "/state/jobs/7/sandbox".into(),
+        };
         assert_eq!(
-            args,
-            "--bind /state/jobs/7/work /work --bind /state/jobs/7/tmp /tmp --chdir /work \
-             /sandbox/init jail-init -- /usr/bin/python3 /sandbox/main.py"
+            joined(&job_args(&dirs, &command)),
+            "--bind /state/jobs/7/work /work --bind /state/jobs/7/tmp /tmp \
+             --ro-bind /state/jobs/7/sandbox /sandbox --chdir /work \
+             /run/pysandbox/init jail-init -- /usr/bin/python3 -c ..."
         );
     }
 }

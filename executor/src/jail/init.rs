@@ -3,7 +3,8 @@
 //!
 //! Its steps, in order: confine itself with landlock (inherited by Python and all it
 //! starts); tell the executor the jail was set up (bwrap reports a failed setup and a
-//! Python exiting 1 alike); close every descriptor but stdio; become Python.
+//! Python exiting 1 alike); close every descriptor but stdio and the launcher's two;
+//! become Python.
 //!
 //! Usage: `jail-init [--ro PATH]... [--connect PORT]... -- PROGRAM [ARG]...`
 
@@ -37,7 +38,7 @@ pub fn main(args: impl Iterator<Item = OsString>) -> i32 {
         eprintln!("jail-init: the executor is gone");
         return 127;
     }
-    crate::sys::close_fds_from(3);
+    crate::sys::close_fds_from(READY_FD + 1);
     let err = Command::new(&program).args(args).exec();
     eprintln!("jail-init: cannot run {}: {err}", program.to_string_lossy());
     127

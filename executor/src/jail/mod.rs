@@ -1,8 +1,10 @@
 //! The jail a job runs in: bubblewrap namespaces and mounts, entered as the sandbox uid
 //! through `jail-init`.
 //!
-//! Setting up a jail ([`Jail::spawn`]) is kept apart from the job it runs, so that a
-//! later warm pool can prepare jails ahead of their jobs.
+//! Setting up a jail ([`Jail::spawn`]) is kept apart from handing it a job: the
+//! jail's Python (the launcher) starts, optionally imports modules, and waits for the
+//! job on a pipe. A cold job is handed over at once, a warm one later; the steps
+//! are the same, so warm and cold jobs run identically.
 
 pub mod bwrap;
 mod etc;
@@ -12,7 +14,7 @@ pub mod seccomp;
 
 use std::ffi::OsString;
 use std::io::{Seek, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -45,12 +47,19 @@ pub struct Jail {
     gid: u32,
 }
 
-/// A started jail: the bwrap process, its output pipes, and the readiness pipe.
+/// The Python program every jail runs (see the file for its protocol).
+const LAUNCHER: &str = include_str!("launcher.py");
+
+/// A started jail: the bwrap process with its stdio pipes, the readiness pipe and
+/// the hand-off pipe.
 #[derive(Debug)]
 pub struct Started {
     pub child: Child,
-    /// Yields one byte once jail-init runs, or EOF if the jail never got that far.
+    /// Yields `R` once jail-init runs and `W` once Python is warm, or EOF if the
+    /// jail never got that far.
     pub ready: pipe::Receiver,
+    /// The launcher's orders: one `RLIMIT_NAME value` line per limit, then EOF.
+    pub handoff: pipe::Sender,
 }
 
 impl Jail {
@@ -85,7 +94,7 @@ impl Jail {
             shm_bytes: config.shm_bytes,
         };
         let mut command = init::argv(&extra_read, &[], &config.python);
-        command.push(bwrap::CODE_PATH.into());
+        command.extend(["-c".into(), LAUNCHER.into()]);
         let landlock_abi = crate::sys::landlock_abi();
         match landlock_abi {
             Some(abi) => {
@@ -111,18 +120,15 @@ impl Jail {
         &self.layers
     }
 
-    /// Starts a jail that runs `code` in `dir`, inside the cgroups whose `cgroup.procs`
-    /// descriptors are `cgroup_procs`, with `rlimits` on every process.
-    ///
-    /// The returned child is killed when dropped. `stdin` is the job's standard input
-    /// (`Stdio::null()` for none); stdout and stderr are piped.
+    /// Starts a jail on `dir`, inside the cgroups whose `cgroup.procs` descriptors are
+    /// `cgroup_procs`, with `rlimits` on every process; its Python imports `preload`
+    /// and then waits for the job. The returned child is killed when dropped.
     pub fn spawn(
         &self,
         dir: &WorkDir,
-        code: &str,
-        stdin: Stdio,
-        cgroup_procs: &[std::os::fd::RawFd],
+        cgroup_procs: &[RawFd],
         rlimits: &[Rlimit],
+        preload: &[String],
     ) -> Result<Started, Error> {
         if cgroup_procs.len() > MAX_CGROUPS || rlimits.len() > MAX_RLIMITS {
             return Err(Error::Jail("too many cgroups or rlimits".into()));
@@ -133,22 +139,21 @@ impl Jail {
         for (slot, &limit) in plan_rlimits.iter_mut().zip(rlimits) {
             *slot = Some(limit);
         }
-        let code = memfd(c"pysandbox-code", code.as_bytes())
-            .map_err(|e| Error::Jail(format!("cannot stage code: {e}")))?;
+        let pipe_error = |e: std::io::Error| Error::Jail(format!("cannot create pipe: {e}"));
         let seccomp = memfd(c"pysandbox-seccomp", &self.seccomp)
             .map_err(|e| Error::Jail(format!("cannot stage the seccomp filter: {e}")))?;
-        let (ready_tx, ready) =
-            pipe::pipe().map_err(|e| Error::Jail(format!("cannot create pipe: {e}")))?;
-        let ready_tx = ready_tx
-            .into_blocking_fd()
-            .map_err(|e| Error::Jail(format!("cannot create pipe: {e}")))?;
+        let (ready_tx, ready) = pipe::pipe().map_err(pipe_error)?;
+        let ready_tx = ready_tx.into_blocking_fd().map_err(pipe_error)?;
+        let (handoff, handoff_rx) = pipe::pipe().map_err(pipe_error)?;
+        let handoff_rx = handoff_rx.into_blocking_fd().map_err(pipe_error)?;
         let mut cmd = Command::new(&self.bwrap);
         cmd.args(&self.fixed_args)
-            .args(bwrap::job_args(&dir.work(), &dir.tmp(), &self.command))
+            .args(bwrap::job_args(&dir.dirs(), &self.command))
+            .args(preload)
             // bwrap's pid 1 keeps its own environment, which the job can read in
             // /proc/1/environ: it gets none of ours.
             .env_clear()
-            .stdin(stdin)
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
@@ -159,7 +164,7 @@ impl Jail {
                 gid: self.gid,
                 parent: std::process::id() as libc::pid_t,
                 fds: [
-                    (code.as_raw_fd(), bwrap::CODE_FD),
+                    (handoff_rx.as_raw_fd(), bwrap::HANDOFF_FD),
                     (ready_tx.as_raw_fd(), bwrap::READY_FD),
                     (seccomp.as_raw_fd(), bwrap::SECCOMP_FD),
                 ],
@@ -170,9 +175,14 @@ impl Jail {
         let child = cmd
             .spawn()
             .map_err(|e| Error::Jail(format!("cannot start {:?}: {e}", self.bwrap)))?;
-        // Our copies close here, so the readiness pipe sees EOF when the jail's do.
-        drop((code, ready_tx, seccomp));
-        Ok(Started { child, ready })
+        // Our copies close here, so the readiness pipe sees EOF when the jail's do,
+        // and the launcher's hand-off read ends when we close our end.
+        drop((handoff_rx, ready_tx, seccomp));
+        Ok(Started {
+            child,
+            ready,
+            handoff,
+        })
     }
 }
 
