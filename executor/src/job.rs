@@ -99,7 +99,14 @@ impl Runner {
             stack_mb: config.stack_mb,
             cpu_percent: config.cpu_percent,
             preload: config.preload.clone(),
-            next_id: AtomicU64::new(1),
+            // Ids name work dirs and cgroups: starting from the clock keeps them
+            // unique across restarts, so a new run never reuses what an old one
+            // left (and its startup sweep removes).
+            next_id: AtomicU64::new(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |t| t.as_millis() as u64),
+            ),
         }
     }
 

@@ -80,7 +80,7 @@ pub struct Config {
     pub log_format: LogFormat,
 
     /// Run even as root (not recommended: the frontend needs no privilege at all).
-    #[arg(long)]
+    #[arg(long, env = "ALLOW_ROOT")]
     pub allow_root: bool,
 }
 
@@ -147,6 +147,8 @@ mod tests {
             ("header_timeout_ms", "HEADER_TIMEOUT_MS", Some("10000")),
             ("body_timeout_ms", "BODY_TIMEOUT_MS", Some("30000")),
             ("shutdown_grace_ms", "SHUTDOWN_GRACE_MS", Some("130000")),
+            ("log_format", "LOG_FORMAT", Some("text")),
+            ("allow_root", "ALLOW_ROOT", None),
         ];
         let command = Config::command();
         assert_eq!(command.get_arguments().count(), expected.len());

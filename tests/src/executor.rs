@@ -195,12 +195,39 @@ impl Executor {
     /// Host processes whose command line names a path under the state dir (with
     /// a trailing `/`, which the executor's own `--state-dir` flag lacks): the
     /// bwrap processes of its jails, which bind their work dirs from there.
+    ///
+    /// Warm jails waiting for a job are left out (see [`Executor::idle_jail_ids`]):
+    /// the pool keeps them by design.
     pub fn jail_processes(&self) -> Vec<u32> {
         let needle = format!("{}/", self.state_dir.display());
         let own = self.pid();
+        let idle: Vec<String> = self
+            .idle_jail_ids()
+            .iter()
+            .map(|id| format!("/jobs/{id}/work"))
+            .collect();
         host_processes_matching(&needle)
             .into_iter()
             .filter(|pid| Some(*pid) != own)
+            .filter(|pid| {
+                let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let cmdline = String::from_utf8_lossy(&cmdline);
+                !idle.iter().any(|dir| cmdline.contains(dir.as_str()))
+            })
+            .collect()
+    }
+
+    /// Ids (names under `<state dir>/jobs`, and `job-<id>` cgroups) of the warm jails
+    /// waiting for a job: no code has been handed to them yet. Checks of what a job
+    /// leaves behind ignore these, so they hold with the pool on and off.
+    pub fn idle_jail_ids(&self) -> Vec<String> {
+        let jobs = self.state_dir.join("jobs");
+        fs::read_dir(jobs)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|entry| !entry.path().join("sandbox/main.py").exists())
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
             .collect()
     }
 
