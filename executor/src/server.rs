@@ -190,7 +190,7 @@ impl Executor {
         };
         match request {
             Request::Run(spec) => {
-                let span = info_span!("job", request_id = ?truncated(&spec.request_id));
+                let span = info_span!("job", request_id = %printable(&spec.request_id));
                 self.run(conn, spec).instrument(span).await
             }
             Request::Status => Ok(conn.send(&Response::Status(self.status())).await?),
@@ -226,8 +226,8 @@ impl Executor {
         let response = match outcome {
             Ok(result) => {
                 info!(
-                    exit_code = ?result.exit_code,
-                    signal = ?result.signal,
+                    exit_code = result.exit_code,
+                    signal = result.signal.as_deref(),
                     limit = result.limit_exceeded.map(|l| l.as_str()),
                     wall_ms = result.usage.wall_ms,
                     cpu_ms = result.usage.cpu_ms,
@@ -303,8 +303,8 @@ async fn refuse(conn: &mut Conn, reason: String) -> Result<(), Error> {
         .await?)
 }
 
-/// A peer-chosen id, cut to a length fit for a log line.
-fn truncated(id: &str) -> &str {
-    let end = id.char_indices().nth(64).map_or(id.len(), |(i, _)| i);
-    &id[..end]
+/// A peer-chosen id, cut to a length fit for a log line and without control
+/// characters, which could forge log lines.
+fn printable(id: &str) -> String {
+    id.chars().filter(|c| !c.is_control()).take(64).collect()
 }

@@ -181,7 +181,7 @@ impl fmt::Display for RequestId {
 /// when it ends.
 async fn log_request(mut request: Request, next: Next) -> Response {
     let id = RequestId::generate();
-    let span = info_span!("request", id = %id);
+    let span = info_span!("request", request_id = %id);
     let mut log = RequestLog {
         span: span.clone(),
         method: request.method().clone(),
@@ -212,7 +212,7 @@ struct RequestLog {
 impl Drop for RequestLog {
     fn drop(&mut self) {
         let _entered = self.span.enter();
-        let duration_ms = self.started.elapsed().as_millis();
+        let duration_ms = self.started.elapsed().as_millis() as u64;
         match self.status {
             Some(status) => info!(
                 method = %self.method,
