@@ -8,8 +8,16 @@ use std::path::{Path, PathBuf};
 use crate::error::Error;
 
 /// Host paths bound read-only when they exist: TLS roots for HTTPS, the time zone,
-/// and Debian's matplotlib defaults (matplotlib warns without them).
-const HOST_FILES: &[&str] = &["/etc/ssl/certs", "/etc/localtime", "/etc/matplotlibrc"];
+/// Debian's matplotlib defaults (matplotlib warns without them), and Debian's
+/// update-alternatives links, through which libraries in `/usr` reach each other
+/// (numpy loads `libblas.so.3`, a link to `/etc/alternatives/libblas.so.3-*`, which
+/// links back into `/usr`; without it numpy, and so matplotlib, cannot be imported).
+const HOST_FILES: &[&str] = &[
+    "/etc/ssl/certs",
+    "/etc/localtime",
+    "/etc/matplotlibrc",
+    "/etc/alternatives",
+];
 
 /// Writes the generated files under `dir` and returns every `(host, jail)` pair to
 /// bind read-only.
