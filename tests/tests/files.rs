@@ -719,6 +719,10 @@ print('saved')
         }))
         .await;
     assert_eq!(out["stdout"], "saved\n", "{}", out["stderr"]);
+    assert_eq!(
+        out["stderr"], "",
+        "drawing must not complain (fonts, libraries)"
+    );
     let received = stub.received();
     assert_eq!(received.len(), 1, "{out:#}");
     let part = received[0].file();

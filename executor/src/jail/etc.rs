@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use crate::error::Error;
 
 /// Host paths bound read-only when they exist: TLS roots for HTTPS, the time zone,
-/// Debian's matplotlib defaults (matplotlib warns without them), and Debian's
+/// Debian's matplotlib defaults (matplotlib warns without them), fontconfig's
+/// configuration (without it, drawing a chart prints a fontconfig error), and Debian's
 /// update-alternatives links, through which libraries in `/usr` reach each other
 /// (numpy loads `libblas.so.3`, a link to `/etc/alternatives/libblas.so.3-*`, which
 /// links back into `/usr`; without it numpy, and so matplotlib, cannot be imported).
@@ -16,6 +17,7 @@ const HOST_FILES: &[&str] = &[
     "/etc/ssl/certs",
     "/etc/localtime",
     "/etc/matplotlibrc",
+    "/etc/fonts",
     "/etc/alternatives",
 ];
 
