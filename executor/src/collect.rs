@@ -35,8 +35,8 @@ use nix::sys::stat::{fstat, fstatat, FileStat, Mode, SFlag};
 use pysandbox_shared::files::{MAX_PATH_DEPTH, MAX_SKIPPED_LISTED};
 use pysandbox_shared::{ProducedFile, SkipReason, SkippedFile};
 
-use crate::inputs::open_dir;
 use crate::sys::open_beneath;
+use crate::workdir::open_dir;
 
 /// How much of a work dir is collected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +60,7 @@ pub struct Stamp {
 }
 
 impl Stamp {
+    /// The stamp of the file `st` describes.
     pub fn of(st: &FileStat) -> Stamp {
         Stamp {
             ino: st.st_ino,

@@ -9,7 +9,6 @@
 use std::ffi::CString;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use nix::errno::Errno;
@@ -20,6 +19,7 @@ use pysandbox_shared::InputFile;
 use crate::collect::Stamp;
 use crate::error::Error;
 use crate::sys::open_beneath;
+use crate::workdir::open_dir;
 
 /// Writes `files` below `work`, creating directories as needed, all owned by
 /// `owner`. Returns each file's [`Stamp`], so that collection can tell an input the
@@ -45,15 +45,6 @@ pub fn write(work: &Path, files: &[InputFile], owner: (u32, u32)) -> Result<Vec<
             })
         })
         .collect()
-}
-
-/// Opens the work dir itself, refusing a symlink in its place.
-pub fn open_dir(path: &Path) -> std::io::Result<OwnedFd> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .map(OwnedFd::from)
 }
 
 fn write_one(root: &OwnedFd, file: &InputFile, owner: (u32, u32)) -> Result<Stamp, Errno> {
