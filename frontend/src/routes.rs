@@ -95,6 +95,8 @@ async fn execute(
         .map(|(target, token)| (target.url.clone(), token.to_owned()));
     let collect_files = upload.is_some() || job.return_files;
 
+    // Held until the response is built, uploads included: the slot bounds how many
+    // results, each with up to 64 MiB of produced files, the frontend holds at once.
     let _slot = app.admission.enter()?.slot().await?;
     let request_id = parts
         .extensions

@@ -208,22 +208,27 @@ impl Uploader {
         skipped: &[SkippedFile],
     ) -> Vec<Upload> {
         let deadline = Instant::now() + self.config.budget;
-        let mut uploads: Vec<Upload> = match self.target(url, public).await {
-            Ok(target) => {
-                // Owned items: a stream of borrowed ones trips the compiler's Send
-                // check for the handler future (rust-lang/rust#102211).
-                futures::stream::iter(files.to_vec())
-                    .map(|file| self.upload_one(&target, token, file, deadline))
-                    .buffered(self.config.concurrency)
-                    .collect()
-                    .await
-            }
-            Err(reason) => {
-                warn!(host = url.host_str(), "uploads refused: {reason}");
-                files
-                    .iter()
-                    .map(|file| failed(&file.path, 0, reason.clone()))
-                    .collect()
+        let mut uploads: Vec<Upload> = if files.is_empty() {
+            // Nothing to send: not even a DNS lookup.
+            Vec::new()
+        } else {
+            match self.target(url, public).await {
+                Ok(target) => {
+                    // Owned items (cheap: `Bytes`): with borrowed ones, the compiler
+                    // cannot prove the handler's future Send for every lifetime.
+                    futures::stream::iter(files.to_vec())
+                        .map(|file| self.upload_one(&target, token, file, deadline))
+                        .buffered(self.config.concurrency)
+                        .collect()
+                        .await
+                }
+                Err(reason) => {
+                    warn!(host = url.host_str(), "uploads refused: {reason}");
+                    files
+                        .iter()
+                        .map(|file| failed(&file.path, 0, reason.clone()))
+                        .collect()
+                }
             }
         };
         uploads.extend(
