@@ -150,6 +150,8 @@ async fn run_job(
         stdin: None,
         timeout_ms: Some(10_000),
         limits: JobLimits::default(),
+        files: Vec::new(),
+        collect_files: false,
     };
     let resolved: Resolved = runner.resolve(&spec).map_err(|e| e.to_string())?;
     match runner.run(&spec, resolved, None).await {

@@ -7,8 +7,10 @@
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
+use pysandbox_shared::files::{MAX_FILES, MAX_FILES_BYTES, MAX_INPUT_BYTES};
 use serde::Deserialize;
 
+use crate::collect::Caps;
 use crate::error::Error;
 
 const DEFAULT_SOCKET: &str = "/run/pysandbox/executor.sock";
@@ -24,6 +26,13 @@ const DEFAULT_OPEN_FILES: u32 = 256;
 const DEFAULT_STACK_MB: u32 = 8;
 const DEFAULT_CPU_PERCENT: u32 = 100;
 const DEFAULT_WARM_POOL_SIZE: u32 = 2;
+
+/// What is collected of a job's work dir unless configured otherwise.
+const DEFAULT_COLLECT: Caps = Caps {
+    max_files: 100,
+    max_file_bytes: 32 << 20,
+    max_total_bytes: MAX_FILES_BYTES,
+};
 
 /// Limits a job gets when it names none.
 const DEFAULT_LIMITS: Limits = Limits {
@@ -119,6 +128,10 @@ struct FileConfig {
     cpu_percent: Option<u32>,
     #[serde(default)]
     ro_binds: Vec<PathBuf>,
+    max_files: Option<u32>,
+    max_file_bytes: Option<u64>,
+    max_files_bytes: Option<u64>,
+    max_input_bytes: Option<u64>,
     #[serde(default)]
     default_limits: PartialLimits,
     #[serde(default)]
@@ -209,6 +222,10 @@ pub struct Config {
     pub preload: Vec<String>,
     /// Extra host paths bound read-only at the same place in every jail (a venv, say).
     pub ro_binds: Vec<PathBuf>,
+    /// How much of a job's work dir is collected when the job asks for its files.
+    pub collect: Caps,
+    /// Bytes of input files one job may be given, all together.
+    pub max_input_bytes: u64,
 }
 
 impl Config {
@@ -256,6 +273,16 @@ impl Config {
                 .unwrap_or(DEFAULT_WARM_POOL_SIZE),
             preload: file.preload,
             ro_binds: file.ro_binds,
+            collect: Caps {
+                max_files: file.max_files.unwrap_or(DEFAULT_COLLECT.max_files),
+                max_file_bytes: file
+                    .max_file_bytes
+                    .unwrap_or(DEFAULT_COLLECT.max_file_bytes),
+                max_total_bytes: file
+                    .max_files_bytes
+                    .unwrap_or(DEFAULT_COLLECT.max_total_bytes),
+            },
+            max_input_bytes: file.max_input_bytes.unwrap_or(MAX_INPUT_BYTES),
         };
         config.check(nix::unistd::getuid().as_raw())?;
         Ok(config)
@@ -302,11 +329,33 @@ impl Config {
         if !(1..=self.max_timeout_ms).contains(&self.default_timeout_ms) {
             return invalid("default_timeout_ms: must be from 1 to max_timeout_ms".into());
         }
-        // Both captures travel in one frame; keep them well inside it.
-        let max_output = pysandbox_shared::MAX_FRAME_LEN as u32 / 4;
+        // Both captures and the collected files travel in one frame, which is
+        // sized for these maxima.
+        let max_output = pysandbox_shared::MAX_OUTPUT_BYTES;
         if self.max_limits.output_bytes > max_output {
             return invalid(format!(
                 "max_limits.output_bytes: must be at most {max_output}"
+            ));
+        }
+        let Caps {
+            max_files,
+            max_file_bytes,
+            max_total_bytes,
+        } = self.collect;
+        if !(1..=MAX_FILES).contains(&max_files) {
+            return invalid(format!("max_files: must be from 1 to {MAX_FILES}"));
+        }
+        if !(1..=MAX_FILES_BYTES).contains(&max_total_bytes) {
+            return invalid(format!(
+                "max_files_bytes: must be from 1 to {MAX_FILES_BYTES}"
+            ));
+        }
+        if !(1..=max_total_bytes).contains(&max_file_bytes) {
+            return invalid("max_file_bytes: must be from 1 to max_files_bytes".into());
+        }
+        if self.max_input_bytes > MAX_INPUT_BYTES {
+            return invalid(format!(
+                "max_input_bytes: must be at most {MAX_INPUT_BYTES}"
             ));
         }
         for ((name, default), (_, max)) in self
@@ -386,6 +435,23 @@ mod tests {
     }
 
     #[test]
+    fn file_caps_may_be_lowered() {
+        let config = load_file(
+            "max_files = 5\nmax_file_bytes = 10\nmax_files_bytes = 20\nmax_input_bytes = 0",
+        )
+        .unwrap();
+        assert_eq!(
+            config.collect,
+            Caps {
+                max_files: 5,
+                max_file_bytes: 10,
+                max_total_bytes: 20,
+            }
+        );
+        assert_eq!(config.max_input_bytes, 0);
+    }
+
+    #[test]
     fn limit_tables_override_defaults_key_by_key() {
         let config =
             load_file("[default_limits]\nmemory_mb = 128\n[max_limits]\ncpu_ms = 100000").unwrap();
@@ -416,6 +482,15 @@ mod tests {
         assert_eq!(config.sandbox_uid, 65534);
         assert_eq!(config.default_timeout_ms, 30_000);
         assert!(config.max_jobs >= 1);
+        assert_eq!(
+            config.collect,
+            Caps {
+                max_files: 100,
+                max_file_bytes: 32 << 20,
+                max_total_bytes: 64 << 20,
+            }
+        );
+        assert_eq!(config.max_input_bytes, 32 << 20);
     }
 
     #[test]
@@ -464,6 +539,11 @@ mod tests {
         assert!(load_file("default_timeout_ms = 0").is_err());
         assert!(load_file("max_timeout_ms = 120001").is_err());
         assert!(load_file("[max_limits]\noutput_bytes = 999999999").is_err());
+        assert!(load_file("max_files = 0").is_err());
+        assert!(load_file("max_files = 1001").is_err());
+        assert!(load_file("max_files_bytes = 67108865").is_err());
+        assert!(load_file("max_file_bytes = 1000\nmax_files_bytes = 999").is_err());
+        assert!(load_file("max_input_bytes = 33554433").is_err());
         assert!(load_file("[default_limits]\nmemory_mb = 5000").is_err());
         assert!(load_file("[default_limits]\nmemroy_mb = 5").is_err());
         assert!(load(&["--max-jobs", "0"]).is_err());

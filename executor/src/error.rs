@@ -26,6 +26,19 @@ pub enum Error {
     /// A job's jail could not be created or started; the job did not run.
     #[error("jail setup failed: {0}")]
     Jail(String),
+    /// Writing an input file into a job's work dir failed.
+    #[error("cannot write input file {path:?}")]
+    WriteInput {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The input files do not fit in the job's disk limit; the job did not run.
+    #[error("the input files do not fit in the job's disk")]
+    InputsDoNotFit,
+    /// The job's work dir could not be opened to collect its files.
+    #[error("cannot collect produced files")]
+    Collect(#[source] std::io::Error),
     /// Talking to a frontend failed.
     #[error(transparent)]
     Protocol(#[from] pysandbox_shared::ProtocolError),

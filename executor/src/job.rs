@@ -7,14 +7,17 @@ use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use pysandbox_shared::files::{first_conflict, MAX_INPUT_FILES};
 use pysandbox_shared::{Enforcement, JobError, JobResult, JobSpec, LimitKind, Usage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::process::{Child, ChildStdin};
 
 use crate::cgroup::{CgroupLimits, Cgroups, Controller, JobCgroup, Version};
+use crate::collect::{collect, Caps, Collected, Stamp};
 use crate::config::{Config, Limits};
 use crate::error::Error;
+use crate::inputs;
 use crate::jail::{Jail, Started};
 use crate::output::{capture, Captured};
 use crate::workdir::{jobs_dir, DiskLimits, WorkDir};
@@ -52,6 +55,8 @@ pub struct Runner {
     stack_mb: u32,
     cpu_percent: u32,
     preload: Vec<String>,
+    collect: Caps,
+    max_input_bytes: u64,
     next_id: AtomicU64,
 }
 
@@ -98,6 +103,8 @@ impl Runner {
             open_files: config.open_files,
             stack_mb: config.stack_mb,
             cpu_percent: config.cpu_percent,
+            collect: config.collect,
+            max_input_bytes: config.max_input_bytes,
             preload: config.preload.clone(),
             // Ids name work dirs and cgroups: starting from the clock keeps them
             // unique across restarts, so a new run never reuses what an old one
@@ -174,6 +181,7 @@ impl Runner {
 
     /// The job's limits, or why it asks for more than is allowed.
     pub fn resolve(&self, spec: &JobSpec) -> Result<Resolved, JobError> {
+        self.check_inputs(spec)?;
         let timeout_ms = check(
             "timeoutMs",
             spec.timeout_ms,
@@ -204,6 +212,32 @@ impl Runner {
             )?,
         };
         Ok(Resolved { timeout_ms, limits })
+    }
+
+    /// Input files within the caps, none of them in another's way. The frontend
+    /// checks their paths and shape; the caps are the executor's to enforce.
+    fn check_inputs(&self, spec: &JobSpec) -> Result<(), JobError> {
+        let rejected = |field: String, reason: String| Err(JobError::Rejected { field, reason });
+        if spec.files.len() > MAX_INPUT_FILES as usize {
+            return rejected(
+                "files".into(),
+                format!("must be at most {MAX_INPUT_FILES} files"),
+            );
+        }
+        let bytes: u64 = spec.files.iter().map(|f| f.data.len() as u64).sum();
+        if bytes > self.max_input_bytes {
+            return rejected(
+                "files".into(),
+                format!("must total at most {} bytes", self.max_input_bytes),
+            );
+        }
+        if let Some((first, later)) = first_conflict(spec.files.iter().map(|f| &f.path)) {
+            return rejected(
+                format!("files[{later}].path"),
+                format!("conflicts with files[{first}].path"),
+            );
+        }
+        Ok(())
     }
 
     /// Sets up a jail that waits for a job, within `limits` (the job's own for a cold
@@ -269,6 +303,9 @@ impl Runner {
             cgroup.set_limits(&self.cgroup_limits(&limits))?;
             cgroup.reset_peak();
         }
+        // Input files, then the code: the launcher reads nothing before the hand-off
+        // below, so the job never sees them half-written.
+        let inputs = inputs::write(&jail.dir.dirs().work, &spec.files, self.owner)?;
         jail.dir.write_code(&spec.code)?;
         let Prepared {
             dir,
@@ -342,7 +379,14 @@ impl Runner {
                 .map(|ns| ns.saturating_sub(cpu_base) / 1_000_000);
             observed.usage.peak_memory_bytes = report.peak_memory_bytes;
         }
-        Ok(assemble(observed, &resolved, stdout, stderr))
+        // Every process of the job is dead by now: its cgroup is empty, or (without
+        // one) its pid namespace went down with its pid 1, whose parent bwrap exited.
+        let collected = if spec.collect_files {
+            collect_files(dir.dirs().work, self.collect, inputs).await?
+        } else {
+            Collected::default()
+        };
+        Ok(assemble(observed, &resolved, stdout, stderr, collected))
     }
 
     fn disk(&self, limits: &Limits) -> DiskLimits {
@@ -477,6 +521,15 @@ async fn wait_until_empty(cgroup: &JobCgroup) {
     }
 }
 
+/// Collects the files of the work dir at `work` on a blocking thread: reading up to
+/// the caps' worth of files must not stall the runtime's other jobs.
+async fn collect_files(work: PathBuf, caps: Caps, inputs: Vec<Stamp>) -> Result<Collected, Error> {
+    tokio::task::spawn_blocking(move || collect(&work, caps, &inputs))
+        .await
+        .map_err(|e| Error::Collect(std::io::Error::other(e)))?
+        .map_err(Error::Collect)
+}
+
 async fn capture_opt<R: tokio::io::AsyncRead + Unpin>(stream: Option<R>, cap: usize) -> Captured {
     match stream {
         Some(stream) => capture(stream, cap).await,
@@ -506,6 +559,7 @@ fn assemble(
     resolved: &Resolved,
     stdout: Captured,
     stderr: Captured,
+    collected: Collected,
 ) -> JobResult {
     let Resolved { timeout_ms, limits } = resolved;
     let (exit_code, signal) = exit_of(observed.status, observed.killed_by.is_some());
@@ -579,6 +633,9 @@ fn assemble(
         timed_out: observed.killed_by == Some(LimitKind::Time),
         limit_exceeded,
         usage: observed.usage,
+        files: collected.files,
+        skipped_files: collected.skipped,
+        skipped_unlisted: collected.skipped_unlisted,
     }
 }
 
@@ -667,6 +724,7 @@ mod tests {
             &resolved(),
             text("out", true),
             text("partial", true),
+            Collected::default(),
         );
         assert_eq!(
             result.stderr,
@@ -686,7 +744,13 @@ mod tests {
             oom_killed: true,
             ..Observed::default()
         };
-        let result = assemble(observed, &resolved(), text("", false), text("", false));
+        let result = assemble(
+            observed,
+            &resolved(),
+            text("", false),
+            text("", false),
+            Collected::default(),
+        );
         assert_eq!(result.limit_exceeded, Some(LimitKind::Memory));
         assert_eq!(result.signal.as_deref(), Some("SIGKILL"));
         assert_eq!(
@@ -702,7 +766,13 @@ mod tests {
             status: exited(128 + 24),
             ..Observed::default()
         };
-        let result = assemble(observed, &resolved(), text("", false), text("", false));
+        let result = assemble(
+            observed,
+            &resolved(),
+            text("", false),
+            text("", false),
+            Collected::default(),
+        );
         assert_eq!(result.limit_exceeded, Some(LimitKind::Cpu));
     }
 
@@ -712,7 +782,13 @@ mod tests {
             status: exited(0),
             ..Observed::default()
         };
-        let result = assemble(observed, &resolved(), text("4\n", false), text("", false));
+        let result = assemble(
+            observed,
+            &resolved(),
+            text("4\n", false),
+            text("", false),
+            Collected::default(),
+        );
         assert_eq!(
             (result.stdout.as_str(), result.stderr.as_str()),
             ("4\n", "")

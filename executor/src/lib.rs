@@ -3,8 +3,10 @@
 
 pub mod cgroup;
 pub mod check;
+pub mod collect;
 pub mod config;
 pub mod error;
+pub mod inputs;
 pub mod jail;
 pub mod job;
 pub mod output;

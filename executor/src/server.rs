@@ -159,7 +159,7 @@ impl Executor {
         if !self.allowed_uids.contains(&uid) {
             return warn!(uid, "connection from a uid that is not allowed; refused");
         }
-        let mut conn = Connection::new(stream);
+        let mut conn = Connection::server(stream);
         if let Err(e) = self.exchange(&mut conn).await {
             warn!(error = %e, uid, "connection ended with an error");
         }
@@ -236,6 +236,13 @@ impl Executor {
                 );
                 Response::Finished(result)
             }
+            Err(Error::InputsDoNotFit) => Response::Failed(JobError::Rejected {
+                field: "files".into(),
+                reason: format!(
+                    "do not fit in the job's disk limit of {} MiB (limits.diskMb)",
+                    resolved.limits.disk_mb
+                ),
+            }),
             Err(e) => {
                 error!(error = %e, "job did not run");
                 Response::Failed(JobError::JailSetup {

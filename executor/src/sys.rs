@@ -1,9 +1,15 @@
 //! Every `unsafe` block of the executor: the code that runs between `fork` and `exec`
-//! of a jail, and a raw descriptor sweep. Nothing here allocates or locks, because a
-//! forked child of a multi-threaded process may only make async-signal-safe calls
-//! (signal-safety(7)).
+//! of a jail, a raw descriptor sweep, and opening names in a job's work dir without
+//! following links. The fork-to-exec code allocates nothing and takes no lock,
+//! because a forked child of a multi-threaded process may only make
+//! async-signal-safe calls (signal-safety(7)).
 
+use std::ffi::CStr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::Mode;
 
 use tokio::process::Command;
 
@@ -174,4 +180,35 @@ pub fn activated_listener() -> std::io::Result<Option<std::os::unix::net::UnixLi
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     )?;
     Ok(Some(fd.into()))
+}
+
+/// Opens `name`, one path component, in the directory `dir` without ever following
+/// a symlink, crossing a mount or leaving `dir`: `openat2(2)` with
+/// `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV`,
+/// and `O_NOFOLLOW | O_CLOEXEC` added to `flags`. Symlinks planted by a sandbox are
+/// how Judge0's host was made to read and write outside its jail
+/// (CVE-2024-28185, CVE-2024-28189).
+///
+/// Kernels before 5.6 (or seccomp profiles that hide openat2) answer ENOSYS; then
+/// plain `openat` with `O_NOFOLLOW` gives the same guarantee, because a single
+/// component can only resolve to an entry of `dir` itself. A `name` with a `/` is
+/// refused (EINVAL) so that the fallback never resolves more than one component.
+pub fn open_beneath(dir: RawFd, name: &CStr, flags: OFlag, mode: Mode) -> nix::Result<OwnedFd> {
+    if name.to_bytes().contains(&b'/') {
+        return Err(Errno::EINVAL);
+    }
+    let flags = flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let how = OpenHow::new().flags(flags).mode(mode).resolve(
+        ResolveFlag::RESOLVE_BENEATH
+            | ResolveFlag::RESOLVE_NO_SYMLINKS
+            | ResolveFlag::RESOLVE_NO_MAGICLINKS
+            | ResolveFlag::RESOLVE_NO_XDEV,
+    );
+    let fd = match openat2(dir, name, how) {
+        Err(Errno::ENOSYS) => openat(Some(dir), name, flags, mode)?,
+        opened => opened?,
+    };
+    // SAFETY: the kernel just returned `fd` as a new descriptor of this process,
+    // which nothing else owns, so the OwnedFd is its only owner and closes it once.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

@@ -4,7 +4,8 @@
 //! fills it gets ENOSPC; the host's disk never sees its files. Unmounting frees
 //! everything at once, however many files the job made.
 
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{umount2, MntFlags, MsFlags};
@@ -15,6 +16,16 @@ use crate::jail::bwrap::JobDirs;
 /// The parent of every job's tmpfs.
 pub fn jobs_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("jobs")
+}
+
+/// Opens a work dir itself as a directory descriptor to work beneath, refusing a
+/// symlink in its place.
+pub fn open_dir(path: &Path) -> std::io::Result<OwnedFd> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map(OwnedFd::from)
 }
 
 /// Size of a job's tmpfs.

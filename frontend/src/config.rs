@@ -9,6 +9,7 @@ use clap::Parser;
 use pysandbox_shared::MAX_TIMEOUT_MS;
 
 use crate::auth::AuthToken;
+use crate::upload::{AllowedHosts, UploadConfig};
 
 /// Settings of `pysandbox-frontend`.
 #[derive(Debug, Clone, Parser)]
@@ -75,6 +76,24 @@ pub struct Config {
     #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 130_000)]
     pub shutdown_grace_ms: u64,
 
+    /// Time one upload of a produced file may take, in milliseconds.
+    #[arg(long, env = "UPLOAD_TIMEOUT_MS", default_value = "30000")]
+    pub upload_timeout_ms: NonZeroU64,
+
+    /// Uploads of one job's files at once.
+    #[arg(long, env = "UPLOAD_CONCURRENCY", default_value = "4")]
+    pub upload_concurrency: NonZeroUsize,
+
+    /// Time all uploads of one job's files may take together, in milliseconds.
+    #[arg(long, env = "UPLOAD_BUDGET_MS", default_value = "120000")]
+    pub upload_budget_ms: NonZeroU64,
+
+    /// Hosts uploads may go to, comma-separated names or IPs. Empty: any host whose
+    /// addresses are not loopback, link-local or unspecified. Listed hosts are used
+    /// whatever their addresses, and no other host is.
+    #[arg(long, env = "UPLOAD_ALLOWED_HOSTS", default_value = "")]
+    pub upload_allowed_hosts: AllowedHosts,
+
     /// Log lines as plain text or as JSON objects (one per line).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -114,6 +133,16 @@ impl Config {
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
     }
+
+    /// How produced files are uploaded.
+    pub fn upload(&self) -> UploadConfig {
+        UploadConfig {
+            timeout: Duration::from_millis(self.upload_timeout_ms.get()),
+            concurrency: self.upload_concurrency.get(),
+            budget: Duration::from_millis(self.upload_budget_ms.get()),
+            allowed: self.upload_allowed_hosts.clone(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -147,6 +176,10 @@ mod tests {
             ("header_timeout_ms", "HEADER_TIMEOUT_MS", Some("10000")),
             ("body_timeout_ms", "BODY_TIMEOUT_MS", Some("30000")),
             ("shutdown_grace_ms", "SHUTDOWN_GRACE_MS", Some("130000")),
+            ("upload_timeout_ms", "UPLOAD_TIMEOUT_MS", Some("30000")),
+            ("upload_concurrency", "UPLOAD_CONCURRENCY", Some("4")),
+            ("upload_budget_ms", "UPLOAD_BUDGET_MS", Some("120000")),
+            ("upload_allowed_hosts", "UPLOAD_ALLOWED_HOSTS", Some("")),
             ("log_format", "LOG_FORMAT", Some("text")),
             ("allow_root", "ALLOW_ROOT", None),
         ];
@@ -197,6 +230,14 @@ mod tests {
             "5",
             "--shutdown-grace-ms",
             "0",
+            "--upload-timeout-ms",
+            "6",
+            "--upload-concurrency",
+            "7",
+            "--upload-budget-ms",
+            "8",
+            "--upload-allowed-hosts",
+            "files.example, 127.0.0.1",
         ])
         .unwrap();
         assert!(config.token().is_some());
@@ -211,6 +252,16 @@ mod tests {
         assert_eq!(config.header_timeout(), Duration::from_millis(4));
         assert_eq!(config.body_timeout(), Duration::from_millis(5));
         assert_eq!(config.shutdown_grace(), Duration::ZERO);
+        let upload = config.upload();
+        assert_eq!(upload.timeout, Duration::from_millis(6));
+        assert_eq!(upload.concurrency, 7);
+        assert_eq!(upload.budget, Duration::from_millis(8));
+        assert_eq!(upload.allowed, "files.example,127.0.0.1".parse().unwrap());
+        assert!(Config::try_parse_from(["pysandbox-frontend"])
+            .unwrap()
+            .upload()
+            .allowed
+            .is_empty());
     }
 
     #[test]
@@ -223,6 +274,9 @@ mod tests {
             ("--max-body-bytes", "0"),
             ("--body-timeout-ms", "0"),
             ("--port", "65536"),
+            ("--upload-concurrency", "0"),
+            ("--upload-timeout-ms", "0"),
+            ("--upload-allowed-hosts", "not a host"),
         ] {
             let parsed = Config::try_parse_from(["pysandbox-frontend", flag, value]);
             assert!(parsed.is_err(), "{flag} {value}");

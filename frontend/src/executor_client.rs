@@ -137,7 +137,7 @@ impl ExecutorClient {
             warn!(%socket, "cannot connect to the executor: {e}");
             ApiError::ExecutorUnavailable
         })?;
-        let mut conn = Connection::new(stream);
+        let mut conn = Connection::client(stream);
         let hello = async {
             conn.send(&Request::Hello(Hello::CURRENT)).await?;
             conn.recv::<Response>().await

@@ -1,7 +1,8 @@
 //! pysandbox-frontend: the unprivileged HTTP service in front of pysandbox-executor.
 //!
 //! It authenticates clients, validates requests, bounds how much work is admitted,
-//! and hands each job to the executor over a fresh Unix-socket connection.
+//! hands each job to the executor over a fresh Unix-socket connection, and uploads
+//! or returns the files the job produced.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -15,6 +16,7 @@ pub mod request;
 pub mod response;
 pub mod routes;
 pub mod server;
+pub mod upload;
 
 #[cfg(test)]
 mod testing;

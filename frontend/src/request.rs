@@ -7,9 +7,13 @@
 use std::time::Duration;
 
 use axum::body::{Body, HttpBody};
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use pysandbox_shared::{JobLimits, MAX_TIMEOUT_MS};
+use pysandbox_shared::files::first_conflict;
+use pysandbox_shared::{InputFile, JobLimits, RelativePath, MAX_TIMEOUT_MS};
 use serde_json::{Map, Value};
 use tracing::debug;
 use url::Url;
@@ -56,14 +60,38 @@ pub struct ExecuteRequest {
     pub timeout_ms: Option<u32>,
     /// What the job reads on standard input; `None` means EOF at once.
     pub stdin: Option<String>,
-    /// Where produced files are to be POSTed; uploads use it next.
-    pub file_upload_url: Option<Url>,
-    /// Bearer token for the upload endpoint; uploads use it next.
+    /// Where produced files are to be POSTed (when `upload_token` is given too).
+    pub file_upload_url: Option<UploadUrl>,
+    /// Bearer token for the upload endpoint.
     pub upload_token: Option<String>,
-    /// Passed to the upload endpoint as `?public=`; uploads use it next.
+    /// Passed to the upload endpoint as `?public=`.
     pub public: Option<bool>,
     /// Limits asked for; the executor checks each against its configured maximum.
     pub limits: JobLimits,
+    /// Files to place in the work dir before the job starts; the executor checks
+    /// their number and size against its caps.
+    pub files: Vec<InputFile>,
+    /// Whether to return the produced files in the response.
+    pub return_files: bool,
+}
+
+/// The upload URL, with the key the client gave it under (for error messages).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadUrl {
+    /// `fileUploadUrl` or the seed's `file_upload_url`.
+    pub field: &'static str,
+    /// The URL, http or https with a host.
+    pub url: Url,
+}
+
+impl ExecuteRequest {
+    /// The upload target and token when both are given: only then are files uploaded.
+    pub fn upload_target(&self) -> Option<(&UploadUrl, &str)> {
+        Some((
+            self.file_upload_url.as_ref()?,
+            self.upload_token.as_deref()?,
+        ))
+    }
 }
 
 impl ExecuteRequest {
@@ -92,7 +120,11 @@ impl ExecuteRequest {
             .transpose()?;
         let file_upload_url = fields
             .get(&["fileUploadUrl", "file_upload_url"])
-            .map(|(key, v)| http_url(v).ok_or_else(|| invalid(key, "must be an http or https URL")))
+            .map(|(field, v)| {
+                let url =
+                    http_url(v).ok_or_else(|| invalid(field, "must be an http or https URL"))?;
+                Ok::<_, ApiError>(UploadUrl { field, url })
+            })
             .transpose()?;
         let upload_token = fields
             .get(&["uploadToken", "api_token"])
@@ -111,6 +143,16 @@ impl ExecuteRequest {
             .map(|(_, v)| limits(v))
             .transpose()?
             .unwrap_or_default();
+        let files = fields
+            .get(&["files"])
+            .map(|(_, v)| input_files(v))
+            .transpose()?
+            .unwrap_or_default();
+        let return_files = fields
+            .get(&["returnFiles"])
+            .map(|(key, v)| boolean(v).ok_or_else(|| invalid(key, "must be a boolean")))
+            .transpose()?
+            .unwrap_or(false);
 
         Ok(ExecuteRequest {
             code,
@@ -120,6 +162,8 @@ impl ExecuteRequest {
             upload_token,
             public,
             limits,
+            files,
+            return_files,
         })
     }
 }
@@ -177,6 +221,45 @@ fn limits(value: &Value) -> Result<JobLimits, ApiError> {
         }
     }
     Ok(limits)
+}
+
+/// Standard base64, with or without padding.
+const BASE64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// The `files` array: `{path, contentBase64}` objects with relative paths, no two
+/// of which are in each other's way.
+fn input_files(value: &Value) -> Result<Vec<InputFile>, ApiError> {
+    let Value::Array(items) = value else {
+        return Err(invalid("files", "must be an array"));
+    };
+    let mut files = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let Value::Object(item) = item else {
+            return Err(invalid(&format!("files[{i}]"), "must be an object"));
+        };
+        let field = |name: &str| format!("files[{i}].{name}");
+        let text = |name: &str| match item.get(name) {
+            None | Some(Value::Null) => Err(invalid(&field(name), "is required")),
+            Some(Value::String(s)) => Ok(s),
+            Some(_) => Err(invalid(&field(name), "must be a string")),
+        };
+        let path = RelativePath::parse(text("path")?)
+            .map_err(|e| invalid(&field("path"), &e.to_string()))?;
+        let data = BASE64
+            .decode(text("contentBase64")?)
+            .map_err(|_| invalid(&field("contentBase64"), "must be valid base64"))?;
+        files.push(InputFile { path, data });
+    }
+    if let Some((first, later)) = first_conflict(files.iter().map(|f| &f.path)) {
+        return Err(invalid(
+            &format!("files[{later}].path"),
+            &format!("conflicts with files[{first}].path"),
+        ));
+    }
+    Ok(files)
 }
 
 /// The timeout: an integer number of milliseconds in range.
@@ -250,6 +333,8 @@ mod tests {
             upload_token: None,
             public: None,
             limits: JobLimits::default(),
+            files: Vec::new(),
+            return_files: false,
         }
     }
 
@@ -312,10 +397,15 @@ mod tests {
                 code: "x".into(),
                 timeout_ms: Some(1000),
                 stdin: Some("in".into()),
-                file_upload_url: Some(Url::parse("https://up.example/f").unwrap()),
+                file_upload_url: Some(UploadUrl {
+                    field: "fileUploadUrl",
+                    url: Url::parse("https://up.example/f").unwrap()
+                }),
                 upload_token: Some("t".into()),
                 public: Some(true),
                 limits: JobLimits::default(),
+                files: Vec::new(),
+                return_files: false,
             }
         );
     }
@@ -411,7 +501,12 @@ mod tests {
                 );
             }
         }
-        let url = |body: &str| parse(body).unwrap().file_upload_url.map(String::from);
+        let url = |body: &str| {
+            parse(body)
+                .unwrap()
+                .file_upload_url
+                .map(|u| String::from(u.url))
+        };
         assert_eq!(
             url(r#"{"code":"x","file_upload_url":"http://h:8080/u?a=b"}"#).as_deref(),
             Some("http://h:8080/u?a=b")
@@ -484,7 +579,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            got.file_upload_url.map(String::from).as_deref(),
+            got.file_upload_url.map(|u| String::from(u.url)).as_deref(),
             Some("https://a/")
         );
         assert_eq!(got.upload_token.as_deref(), Some("camel"));
@@ -497,6 +592,118 @@ mod tests {
         assert_eq!(
             field_error(r#"{"code":"x","fileUploadUrl":null,"file_upload_url":1}"#).0,
             "file_upload_url"
+        );
+    }
+
+    #[test]
+    fn the_upload_url_remembers_its_key() {
+        let got = parse(r#"{"code":"x","file_upload_url":"http://h/","api_token":"t"}"#).unwrap();
+        let (target, token) = got.upload_target().unwrap();
+        assert_eq!((target.field, token), ("file_upload_url", "t"));
+        let no_token = parse(r#"{"code":"x","fileUploadUrl":"http://h/"}"#).unwrap();
+        assert_eq!(no_token.upload_target(), None);
+    }
+
+    #[test]
+    fn input_files_are_decoded_with_their_paths_checked() {
+        let got = parse(
+            r#"{"code":"x","files":[{"path":"data/in.csv","contentBase64":"YSxiCg=="},
+                {"path":"bin","contentBase64":"AP8"},{"path":"empty","contentBase64":""}]}"#,
+        )
+        .unwrap();
+        let files: Vec<(&str, &[u8])> = got
+            .files
+            .iter()
+            .map(|f| (f.path.as_str(), f.data.as_slice()))
+            .collect();
+        assert_eq!(
+            files,
+            [
+                ("data/in.csv", b"a,b\n".as_slice()),
+                ("bin", &[0, 255]),
+                ("empty", b""),
+            ]
+        );
+        let file =
+            |path: &str, content: &str| format!(r#"{{"path":{path},"contentBase64":{content}}}"#);
+        let cases = [
+            ("5".to_owned(), "files", "must be an array"),
+            ("[1]".into(), "files[0]", "must be an object"),
+            (
+                format!("[{}]", file("null", r#""""#)),
+                "files[0].path",
+                "is required",
+            ),
+            (
+                format!("[{}]", file("7", r#""""#)),
+                "files[0].path",
+                "must be a string",
+            ),
+            (
+                format!(
+                    "[{},{}]",
+                    file(r#""ok""#, r#""""#),
+                    file(r#""../x""#, r#""""#)
+                ),
+                "files[1].path",
+                "must be a relative path without ..",
+            ),
+            (
+                format!("[{}]", file(r#""/etc/passwd""#, r#""""#)),
+                "files[0].path",
+                "must be a relative path without ..",
+            ),
+            (
+                format!("[{}]", file(r#""a//b""#, r#""""#)),
+                "files[0].path",
+                "must not have empty or . components",
+            ),
+            (
+                format!("[{}]", file(r#""a\nb""#, r#""""#)),
+                "files[0].path",
+                "must not contain control characters",
+            ),
+            (
+                format!("[{}]", file(r#""a""#, "null")),
+                "files[0].contentBase64",
+                "is required",
+            ),
+            (
+                format!("[{}]", file(r#""a""#, r#""not base64!""#)),
+                "files[0].contentBase64",
+                "must be valid base64",
+            ),
+            (
+                format!(
+                    "[{},{}]",
+                    file(r#""a""#, r#""""#),
+                    file(r#""a/b""#, r#""""#)
+                ),
+                "files[1].path",
+                "conflicts with files[0].path",
+            ),
+        ];
+        for (files, field, reason) in cases {
+            let body = format!(r#"{{"code":"x","files":{files}}}"#);
+            assert_eq!(field_error(&body), (field.into(), reason.into()), "{body}");
+        }
+    }
+
+    #[test]
+    fn return_files_is_a_boolean() {
+        assert!(
+            parse(r#"{"code":"x","returnFiles":true}"#)
+                .unwrap()
+                .return_files
+        );
+        assert!(
+            !parse(r#"{"code":"x","returnFiles":null}"#)
+                .unwrap()
+                .return_files
+        );
+        assert_eq!(
+            field_error(r#"{"code":"x","returnFiles":1}"#),
+            ("returnFiles".into(), "must be a boolean".into())
         );
     }
 

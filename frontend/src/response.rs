@@ -1,11 +1,16 @@
 //! The `200` body of `POST /execute`: the seed's fields first, under their seed
 //! names and types, then the fields this service adds.
 
-use pysandbox_shared::{JobResult, LimitKind, Usage};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use pysandbox_shared::{JobResult, LimitKind, SkippedFile, Usage};
 use serde::Serialize;
 
+use crate::upload::Produced;
+
 /// What a job that ran produced. Fields serialize in declaration order, which is
-/// the order the contract lists.
+/// the order the contract lists; `files`, `skippedFiles` and `skippedFilesUnlisted`
+/// only appear when they apply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ExecuteResponse {
@@ -17,7 +22,8 @@ pub struct ExecuteResponse {
     pub stdout: String,
     /// Standard error, with a `[sandbox] …` line per limit hit.
     pub stderr: String,
-    /// One entry per produced file that was uploaded.
+    /// One entry per produced file when they were uploaded, then one per skipped
+    /// work-dir entry.
     pub uploads: Vec<Upload>,
     /// Whether the wall-clock limit ended the job.
     pub timed_out: bool,
@@ -33,6 +39,63 @@ pub struct ExecuteResponse {
     pub limit_exceeded: Option<&'static str>,
     /// What the job used.
     pub usage: UsageBody,
+    /// The produced files themselves, when the request set `returnFiles`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<Vec<ReturnedFile>>,
+    /// Work-dir entries that were not collected and why, when files were collected
+    /// (for uploads or `returnFiles`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped_files: Option<Vec<Skipped>>,
+    /// How many more entries were skipped than `skippedFiles` lists; only when some were.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub skipped_files_unlisted: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// A produced file in the response (`returnFiles`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReturnedFile {
+    /// Its path relative to the work dir.
+    pub path: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its MIME type, guessed from the extension.
+    pub content_type: &'static str,
+    /// Its bytes, base64-encoded (standard alphabet, padded).
+    pub content_base64: String,
+}
+
+impl From<&Produced> for ReturnedFile {
+    fn from(file: &Produced) -> Self {
+        ReturnedFile {
+            path: file.path.clone(),
+            size: file.data.len() as u64,
+            content_type: file.content_type(),
+            content_base64: BASE64.encode(&file.data),
+        }
+    }
+}
+
+/// A work-dir entry that was not collected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Skipped {
+    /// Its path relative to the work dir (invalid bytes shown as U+FFFD).
+    pub path: String,
+    /// Why, e.g. `symlink` or `over the per-file cap of 33554432 bytes`.
+    pub reason: String,
+}
+
+impl From<&SkippedFile> for Skipped {
+    fn from(skipped: &SkippedFile) -> Self {
+        Skipped {
+            path: skipped.path.clone(),
+            reason: skipped.reason.to_string(),
+        }
+    }
 }
 
 /// The `usage` object; a figure is `null` where the executor's host cannot measure it.
@@ -57,8 +120,8 @@ impl From<Usage> for UsageBody {
     }
 }
 
-/// The outcome of uploading one produced file. Uploads are not implemented yet, so
-/// `uploads` is always empty; the type fixes the seed's entry shape.
+/// The outcome of uploading one produced file, in the seed's entry shape; a skipped
+/// work-dir entry is one too, with `error` saying why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Upload {
     /// The file's path relative to the job's work dir.
@@ -87,6 +150,9 @@ impl From<JobResult> for ExecuteResponse {
             stderr_truncated: result.stderr_truncated,
             limit_exceeded: result.limit_exceeded.map(LimitKind::as_str),
             usage: result.usage.into(),
+            files: None,
+            skipped_files: None,
+            skipped_files_unlisted: 0,
         }
     }
 }
@@ -111,6 +177,9 @@ mod tests {
                 cpu_ms: Some(5),
                 peak_memory_bytes: None,
             },
+            files: Vec::new(),
+            skipped_files: Vec::new(),
+            skipped_unlisted: 0,
         });
         assert_eq!(
             serde_json::to_string(&response).unwrap(),
@@ -134,10 +203,32 @@ mod tests {
                 cpu_ms: Some(1),
                 peak_memory_bytes: Some(4096),
             },
+            files: Vec::new(),
+            skipped_files: Vec::new(),
+            skipped_unlisted: 0,
         });
         assert_eq!(
             serde_json::to_string(&response).unwrap(),
             r#"{"exitCode":null,"signal":"SIGKILL","stdout":"","stderr":"[sandbox] killed: wall-clock timeout of 1000 ms exceeded\n","uploads":[],"timedOut":true,"durationMs":1003,"stdoutTruncated":false,"stderrTruncated":false,"limitExceeded":"time","usage":{"wallMs":1003,"cpuMs":1,"peakMemoryBytes":4096}}"#
+        );
+    }
+
+    #[test]
+    fn returned_and_skipped_files_come_last() {
+        let mut response = ExecuteResponse::from(crate::testing::four());
+        response.files = Some(vec![ReturnedFile::from(&Produced {
+            path: "a.png".into(),
+            data: bytes::Bytes::from_static(&[0, 255]),
+        })]);
+        response.skipped_files = Some(vec![Skipped::from(&SkippedFile {
+            path: "l".into(),
+            reason: pysandbox_shared::SkipReason::Symlink,
+        })]);
+        response.skipped_files_unlisted = 3;
+        let json = serde_json::to_string(&response).unwrap();
+        assert!(
+            json.ends_with(r#""usage":{"wallMs":7,"cpuMs":3,"peakMemoryBytes":1048576},"files":[{"path":"a.png","size":2,"contentType":"image/png","contentBase64":"AP8="}],"skippedFiles":[{"path":"l","reason":"symlink"}],"skippedFilesUnlisted":3}"#),
+            "{json}"
         );
     }
 

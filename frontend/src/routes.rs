@@ -23,7 +23,8 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::executor_client::ExecutorClient;
 use crate::request::{read_body, ExecuteRequest};
-use crate::response::ExecuteResponse;
+use crate::response::{ExecuteResponse, ReturnedFile, Skipped};
+use crate::upload::{Produced, Uploader};
 
 /// The response header carrying the request id.
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
@@ -42,6 +43,7 @@ struct Inner {
     default_timeout_ms: u32,
     admission: Admission,
     executor: ExecutorClient,
+    uploader: Uploader,
 }
 
 impl AppState {
@@ -55,6 +57,7 @@ impl AppState {
                 default_timeout_ms: config.default_timeout_ms,
                 admission: Admission::new(config.max_inflight.get(), config.max_queue),
                 executor: ExecutorClient::new(config.executor_socket.clone()),
+                uploader: Uploader::new(config.upload()),
             }),
         }
     }
@@ -84,7 +87,16 @@ async fn execute(
     let body = read_body(body, app.max_body_bytes, app.body_timeout).await?;
     let job = ExecuteRequest::parse(&body)?;
     drop(body);
+    if let Some(target) = &job.file_upload_url {
+        app.uploader.allowed_hosts().check(target)?;
+    }
+    let upload = job
+        .upload_target()
+        .map(|(target, token)| (target.url.clone(), token.to_owned()));
+    let collect_files = upload.is_some() || job.return_files;
 
+    // Held until the response is built, uploads included: the slot bounds how many
+    // results, each with up to 64 MiB of produced files, the frontend holds at once.
     let _slot = app.admission.enter()?.slot().await?;
     let request_id = parts
         .extensions
@@ -98,9 +110,34 @@ async fn execute(
         // Never unbounded: the default applies when the request sets no limit.
         timeout_ms: Some(job.timeout_ms.unwrap_or(app.default_timeout_ms)),
         limits: job.limits,
+        files: job.files,
+        collect_files,
     };
-    let result = app.executor.run(spec).await?;
-    Ok(Json(result.into()))
+    let mut result = app.executor.run(spec).await?;
+    let files: Vec<Produced> = std::mem::take(&mut result.files)
+        .into_iter()
+        .map(|f| Produced {
+            path: f.path,
+            data: f.data.into(),
+        })
+        .collect();
+    let skipped = std::mem::take(&mut result.skipped_files);
+    let skipped_unlisted = result.skipped_unlisted;
+    let mut response = ExecuteResponse::from(result);
+    if collect_files {
+        if let Some((url, token)) = upload {
+            response.uploads = app
+                .uploader
+                .upload(&url, &token, job.public, &files, &skipped)
+                .await;
+        }
+        if job.return_files {
+            response.files = Some(files.iter().map(ReturnedFile::from).collect());
+        }
+        response.skipped_files = Some(skipped.iter().map(Skipped::from).collect());
+        response.skipped_files_unlisted = skipped_unlisted;
+    }
+    Ok(Json(response))
 }
 
 /// The `/health` body; the counts only when the executor is up.

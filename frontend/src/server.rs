@@ -167,6 +167,8 @@ mod tests {
                 stdin: Some("x".into()),
                 timeout_ms: Some(30_000),
                 limits: Default::default(),
+                files: Vec::new(),
+                collect_files: false,
             }
         );
 

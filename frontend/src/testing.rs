@@ -39,7 +39,7 @@ impl FakeExecutor {
         let task = tokio::spawn(async move {
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
-                tokio::spawn(handler(Connection::new(stream)));
+                tokio::spawn(handler(Connection::server(stream)));
             }
         });
         FakeExecutor {
@@ -93,6 +93,9 @@ pub fn four() -> JobResult {
             cpu_ms: Some(3),
             peak_memory_bytes: Some(1 << 20),
         },
+        files: Vec::new(),
+        skipped_files: Vec::new(),
+        skipped_unlisted: 0,
     }
 }
 

@@ -1,25 +1,46 @@
 //! Frames and payload encoding, kept in this one module so that the payload format
 //! (postcard, chosen over the unmaintained bincode: RUSTSEC-2025-0141) is a one-line change.
 //!
-//! A frame is a 4-byte big-endian length followed by that many payload bytes. The
-//! length is checked against [`MAX_FRAME_LEN`] before anything is allocated, and a
-//! payload must decode to exactly one message with no bytes left over.
+//! A frame is a 4-byte big-endian length followed by that many payload bytes. Each
+//! direction has its own hard maximum, checked before anything is allocated: a job
+//! result carries the job's produced files and may be large, a request stays
+//! smaller. A payload must decode to exactly one message with no bytes left over.
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::codec::{Decoder, Encoder, Framed, LengthDelimitedCodec};
 
-/// The largest payload either side accepts: room for the 1 MiB request body and the
-/// default 1 MiB stdout and stderr captures with ample headroom, small enough that a
-/// hostile peer cannot make a daemon allocate much.
-pub const MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
+use crate::files::{
+    MAX_FILES, MAX_FILES_BYTES, MAX_INPUT_BYTES, MAX_INPUT_FILES, MAX_PATH_LEN, MAX_SKIPPED_LISTED,
+};
+use crate::limits::MAX_OUTPUT_BYTES;
+
+const MIB: usize = 1 << 20;
+
+/// The most one path costs on the wire, with room for a name that was not UTF-8 and
+/// is reported with a 3-byte U+FFFD per bad byte, and for its length prefixes.
+const PATH_ON_WIRE: usize = 2 * MAX_PATH_LEN;
+
+/// The largest frame the executor accepts (frontend → executor): 16 MiB for the
+/// code, stdin and the rest of a job, plus every input file at the hard maxima.
+pub const MAX_REQUEST_FRAME_LEN: usize =
+    16 * MIB + MAX_INPUT_BYTES as usize + MAX_INPUT_FILES as usize * PATH_ON_WIRE;
+
+/// The largest frame the frontend accepts (executor → frontend): a job result with
+/// stdout and stderr at [`MAX_OUTPUT_BYTES`] each (every byte of which may turn into
+/// a 3-byte U+FFFD), every produced file and every listed skipped entry at the hard
+/// maxima, and 1 MiB for the rest (about 105 MiB).
+pub const MAX_RESPONSE_FRAME_LEN: usize = 2 * 3 * MAX_OUTPUT_BYTES as usize
+    + MAX_FILES_BYTES as usize
+    + (MAX_FILES as usize + MAX_SKIPPED_LISTED) * PATH_ON_WIRE
+    + MIB;
 
 /// Why a message could not be sent or received.
 #[derive(Debug, thiserror::Error)]
 pub enum ProtocolError {
-    /// The socket failed, or a frame's length was over [`MAX_FRAME_LEN`].
+    /// The socket failed, or a frame's length was over the limit of its direction.
     #[error("socket error: {0}")]
     Io(#[from] std::io::Error),
     /// The payload is not a valid message.
@@ -28,7 +49,7 @@ pub enum ProtocolError {
     /// The payload held a valid message followed by extra bytes.
     #[error("message followed by {0} unexpected bytes")]
     TrailingBytes(usize),
-    /// The message could not be encoded (it is over [`MAX_FRAME_LEN`]).
+    /// The message could not be encoded.
     #[error("cannot encode message: {0}")]
     Encode(#[source] postcard::Error),
 }
@@ -50,34 +71,88 @@ pub fn decode<M: DeserializeOwned>(payload: &[u8]) -> Result<M, ProtocolError> {
     }
 }
 
-fn frame_codec() -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
-        .length_field_length(4)
-        .big_endian()
-        .max_frame_length(MAX_FRAME_LEN)
-        .new_codec()
+/// Length-prefixed frames with a limit for each direction: a frame read is checked
+/// against `max_recv` before its payload is buffered, one sent against `max_send`.
+#[derive(Debug)]
+struct FrameCodec {
+    read: LengthDelimitedCodec,
+    max_send: usize,
+}
+
+impl FrameCodec {
+    fn new(max_recv: usize, max_send: usize) -> FrameCodec {
+        let read = LengthDelimitedCodec::builder()
+            .length_field_length(4)
+            .big_endian()
+            .max_frame_length(max_recv)
+            .new_codec();
+        FrameCodec { read, max_send }
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = BytesMut;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, Self::Error> {
+        self.read.decode(src)
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, Self::Error> {
+        self.read.decode_eof(src)
+    }
+}
+
+impl Encoder<Bytes> for FrameCodec {
+    type Error = std::io::Error;
+
+    fn encode(&mut self, payload: Bytes, dst: &mut BytesMut) -> Result<(), Self::Error> {
+        let len = u32::try_from(payload.len())
+            .ok()
+            .filter(|_| payload.len() <= self.max_send)
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "a {}-byte frame is over the peer's limit of {}",
+                        payload.len(),
+                        self.max_send
+                    ),
+                )
+            })?;
+        dst.reserve(4 + payload.len());
+        dst.put_u32(len);
+        dst.extend_from_slice(&payload);
+        Ok(())
+    }
 }
 
 /// One end of a frontend–executor connection: sends and receives whole messages.
 #[derive(Debug)]
 pub struct Connection<S> {
-    framed: Framed<S, LengthDelimitedCodec>,
+    framed: Framed<S, FrameCodec>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
-    /// Wraps a connected stream.
-    pub fn new(stream: S) -> Self {
+    /// The frontend's end of a connected stream: sends requests, receives results.
+    pub fn client(stream: S) -> Self {
+        Connection::with_limits(stream, MAX_RESPONSE_FRAME_LEN, MAX_REQUEST_FRAME_LEN)
+    }
+
+    /// The executor's end of a connected stream: receives requests, sends results.
+    pub fn server(stream: S) -> Self {
+        Connection::with_limits(stream, MAX_REQUEST_FRAME_LEN, MAX_RESPONSE_FRAME_LEN)
+    }
+
+    fn with_limits(stream: S, max_recv: usize, max_send: usize) -> Self {
         Connection {
-            framed: Framed::new(stream, frame_codec()),
+            framed: Framed::new(stream, FrameCodec::new(max_recv, max_send)),
         }
     }
 
     /// Sends one message and flushes it.
     pub async fn send<M: Serialize>(&mut self, msg: &M) -> Result<(), ProtocolError> {
         let payload = encode(msg)?;
-        if payload.len() > MAX_FRAME_LEN {
-            return Err(ProtocolError::Encode(postcard::Error::SerializeBufferFull));
-        }
         self.framed.send(payload).await?;
         Ok(())
     }
@@ -98,6 +173,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 mod tests {
     use super::*;
     use crate::protocol::{Request, Response};
+    use serde_bytes::ByteBuf;
     use tokio::io::AsyncWriteExt;
 
     #[test]
@@ -145,8 +221,8 @@ mod tests {
     #[tokio::test]
     async fn oversized_frame_is_rejected_before_reading_it() {
         let (mut client, server) = tokio::io::duplex(64);
-        let mut conn = Connection::new(server);
-        let len = (MAX_FRAME_LEN as u32 + 1).to_be_bytes();
+        let mut conn = Connection::server(server);
+        let len = (MAX_REQUEST_FRAME_LEN as u32 + 1).to_be_bytes();
         client.write_all(&len).await.unwrap();
         assert!(matches!(
             conn.recv::<Request>().await,
@@ -155,9 +231,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn each_direction_has_its_own_limit() {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let (mut client, mut server) = (Connection::client(client), Connection::server(server));
+        // A result may be larger than any request, but not larger than its own limit.
+        let big = ByteBuf::from(vec![0u8; MAX_REQUEST_FRAME_LEN + 1]);
+        let (sent, received) = tokio::join!(server.send(&big), client.recv::<ByteBuf>());
+        sent.unwrap();
+        assert_eq!(received.unwrap().map(|v| v.len()), Some(big.len()));
+        assert!(client.send(&big).await.is_err());
+        let huge = ByteBuf::from(vec![0u8; MAX_RESPONSE_FRAME_LEN]);
+        assert!(server.send(&huge).await.is_err());
+    }
+
+    #[test]
+    fn frame_limits_are_what_the_docs_say() {
+        assert!((55 * MIB..56 * MIB).contains(&MAX_REQUEST_FRAME_LEN));
+        assert!((104 * MIB..106 * MIB).contains(&MAX_RESPONSE_FRAME_LEN));
+    }
+
+    #[tokio::test]
     async fn messages_cross_a_stream() {
         let (client, server) = tokio::io::duplex(1024);
-        let (mut client, mut server) = (Connection::new(client), Connection::new(server));
+        let (mut client, mut server) = (Connection::client(client), Connection::server(server));
         client.send(&Request::Status).await.unwrap();
         assert_eq!(
             server.recv::<Request>().await.unwrap(),
@@ -170,7 +266,7 @@ mod tests {
     #[tokio::test]
     async fn truncated_frame_is_an_error_not_a_clean_close() {
         let (mut client, server) = tokio::io::duplex(64);
-        let mut conn = Connection::new(server);
+        let mut conn = Connection::server(server);
         client.write_all(&[0, 0, 0, 9, 1, 2]).await.unwrap();
         drop(client);
         assert!(conn.recv::<Request>().await.is_err());

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::files::{InputFile, ProducedFile, SkippedFile};
 use crate::limits::{JobLimits, LimitKind, Usage};
 
 /// The largest wall-clock limit the HTTP API accepts, in milliseconds (seed-compatible).
@@ -20,6 +21,10 @@ pub struct JobSpec {
     pub timeout_ms: Option<u32>,
     /// Resource limits below the executor's maxima.
     pub limits: JobLimits,
+    /// Files written into the work dir before the job starts, owned by the sandbox uid.
+    pub files: Vec<InputFile>,
+    /// Whether to collect the files the job leaves in its work dir into the result.
+    pub collect_files: bool,
 }
 
 /// How a job that ran ended, and what it printed.
@@ -44,6 +49,15 @@ pub struct JobResult {
     pub limit_exceeded: Option<LimitKind>,
     /// What the job used.
     pub usage: Usage,
+    /// The regular files the job left in its work dir, in path order and within the
+    /// executor's caps; empty unless the job asked for them. Input files the job
+    /// left unchanged are not among them.
+    pub files: Vec<ProducedFile>,
+    /// Work-dir entries that were not collected, and why; at most
+    /// [`crate::files::MAX_SKIPPED_LISTED`].
+    pub skipped_files: Vec<SkippedFile>,
+    /// How many more entries were skipped than `skipped_files` lists.
+    pub skipped_unlisted: u32,
 }
 
 /// Why a job could not run. The executor logs the detail; the frontend turns each

@@ -1,5 +1,6 @@
 //! What both pysandbox daemons agree on: the job a frontend hands to the executor,
-//! the result it gets back, and the framed wire protocol that carries them.
+//! the result it gets back (with the files the job produced), and the framed wire
+//! protocol that carries them.
 //!
 //! Everything here decodes bytes from a peer that is not trusted (a compromised
 //! frontend, a stray local process): sizes are bounded before allocation and no
@@ -7,13 +8,15 @@
 #![forbid(unsafe_code)]
 
 pub mod codec;
+pub mod files;
 pub mod job;
 pub mod limits;
 pub mod protocol;
 
-pub use codec::{Connection, ProtocolError, MAX_FRAME_LEN};
+pub use codec::{Connection, ProtocolError, MAX_REQUEST_FRAME_LEN, MAX_RESPONSE_FRAME_LEN};
+pub use files::{InputFile, PathError, ProducedFile, RelativePath, SkipReason, SkippedFile};
 pub use job::{JobError, JobResult, JobSpec, MAX_TIMEOUT_MS};
-pub use limits::{JobLimits, LimitKind, Usage};
+pub use limits::{JobLimits, LimitKind, Usage, MAX_OUTPUT_BYTES};
 pub use protocol::{
     Enforcement, ExecutorStatus, Hello, Layer, Request, Response, PROTOCOL_VERSION,
 };

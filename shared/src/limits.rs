@@ -2,6 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The most bytes of stdout, and of stderr, a result may keep (the largest
+/// `output_bytes` the executor may be configured with).
+pub const MAX_OUTPUT_BYTES: u32 = 4 << 20;
+
 /// Per-request limits. Each one, when present, may only lower the executor's
 /// configured maximum; absent ones take the executor's default.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -89,6 +89,7 @@ pub struct Enforcement {
 mod tests {
     use super::*;
     use crate::codec::{decode, encode};
+    use crate::files::{InputFile, ProducedFile, RelativePath, SkipReason, SkippedFile};
     use crate::limits::{JobLimits, LimitKind, Usage};
 
     fn sample_job() -> JobSpec {
@@ -101,6 +102,11 @@ mod tests {
                 memory_mb: Some(256),
                 ..JobLimits::default()
             },
+            files: vec![InputFile {
+                path: RelativePath::parse("a/b").unwrap(),
+                data: vec![1, 2],
+            }],
+            collect_files: true,
         }
     }
 
@@ -119,6 +125,15 @@ mod tests {
                 cpu_ms: Some(3),
                 peak_memory_bytes: None,
             },
+            files: vec![ProducedFile {
+                path: "o".into(),
+                data: vec![9],
+            }],
+            skipped_files: vec![SkippedFile {
+                path: "l".into(),
+                reason: SkipReason::OverFileCap { cap: 5 },
+            }],
+            skipped_unlisted: 2,
         }
     }
 
@@ -186,6 +201,8 @@ mod tests {
                 &[
                     1, 2, b'r', b'1', 12, b'p', b'r', b'i', b'n', b't', b'(', b'2', b' ', b'+',
                     b' ', b'2', b')', 1, 2, b'i', b'n', 1, 0xe8, 0x07, 1, 0x80, 0x02, 0, 0, 0, 0,
+                    // files: one, "a/b" with bytes [1, 2]; collect_files: true
+                    1, 3, b'a', b'/', b'b', 2, 1, 2, 1,
                 ],
             ),
             (Request::Status, &[2]),
@@ -197,7 +214,12 @@ mod tests {
             (Response::Hello(Hello { version: 3 }), &[0, 3]),
             (
                 Response::Finished(sample_result()),
-                &[1, 1, 0, 0, 2, b'4', b'\n', 0, 0, 1, 0, 1, 5, 12, 1, 3, 0],
+                &[
+                    1, 1, 0, 0, 2, b'4', b'\n', 0, 0, 1, 0, 1, 5, 12, 1, 3, 0,
+                    // files: one, "o" with [9]; skipped: one, "l" over a per-file cap
+                    // of 5; 2 more unlisted
+                    1, 1, b'o', 1, 9, 1, 1, b'l', 6, 5, 2,
+                ],
             ),
             (Response::Failed(JobError::ShuttingDown), &[2, 3]),
             (

@@ -1,7 +1,8 @@
 //! Harness for pysandbox's black-box tests: builds the real daemons once per test
 //! process, starts them the way production does (executor as root on a private Unix
 //! socket, frontend as an unprivileged uid on a free loopback port), and talks to
-//! them over HTTP or the executor's wire protocol.
+//! them over HTTP or the executor's wire protocol. A local upload service stub
+//! records what the frontend uploads.
 //!
 //! Every process it starts is killed when its handle is dropped; when a test panics,
 //! the daemons' logs are printed so the failure message shows what they said.
@@ -23,6 +24,7 @@ mod http;
 mod log;
 mod procs;
 mod service;
+mod upload_stub;
 
 pub use binaries::{binaries, Binaries};
 pub use executor::{Executor, ExecutorBuilder};
@@ -34,6 +36,7 @@ pub use procs::{
     wait_until_async,
 };
 pub use service::{Service, ServiceBuilder};
+pub use upload_stub::{FormPart, Received, StubReply, UploadStub};
 
 /// The uid and gid the frontend runs as: not root, not the sandbox uid (65534).
 pub const FRONTEND_UID: u32 = 65533;

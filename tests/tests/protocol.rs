@@ -103,7 +103,7 @@ async fn status_request_is_answered() {
     let svc = Service::builder()
         .executor_args(["--max-jobs", "3"])
         .start();
-    let mut conn = Connection::new(connect(&svc).await);
+    let mut conn = Connection::client(connect(&svc).await);
     conn.send(&Request::Hello(Hello::CURRENT))
         .await
         .expect("send hello");
@@ -161,7 +161,7 @@ async fn oversized_frame_is_refused_without_crashing() {
     require_root!();
     let mut svc = Service::start();
     let mut stream = connect(&svc).await;
-    let len = u32::try_from(pysandbox_shared::MAX_FRAME_LEN + 1).expect("fits in u32");
+    let len = u32::try_from(pysandbox_shared::MAX_REQUEST_FRAME_LEN + 1).expect("fits in u32");
     let mut bytes = len.to_be_bytes().to_vec();
     bytes.extend(vec![0u8; 4096]);
     let _ = stream.write_all(&bytes).await;
@@ -210,7 +210,7 @@ async fn garbage_after_a_valid_hello_is_refused_without_crashing() {
 async fn version_mismatch_is_refused() {
     require_root!();
     let mut svc = Service::start();
-    let mut conn = Connection::new(connect(&svc).await);
+    let mut conn = Connection::client(connect(&svc).await);
     conn.send(&Request::Hello(Hello { version: 999 }))
         .await
         .expect("send hello");

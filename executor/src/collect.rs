@@ -1,0 +1,491 @@
+//! Collecting the files a job left in its work dir, once every process of it is dead.
+//!
+//! The work dir is hostile: the job chose every name, type and link in it. Hosts
+//! around sandboxes have been attacked exactly here — Judge0 followed symlinks its
+//! sandbox planted (CVE-2024-28185, CVE-2024-28189), and Compiler Explorer leaked a
+//! file through a symlink in an output dir. So the walk:
+//!
+//! - starts from a descriptor of the work dir and opens every name relative to its
+//!   parent's descriptor with [`open_beneath`] (openat2 `RESOLVE_BENEATH |
+//!   RESOLVE_NO_SYMLINKS`, `O_NOFOLLOW`): no symlink is followed, whether it is a
+//!   file, a directory or a path component;
+//! - looks at an entry with `fstatat(AT_SYMLINK_NOFOLLOW)` before opening it, and
+//!   opens regular files and directories only: a FIFO is never opened (it would
+//!   block until a writer comes), nor a socket or device;
+//! - opens files `O_NONBLOCK` and checks with `fstat` that the descriptor is the
+//!   regular file that was looked at, with one link: a hard link may be another
+//!   file's content, counted twice against the caps;
+//! - takes names that are valid UTF-8 without control characters, at most
+//!   [`MAX_PATH_DEPTH`] levels deep, and stops reading at the count, per-file and
+//!   total caps, listing what it skipped and why;
+//! - never writes, chowns or chmods anything.
+//!
+//! No job process is alive while this runs (the job's cgroup is empty, or its pid
+//! namespace is gone), so nothing can swap an entry between the checks above; they
+//! hold even if something could.
+
+use std::ffi::{CStr, CString};
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+use nix::dir::Dir;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{fstat, fstatat, FileStat, Mode, SFlag};
+use pysandbox_shared::files::{MAX_PATH_DEPTH, MAX_SKIPPED_LISTED};
+use pysandbox_shared::{ProducedFile, SkipReason, SkippedFile};
+
+use crate::sys::open_beneath;
+use crate::workdir::open_dir;
+
+/// How much of a work dir is collected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caps {
+    /// Files collected at most.
+    pub max_files: u32,
+    /// Bytes of one file; a larger file is skipped.
+    pub max_file_bytes: u64,
+    /// Bytes of all collected files together.
+    pub max_total_bytes: u64,
+}
+
+/// What a file looked like when the executor wrote it: an input file whose stamp is
+/// unchanged is the caller's own, not something the job produced. The job cannot
+/// forge a change time (only the kernel sets it, on every write or chmod).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    ino: u64,
+    size: i64,
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    /// The stamp of the file `st` describes.
+    pub fn of(st: &FileStat) -> Stamp {
+        Stamp {
+            ino: st.st_ino,
+            size: st.st_size,
+            ctime: (st.st_ctime, st.st_ctime_nsec),
+        }
+    }
+}
+
+/// The files collected from a work dir, and what was left out.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Collected {
+    pub files: Vec<ProducedFile>,
+    pub skipped: Vec<SkippedFile>,
+    /// Skipped entries beyond [`MAX_SKIPPED_LISTED`].
+    pub skipped_unlisted: u32,
+}
+
+/// Collects the regular files under `work`, in path order, within `caps`, leaving
+/// out the input files whose stamps are in `inputs`. Only a failure to open `work`
+/// itself is an error; an entry that cannot be read is skipped as unreadable.
+pub fn collect(work: &Path, caps: Caps, inputs: &[Stamp]) -> std::io::Result<Collected> {
+    let root = Dir::from(open_dir(work)?)?;
+    let mut walk = Walk {
+        caps,
+        inputs,
+        total_bytes: 0,
+        out: Collected::default(),
+    };
+    walk.dir(root, "", 0);
+    Ok(walk.out)
+}
+
+struct Walk<'a> {
+    caps: Caps,
+    inputs: &'a [Stamp],
+    total_bytes: u64,
+    out: Collected,
+}
+
+impl Walk<'_> {
+    /// Visits the entries of `dir`, whose path is `prefix` (empty for the work dir)
+    /// with `depth` components, in byte order of their names.
+    fn dir(&mut self, mut dir: Dir, prefix: &str, depth: usize) {
+        let mut names: Vec<CString> = Vec::new();
+        for entry in dir.iter() {
+            match entry {
+                Ok(entry) => {
+                    let name = entry.file_name();
+                    if name != c"." && name != c".." {
+                        names.push(name.to_owned());
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(dir = prefix, error = %e, "cannot list a work-dir directory");
+                    self.skip(prefix.to_owned(), SkipReason::Unreadable);
+                    return;
+                }
+            }
+        }
+        names.sort_unstable();
+        let fd = dir.as_raw_fd();
+        for name in names {
+            self.entry(fd, &name, prefix, depth);
+        }
+    }
+
+    fn entry(&mut self, parent: RawFd, name: &CStr, prefix: &str, depth: usize) {
+        let Ok(text) = name.to_str() else {
+            return self.skip(shown(prefix, name), SkipReason::NameNotUtf8);
+        };
+        if text.chars().any(char::is_control) {
+            return self.skip(shown(prefix, name), SkipReason::NameHasControlCharacter);
+        }
+        let path = join(prefix, text);
+        let Ok(st) = fstatat(Some(parent), name, AtFlags::AT_SYMLINK_NOFOLLOW) else {
+            return self.skip(path, SkipReason::Unreadable);
+        };
+        match kind(&st) {
+            SFlag::S_IFLNK => self.skip(path, SkipReason::Symlink),
+            SFlag::S_IFDIR if depth + 1 >= MAX_PATH_DEPTH => self.skip(path, SkipReason::TooDeep),
+            SFlag::S_IFDIR => {
+                let opened = open_beneath(
+                    parent,
+                    name,
+                    OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+                    Mode::empty(),
+                );
+                match opened.map(Dir::from) {
+                    Ok(Ok(dir)) => self.dir(dir, &path, depth + 1),
+                    _ => self.skip(path, SkipReason::Unreadable),
+                }
+            }
+            SFlag::S_IFREG => self.file(parent, name, path, &st),
+            _ => self.skip(path, SkipReason::NotRegular),
+        }
+    }
+
+    fn file(&mut self, parent: RawFd, name: &CStr, path: String, st: &FileStat) {
+        if st.st_nlink > 1 {
+            return self.skip(path, SkipReason::HardLink);
+        }
+        if self.inputs.contains(&Stamp::of(st)) {
+            return;
+        }
+        let size = u64::try_from(st.st_size).unwrap_or(u64::MAX);
+        let caps = self.caps;
+        if size > caps.max_file_bytes {
+            return self.skip(
+                path,
+                SkipReason::OverFileCap {
+                    cap: caps.max_file_bytes,
+                },
+            );
+        }
+        if self.out.files.len() >= caps.max_files as usize {
+            return self.skip(
+                path,
+                SkipReason::OverCountCap {
+                    cap: caps.max_files,
+                },
+            );
+        }
+        if self.total_bytes + size > caps.max_total_bytes {
+            return self.skip(
+                path,
+                SkipReason::OverTotalCap {
+                    cap: caps.max_total_bytes,
+                },
+            );
+        }
+        match read(parent, name, st) {
+            Some(data) => {
+                self.total_bytes += data.len() as u64;
+                self.out.files.push(ProducedFile { path, data });
+            }
+            None => self.skip(path, SkipReason::Unreadable),
+        }
+    }
+
+    fn skip(&mut self, path: String, reason: SkipReason) {
+        if self.out.skipped.len() < MAX_SKIPPED_LISTED {
+            self.out.skipped.push(SkippedFile { path, reason });
+        } else {
+            self.out.skipped_unlisted = self.out.skipped_unlisted.saturating_add(1);
+        }
+    }
+}
+
+/// Opens and reads the regular file `name` that `fstatat` described as `seen`:
+/// `None` unless the opened descriptor is that very file, still with one link and
+/// the size the caps were checked against.
+fn read(parent: RawFd, name: &CStr, seen: &FileStat) -> Option<Vec<u8>> {
+    // O_NONBLOCK: should the entry have become a FIFO, open does not wait for a writer.
+    let fd: OwnedFd = open_beneath(
+        parent,
+        name,
+        OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY,
+        Mode::empty(),
+    )
+    .ok()?;
+    let st = fstat(fd.as_raw_fd()).ok()?;
+    let same = kind(&st) == SFlag::S_IFREG
+        && st.st_nlink == 1
+        && (st.st_dev, st.st_ino, st.st_size) == (seen.st_dev, seen.st_ino, seen.st_size);
+    if !same {
+        return None;
+    }
+    let size = u64::try_from(st.st_size).ok()?;
+    let mut data = Vec::with_capacity(usize::try_from(size).ok()?);
+    std::fs::File::from(fd)
+        .take(size)
+        .read_to_end(&mut data)
+        .ok()?;
+    Some(data)
+}
+
+fn kind(st: &FileStat) -> SFlag {
+    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT
+}
+
+fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{prefix}/{name}")
+    }
+}
+
+/// A name that is no valid path, as it is reported: bytes that are not UTF-8 and
+/// control characters become U+FFFD, so a report never carries either.
+fn shown(prefix: &str, name: &CStr) -> String {
+    let name: String = String::from_utf8_lossy(name.to_bytes())
+        .chars()
+        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+        .collect();
+    join(prefix, &name)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::symlink;
+    use std::os::unix::net::UnixListener;
+    use std::path::PathBuf;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    const CAPS: Caps = Caps {
+        max_files: 100,
+        max_file_bytes: 1 << 20,
+        max_total_bytes: 4 << 20,
+    };
+
+    fn tree() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("work");
+        std::fs::create_dir(&work).unwrap();
+        (dir, work)
+    }
+
+    fn write(work: &Path, path: &str, data: &[u8]) {
+        let path = work.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, data).unwrap();
+    }
+
+    fn paths(collected: &Collected) -> Vec<&str> {
+        collected.files.iter().map(|f| f.path.as_str()).collect()
+    }
+
+    fn skipped(collected: &Collected) -> Vec<(&str, String)> {
+        collected
+            .skipped
+            .iter()
+            .map(|s| (s.path.as_str(), s.reason.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn regular_files_come_back_in_path_order_with_their_bytes() {
+        let (_dir, work) = tree();
+        let binary: Vec<u8> = (0..=255).collect();
+        write(&work, "chart.png", &binary);
+        write(&work, "data/out.csv", b"a,b\n1,2\n");
+        write(&work, "data/deeper/x", b"");
+        std::fs::create_dir(work.join("empty")).unwrap();
+        let collected = collect(&work, CAPS, &[]).unwrap();
+        assert_eq!(
+            paths(&collected),
+            ["chart.png", "data/deeper/x", "data/out.csv"]
+        );
+        assert_eq!(collected.files[0].data, binary);
+        assert_eq!(collected.files[2].data, b"a,b\n1,2\n");
+        assert!(collected.skipped.is_empty());
+    }
+
+    #[test]
+    fn symlinks_are_never_followed() {
+        let (dir, work) = tree();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "host secret").unwrap();
+        std::fs::create_dir(dir.path().join("outside")).unwrap();
+        std::fs::write(dir.path().join("outside/inner"), "outside").unwrap();
+        symlink("/etc/passwd", work.join("passwd")).unwrap();
+        symlink(&secret, work.join("secret")).unwrap();
+        symlink(dir.path().join("outside"), work.join("linkdir")).unwrap();
+        symlink("/", work.join("root")).unwrap();
+        symlink("dangling", work.join("dangling")).unwrap();
+        write(&work, "ok.txt", b"ok");
+        let collected = collect(&work, CAPS, &[]).unwrap();
+        assert_eq!(paths(&collected), ["ok.txt"]);
+        let mut skipped = skipped(&collected);
+        skipped.sort();
+        assert_eq!(
+            skipped,
+            [
+                ("dangling", "symlink".into()),
+                ("linkdir", "symlink".into()),
+                ("passwd", "symlink".into()),
+                ("root", "symlink".into()),
+                ("secret", "symlink".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn hard_links_are_skipped_with_every_name() {
+        let (_dir, work) = tree();
+        write(&work, "a.txt", b"shared");
+        std::fs::hard_link(work.join("a.txt"), work.join("b.txt")).unwrap();
+        write(&work, "c.txt", b"single");
+        let collected = collect(&work, CAPS, &[]).unwrap();
+        assert_eq!(paths(&collected), ["c.txt"]);
+        assert_eq!(
+            skipped(&collected),
+            [("a.txt", "hard link".into()), ("b.txt", "hard link".into())]
+        );
+    }
+
+    #[test]
+    fn fifos_and_sockets_are_never_opened() {
+        let (_dir, work) = tree();
+        nix::unistd::mkfifo(&work.join("pipe"), Mode::from_bits_truncate(0o644)).unwrap();
+        let _listener = UnixListener::bind(work.join("sock")).unwrap();
+        write(&work, "z.txt", b"z");
+        let started = Instant::now();
+        let collected = collect(&work, CAPS, &[]).unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(paths(&collected), ["z.txt"]);
+        assert_eq!(
+            skipped(&collected),
+            [
+                ("pipe", "not a regular file".into()),
+                ("sock", "not a regular file".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_names_are_skipped_and_shown_without_raw_bytes() {
+        let (_dir, work) = tree();
+        let bad = std::ffi::OsStr::from_bytes(b"bad\xff");
+        std::fs::write(work.join(bad), "x").unwrap();
+        std::fs::create_dir(work.join("dir\nname")).unwrap();
+        write(&work, "dir\nname/inside", b"never seen");
+        write(&work, "tab\there", b"x");
+        write(&work, "ünïcode ok", b"x");
+        let collected = collect(&work, CAPS, &[]).unwrap();
+        assert_eq!(paths(&collected), ["ünïcode ok"]);
+        assert_eq!(
+            skipped(&collected),
+            [
+                ("bad\u{FFFD}", "name not UTF-8".into()),
+                ("dir\u{FFFD}name", "name has control characters".into()),
+                ("tab\u{FFFD}here", "name has control characters".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let (_dir, work) = tree();
+        let ok = vec!["d"; MAX_PATH_DEPTH - 1].join("/");
+        write(&work, &format!("{ok}/file"), b"deepest allowed");
+        write(&work, &format!("{ok}/d/file"), b"too deep");
+        let collected = collect(&work, CAPS, &[]).unwrap();
+        assert_eq!(paths(&collected), [format!("{ok}/file")]);
+        assert_eq!(
+            skipped(&collected),
+            [(
+                format!("{ok}/d").as_str(),
+                "nested more than 16 levels deep".into()
+            )]
+        );
+    }
+
+    #[test]
+    fn caps_hold_and_what_they_leave_out_is_listed() {
+        let (_dir, work) = tree();
+        let caps = Caps {
+            max_files: 3,
+            max_file_bytes: 10,
+            max_total_bytes: 15,
+        };
+        write(&work, "a", &[1; 8]);
+        write(&work, "b", &[2; 11]);
+        write(&work, "c", &[3; 8]);
+        write(&work, "d", &[4; 7]);
+        write(&work, "e", &[5; 0]);
+        write(&work, "f", &[6; 1]);
+        let collected = collect(&work, caps, &[]).unwrap();
+        assert_eq!(paths(&collected), ["a", "d", "e"]);
+        assert_eq!(
+            skipped(&collected),
+            [
+                ("b", "over the per-file cap of 10 bytes".into()),
+                ("c", "over the total size cap of 15 bytes".into()),
+                ("f", "over the file count cap of 3".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn many_files_are_counted_past_the_listing_limit() {
+        let (_dir, work) = tree();
+        let n = MAX_SKIPPED_LISTED + 200;
+        for i in 0..n {
+            write(&work, &format!("f{i:05}"), b"x");
+        }
+        let caps = Caps {
+            max_files: 100,
+            ..CAPS
+        };
+        let collected = collect(&work, caps, &[]).unwrap();
+        assert_eq!(collected.files.len(), 100);
+        assert_eq!(collected.files[0].path, "f00000");
+        assert_eq!(collected.skipped.len(), MAX_SKIPPED_LISTED);
+        assert_eq!(
+            collected.skipped_unlisted as usize,
+            n - 100 - MAX_SKIPPED_LISTED
+        );
+        assert_eq!(collected.skipped[0].path, "f00100");
+    }
+
+    #[test]
+    fn unchanged_input_files_are_left_out_and_changed_ones_collected() {
+        let (_dir, work) = tree();
+        write(&work, "in.csv", b"input");
+        write(&work, "changed.csv", b"input");
+        let stamp = |p: &str| Stamp::of(&nix::sys::stat::stat(&work.join(p)).unwrap());
+        let inputs = [stamp("in.csv"), stamp("changed.csv")];
+        // A coarse clock may give the rewrite the same change time; a size change
+        // still shows.
+        std::fs::write(work.join("changed.csv"), "output!").unwrap();
+        let collected = collect(&work, CAPS, &inputs).unwrap();
+        assert_eq!(paths(&collected), ["changed.csv"]);
+    }
+
+    #[test]
+    fn the_work_dir_itself_must_not_be_a_symlink() {
+        let (dir, work) = tree();
+        let link = dir.path().join("link");
+        symlink(&work, &link).unwrap();
+        assert!(collect(&link, CAPS, &[]).is_err());
+    }
+}
