@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::body::{Body, HttpBody};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use pysandbox_shared::{JobLimits, MAX_TIMEOUT_MS};
+use pysandbox_shared::{JobLimits, NetworkRequest, MAX_REQUESTED_DOMAINS, MAX_TIMEOUT_MS};
 use serde_json::{Map, Value};
 use tracing::debug;
 use url::Url;
@@ -64,6 +64,8 @@ pub struct ExecuteRequest {
     pub public: Option<bool>,
     /// Limits asked for; the executor checks each against its configured maximum.
     pub limits: JobLimits,
+    /// Network access asked for; the executor checks it against its configuration.
+    pub network: Option<NetworkRequest>,
 }
 
 impl ExecuteRequest {
@@ -111,6 +113,10 @@ impl ExecuteRequest {
             .map(|(_, v)| limits(v))
             .transpose()?
             .unwrap_or_default();
+        let network = fields
+            .get(&["network"])
+            .map(|(_, v)| network(v))
+            .transpose()?;
 
         Ok(ExecuteRequest {
             code,
@@ -120,6 +126,7 @@ impl ExecuteRequest {
             upload_token,
             public,
             limits,
+            network,
         })
     }
 }
@@ -177,6 +184,44 @@ fn limits(value: &Value) -> Result<JobLimits, ApiError> {
         }
     }
     Ok(limits)
+}
+
+/// The `network` object: `allowedDomains`, an array of strings or `null` (the
+/// executor's whole list). Whether each entry is a valid pattern within the
+/// configured list is the executor's to say.
+fn network(value: &Value) -> Result<NetworkRequest, ApiError> {
+    let Value::Object(map) = value else {
+        return Err(invalid("network", "must be an object"));
+    };
+    let mut request = NetworkRequest::default();
+    for (key, value) in map {
+        if key != "allowedDomains" {
+            let key: String = key.chars().take(64).collect();
+            return Err(invalid(
+                &format!("network.{key}"),
+                "is not a network setting (allowedDomains)",
+            ));
+        }
+        let field = "network.allowedDomains";
+        request.allowed_domains = match value {
+            Value::Null => None,
+            Value::Array(entries) if entries.len() > MAX_REQUESTED_DOMAINS => {
+                return Err(invalid(
+                    field,
+                    &format!("must have at most {MAX_REQUESTED_DOMAINS} entries"),
+                ))
+            }
+            Value::Array(entries) => Some(
+                entries
+                    .iter()
+                    .map(|e| e.as_str().map(str::to_owned))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| invalid(field, "must be an array of strings"))?,
+            ),
+            _ => return Err(invalid(field, "must be an array of strings")),
+        };
+    }
+    Ok(request)
 }
 
 /// The timeout: an integer number of milliseconds in range.
@@ -250,7 +295,85 @@ mod tests {
             upload_token: None,
             public: None,
             limits: JobLimits::default(),
+            network: None,
         }
+    }
+
+    #[test]
+    fn network_rules() {
+        let network = |body: &str| parse(body).unwrap().network;
+        assert_eq!(network(r#"{"code":"1","network":null}"#), None);
+        assert_eq!(
+            network(r#"{"code":"1","network":{}}"#),
+            Some(NetworkRequest::default())
+        );
+        assert_eq!(
+            network(r#"{"code":"1","network":{"allowedDomains":null}}"#),
+            Some(NetworkRequest::default())
+        );
+        assert_eq!(
+            network(r#"{"code":"1","network":{"allowedDomains":["a.io","*.b.io"]}}"#),
+            Some(NetworkRequest {
+                allowed_domains: Some(vec!["a.io".into(), "*.b.io".into()])
+            })
+        );
+        assert_eq!(
+            network(r#"{"code":"1","network":{"allowedDomains":[]}}"#),
+            Some(NetworkRequest {
+                allowed_domains: Some(vec![])
+            })
+        );
+        let strings = "must be an array of strings";
+        for (body, field, reason) in [
+            (
+                r#"{"code":"1","network":true}"#,
+                "network",
+                "must be an object",
+            ),
+            (
+                r#"{"code":"1","network":["a.io"]}"#,
+                "network",
+                "must be an object",
+            ),
+            (
+                r#"{"code":"1","network":{"allowedDomains":"a.io"}}"#,
+                "network.allowedDomains",
+                strings,
+            ),
+            (
+                r#"{"code":"1","network":{"allowedDomains":[1]}}"#,
+                "network.allowedDomains",
+                strings,
+            ),
+            (
+                r#"{"code":"1","network":{"allowedDomains":["a.io",null]}}"#,
+                "network.allowedDomains",
+                strings,
+            ),
+            (
+                r#"{"code":"1","network":{"allowedDomains":{}}}"#,
+                "network.allowedDomains",
+                strings,
+            ),
+            (
+                r#"{"code":"1","network":{"allowed_domains":["a.io"]}}"#,
+                "network.allowed_domains",
+                "is not a network setting (allowedDomains)",
+            ),
+        ] {
+            assert_eq!(field_error(body), (field.into(), reason.into()), "{body}");
+        }
+        let many = format!(
+            r#"{{"code":"1","network":{{"allowedDomains":{}}}}}"#,
+            serde_json::to_string(&vec!["a.io"; MAX_REQUESTED_DOMAINS + 1]).unwrap()
+        );
+        assert_eq!(
+            field_error(&many),
+            (
+                "network.allowedDomains".into(),
+                format!("must have at most {MAX_REQUESTED_DOMAINS} entries")
+            )
+        );
     }
 
     #[test]
@@ -316,6 +439,7 @@ mod tests {
                 upload_token: Some("t".into()),
                 public: Some(true),
                 limits: JobLimits::default(),
+                network: None,
             }
         );
     }

@@ -98,6 +98,7 @@ async fn execute(
         // Never unbounded: the default applies when the request sets no limit.
         timeout_ms: Some(job.timeout_ms.unwrap_or(app.default_timeout_ms)),
         limits: job.limits,
+        network: job.network,
     };
     let result = app.executor.run(spec).await?;
     Ok(Json(result.into()))

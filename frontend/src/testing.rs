@@ -93,6 +93,7 @@ pub fn four() -> JobResult {
             cpu_ms: Some(3),
             peak_memory_bytes: Some(1 << 20),
         },
+        violations: vec![],
     }
 }
 

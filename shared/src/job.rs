@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::limits::{JobLimits, LimitKind, Usage};
+use crate::network::{NetworkRequest, NetworkViolation};
 
 /// The largest wall-clock limit the HTTP API accepts, in milliseconds (seed-compatible).
 pub const MAX_TIMEOUT_MS: u32 = 120_000;
@@ -20,6 +21,8 @@ pub struct JobSpec {
     pub timeout_ms: Option<u32>,
     /// Resource limits below the executor's maxima.
     pub limits: JobLimits,
+    /// Network access through the egress proxy; `None` means no network at all.
+    pub network: Option<NetworkRequest>,
 }
 
 /// How a job that ran ended, and what it printed.
@@ -31,7 +34,8 @@ pub struct JobResult {
     pub signal: Option<String>,
     /// Standard output as UTF-8 (invalid bytes replaced), up to the output cap.
     pub stdout: String,
-    /// Standard error like `stdout`, followed by one `[sandbox] …` line per limit hit.
+    /// Standard error like `stdout`, followed by one `[sandbox] …` line per limit hit
+    /// and per refused network request.
     pub stderr: String,
     /// Whether standard output went past the cap and its tail was dropped.
     pub stdout_truncated: bool,
@@ -44,6 +48,9 @@ pub struct JobResult {
     pub limit_exceeded: Option<LimitKind>,
     /// What the job used.
     pub usage: Usage,
+    /// Requests the egress proxy refused, at most [`crate::MAX_VIOLATIONS`]; each also
+    /// has a `[sandbox] network: blocked …` line in `stderr`.
+    pub violations: Vec<NetworkViolation>,
 }
 
 /// Why a job could not run. The executor logs the detail; the frontend turns each

@@ -9,9 +9,11 @@
 pub mod codec;
 pub mod job;
 pub mod limits;
+pub mod network;
 pub mod protocol;
 
 pub use codec::{Connection, ProtocolError, MAX_FRAME_LEN};
 pub use job::{JobError, JobResult, JobSpec, MAX_TIMEOUT_MS};
 pub use limits::{JobLimits, LimitKind, Usage};
+pub use network::{NetworkRequest, NetworkViolation, MAX_REQUESTED_DOMAINS, MAX_VIOLATIONS};
 pub use protocol::{Enforcement, ExecutorStatus, Hello, Request, Response, PROTOCOL_VERSION};

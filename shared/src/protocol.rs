@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::job::{JobError, JobResult, JobSpec};
 
 /// Bumped on every incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The first frame each way. Its encoding must never change, so that peers of
 /// different versions can at least tell each other so.
@@ -77,6 +77,7 @@ mod tests {
     use super::*;
     use crate::codec::{decode, encode};
     use crate::limits::{JobLimits, LimitKind, Usage};
+    use crate::network::{NetworkRequest, NetworkViolation};
 
     fn sample_job() -> JobSpec {
         JobSpec {
@@ -88,6 +89,9 @@ mod tests {
                 memory_mb: Some(256),
                 ..JobLimits::default()
             },
+            network: Some(NetworkRequest {
+                allowed_domains: Some(vec!["a.io".into()]),
+            }),
         }
     }
 
@@ -106,6 +110,11 @@ mod tests {
                 cpu_ms: Some(3),
                 peak_memory_bytes: None,
             },
+            violations: vec![NetworkViolation {
+                method: "GET".into(),
+                target: "b:80".into(),
+                reason: "r".into(),
+            }],
         }
     }
 
@@ -162,12 +171,13 @@ mod tests {
     #[test]
     fn golden_encodings() {
         let golden: &[(Request, &[u8])] = &[
-            (Request::Hello(Hello { version: 2 }), &[0, 2]),
+            (Request::Hello(Hello { version: 3 }), &[0, 3]),
             (
                 Request::Run(sample_job()),
                 &[
                     1, 2, b'r', b'1', 12, b'p', b'r', b'i', b'n', b't', b'(', b'2', b' ', b'+',
                     b' ', b'2', b')', 1, 2, b'i', b'n', 1, 0xe8, 0x07, 1, 0x80, 0x02, 0, 0, 0, 0,
+                    1, 1, 1, 4, b'a', b'.', b'i', b'o',
                 ],
             ),
             (Request::Status, &[2]),
@@ -176,10 +186,13 @@ mod tests {
             assert_eq!(&encode(msg).unwrap()[..], *bytes, "{msg:?}");
         }
         let golden: &[(Response, &[u8])] = &[
-            (Response::Hello(Hello { version: 2 }), &[0, 2]),
+            (Response::Hello(Hello { version: 3 }), &[0, 3]),
             (
                 Response::Finished(sample_result()),
-                &[1, 1, 0, 0, 2, b'4', b'\n', 0, 0, 1, 0, 1, 5, 12, 1, 3, 0],
+                &[
+                    1, 1, 0, 0, 2, b'4', b'\n', 0, 0, 1, 0, 1, 5, 12, 1, 3, 0, 1, 3, b'G', b'E',
+                    b'T', 4, b'b', b':', b'8', b'0', 1, b'r',
+                ],
             ),
             (Response::Failed(JobError::ShuttingDown), &[2, 3]),
             (
