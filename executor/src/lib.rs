@@ -8,6 +8,7 @@ pub mod error;
 pub mod jail;
 pub mod job;
 pub mod output;
+pub mod proxy;
 pub mod server;
 mod sys;
 pub mod workdir;
