@@ -17,6 +17,8 @@ use crate::config::{Config, Limits};
 use crate::error::Error;
 use crate::jail::{Jail, Started};
 use crate::output::{capture, Captured};
+use crate::proxy::policy::Policy;
+use crate::proxy::{JobProxy, NetworkReport, ProxyLimits};
 use crate::sys::Rlimit;
 use crate::workdir::{jobs_dir, DiskLimits, WorkDir};
 
@@ -47,14 +49,19 @@ pub struct Runner {
     open_files: u32,
     stack_mb: u32,
     cpu_percent: u32,
+    network: Policy,
+    proxy_limits: ProxyLimits,
     next_id: AtomicU64,
 }
 
-/// A job's limits once its request has been checked against the maxima.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A job's limits and network policy once its request has been checked against
+/// the configuration.
+#[derive(Debug, Clone)]
 pub struct Resolved {
     pub timeout_ms: u32,
     pub limits: Limits,
+    /// What the job may reach through its egress proxy; `None`: no network at all.
+    pub network: Option<Policy>,
 }
 
 /// What the executor observed about a finished jail, before it becomes a result.
@@ -66,6 +73,7 @@ struct Observed {
     pids_limited: bool,
     disk_full: bool,
     usage: Usage,
+    network: NetworkReport,
 }
 
 impl Runner {
@@ -83,6 +91,8 @@ impl Runner {
             open_files: config.open_files,
             stack_mb: config.stack_mb,
             cpu_percent: config.cpu_percent,
+            network: config.network.policy.clone(),
+            proxy_limits: config.network.limits,
             next_id: AtomicU64::new(1),
         }
     }
@@ -144,7 +154,7 @@ impl Runner {
         .collect()
     }
 
-    /// The job's limits, or why it asks for more than is allowed.
+    /// The job's limits and network policy, or why it asks for more than is allowed.
     pub fn resolve(&self, spec: &JobSpec) -> Result<Resolved, JobError> {
         let timeout_ms = check(
             "timeoutMs",
@@ -175,13 +185,32 @@ impl Runner {
                 max.output_bytes,
             )?,
         };
-        Ok(Resolved { timeout_ms, limits })
+        // A job gets network only when it asks; `allowedDomains` may only narrow
+        // the configured list.
+        let network = match &spec.network {
+            None => None,
+            Some(request) => {
+                let policy = self
+                    .network
+                    .narrowed(request.allowed_domains.as_deref())
+                    .map_err(|e| JobError::Rejected {
+                        field: "network.allowedDomains".into(),
+                        reason: e.to_string(),
+                    })?;
+                policy.allows_anything().then_some(policy)
+            }
+        };
+        Ok(Resolved {
+            timeout_ms,
+            limits,
+            network,
+        })
     }
 
-    /// Runs `spec` to its end. Dropping the returned future kills the jail and
-    /// removes its cgroup and tmpfs.
+    /// Runs `spec` to its end. Dropping the returned future kills the jail, stops
+    /// its proxy, and removes its cgroup, tmpfs and proxy socket.
     pub async fn run(&self, spec: &JobSpec, resolved: Resolved) -> Result<JobResult, Error> {
-        let Resolved { timeout_ms, limits } = resolved;
+        let (timeout_ms, limits) = (resolved.timeout_ms, resolved.limits);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let disk = DiskLimits {
             bytes: u64::from(limits.disk_mb) << 20,
@@ -200,10 +229,27 @@ impl Runner {
             Some(_) => Stdio::piped(),
             None => Stdio::null(),
         };
+        // Started before the jail, whose jail-init waits for socat, which needs the
+        // socket to exist.
+        let proxy = match &resolved.network {
+            Some(policy) => Some(JobProxy::start(
+                &self.jobs_dir,
+                id,
+                self.owner,
+                policy.clone(),
+                self.proxy_limits,
+            )?),
+            None => None,
+        };
         let started_at = Instant::now();
-        let Started { mut child, ready } =
-            self.jail
-                .spawn(&dir, &spec.code, stdin, &procs, &self.rlimits(&limits))?;
+        let Started { mut child, ready } = self.jail.spawn(
+            &dir,
+            &spec.code,
+            stdin,
+            &procs,
+            &self.rlimits(&limits),
+            proxy.as_ref().map(JobProxy::dir),
+        )?;
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
         let input = child.stdin.take();
         let cap = limits.output_bytes as usize;
@@ -256,6 +302,8 @@ impl Runner {
             observed.usage.cpu_ms = report.cpu_ns.map(|ns| ns / 1_000_000);
             observed.usage.peak_memory_bytes = report.peak_memory_bytes;
         }
+        // Every process of the jail is gone: nothing can use the proxy any more.
+        observed.network = proxy.map(JobProxy::finish).unwrap_or_default();
         Ok(assemble(observed, &resolved, stdout, stderr))
     }
 
@@ -372,15 +420,18 @@ async fn is_ready(mut ready: pipe::Receiver) -> bool {
 }
 
 /// Turns what was observed into the result: exit status, one `[sandbox]` line per
-/// limit that fired, and the limit that matters most in `limit_exceeded` (the one
-/// that killed the job, else the first of memory, cpu, processes, disk, output).
+/// refused network request and per limit that fired, and the limit that matters
+/// most in `limit_exceeded` (the one that killed the job, else the first of memory,
+/// cpu, processes, disk, output).
 fn assemble(
     observed: Observed,
     resolved: &Resolved,
     stdout: Captured,
     stderr: Captured,
 ) -> JobResult {
-    let Resolved { timeout_ms, limits } = resolved;
+    let Resolved {
+        timeout_ms, limits, ..
+    } = resolved;
     let (exit_code, signal) = exit_of(observed.status, observed.killed_by.is_some());
     let cpu_signal = signal.as_deref() == Some("SIGXCPU");
     let fired = [
@@ -433,8 +484,27 @@ fn assemble(
             .map(|(_, kind, _)| *kind)
     });
     let (stdout_truncated, stderr_truncated) = (stdout.truncated, stderr.truncated);
+    let NetworkReport {
+        violations,
+        dropped,
+    } = observed.network;
+    let mut notes: Vec<String> = violations
+        .iter()
+        .map(|v| format!("network: blocked {} {} ({})", v.method, v.target, v.reason))
+        .collect();
+    if dropped > 0 {
+        notes.push(format!(
+            "network: {dropped} more blocked requests not listed"
+        ));
+    }
+    notes.extend(
+        fired
+            .into_iter()
+            .filter(|(hit, ..)| *hit)
+            .map(|(_, _, note)| note),
+    );
     let mut stderr = stderr.into_text();
-    for (_, _, note) in fired.iter().filter(|(hit, ..)| *hit) {
+    for note in &notes {
         if !stderr.is_empty() && !stderr.ends_with('\n') {
             stderr.push('\n');
         }
@@ -452,6 +522,7 @@ fn assemble(
         timed_out: observed.killed_by == Some(LimitKind::Time),
         limit_exceeded,
         usage: observed.usage,
+        violations,
     }
 }
 
@@ -507,6 +578,7 @@ mod tests {
                 disk_mb: 16,
                 output_bytes: 3,
             },
+            network: None,
         }
     }
 
@@ -577,6 +649,34 @@ mod tests {
         };
         let result = assemble(observed, &resolved(), text("", false), text("", false));
         assert_eq!(result.limit_exceeded, Some(LimitKind::Cpu));
+    }
+
+    #[test]
+    fn every_refused_request_adds_one_line_before_the_limits() {
+        let violation = |target: &str| pysandbox_shared::NetworkViolation {
+            method: "CONNECT".into(),
+            target: target.into(),
+            reason: "not in allowed domains".into(),
+        };
+        let observed = Observed {
+            status: exited(1),
+            disk_full: true,
+            network: NetworkReport {
+                violations: vec![violation("evil.com:443"), violation("evil.org:443")],
+                dropped: 3,
+            },
+            ..Observed::default()
+        };
+        let result = assemble(observed, &resolved(), text("", false), text("boom", false));
+        assert_eq!(
+            result.stderr,
+            "boom\n[sandbox] network: blocked CONNECT evil.com:443 (not in allowed domains)\n\
+             [sandbox] network: blocked CONNECT evil.org:443 (not in allowed domains)\n\
+             [sandbox] network: 3 more blocked requests not listed\n\
+             [sandbox] disk limit of 16 MiB reached (work dir and /tmp together)\n"
+        );
+        assert_eq!(result.violations.len(), 2);
+        assert_eq!(result.limit_exceeded, Some(LimitKind::Disk));
     }
 
     #[test]

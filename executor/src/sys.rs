@@ -121,6 +121,21 @@ pub fn close_fds_from(first: RawFd) {
     }
 }
 
+/// Marks every descriptor from `first` up close-on-exec, in jail-init before it
+/// starts a helper that must not inherit them.
+pub fn cloexec_fds_from(first: RawFd) {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC (Linux 5.11) only sets a flag on
+    // descriptors; it closes nothing, so no Rust object's descriptor goes stale.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
+    }
+}
+
 /// Writes the one-byte "jail is set up" signal to `fd`, which the executor placed
 /// there; false when it cannot (the executor is gone, or `fd` is not open).
 pub fn write_ready_byte(fd: RawFd) -> bool {

@@ -18,6 +18,27 @@ pub const WORK_DIR: &str = "/work";
 pub const CODE_FD: i32 = 3;
 /// jail-init writes one byte here once the jail is set up, then closes it.
 pub const READY_FD: i32 = 4;
+/// Where a job's egress proxy directory is bound, in every jail (empty without one).
+pub const PROXY_DIR: &str = "/run/pysandbox";
+/// The proxy's socket in the jail: `PROXY_DIR` + the proxy's socket name.
+pub const PROXY_SOCKET: &str = "/run/pysandbox/proxy.sock";
+/// The loopback port socat listens on in a jail that may use the network.
+pub const PROXY_PORT: u16 = 3128;
+/// What the `*_proxy` variables say.
+const PROXY_URL: &str = "http://127.0.0.1:3128";
+/// Proxy variables, both cases: curl reads only `http_proxy` in lower case, Python
+/// prefers lower case, other tools read upper case. An empty `NO_PROXY` sends even
+/// `localhost` through the proxy, which refuses it.
+const PROXY_ENV: &[(&str, &str)] = &[
+    ("HTTP_PROXY", PROXY_URL),
+    ("http_proxy", PROXY_URL),
+    ("HTTPS_PROXY", PROXY_URL),
+    ("https_proxy", PROXY_URL),
+    ("ALL_PROXY", PROXY_URL),
+    ("all_proxy", PROXY_URL),
+    ("NO_PROXY", ""),
+    ("no_proxy", ""),
+];
 
 /// The environment of every job: nothing of the executor's, only what Python needs.
 const JOB_ENV: &[(&str, &str)] = &[
@@ -89,17 +110,46 @@ pub fn fixed_args(layout: &Layout) -> Vec<OsString> {
     args.push_all(&["--perms", "1777", "--size"]);
     args.push(layout.shm_bytes.to_string());
     args.push_all(&["--tmpfs", "/dev/shm", "--remount-ro", "/dev"]);
-    args.push_all(&["--dir", WORK_DIR, "--dir", "/tmp", "--remount-ro", "/"]);
+    // The proxy dir's mount point exists in every jail, because the root turns
+    // read-only before the per-job arguments bind anything.
+    args.push_all(&["--dir", WORK_DIR, "--dir", "/tmp", "--dir", PROXY_DIR]);
+    args.push_all(&["--remount-ro", "/"]);
     args.0
 }
 
+/// A job's way out: its proxy directory on the host, and socat to relay to it.
+#[derive(Debug, Clone, Copy)]
+pub struct Egress<'a> {
+    /// The host directory holding the job's proxy socket.
+    pub proxy_dir: &'a Path,
+    /// socat, as the jail sees it (under `/usr` or an `ro_binds` entry).
+    pub socat: &'a Path,
+}
+
 /// The rest of the argv for one job: its work dir and `/tmp` (both on the job's
-/// size-limited tmpfs), and the command run in the jail.
-pub fn job_args(work_dir: &Path, tmp_dir: &Path, python: &Path) -> Vec<OsString> {
+/// size-limited tmpfs), its egress proxy if it may use the network, and the command
+/// run in the jail.
+pub fn job_args(
+    work_dir: &Path,
+    tmp_dir: &Path,
+    python: &Path,
+    egress: Option<Egress<'_>>,
+) -> Vec<OsString> {
     let mut args = Args::default();
     args.push("--bind").push(work_dir).push(WORK_DIR);
     args.push("--bind").push(tmp_dir).push("/tmp");
+    if let Some(egress) = egress {
+        args.push("--ro-bind")
+            .push(egress.proxy_dir)
+            .push(PROXY_DIR);
+        for (key, value) in PROXY_ENV {
+            args.push_all(&["--setenv", key, value]);
+        }
+    }
     args.push_all(&["--chdir", WORK_DIR, INIT_PATH, super::init::SUBCOMMAND]);
+    if let Some(egress) = egress {
+        args.push(super::init::RELAY_FLAG).push(egress.socat);
+    }
     args.push(python).push(CODE_PATH);
     args.0
 }
@@ -182,6 +232,7 @@ mod tests {
         assert!(position(&args, "--ro-bind-data 3 /sandbox/main.py") < root_ro);
         assert!(position(&args, "--tmpfs /dev/shm") < position(&args, "--remount-ro /dev"));
         assert!(position(&args, "--dir /tmp") < root_ro);
+        assert!(position(&args, "--dir /run/pysandbox") < root_ro);
     }
 
     #[test]
@@ -230,11 +281,44 @@ mod tests {
             Path::new("/state/jobs/7/work"),
             Path::new("/state/jobs/7/tmp"),
             Path::new("/usr/bin/python3"),
+            None,
         ));
         assert_eq!(
             args,
             "--bind /state/jobs/7/work /work --bind /state/jobs/7/tmp /tmp --chdir /work \
              /sandbox/init jail-init /usr/bin/python3 /sandbox/main.py"
         );
+    }
+
+    #[test]
+    fn a_job_with_network_gets_its_proxy_dir_the_proxy_env_and_the_relay() {
+        let egress = Egress {
+            proxy_dir: Path::new("/state/jobs/7.proxy"),
+            socat: Path::new("/usr/bin/socat"),
+        };
+        let args = joined(&job_args(
+            Path::new("/state/jobs/7/work"),
+            Path::new("/state/jobs/7/tmp"),
+            Path::new("/usr/bin/python3"),
+            Some(egress),
+        ));
+        let proxy = "http://127.0.0.1:3128";
+        assert_eq!(
+            args,
+            format!(
+                "--bind /state/jobs/7/work /work --bind /state/jobs/7/tmp /tmp \
+                 --ro-bind /state/jobs/7.proxy /run/pysandbox \
+                 --setenv HTTP_PROXY {proxy} --setenv http_proxy {proxy} \
+                 --setenv HTTPS_PROXY {proxy} --setenv https_proxy {proxy} \
+                 --setenv ALL_PROXY {proxy} --setenv all_proxy {proxy} \
+                 --setenv NO_PROXY  --setenv no_proxy  --chdir /work \
+                 /sandbox/init jail-init --egress-relay /usr/bin/socat /usr/bin/python3 /sandbox/main.py"
+            )
+        );
+        assert_eq!(
+            Path::new(PROXY_DIR).join(crate::proxy::SOCKET_NAME),
+            Path::new(PROXY_SOCKET)
+        );
+        assert_eq!(PROXY_URL, format!("http://127.0.0.1:{PROXY_PORT}"));
     }
 }

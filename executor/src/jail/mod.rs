@@ -31,6 +31,7 @@ const ROOT_LIB_DIRS: &[&str] = &["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/
 pub struct Jail {
     bwrap: PathBuf,
     python: PathBuf,
+    socat: PathBuf,
     fixed_args: Vec<OsString>,
     uid: u32,
     gid: u32,
@@ -75,6 +76,7 @@ impl Jail {
         Ok(Jail {
             bwrap: config.bwrap.clone(),
             python: config.python.clone(),
+            socat: config.network.socat.clone(),
             fixed_args: bwrap::fixed_args(&layout),
             uid: config.sandbox_uid,
             gid: config.sandbox_gid,
@@ -82,7 +84,9 @@ impl Jail {
     }
 
     /// Starts a jail that runs `code` in `dir`, inside the cgroups whose `cgroup.procs`
-    /// descriptors are `cgroup_procs`, with `rlimits` on every process.
+    /// descriptors are `cgroup_procs`, with `rlimits` on every process. With a
+    /// `proxy_dir` (holding the job's egress proxy socket), the job may use the
+    /// network through it; without, it has none.
     ///
     /// The returned child is killed when dropped. `stdin` is the job's standard input
     /// (`Stdio::null()` for none); stdout and stderr are piped.
@@ -93,6 +97,7 @@ impl Jail {
         stdin: Stdio,
         cgroup_procs: &[std::os::fd::RawFd],
         rlimits: &[Rlimit],
+        proxy_dir: Option<&Path>,
     ) -> Result<Started, Error> {
         if cgroup_procs.len() > MAX_CGROUPS || rlimits.len() > MAX_RLIMITS {
             return Err(Error::Jail("too many cgroups or rlimits".into()));
@@ -111,7 +116,15 @@ impl Jail {
             .map_err(|e| Error::Jail(format!("cannot create pipe: {e}")))?;
         let mut cmd = Command::new(&self.bwrap);
         cmd.args(&self.fixed_args)
-            .args(bwrap::job_args(&dir.work(), &dir.tmp(), &self.python))
+            .args(bwrap::job_args(
+                &dir.work(),
+                &dir.tmp(),
+                &self.python,
+                proxy_dir.map(|proxy_dir| bwrap::Egress {
+                    proxy_dir,
+                    socat: &self.socat,
+                }),
+            ))
             // bwrap's pid 1 keeps its own environment, which the job can read in
             // /proc/1/environ: it gets none of ours.
             .env_clear()
