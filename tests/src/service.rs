@@ -33,6 +33,12 @@ impl ServiceBuilder {
         self
     }
 
+    /// Writes the executor's config file, see [`ExecutorBuilder::config_toml`].
+    pub fn executor_config_toml(mut self, toml: &str) -> Self {
+        self.executor = self.executor.config_toml(toml);
+        self
+    }
+
     /// Sets an environment variable of the executor.
     pub fn executor_env(mut self, key: &str, value: &str) -> Self {
         self.executor = self.executor.env(key, value);
