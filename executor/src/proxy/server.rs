@@ -848,10 +848,11 @@ impl Session<'_> {
 
 impl Shared {
     fn record(&self, attempt: &Attempt, refusal: &Refusal) {
-        info!(method = %attempt.method, target = %attempt.target, reason = %refusal, "egress request refused");
         let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
         let report = &mut log.report;
+        // Logged as listed: a job looping over refused requests cannot flood the log.
         if report.violations.len() < MAX_VIOLATIONS {
+            info!(method = %attempt.method, target = %attempt.target, reason = %refusal, "egress request refused");
             report.violations.push(NetworkViolation {
                 method: attempt.method.clone(),
                 target: attempt.target.clone(),
