@@ -35,9 +35,9 @@ pub async fn run(config: &Config) -> bool {
         file_line("python", true, &config.python, "install python3, or set `python` to an interpreter under /usr or ro_binds"),
         file_line(
             "socat",
-            false,
-            Path::new("/usr/bin/socat"),
-            "apt-get install socat (needed once jobs may use the network)",
+            config.network.policy.allows_anything(),
+            &config.network.socat,
+            "apt-get install socat (jobs that may use the network relay through it)",
         ),
         Line {
             name: "user namespaces",
@@ -152,6 +152,7 @@ async fn run_job(
         limits: JobLimits::default(),
         files: Vec::new(),
         collect_files: false,
+        network: None,
     };
     let resolved: Resolved = runner.resolve(&spec).map_err(|e| e.to_string())?;
     match runner.run(&spec, resolved, None).await {

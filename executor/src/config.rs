@@ -4,7 +4,10 @@
 //! executor trusts: paths are absolute, the sandbox uid is none of the daemons' uids,
 //! limits are in range.
 
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::Parser;
 use pysandbox_shared::files::{MAX_FILES, MAX_FILES_BYTES, MAX_INPUT_BYTES};
@@ -12,6 +15,9 @@ use serde::Deserialize;
 
 use crate::collect::Caps;
 use crate::error::Error;
+use crate::proxy::policy::{Cidr, DomainPattern, Policy};
+use crate::proxy::target::Host;
+use crate::proxy::ProxyLimits;
 
 const DEFAULT_SOCKET: &str = "/run/pysandbox/executor.sock";
 const DEFAULT_STATE_DIR: &str = "/var/lib/pysandbox";
@@ -33,6 +39,14 @@ const DEFAULT_COLLECT: Caps = Caps {
     max_file_bytes: 32 << 20,
     max_total_bytes: MAX_FILES_BYTES,
 };
+
+const DEFAULT_SOCAT: &str = "/usr/bin/socat";
+const DEFAULT_ALLOWED_PORTS: [u16; 2] = [80, 443];
+const DEFAULT_CONNECT_TIMEOUT_MS: u32 = 10_000;
+const DEFAULT_IDLE_TIMEOUT_MS: u32 = 30_000;
+const DEFAULT_CONNECTION_TIMEOUT_MS: u32 = pysandbox_shared::MAX_TIMEOUT_MS;
+const DEFAULT_MAX_CONNECTIONS: u32 = 16;
+const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Limits a job gets when it names none.
 const DEFAULT_LIMITS: Limits = Limits {
@@ -136,6 +150,140 @@ struct FileConfig {
     default_limits: PartialLimits,
     #[serde(default)]
     max_limits: PartialLimits,
+    #[serde(default)]
+    network: FileNetwork,
+}
+
+/// The `[network]` table. Without `allowed_domains`, no job gets any network.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileNetwork {
+    #[serde(default)]
+    allowed_domains: Vec<String>,
+    #[serde(default)]
+    denied_domains: Vec<String>,
+    allowed_ports: Option<Vec<u16>>,
+    #[serde(default)]
+    allow_private_cidrs: Vec<String>,
+    /// `[network.resolve]`: names mapped to fixed addresses instead of DNS.
+    #[serde(default)]
+    resolve: BTreeMap<String, Addresses>,
+    socat: Option<PathBuf>,
+    connect_timeout_ms: Option<u32>,
+    idle_timeout_ms: Option<u32>,
+    connection_timeout_ms: Option<u32>,
+    max_connections: Option<u32>,
+    max_bytes: Option<u64>,
+}
+
+/// One address or a list of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Addresses {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl FileNetwork {
+    fn parse(self) -> Result<Network, Error> {
+        let invalid = |key: &str, entry: &str, why: &dyn std::fmt::Display| {
+            Error::Config(format!("network.{key}: {entry:?}: {why}"))
+        };
+        let patterns = |key: &str, entries: &[String]| {
+            entries
+                .iter()
+                .map(|e| {
+                    e.parse::<DomainPattern>()
+                        .map_err(|why| invalid(key, e, &why))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let allowed = patterns("allowed_domains", &self.allowed_domains)?;
+        let denied = patterns("denied_domains", &self.denied_domains)?;
+        let ports = self
+            .allowed_ports
+            .unwrap_or_else(|| DEFAULT_ALLOWED_PORTS.to_vec());
+        if ports.is_empty() || ports.contains(&0) {
+            return Err(Error::Config(
+                "network.allowed_ports: must list ports from 1 to 65535, at least one".into(),
+            ));
+        }
+        let private_ok = self
+            .allow_private_cidrs
+            .iter()
+            .map(|c| {
+                c.parse::<Cidr>()
+                    .map_err(|why| invalid("allow_private_cidrs", c, &why))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut resolve = BTreeMap::new();
+        for (name, addresses) in self.resolve {
+            let key = format!("resolve.{name:?}");
+            let name = match Host::parse(&name) {
+                Ok(Host::Name(name)) => name,
+                Ok(Host::Ip(_)) => {
+                    return Err(invalid("resolve", &name, &"is an IP address, not a name"))
+                }
+                Err(why) => return Err(invalid("resolve", &name, &why)),
+            };
+            let addresses = match addresses {
+                Addresses::One(one) => vec![one],
+                Addresses::Many(many) => many,
+            };
+            if addresses.is_empty() {
+                return Err(Error::Config(format!(
+                    "network.{key}: must name at least one address"
+                )));
+            }
+            let addresses = addresses
+                .iter()
+                .map(|a| {
+                    a.parse::<IpAddr>()
+                        .map(|ip| match ip {
+                            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+                            v4 => v4,
+                        })
+                        .map_err(|_| {
+                            Error::Config(format!("network.{key}: {a:?} is not an IP address"))
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            resolve.insert(name, addresses);
+        }
+        let millis = |key: &str, value: Option<u32>, default: u32| match value.unwrap_or(default) {
+            0 => Err(Error::Config(format!("network.{key}: must be at least 1"))),
+            ms => Ok(Duration::from_millis(ms.into())),
+        };
+        let limits = ProxyLimits {
+            connect_timeout: millis(
+                "connect_timeout_ms",
+                self.connect_timeout_ms,
+                DEFAULT_CONNECT_TIMEOUT_MS,
+            )?,
+            idle_timeout: millis(
+                "idle_timeout_ms",
+                self.idle_timeout_ms,
+                DEFAULT_IDLE_TIMEOUT_MS,
+            )?,
+            connection_timeout: millis(
+                "connection_timeout_ms",
+                self.connection_timeout_ms,
+                DEFAULT_CONNECTION_TIMEOUT_MS,
+            )?,
+            max_connections: self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            max_bytes: self.max_bytes.unwrap_or(DEFAULT_MAX_BYTES),
+        };
+        if limits.max_connections == 0 || limits.max_bytes == 0 {
+            return Err(Error::Config(
+                "network.max_connections and network.max_bytes: must be at least 1".into(),
+            ));
+        }
+        Ok(Network {
+            policy: Policy::new(allowed, denied, ports, private_ok, resolve),
+            limits,
+            socat: self.socat.unwrap_or(DEFAULT_SOCAT.into()),
+        })
+    }
 }
 
 /// A `[default_limits]` or `[max_limits]` table: any key may be left out.
@@ -184,6 +332,17 @@ impl Limits {
     }
 }
 
+/// Network access for jobs, through the egress proxy.
+#[derive(Debug, Clone)]
+pub struct Network {
+    /// What jobs may reach at most; a job that asks for nothing gets no network.
+    pub policy: Policy,
+    /// Bounds on one job's use of the proxy.
+    pub limits: ProxyLimits,
+    /// socat, run in the jail to relay 127.0.0.1:3128 to the proxy's socket.
+    pub socat: PathBuf,
+}
+
 /// The checked configuration the executor runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -226,6 +385,8 @@ pub struct Config {
     pub collect: Caps,
     /// Bytes of input files one job may be given, all together.
     pub max_input_bytes: u64,
+    /// The `[network]` table.
+    pub network: Network,
 }
 
 impl Config {
@@ -283,6 +444,7 @@ impl Config {
                     .unwrap_or(DEFAULT_COLLECT.max_total_bytes),
             },
             max_input_bytes: file.max_input_bytes.unwrap_or(MAX_INPUT_BYTES),
+            network: file.network.parse()?,
         };
         config.check(nix::unistd::getuid().as_raw())?;
         Ok(config)
@@ -391,19 +553,28 @@ impl Config {
                 "disk_inodes, open_files (at least 16) and stack_mb must be positive".into(),
             );
         }
-        if !self.python_is_bound() {
+        if !self.is_in_jail(&self.python) {
             return invalid(format!(
                 "python: {:?} is outside /usr and every ro_binds entry, so jails could not run it",
                 self.python
             ));
         }
+        let socat = &self.network.socat;
+        if self.network.policy.allows_anything() && !(socat.is_absolute() && self.is_in_jail(socat))
+        {
+            return invalid(format!(
+                "network.socat: {socat:?} must be an absolute path under /usr or an ro_binds entry, \
+                 so jails could run it"
+            ));
+        }
         Ok(())
     }
 
-    fn python_is_bound(&self) -> bool {
+    /// Whether `path` is bound into every jail.
+    fn is_in_jail(&self, path: &Path) -> bool {
         std::iter::once(Path::new("/usr"))
             .chain(self.ro_binds.iter().map(PathBuf::as_path))
-            .any(|root| self.python.starts_with(root))
+            .any(|root| path.starts_with(root))
     }
 }
 
@@ -531,6 +702,112 @@ mod tests {
             .to_string();
         assert!(err.contains("outside /usr"), "{err}");
         load_file("python = \"/opt/py/bin/python3\"\nro_binds = [\"/opt/py\"]").unwrap();
+    }
+
+    #[test]
+    fn network_table() {
+        let config = load(&[]).unwrap();
+        assert!(
+            !config.network.policy.allows_anything(),
+            "no network by default"
+        );
+        let config = load_file(
+            "[network]\nallowed_domains = [\"Example.com\", \"*.wild.test\", \"192.0.2.7\"]\n\
+             denied_domains = [\"bad.wild.test\"]\nallowed_ports = [443, 8080]\n\
+             allow_private_cidrs = [\"127.0.0.0/8\", \"fd00::/8\"]\nidle_timeout_ms = 500\n\
+             [network.resolve]\n\"a.wild.test\" = \"127.0.0.1\"\n\"b.wild.test\" = [\"127.0.0.2\", \"fd00::1\"]\n",
+        )
+        .unwrap();
+        let network = &config.network;
+        assert!(network.policy.allows_anything());
+        assert_eq!(network.limits.idle_timeout, Duration::from_millis(500));
+        assert_eq!(network.limits.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(network.socat, Path::new(DEFAULT_SOCAT));
+        let target = |t| crate::proxy::target::Target::parse_authority(t, None).unwrap();
+        assert!(network
+            .policy
+            .check_target(&target("example.com:443"))
+            .is_ok());
+        assert!(network
+            .policy
+            .check_target(&target("example.com:80"))
+            .is_err());
+        assert!(network
+            .policy
+            .check_target(&target("b.wild.test:8080"))
+            .is_ok());
+        assert!(network
+            .policy
+            .check_target(&target("bad.wild.test:443"))
+            .is_err());
+    }
+
+    #[test]
+    fn malformed_network_entries_are_named() {
+        for (toml, needle) in [
+            (
+                "allowed_domains = [\"*\"]",
+                "network.allowed_domains: \"*\": * may only be",
+            ),
+            (
+                "allowed_domains = [\"*.com\"]",
+                "network.allowed_domains: \"*.com\": a wildcard must name",
+            ),
+            (
+                "allowed_domains = [\"https://x.io/\"]",
+                "network.allowed_domains: \"https://x.io/\": looks like a URL",
+            ),
+            (
+                "allowed_domains = [\"x.io:443\"]",
+                "network.allowed_domains: \"x.io:443\": has a port",
+            ),
+            (
+                "allowed_domains = [\"a..io\"]",
+                "network.allowed_domains: \"a..io\": empty label",
+            ),
+            (
+                "allowed_domains = [\"a_b.io\"]",
+                "network.allowed_domains: \"a_b.io\": label \"a_b\"",
+            ),
+            (
+                "denied_domains = [\"*.io\"]",
+                "network.denied_domains: \"*.io\"",
+            ),
+            ("allowed_ports = []", "network.allowed_ports"),
+            ("allowed_ports = [0]", "network.allowed_ports"),
+            (
+                "allow_private_cidrs = [\"127.0.0.1/8\"]",
+                "network.allow_private_cidrs: \"127.0.0.1/8\"",
+            ),
+            (
+                "allow_private_cidrs = [\"localhost\"]",
+                "network.allow_private_cidrs: \"localhost\"",
+            ),
+            ("idle_timeout_ms = 0", "network.idle_timeout_ms"),
+            ("max_connections = 0", "network.max_connections"),
+            ("alowed_domains = []", "alowed_domains"),
+            (
+                "[network.resolve]\n\"a.io\" = \"0177.0.0.1\"",
+                "network.resolve.\"a.io\": \"0177.0.0.1\" is not an IP address",
+            ),
+            (
+                "[network.resolve]\n\"a.io\" = []",
+                "network.resolve.\"a.io\": must name at least one address",
+            ),
+            (
+                "[network.resolve]\n\"1.2.3.4\" = \"1.2.3.4\"",
+                "network.resolve: \"1.2.3.4\": is an IP address",
+            ),
+            (
+                "allowed_domains = [\"a.io\"]\nsocat = \"/opt/socat\"",
+                "network.socat",
+            ),
+        ] {
+            let err = load_file(&format!("[network]\n{toml}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{toml}: {err}");
+        }
     }
 
     #[test]

@@ -20,6 +20,8 @@ use crate::error::Error;
 use crate::inputs;
 use crate::jail::{Jail, Started};
 use crate::output::{capture, Captured};
+use crate::proxy::policy::Policy;
+use crate::proxy::{JobProxy, NetworkReport, ProxyLimits};
 use crate::workdir::{jobs_dir, DiskLimits, WorkDir};
 
 /// How long output may keep flowing after the jail's pid 1 is gone. The kernel kills
@@ -57,6 +59,8 @@ pub struct Runner {
     preload: Vec<String>,
     collect: Caps,
     max_input_bytes: u64,
+    network: Policy,
+    proxy_limits: ProxyLimits,
     next_id: AtomicU64,
 }
 
@@ -70,11 +74,14 @@ pub struct Prepared {
     warm: bool,
 }
 
-/// A job's limits once its request has been checked against the maxima.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A job's limits and network policy once its request has been checked against
+/// the configuration.
+#[derive(Debug, Clone)]
 pub struct Resolved {
     pub timeout_ms: u32,
     pub limits: Limits,
+    /// What the job may reach through its egress proxy; `None`: no network at all.
+    pub network: Option<Policy>,
 }
 
 /// What the executor observed about a finished jail, before it becomes a result.
@@ -86,6 +93,7 @@ struct Observed {
     pids_limited: bool,
     disk_full: bool,
     usage: Usage,
+    network: NetworkReport,
 }
 
 impl Runner {
@@ -103,6 +111,8 @@ impl Runner {
             open_files: config.open_files,
             stack_mb: config.stack_mb,
             cpu_percent: config.cpu_percent,
+            network: config.network.policy.clone(),
+            proxy_limits: config.network.limits,
             collect: config.collect,
             max_input_bytes: config.max_input_bytes,
             preload: config.preload.clone(),
@@ -179,7 +189,7 @@ impl Runner {
         .collect()
     }
 
-    /// The job's limits, or why it asks for more than is allowed.
+    /// The job's limits and network policy, or why it asks for more than is allowed.
     pub fn resolve(&self, spec: &JobSpec) -> Result<Resolved, JobError> {
         self.check_inputs(spec)?;
         let timeout_ms = check(
@@ -211,7 +221,26 @@ impl Runner {
                 max.output_bytes,
             )?,
         };
-        Ok(Resolved { timeout_ms, limits })
+        // A job gets network only when it asks; `allowedDomains` may only narrow
+        // the configured list.
+        let network = match &spec.network {
+            None => None,
+            Some(request) => {
+                let policy = self
+                    .network
+                    .narrowed(request.allowed_domains.as_deref())
+                    .map_err(|e| JobError::Rejected {
+                        field: "network.allowedDomains".into(),
+                        reason: e.to_string(),
+                    })?;
+                policy.allows_anything().then_some(policy)
+            }
+        };
+        Ok(Resolved {
+            timeout_ms,
+            limits,
+            network,
+        })
     }
 
     /// Input files within the caps, none of them in another's way. The frontend
@@ -242,10 +271,15 @@ impl Runner {
 
     /// Sets up a jail that waits for a job, within `limits` (the job's own for a cold
     /// jail; the maxima for a warm one, lowered when its job comes). Its Python
-    /// imports `preload` first. Dropping it kills the jail and removes its cgroup and
-    /// tmpfs.
-    pub fn prepare(&self, limits: &Limits, preload: &[String]) -> Result<Prepared, Error> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+    /// imports `preload` first. With a `proxy` the jail may use the network through
+    /// it. Dropping it kills the jail and removes its cgroup and tmpfs.
+    fn prepare(
+        &self,
+        id: u64,
+        limits: &Limits,
+        preload: &[String],
+        proxy: Option<&JobProxy>,
+    ) -> Result<Prepared, Error> {
         let dir = WorkDir::create(&self.jobs_dir, id, self.owner, self.disk(limits))?;
         let cgroup = match &self.cgroups {
             Some(cgroups) => Some(cgroups.create(id, &self.cgroup_limits(limits))?),
@@ -256,9 +290,11 @@ impl Runner {
             .map(JobCgroup::procs_fds)
             .unwrap_or_default();
         let rlimits = self.rlimits(limits).into_iter().map(|(r, _, v)| (r, v));
+        let rlimits: Vec<_> = rlimits.collect();
+        let proxy_dir = proxy.map(JobProxy::dir);
         let started = self
             .jail
-            .spawn(&dir, &procs, &rlimits.collect::<Vec<_>>(), preload)?;
+            .spawn(&dir, &procs, &rlimits, preload, proxy_dir)?;
         Ok(Prepared {
             dir,
             cgroup,
@@ -270,7 +306,8 @@ impl Runner {
     /// Sets up a warm jail for the pool: at the maxima, with the configured modules
     /// imported, and confirmed waiting (its Python said so) before it is returned.
     pub async fn prepare_warm(&self) -> Result<Prepared, Error> {
-        let mut jail = self.prepare(&self.max_limits, &self.preload)?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut jail = self.prepare(id, &self.max_limits, &self.preload, None)?;
         let mut bytes = [0u8; 2];
         let confirmed =
             tokio::time::timeout(WARM_TIMEOUT, jail.started.ready.read_exact(&mut bytes));
@@ -284,18 +321,35 @@ impl Runner {
     }
 
     /// Runs `spec` to its end in `jail` (a warm one from the pool, or a cold one set
-    /// up now when `None`). Dropping the returned future kills the jail and removes
-    /// its cgroup and tmpfs.
+    /// up now when `None`; a job that may use the network always gets a cold one,
+    /// since its proxy must exist before its jail). Dropping the returned future
+    /// kills the jail, stops its proxy, and removes its cgroup, tmpfs and proxy socket.
     pub async fn run(
         &self,
         spec: &JobSpec,
         resolved: Resolved,
         jail: Option<Prepared>,
     ) -> Result<JobResult, Error> {
-        let Resolved { timeout_ms, limits } = resolved;
-        let mut jail = match jail {
-            Some(jail) => jail,
-            None => self.prepare(&limits, &[])?,
+        let (timeout_ms, limits) = (resolved.timeout_ms, resolved.limits);
+        let mut proxy = None;
+        let mut jail = match (jail, &resolved.network) {
+            (Some(jail), None) => jail,
+            (_, network) => {
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                // Started before the jail, whose jail-init waits for socat, which
+                // needs the socket to exist.
+                if let Some(policy) = network {
+                    let started = JobProxy::start(
+                        &self.jobs_dir,
+                        id,
+                        self.owner,
+                        policy.clone(),
+                        self.proxy_limits,
+                    )?;
+                    proxy = Some(started);
+                }
+                self.prepare(id, &limits, &[], proxy.as_ref())?
+            }
         };
         // The job's limits, on the live jail: a warm one was set up at the maxima.
         jail.dir.resize(self.disk(&limits))?;
@@ -379,6 +433,8 @@ impl Runner {
                 .map(|ns| ns.saturating_sub(cpu_base) / 1_000_000);
             observed.usage.peak_memory_bytes = report.peak_memory_bytes;
         }
+        // Every process of the jail is gone: nothing can use the proxy any more.
+        observed.network = proxy.map(JobProxy::finish).unwrap_or_default();
         // Every process of the job is dead by now: its cgroup is empty, or (without
         // one) its pid namespace went down with its pid 1, whose parent bwrap exited.
         let collected = if spec.collect_files {
@@ -552,8 +608,9 @@ async fn is_ready(mut ready: pipe::Receiver) -> bool {
 }
 
 /// Turns what was observed into the result: exit status, one `[sandbox]` line per
-/// limit that fired, and the limit that matters most in `limit_exceeded` (the one
-/// that killed the job, else the first of memory, cpu, processes, disk, output).
+/// refused network request and per limit that fired, and the limit that matters
+/// most in `limit_exceeded` (the one that killed the job, else the first of memory,
+/// cpu, processes, disk, output).
 fn assemble(
     observed: Observed,
     resolved: &Resolved,
@@ -561,7 +618,9 @@ fn assemble(
     stderr: Captured,
     collected: Collected,
 ) -> JobResult {
-    let Resolved { timeout_ms, limits } = resolved;
+    let Resolved {
+        timeout_ms, limits, ..
+    } = resolved;
     let (exit_code, signal) = exit_of(observed.status, observed.killed_by.is_some());
     let cpu_signal = signal.as_deref() == Some("SIGXCPU");
     let fired = [
@@ -614,8 +673,27 @@ fn assemble(
             .map(|(_, kind, _)| *kind)
     });
     let (stdout_truncated, stderr_truncated) = (stdout.truncated, stderr.truncated);
+    let NetworkReport {
+        violations,
+        dropped,
+    } = observed.network;
+    let mut notes: Vec<String> = violations
+        .iter()
+        .map(|v| format!("network: blocked {} {} ({})", v.method, v.target, v.reason))
+        .collect();
+    if dropped > 0 {
+        notes.push(format!(
+            "network: {dropped} more blocked requests not listed"
+        ));
+    }
+    notes.extend(
+        fired
+            .into_iter()
+            .filter(|(hit, ..)| *hit)
+            .map(|(_, _, note)| note),
+    );
     let mut stderr = stderr.into_text();
-    for (_, _, note) in fired.iter().filter(|(hit, ..)| *hit) {
+    for note in &notes {
         if !stderr.is_empty() && !stderr.ends_with('\n') {
             stderr.push('\n');
         }
@@ -636,6 +714,7 @@ fn assemble(
         files: collected.files,
         skipped_files: collected.skipped,
         skipped_unlisted: collected.skipped_unlisted,
+        violations,
     }
 }
 
@@ -691,6 +770,7 @@ mod tests {
                 disk_mb: 16,
                 output_bytes: 3,
             },
+            network: None,
         }
     }
 
@@ -774,6 +854,40 @@ mod tests {
             Collected::default(),
         );
         assert_eq!(result.limit_exceeded, Some(LimitKind::Cpu));
+    }
+
+    #[test]
+    fn every_refused_request_adds_one_line_before_the_limits() {
+        let violation = |target: &str| pysandbox_shared::NetworkViolation {
+            method: "CONNECT".into(),
+            target: target.into(),
+            reason: "not in allowed domains".into(),
+        };
+        let observed = Observed {
+            status: exited(1),
+            disk_full: true,
+            network: NetworkReport {
+                violations: vec![violation("evil.com:443"), violation("evil.org:443")],
+                dropped: 3,
+            },
+            ..Observed::default()
+        };
+        let result = assemble(
+            observed,
+            &resolved(),
+            text("", false),
+            text("boom", false),
+            Collected::default(),
+        );
+        assert_eq!(
+            result.stderr,
+            "boom\n[sandbox] network: blocked CONNECT evil.com:443 (not in allowed domains)\n\
+             [sandbox] network: blocked CONNECT evil.org:443 (not in allowed domains)\n\
+             [sandbox] network: 3 more blocked requests not listed\n\
+             [sandbox] disk limit of 16 MiB reached (work dir and /tmp together)\n"
+        );
+        assert_eq!(result.violations.len(), 2);
+        assert_eq!(result.limit_exceeded, Some(LimitKind::Disk));
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod job;
 pub mod output;
 pub mod pool;
 pub mod privileges;
+pub mod proxy;
 pub mod server;
 mod sys;
 pub mod workdir;

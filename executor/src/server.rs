@@ -216,6 +216,7 @@ impl Executor {
             Ok(resolved) => resolved,
             Err(rejected) => return Ok(conn.send(&Response::Failed(rejected)).await?),
         };
+        let disk_mb = resolved.limits.disk_mb;
         let outcome = tokio::select! {
             outcome = self.admitted_run(&spec, resolved) => outcome,
             _ = conn.recv::<Request>() => {
@@ -240,7 +241,7 @@ impl Executor {
                 field: "files".into(),
                 reason: format!(
                     "do not fit in the job's disk limit of {} MiB (limits.diskMb)",
-                    resolved.limits.disk_mb
+                    disk_mb
                 ),
             }),
             Err(e) => {
@@ -265,7 +266,11 @@ impl Executor {
             .map_err(|_| Error::Jail("executor shutting down".into()))?;
         self.running.fetch_add(1, Ordering::Relaxed);
         let _running = RunningGuard(&self.running);
-        let warm = self.pool.take();
+        // A job that may use the network needs its proxy before its jail: a cold one.
+        let warm = match resolved.network {
+            None => self.pool.take(),
+            Some(_) => None,
+        };
         let result = self.runner.run(spec, resolved, warm).await;
         // The slot is free again: the pool may refill now, not while the job ran.
         drop(permit);

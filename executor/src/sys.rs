@@ -127,6 +127,21 @@ pub fn close_fds_from(first: RawFd) {
     }
 }
 
+/// Marks every descriptor from `first` up close-on-exec, in jail-init before it
+/// starts a helper that must not inherit them.
+pub fn cloexec_fds_from(first: RawFd) {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC (Linux 5.11) only sets a flag on
+    // descriptors; it closes nothing, so no Rust object's descriptor goes stale.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
+    }
+}
+
 /// Writes the one-byte "jail is set up" signal to `fd`, which the executor placed
 /// there; false when it cannot (the executor is gone, or `fd` is not open).
 pub fn write_ready_byte(fd: RawFd) -> bool {
@@ -211,4 +226,14 @@ pub fn open_beneath(dir: RawFd, name: &CStr, flags: OFlag, mode: Mode) -> nix::R
     // SAFETY: the kernel just returned `fd` as a new descriptor of this process,
     // which nothing else owns, so the OwnedFd is its only owner and closes it once.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Lets `fd` survive exec again after [`cloexec_fds_from`] marked it; jail-init
+/// hands the launcher its two pipes this way.
+pub fn keep_across_exec(fd: RawFd) {
+    // A descriptor that is not open just fails here, and the launcher reports it.
+    let _ = nix::fcntl::fcntl(
+        fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    );
 }

@@ -13,7 +13,9 @@ use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use pysandbox_shared::files::first_conflict;
-use pysandbox_shared::{InputFile, JobLimits, RelativePath, MAX_TIMEOUT_MS};
+use pysandbox_shared::{
+    InputFile, JobLimits, NetworkRequest, RelativePath, MAX_REQUESTED_DOMAINS, MAX_TIMEOUT_MS,
+};
 use serde_json::{Map, Value};
 use tracing::debug;
 use url::Url;
@@ -73,6 +75,8 @@ pub struct ExecuteRequest {
     pub files: Vec<InputFile>,
     /// Whether to return the produced files in the response.
     pub return_files: bool,
+    /// Network access asked for; the executor checks it against its configuration.
+    pub network: Option<NetworkRequest>,
 }
 
 /// The upload URL, with the key the client gave it under (for error messages).
@@ -153,6 +157,10 @@ impl ExecuteRequest {
             .map(|(key, v)| boolean(v).ok_or_else(|| invalid(key, "must be a boolean")))
             .transpose()?
             .unwrap_or(false);
+        let network = fields
+            .get(&["network"])
+            .map(|(_, v)| network(v))
+            .transpose()?;
 
         Ok(ExecuteRequest {
             code,
@@ -164,6 +172,7 @@ impl ExecuteRequest {
             limits,
             files,
             return_files,
+            network,
         })
     }
 }
@@ -262,6 +271,44 @@ fn input_files(value: &Value) -> Result<Vec<InputFile>, ApiError> {
     Ok(files)
 }
 
+/// The `network` object: `allowedDomains`, an array of strings or `null` (the
+/// executor's whole list). Whether each entry is a valid pattern within the
+/// configured list is the executor's to say.
+fn network(value: &Value) -> Result<NetworkRequest, ApiError> {
+    let Value::Object(map) = value else {
+        return Err(invalid("network", "must be an object"));
+    };
+    let mut request = NetworkRequest::default();
+    for (key, value) in map {
+        if key != "allowedDomains" {
+            let key: String = key.chars().take(64).collect();
+            return Err(invalid(
+                &format!("network.{key}"),
+                "is not a network setting (allowedDomains)",
+            ));
+        }
+        let field = "network.allowedDomains";
+        request.allowed_domains = match value {
+            Value::Null => None,
+            Value::Array(entries) if entries.len() > MAX_REQUESTED_DOMAINS => {
+                return Err(invalid(
+                    field,
+                    &format!("must have at most {MAX_REQUESTED_DOMAINS} entries"),
+                ))
+            }
+            Value::Array(entries) => Some(
+                entries
+                    .iter()
+                    .map(|e| e.as_str().map(str::to_owned))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| invalid(field, "must be an array of strings"))?,
+            ),
+            _ => return Err(invalid(field, "must be an array of strings")),
+        };
+    }
+    Ok(request)
+}
+
 /// The timeout: an integer number of milliseconds in range.
 fn timeout(value: &Value) -> Option<u32> {
     integer(value, MAX_TIMEOUT_MS)
@@ -335,7 +382,85 @@ mod tests {
             limits: JobLimits::default(),
             files: Vec::new(),
             return_files: false,
+            network: None,
         }
+    }
+
+    #[test]
+    fn network_rules() {
+        let network = |body: &str| parse(body).unwrap().network;
+        assert_eq!(network(r#"{"code":"1","network":null}"#), None);
+        assert_eq!(
+            network(r#"{"code":"1","network":{}}"#),
+            Some(NetworkRequest::default())
+        );
+        assert_eq!(
+            network(r#"{"code":"1","network":{"allowedDomains":null}}"#),
+            Some(NetworkRequest::default())
+        );
+        assert_eq!(
+            network(r#"{"code":"1","network":{"allowedDomains":["a.io","*.b.io"]}}"#),
+            Some(NetworkRequest {
+                allowed_domains: Some(vec!["a.io".into(), "*.b.io".into()])
+            })
+        );
+        assert_eq!(
+            network(r#"{"code":"1","network":{"allowedDomains":[]}}"#),
+            Some(NetworkRequest {
+                allowed_domains: Some(vec![])
+            })
+        );
+        let strings = "must be an array of strings";
+        for (body, field, reason) in [
+            (
+                r#"{"code":"1","network":true}"#,
+                "network",
+                "must be an object",
+            ),
+            (
+                r#"{"code":"1","network":["a.io"]}"#,
+                "network",
+                "must be an object",
+            ),
+            (
+                r#"{"code":"1","network":{"allowedDomains":"a.io"}}"#,
+                "network.allowedDomains",
+                strings,
+            ),
+            (
+                r#"{"code":"1","network":{"allowedDomains":[1]}}"#,
+                "network.allowedDomains",
+                strings,
+            ),
+            (
+                r#"{"code":"1","network":{"allowedDomains":["a.io",null]}}"#,
+                "network.allowedDomains",
+                strings,
+            ),
+            (
+                r#"{"code":"1","network":{"allowedDomains":{}}}"#,
+                "network.allowedDomains",
+                strings,
+            ),
+            (
+                r#"{"code":"1","network":{"allowed_domains":["a.io"]}}"#,
+                "network.allowed_domains",
+                "is not a network setting (allowedDomains)",
+            ),
+        ] {
+            assert_eq!(field_error(body), (field.into(), reason.into()), "{body}");
+        }
+        let many = format!(
+            r#"{{"code":"1","network":{{"allowedDomains":{}}}}}"#,
+            serde_json::to_string(&vec!["a.io"; MAX_REQUESTED_DOMAINS + 1]).unwrap()
+        );
+        assert_eq!(
+            field_error(&many),
+            (
+                "network.allowedDomains".into(),
+                format!("must have at most {MAX_REQUESTED_DOMAINS} entries")
+            )
+        );
     }
 
     #[test]
@@ -406,6 +531,7 @@ mod tests {
                 limits: JobLimits::default(),
                 files: Vec::new(),
                 return_files: false,
+                network: None,
             }
         );
     }

@@ -3,7 +3,7 @@
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
-use pysandbox_shared::{JobResult, LimitKind, SkippedFile, Usage};
+use pysandbox_shared::{JobResult, LimitKind, NetworkViolation, SkippedFile, Usage};
 use serde::Serialize;
 
 use crate::upload::Produced;
@@ -20,7 +20,8 @@ pub struct ExecuteResponse {
     pub signal: Option<String>,
     /// What the job printed on standard output (the kept head).
     pub stdout: String,
-    /// Standard error, with a `[sandbox] …` line per limit hit.
+    /// Standard error, with a `[sandbox] …` line per limit hit and per refused
+    /// network request.
     pub stderr: String,
     /// One entry per produced file when they were uploaded, then one per skipped
     /// work-dir entry.
@@ -39,6 +40,8 @@ pub struct ExecuteResponse {
     pub limit_exceeded: Option<&'static str>,
     /// What the job used.
     pub usage: UsageBody,
+    /// Network requests the egress proxy refused, in order (at most 100).
+    pub violations: Vec<ViolationBody>,
     /// The produced files themselves, when the request set `returnFiles`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub files: Option<Vec<ReturnedFile>>,
@@ -98,6 +101,27 @@ impl From<&SkippedFile> for Skipped {
     }
 }
 
+/// One entry of `violations`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ViolationBody {
+    /// `CONNECT`, `GET`, …, or `-` when the request could not be read.
+    pub method: String,
+    /// `host:port` as the proxy normalized it.
+    pub target: String,
+    /// Why it was refused, e.g. `not in allowed domains`.
+    pub reason: String,
+}
+
+impl From<NetworkViolation> for ViolationBody {
+    fn from(v: NetworkViolation) -> Self {
+        ViolationBody {
+            method: v.method,
+            target: v.target,
+            reason: v.reason,
+        }
+    }
+}
+
 /// The `usage` object; a figure is `null` where the executor's host cannot measure it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -150,6 +174,7 @@ impl From<JobResult> for ExecuteResponse {
             stderr_truncated: result.stderr_truncated,
             limit_exceeded: result.limit_exceeded.map(LimitKind::as_str),
             usage: result.usage.into(),
+            violations: result.violations.into_iter().map(Into::into).collect(),
             files: None,
             skipped_files: None,
             skipped_files_unlisted: 0,
@@ -177,13 +202,18 @@ mod tests {
                 cpu_ms: Some(5),
                 peak_memory_bytes: None,
             },
+            violations: vec![NetworkViolation {
+                method: "CONNECT".into(),
+                target: "evil.com:443".into(),
+                reason: "not in allowed domains".into(),
+            }],
             files: Vec::new(),
             skipped_files: Vec::new(),
             skipped_unlisted: 0,
         });
         assert_eq!(
             serde_json::to_string(&response).unwrap(),
-            r#"{"exitCode":0,"signal":null,"stdout":"4\n","stderr":"","uploads":[],"timedOut":false,"durationMs":12,"stdoutTruncated":false,"stderrTruncated":true,"limitExceeded":"output","usage":{"wallMs":12,"cpuMs":5,"peakMemoryBytes":null}}"#
+            r#"{"exitCode":0,"signal":null,"stdout":"4\n","stderr":"","uploads":[],"timedOut":false,"durationMs":12,"stdoutTruncated":false,"stderrTruncated":true,"limitExceeded":"output","usage":{"wallMs":12,"cpuMs":5,"peakMemoryBytes":null},"violations":[{"method":"CONNECT","target":"evil.com:443","reason":"not in allowed domains"}]}"#
         );
     }
 
@@ -203,13 +233,14 @@ mod tests {
                 cpu_ms: Some(1),
                 peak_memory_bytes: Some(4096),
             },
+            violations: vec![],
             files: Vec::new(),
             skipped_files: Vec::new(),
             skipped_unlisted: 0,
         });
         assert_eq!(
             serde_json::to_string(&response).unwrap(),
-            r#"{"exitCode":null,"signal":"SIGKILL","stdout":"","stderr":"[sandbox] killed: wall-clock timeout of 1000 ms exceeded\n","uploads":[],"timedOut":true,"durationMs":1003,"stdoutTruncated":false,"stderrTruncated":false,"limitExceeded":"time","usage":{"wallMs":1003,"cpuMs":1,"peakMemoryBytes":4096}}"#
+            r#"{"exitCode":null,"signal":"SIGKILL","stdout":"","stderr":"[sandbox] killed: wall-clock timeout of 1000 ms exceeded\n","uploads":[],"timedOut":true,"durationMs":1003,"stdoutTruncated":false,"stderrTruncated":false,"limitExceeded":"time","usage":{"wallMs":1003,"cpuMs":1,"peakMemoryBytes":4096},"violations":[]}"#
         );
     }
 

@@ -112,6 +112,7 @@ async fn execute(
         limits: job.limits,
         files: job.files,
         collect_files,
+        network: job.network,
     };
     let mut result = app.executor.run(spec).await?;
     let files: Vec<Produced> = std::mem::take(&mut result.files)

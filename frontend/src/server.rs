@@ -157,7 +157,7 @@ mod tests {
         let request_id = header(&response, "x-request-id").unwrap().to_owned();
         assert_eq!(
             response.text().await.unwrap(),
-            r#"{"exitCode":0,"signal":null,"stdout":"4\n","stderr":"","uploads":[],"timedOut":false,"durationMs":7,"stdoutTruncated":false,"stderrTruncated":false,"limitExceeded":null,"usage":{"wallMs":7,"cpuMs":3,"peakMemoryBytes":1048576}}"#
+            r#"{"exitCode":0,"signal":null,"stdout":"4\n","stderr":"","uploads":[],"timedOut":false,"durationMs":7,"stdoutTruncated":false,"stderrTruncated":false,"limitExceeded":null,"usage":{"wallMs":7,"cpuMs":3,"peakMemoryBytes":1048576},"violations":[]}"#
         );
         assert_eq!(
             specs.recv().await.unwrap(),
@@ -169,12 +169,26 @@ mod tests {
                 limits: Default::default(),
                 files: Vec::new(),
                 collect_files: false,
+                network: None,
             }
         );
 
         post_execute(&server, r#"{"code":"1","timeoutMs":1500}"#).await;
         let spec = specs.recv().await.unwrap();
         assert_eq!((spec.timeout_ms, spec.stdin), (Some(1500), None));
+
+        post_execute(
+            &server,
+            r#"{"code":"1","network":{"allowedDomains":["a.io"]}}"#,
+        )
+        .await;
+        let spec = specs.recv().await.unwrap();
+        assert_eq!(
+            spec.network,
+            Some(pysandbox_shared::NetworkRequest {
+                allowed_domains: Some(vec!["a.io".into()])
+            })
+        );
     }
 
     #[tokio::test]

@@ -96,6 +96,7 @@ pub fn four() -> JobResult {
         files: Vec::new(),
         skipped_files: Vec::new(),
         skipped_unlisted: 0,
+        violations: vec![],
     }
 }
 

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::files::{InputFile, ProducedFile, SkippedFile};
 use crate::limits::{JobLimits, LimitKind, Usage};
+use crate::network::{NetworkRequest, NetworkViolation};
 
 /// The largest wall-clock limit the HTTP API accepts, in milliseconds (seed-compatible).
 pub const MAX_TIMEOUT_MS: u32 = 120_000;
@@ -25,6 +26,8 @@ pub struct JobSpec {
     pub files: Vec<InputFile>,
     /// Whether to collect the files the job leaves in its work dir into the result.
     pub collect_files: bool,
+    /// Network access through the egress proxy; `None` means no network at all.
+    pub network: Option<NetworkRequest>,
 }
 
 /// How a job that ran ended, and what it printed.
@@ -36,7 +39,8 @@ pub struct JobResult {
     pub signal: Option<String>,
     /// Standard output as UTF-8 (invalid bytes replaced), up to the output cap.
     pub stdout: String,
-    /// Standard error like `stdout`, followed by one `[sandbox] …` line per limit hit.
+    /// Standard error like `stdout`, followed by one `[sandbox] …` line per limit hit
+    /// and per refused network request.
     pub stderr: String,
     /// Whether standard output went past the cap and its tail was dropped.
     pub stdout_truncated: bool,
@@ -58,6 +62,9 @@ pub struct JobResult {
     pub skipped_files: Vec<SkippedFile>,
     /// How many more entries were skipped than `skipped_files` lists.
     pub skipped_unlisted: u32,
+    /// Requests the egress proxy refused, at most [`crate::MAX_VIOLATIONS`]; each also
+    /// has a `[sandbox] network: blocked …` line in `stderr`.
+    pub violations: Vec<NetworkViolation>,
 }
 
 /// Why a job could not run. The executor logs the detail; the frontend turns each

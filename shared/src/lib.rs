@@ -11,12 +11,14 @@ pub mod codec;
 pub mod files;
 pub mod job;
 pub mod limits;
+pub mod network;
 pub mod protocol;
 
 pub use codec::{Connection, ProtocolError, MAX_REQUEST_FRAME_LEN, MAX_RESPONSE_FRAME_LEN};
 pub use files::{InputFile, PathError, ProducedFile, RelativePath, SkipReason, SkippedFile};
 pub use job::{JobError, JobResult, JobSpec, MAX_TIMEOUT_MS};
 pub use limits::{JobLimits, LimitKind, Usage, MAX_OUTPUT_BYTES};
+pub use network::{NetworkRequest, NetworkViolation, MAX_REQUESTED_DOMAINS, MAX_VIOLATIONS};
 pub use protocol::{
     Enforcement, ExecutorStatus, Hello, Layer, Request, Response, PROTOCOL_VERSION,
 };

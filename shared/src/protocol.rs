@@ -91,6 +91,7 @@ mod tests {
     use crate::codec::{decode, encode};
     use crate::files::{InputFile, ProducedFile, RelativePath, SkipReason, SkippedFile};
     use crate::limits::{JobLimits, LimitKind, Usage};
+    use crate::network::{NetworkRequest, NetworkViolation};
 
     fn sample_job() -> JobSpec {
         JobSpec {
@@ -107,6 +108,9 @@ mod tests {
                 data: vec![1, 2],
             }],
             collect_files: true,
+            network: Some(NetworkRequest {
+                allowed_domains: Some(vec!["a.io".into()]),
+            }),
         }
     }
 
@@ -134,6 +138,11 @@ mod tests {
                 reason: SkipReason::OverFileCap { cap: 5 },
             }],
             skipped_unlisted: 2,
+            violations: vec![NetworkViolation {
+                method: "GET".into(),
+                target: "b:80".into(),
+                reason: "r".into(),
+            }],
         }
     }
 
@@ -202,7 +211,8 @@ mod tests {
                     1, 2, b'r', b'1', 12, b'p', b'r', b'i', b'n', b't', b'(', b'2', b' ', b'+',
                     b' ', b'2', b')', 1, 2, b'i', b'n', 1, 0xe8, 0x07, 1, 0x80, 0x02, 0, 0, 0, 0,
                     // files: one, "a/b" with bytes [1, 2]; collect_files: true
-                    1, 3, b'a', b'/', b'b', 2, 1, 2, 1,
+                    1, 3, b'a', b'/', b'b', 2, 1, 2, 1, // network: allowed domains ["a.io"]
+                    1, 1, 1, 4, b'a', b'.', b'i', b'o',
                 ],
             ),
             (Request::Status, &[2]),
@@ -218,7 +228,8 @@ mod tests {
                     1, 1, 0, 0, 2, b'4', b'\n', 0, 0, 1, 0, 1, 5, 12, 1, 3, 0,
                     // files: one, "o" with [9]; skipped: one, "l" over a per-file cap
                     // of 5; 2 more unlisted
-                    1, 1, b'o', 1, 9, 1, 1, b'l', 6, 5, 2,
+                    1, 1, b'o', 1, 9, 1, 1, b'l', 6, 5, 2, // violations: GET b:80, reason r
+                    1, 3, b'G', b'E', b'T', 4, b'b', b':', b'8', b'0', 1, b'r',
                 ],
             ),
             (Response::Failed(JobError::ShuttingDown), &[2, 3]),

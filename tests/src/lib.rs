@@ -22,6 +22,7 @@ mod executor;
 mod frontend;
 mod http;
 mod log;
+mod origin;
 mod procs;
 mod service;
 mod upload_stub;
@@ -31,6 +32,7 @@ pub use executor::{Executor, ExecutorBuilder};
 pub use frontend::Frontend;
 pub use http::{assert_error, parse_raw_response, raw_exchange, Reply};
 pub use log::Log;
+pub use origin::Origin;
 pub use procs::{
     host_processes_matching, py_concat, random_bytes, random_hex, sleep_needle, wait_until,
     wait_until_async,

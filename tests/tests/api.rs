@@ -73,6 +73,7 @@ async fn seed_example_prints_four() {
             "stdoutTruncated": false,
             "stderrTruncated": false,
             "limitExceeded": null,
+            "violations": [],
         })
     );
 }
@@ -95,6 +96,7 @@ async fn result_keys_come_in_contract_order() {
         "stderrTruncated",
         "limitExceeded",
         "usage",
+        "violations",
     ];
     let positions: Vec<Option<usize>> = keys
         .iter()

@@ -6,13 +6,13 @@
 //! read-only (non-recursively, so `/tmp` and `/work` mounted later stay writable).
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Where the job's code appears in the jail: the executor writes it into the job's
 /// own read-only `/sandbox` when it hands the job over.
 pub const CODE_PATH: &str = "/sandbox/main.py";
 /// Where the executor binary appears in the jail, to run as `jail-init`.
-pub const INIT_PATH: &str = "/run/pysandbox/init";
+pub const INIT_PATH: &str = "/run/pysandbox-init";
 /// The job's work dir and cwd: the only host directory it may write.
 pub const WORK_DIR: &str = "/work";
 /// The launcher reads its orders from this descriptor once the executor hands it a job.
@@ -22,6 +22,27 @@ pub const HANDOFF_FD: i32 = 3;
 pub const READY_FD: i32 = 4;
 /// bwrap reads the seccomp program from this descriptor and loads it before jail-init.
 pub const SECCOMP_FD: i32 = 5;
+/// Where a job's egress proxy directory is bound, in every jail (empty without one).
+pub const PROXY_DIR: &str = "/run/pysandbox";
+/// The proxy's socket in the jail: `PROXY_DIR` + the proxy's socket name.
+pub const PROXY_SOCKET: &str = "/run/pysandbox/proxy.sock";
+/// The loopback port socat listens on in a jail that may use the network.
+pub const PROXY_PORT: u16 = 3128;
+/// What the `*_proxy` variables say.
+const PROXY_URL: &str = "http://127.0.0.1:3128";
+/// Proxy variables, both cases: curl reads only `http_proxy` in lower case, Python
+/// prefers lower case, other tools read upper case. An empty `NO_PROXY` sends even
+/// `localhost` through the proxy, which refuses it.
+const PROXY_ENV: &[(&str, &str)] = &[
+    ("HTTP_PROXY", PROXY_URL),
+    ("http_proxy", PROXY_URL),
+    ("HTTPS_PROXY", PROXY_URL),
+    ("https_proxy", PROXY_URL),
+    ("ALL_PROXY", PROXY_URL),
+    ("all_proxy", PROXY_URL),
+    ("NO_PROXY", ""),
+    ("no_proxy", ""),
+];
 
 /// The environment of every job: nothing of the executor's, only what Python needs.
 const JOB_ENV: &[(&str, &str)] = &[
@@ -93,28 +114,38 @@ pub fn fixed_args(layout: &Layout) -> Vec<OsString> {
     args.push_all(&["--perms", "1777", "--size"]);
     args.push(layout.shm_bytes.to_string());
     args.push_all(&["--tmpfs", "/dev/shm", "--remount-ro", "/dev"]);
-    args.push_all(&[
-        "--dir",
-        WORK_DIR,
-        "--dir",
-        "/tmp",
-        "--dir",
-        "/sandbox",
-        "--remount-ro",
-        "/",
-    ]);
+    // The proxy dir's mount point exists in every jail, because the root turns
+    // read-only before the per-job arguments bind anything.
+    args.push_all(&["--dir", WORK_DIR, "--dir", "/tmp", "--dir", "/sandbox"]);
+    args.push_all(&["--dir", PROXY_DIR, "--remount-ro", "/"]);
     args.0
 }
 
+/// A job's way out: its proxy directory on the host, and socat to relay to it.
+#[derive(Debug, Clone, Copy)]
+pub struct Egress<'a> {
+    /// The host directory holding the job's proxy socket.
+    pub proxy_dir: &'a Path,
+    /// socat, as the jail sees it (under `/usr` or an `ro_binds` entry).
+    pub socat: &'a Path,
+}
+
 /// The rest of the argv for one job: its work dir and `/tmp` (both on the job's
-/// size-limited tmpfs), its read-only `/sandbox` (where its code will be), then
+/// size-limited tmpfs), its read-only `/sandbox` (where its code will be), its
+/// egress proxy's directory and the proxy variables if it may use the network, then
 /// `command`, run by the executor binary inside the jail (its first word is the
 /// `jail-init` subcommand).
-pub fn job_args(dirs: &JobDirs, command: &[OsString]) -> Vec<OsString> {
+pub fn job_args(dirs: &JobDirs, proxy_dir: Option<&Path>, command: &[OsString]) -> Vec<OsString> {
     let mut args = Args::default();
     args.push("--bind").push(&dirs.work).push(WORK_DIR);
     args.push("--bind").push(&dirs.tmp).push("/tmp");
     args.push("--ro-bind").push(&dirs.sandbox).push("/sandbox");
+    if let Some(proxy_dir) = proxy_dir {
+        args.push("--ro-bind").push(proxy_dir).push(PROXY_DIR);
+        for (key, value) in PROXY_ENV {
+            args.push_all(&["--setenv", key, value]);
+        }
+    }
     args.push_all(&["--chdir", WORK_DIR, INIT_PATH]);
     args.0.extend_from_slice(command);
     args.0
@@ -207,6 +238,7 @@ mod tests {
         assert!(position(&args, "--dir /sandbox") < root_ro);
         assert!(position(&args, "--tmpfs /dev/shm") < position(&args, "--remount-ro /dev"));
         assert!(position(&args, "--dir /tmp") < root_ro);
+        assert!(position(&args, "--dir /run/pysandbox") < root_ro);
     }
 
     #[test]
@@ -260,10 +292,44 @@ mod tests {
             sandbox: "/state/jobs/7/sandbox".into(),
         };
         assert_eq!(
-            joined(&job_args(&dirs, &command)),
+            joined(&job_args(&dirs, None, &command)),
             "--bind /state/jobs/7/work /work --bind /state/jobs/7/tmp /tmp \
              --ro-bind /state/jobs/7/sandbox /sandbox --chdir /work \
-             /run/pysandbox/init jail-init -- /usr/bin/python3 -c ..."
+             /run/pysandbox-init jail-init -- /usr/bin/python3 -c ..."
         );
+    }
+
+    #[test]
+    fn a_job_with_network_gets_its_proxy_dir_and_the_proxy_env() {
+        let dirs = JobDirs {
+            work: "/state/jobs/7/work".into(),
+            tmp: "/state/jobs/7/tmp".into(),
+            sandbox: "/state/jobs/7/sandbox".into(),
+        };
+        let command = [OsString::from("jail-init")];
+        let args = joined(&job_args(
+            &dirs,
+            Some(Path::new("/state/jobs/7.proxy")),
+            &command,
+        ));
+        let proxy = "http://127.0.0.1:3128";
+        assert_eq!(
+            args,
+            format!(
+                "--bind /state/jobs/7/work /work --bind /state/jobs/7/tmp /tmp \
+                 --ro-bind /state/jobs/7/sandbox /sandbox \
+                 --ro-bind /state/jobs/7.proxy /run/pysandbox \
+                 --setenv HTTP_PROXY {proxy} --setenv http_proxy {proxy} \
+                 --setenv HTTPS_PROXY {proxy} --setenv https_proxy {proxy} \
+                 --setenv ALL_PROXY {proxy} --setenv all_proxy {proxy} \
+                 --setenv NO_PROXY  --setenv no_proxy  --chdir /work \
+                 /run/pysandbox-init jail-init"
+            )
+        );
+        assert_eq!(
+            Path::new(PROXY_DIR).join(crate::proxy::SOCKET_NAME),
+            Path::new(PROXY_SOCKET)
+        );
+        assert_eq!(PROXY_URL, format!("http://127.0.0.1:{PROXY_PORT}"));
     }
 }

@@ -36,6 +36,9 @@ const ROOT_LIB_DIRS: &[&str] = &["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/
 #[derive(Debug)]
 pub struct Jail {
     bwrap: PathBuf,
+    /// The same, for a job that may use the network: landlock lets it connect to
+    /// the relay's port, and jail-init starts the relay first.
+    command_net: Vec<OsString>,
     fixed_args: Vec<OsString>,
     /// What the executor binary runs inside the jail: jail-init, then Python.
     command: Vec<OsString>,
@@ -93,8 +96,13 @@ impl Jail {
             init,
             shm_bytes: config.shm_bytes,
         };
-        let mut command = init::argv(&extra_read, &[], &config.python);
-        command.extend(["-c".into(), LAUNCHER.into()]);
+        let python_command = |connect: &[u16], relay: Option<&Path>| {
+            let mut command = init::argv(&extra_read, connect, relay, &config.python);
+            command.extend(["-c".into(), LAUNCHER.into()]);
+            command
+        };
+        let command = python_command(&[], None);
+        let command_net = python_command(&[bwrap::PROXY_PORT], Some(&config.network.socat));
         let landlock_abi = crate::sys::landlock_abi();
         match landlock_abi {
             Some(abi) => {
@@ -108,6 +116,7 @@ impl Jail {
             layers: layers(config, landlock_abi),
             bwrap: config.bwrap.clone(),
             command,
+            command_net,
             fixed_args: bwrap::fixed_args(&layout),
             seccomp: seccomp::bytes(),
             uid: config.sandbox_uid,
@@ -122,13 +131,16 @@ impl Jail {
 
     /// Starts a jail on `dir`, inside the cgroups whose `cgroup.procs` descriptors are
     /// `cgroup_procs`, with `rlimits` on every process; its Python imports `preload`
-    /// and then waits for the job. The returned child is killed when dropped.
+    /// and then waits for the job. With a `proxy_dir` (holding the job's egress
+    /// proxy socket), the job may use the network through it; without, it has none.
+    /// The returned child is killed when dropped.
     pub fn spawn(
         &self,
         dir: &WorkDir,
         cgroup_procs: &[RawFd],
         rlimits: &[Rlimit],
         preload: &[String],
+        proxy_dir: Option<&Path>,
     ) -> Result<Started, Error> {
         if cgroup_procs.len() > MAX_CGROUPS || rlimits.len() > MAX_RLIMITS {
             return Err(Error::Jail("too many cgroups or rlimits".into()));
@@ -148,7 +160,14 @@ impl Jail {
         let handoff_rx = handoff_rx.into_blocking_fd().map_err(pipe_error)?;
         let mut cmd = Command::new(&self.bwrap);
         cmd.args(&self.fixed_args)
-            .args(bwrap::job_args(&dir.dirs(), &self.command))
+            .args(bwrap::job_args(
+                &dir.dirs(),
+                proxy_dir,
+                match proxy_dir {
+                    Some(_) => &self.command_net,
+                    None => &self.command,
+                },
+            ))
             .args(preload)
             // bwrap's pid 1 keeps its own environment, which the job can read in
             // /proc/1/environ: it gets none of ours.
