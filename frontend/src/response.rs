@@ -258,7 +258,7 @@ mod tests {
         response.skipped_files_unlisted = 3;
         let json = serde_json::to_string(&response).unwrap();
         assert!(
-            json.ends_with(r#""usage":{"wallMs":7,"cpuMs":3,"peakMemoryBytes":1048576},"files":[{"path":"a.png","size":2,"contentType":"image/png","contentBase64":"AP8="}],"skippedFiles":[{"path":"l","reason":"symlink"}],"skippedFilesUnlisted":3}"#),
+            json.ends_with(r#""usage":{"wallMs":7,"cpuMs":3,"peakMemoryBytes":1048576},"violations":[],"files":[{"path":"a.png","size":2,"contentType":"image/png","contentBase64":"AP8="}],"skippedFiles":[{"path":"l","reason":"symlink"}],"skippedFilesUnlisted":3}"#),
             "{json}"
         );
     }
