@@ -99,6 +99,27 @@ pub fn py_concat(s: &str) -> String {
     format!("{:?} + {:?}", &s[..mid], &s[mid..])
 }
 
+/// Waits up to `timeout` for `child` to exit and returns its output; kills it (and
+/// fails, with its stderr) if it is still running then.
+pub fn exit_output(
+    mut child: std::process::Child,
+    what: &str,
+    timeout: Duration,
+) -> std::process::Output {
+    let exited = wait_until(timeout, || child.try_wait().ok().flatten().is_some());
+    if !exited {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().expect("collect output");
+    assert!(
+        exited,
+        "{what} kept running; stdout: {}; stderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

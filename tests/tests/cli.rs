@@ -1,28 +1,10 @@
 //! The daemons' command lines and config files.
 
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use pysandbox_tests::{binaries, require_root, wait_until, Executor, Frontend, Service};
+use pysandbox_tests::{binaries, exit_output, require_root, Executor, Frontend, Service};
 use serde_json::json;
-
-/// Waits up to 10 s for `child` to exit and returns its output; kills it (and
-/// fails) if it is still running.
-fn exit_output(mut child: Child, what: &str) -> Output {
-    let exited = wait_until(Duration::from_secs(10), || {
-        child.try_wait().ok().flatten().is_some()
-    });
-    if !exited {
-        let _ = child.kill();
-    }
-    let out = child.wait_with_output().expect("collect output");
-    assert!(
-        exited,
-        "{what} kept running; stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 fn frontend_without_token(token: Option<&str>) -> Output {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -35,7 +17,11 @@ fn frontend_without_token(token: Option<&str>) -> Output {
     if let Some(token) = token {
         cmd.env("AUTH_TOKEN", token);
     }
-    exit_output(cmd.spawn().expect("spawn the frontend"), "the frontend")
+    exit_output(
+        cmd.spawn().expect("spawn the frontend"),
+        "the frontend",
+        Duration::from_secs(10),
+    )
 }
 
 #[test]
@@ -114,7 +100,11 @@ fn executor_rejects_an_unknown_config_key() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn the executor");
-    let out = exit_output(child, "the executor with an unknown config key");
+    let out = exit_output(
+        child,
+        "the executor with an unknown config key",
+        Duration::from_secs(10),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
     assert!(

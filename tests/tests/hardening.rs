@@ -14,8 +14,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use pysandbox_tests::{
-    binaries, random_hex, require_root, stdout_json, wait_until, wait_until_async, Executor,
-    Frontend, Reply, Service, FRONTEND_GID, FRONTEND_UID,
+    binaries, exit_output, random_hex, require_root, stdout_json, wait_until, wait_until_async,
+    Executor, Frontend, Reply, Service, FRONTEND_GID, FRONTEND_UID,
 };
 use serde_json::{json, Value};
 
@@ -942,24 +942,12 @@ async fn frontend_holds_no_capability_even_when_handed_one() {
 
 /// Waits up to 10 s for the command to exit and returns its output.
 fn run_to_exit(mut cmd: Command, what: &str) -> Output {
-    let mut child = cmd
+    let child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-    let exited = wait_until(Duration::from_secs(10), || {
-        child.try_wait().ok().flatten().is_some()
-    });
-    if !exited {
-        let _ = child.kill();
-    }
-    let out = child.wait_with_output().expect("collect output");
-    assert!(
-        exited,
-        "{what} kept running; stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    exit_output(child, what, Duration::from_secs(10))
 }
 
 /// A frontend command as root (no uid switch), otherwise as the harness makes it.

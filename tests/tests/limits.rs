@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use pysandbox_tests::{
-    assert_error, binaries, host_processes_matching, py_concat, require_root, sleep_needle,
-    wait_until, wait_until_async, Executor, Service,
+    assert_error, binaries, exit_output, host_processes_matching, py_concat, require_root,
+    sleep_needle, wait_until_async, Executor, Service,
 };
 use serde_json::{json, Value};
 
@@ -884,7 +884,7 @@ fn run_check(extra: &[&str]) -> Output {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .expect("chmod");
-    let mut child = Command::new(&binaries().executor)
+    let child = Command::new(&binaries().executor)
         .arg("--state-dir")
         .arg(dir.path().join("state"))
         .args(extra)
@@ -900,19 +900,7 @@ fn run_check(extra: &[&str]) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn the executor's check");
-    let exited = wait_until(Duration::from_secs(30), || {
-        child.try_wait().ok().flatten().is_some()
-    });
-    if !exited {
-        let _ = child.kill();
-    }
-    let out = child.wait_with_output().expect("collect output");
-    assert!(
-        exited,
-        "check kept running; stdout: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    out
+    exit_output(child, "check", Duration::from_secs(30))
 }
 
 /// The mark (`ok`, `warn`, `FAIL`) of the line for `name` in check's output.
