@@ -223,19 +223,20 @@ impl Runner {
         };
         // A job gets network only when it asks; `allowedDomains` may only narrow
         // the configured list.
-        let network = match &spec.network {
-            None => None,
-            Some(request) => {
-                let policy = self
-                    .network
-                    .narrowed(request.allowed_domains.as_deref())
-                    .map_err(|e| JobError::Rejected {
-                        field: "network.allowedDomains".into(),
-                        reason: e.to_string(),
-                    })?;
-                policy.allows_anything().then_some(policy)
-            }
-        };
+        // The configured list applies to every job, as in the seed service (whose
+        // clients know nothing of `network`); a request may only narrow it.
+        let asked = spec
+            .network
+            .as_ref()
+            .and_then(|n| n.allowed_domains.as_deref());
+        let policy = self
+            .network
+            .narrowed(asked)
+            .map_err(|e| JobError::Rejected {
+                field: "network.allowedDomains".into(),
+                reason: e.to_string(),
+            })?;
+        let network = policy.allows_anything().then_some(policy);
         Ok(Resolved {
             timeout_ms,
             limits,

@@ -98,6 +98,30 @@ fn stderr_of(out: &Value) -> &str {
     out["stderr"].as_str().unwrap_or_default()
 }
 
+/// Seed clients send no `network` field: they get the configured domains.
+#[tokio::test]
+async fn a_request_without_a_network_field_gets_the_configured_domains() {
+    require_root!();
+    let origin = Origin::start();
+    let svc = start(&origin, "");
+    let code = format!(
+        "{HELPERS}\nprint(json.dumps(via_http('http://allowed.test:{}/seed')))",
+        origin.port()
+    );
+    let out = svc.run(json!({ "code": code })).await;
+    assert_eq!(
+        stdout_json(&out),
+        json!([
+            200,
+            format!(
+                "origin saw GET /seed HTTP/1.1 host allowed.test:{}",
+                origin.port()
+            )
+        ]),
+        "{out:#}"
+    );
+}
+
 #[tokio::test]
 async fn allowed_names_are_fetched_over_plain_http_and_through_connect() {
     require_root!();
@@ -430,7 +454,8 @@ async fn without_network_a_job_reaches_nothing_and_has_no_dns() {
     require_root!();
     use std::os::linux::net::SocketAddrExt;
     let origin = Origin::start();
-    let svc = start(&origin, "");
+    // No allow list in the configuration: no network for any job.
+    let svc = Service::start();
     let abstract_name = format!("pysandbox-test-{}", pysandbox_tests::random_hex(8));
     let abstract_addr = std::os::unix::net::SocketAddr::from_abstract_name(&abstract_name)
         .expect("abstract address");
