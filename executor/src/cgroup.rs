@@ -393,15 +393,16 @@ fn kill_all(dir: &Path, version: Version) {
 /// Kills every process in the cgroup at `dir` and removes it, waiting briefly for
 /// the dying processes to leave (rmdir fails with EBUSY until they have).
 fn kill_and_remove(dir: &Path, version: Version) {
-    for attempt in 0..50 {
+    // Up to about half a second, in fine steps: the response waits on this.
+    for attempt in 0..500 {
         kill_all(dir, version);
         match fs::remove_dir(dir) {
             Ok(()) => return,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-            Err(e) if attempt == 49 => {
+            Err(e) if attempt == 499 => {
                 tracing::error!(cgroup = %dir.display(), error = %e, "cannot remove cgroup");
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            Err(_) => std::thread::sleep(Duration::from_millis(1)),
         }
     }
 }

@@ -574,7 +574,9 @@ async fn wait_or_kill(
 async fn wait_until_empty(cgroup: &JobCgroup) {
     let deadline = Instant::now() + EMPTY_WAIT;
     while !cgroup.is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // Dying processes leave within a millisecond or two: poll finely, since the
+        // response waits on this.
+        tokio::time::sleep(Duration::from_micros(500)).await;
     }
 }
 

@@ -14,7 +14,8 @@ use crate::job::Prepared;
 pub struct Pool {
     jails: Mutex<Vec<Prepared>>,
     size: usize,
-    /// Wakes the refill task: a jail was taken, or a job slot came free.
+    /// Wakes the refill task: a job finished, so a slot is free and maybe a jail
+    /// was used.
     pub wake: Notify,
 }
 
@@ -27,11 +28,11 @@ impl Pool {
         }
     }
 
-    /// A warm jail, if one is waiting; the refill task is told either way.
+    /// A warm jail, if one is waiting. The refill task is told only once the job
+    /// that took it is done (see the server): setting up a jail meanwhile would
+    /// compete with that job for the CPU.
     pub fn take(&self) -> Option<Prepared> {
-        let jail = self.lock().pop();
-        self.wake.notify_one();
-        jail
+        self.lock().pop()
     }
 
     /// Adds a warm jail.
