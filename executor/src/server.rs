@@ -125,8 +125,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 /// The file is created under the process umask (0077) and only then opened to the
 /// group, so there is no moment when others could connect.
 fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, Error> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(Error::setup("create", parent))?;
+    // Directories made here, under the executor's umask (0077), would keep the
+    // frontend from even reaching the socket: they are opened to traversal, and the
+    // socket's own mode and group guard it.
+    let missing: Vec<&Path> = path
+        .ancestors()
+        .skip(1)
+        .take_while(|dir| !dir.exists())
+        .collect();
+    for dir in missing.into_iter().rev() {
+        std::fs::create_dir(dir).map_err(Error::setup("create", dir))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+            .map_err(Error::setup("chmod", dir))?;
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {

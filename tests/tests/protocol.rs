@@ -353,3 +353,49 @@ fn decode_frames(mut bytes: &[u8]) -> Vec<Response> {
     }
     responses
 }
+
+/// An executor whose socket directory does not exist yet (e.g. /run/pysandbox on a
+/// host without the systemd socket unit) makes it reachable for the frontend's uid:
+/// it once made it 0700 under its own umask, and every request got a 503.
+#[tokio::test]
+async fn a_socket_directory_the_executor_creates_lets_the_frontend_in() {
+    require_root!();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = dir.path().join("run/pysandbox/executor.sock");
+    let mut executor = Command::new(&pysandbox_tests::binaries().executor)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .args(["--socket-group", &FRONTEND_GID.to_string()])
+        .args(["--allow-uid", &FRONTEND_UID.to_string()])
+        .args(["--warm-pool-size", "0"])
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the executor");
+    let up = pysandbox_tests::wait_until(Duration::from_secs(10), || socket.exists());
+    let mode = socket
+        .parent()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map(|m| m.permissions().mode());
+    let health = if up {
+        let frontend = pysandbox_tests::Frontend::start_on_socket(&socket, &[]);
+        let response = reqwest::get(frontend.url("/health")).await.unwrap();
+        Some(response.json::<Value>().await.unwrap())
+    } else {
+        None
+    };
+    let _ = executor.kill();
+    let _ = executor.wait();
+    assert!(up, "the executor never made its socket");
+    assert_eq!(mode.map(|m| m & 0o777), Some(0o755));
+    assert_eq!(
+        health.as_ref().map(|h| &h["executor"]),
+        Some(&Value::from("up")),
+        "{health:?}"
+    );
+}
