@@ -763,6 +763,12 @@ mod tests {
         }
     }
 
+    /// The result of a job observed as `observed`, printing `stdout` and `stderr`,
+    /// with the test limits and no files collected.
+    fn run_result(observed: Observed, stdout: Captured, stderr: Captured) -> JobResult {
+        assemble(observed, &resolved(), stdout, stderr, Collected::default())
+    }
+
     fn resolved() -> Resolved {
         Resolved {
             timeout_ms: 1000,
@@ -802,13 +808,7 @@ mod tests {
             pids_limited: true,
             ..Observed::default()
         };
-        let result = assemble(
-            observed,
-            &resolved(),
-            text("out", true),
-            text("partial", true),
-            Collected::default(),
-        );
+        let result = run_result(observed, text("out", true), text("partial", true));
         assert_eq!(
             result.stderr,
             "partial\n[sandbox] killed: wall-clock timeout of 1000 ms exceeded\n\
@@ -827,13 +827,7 @@ mod tests {
             oom_killed: true,
             ..Observed::default()
         };
-        let result = assemble(
-            observed,
-            &resolved(),
-            text("", false),
-            text("", false),
-            Collected::default(),
-        );
+        let result = run_result(observed, text("", false), text("", false));
         assert_eq!(result.limit_exceeded, Some(LimitKind::Memory));
         assert_eq!(result.signal.as_deref(), Some("SIGKILL"));
         assert_eq!(
@@ -849,13 +843,7 @@ mod tests {
             status: exited(128 + 24),
             ..Observed::default()
         };
-        let result = assemble(
-            observed,
-            &resolved(),
-            text("", false),
-            text("", false),
-            Collected::default(),
-        );
+        let result = run_result(observed, text("", false), text("", false));
         assert_eq!(result.limit_exceeded, Some(LimitKind::Cpu));
     }
 
@@ -875,13 +863,7 @@ mod tests {
             },
             ..Observed::default()
         };
-        let result = assemble(
-            observed,
-            &resolved(),
-            text("", false),
-            text("boom", false),
-            Collected::default(),
-        );
+        let result = run_result(observed, text("", false), text("boom", false));
         assert_eq!(
             result.stderr,
             "boom\n[sandbox] network: blocked CONNECT evil.com:443 (not in allowed domains)\n\
@@ -899,13 +881,7 @@ mod tests {
             status: exited(0),
             ..Observed::default()
         };
-        let result = assemble(
-            observed,
-            &resolved(),
-            text("4\n", false),
-            text("", false),
-            Collected::default(),
-        );
+        let result = run_result(observed, text("4\n", false), text("", false));
         assert_eq!(
             (result.stdout.as_str(), result.stderr.as_str()),
             ("4\n", "")
