@@ -307,32 +307,25 @@ fn block(rule: &Rule) -> Vec<Insn> {
             deny,
             allow,
         ],
-        When::OneOf { arg, values } => {
-            let n = values.len() as u8;
-            let mut block = vec![ld(offset_arg(arg))];
-            // Value i jumps over the remaining comparisons and the allow, to deny.
-            block.extend(
-                values
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &v)| jeq(v, n - i as u8, 0)),
-            );
-            block.extend([allow, deny]);
-            block
-        }
-        When::NoneOf { arg, values } => {
-            let n = values.len() as u8;
-            let mut block = vec![ld(offset_arg(arg))];
-            block.extend(
-                values
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &v)| jeq(v, n - i as u8, 0)),
-            );
-            block.extend([deny, allow]);
-            block
-        }
+        When::OneOf { arg, values } => membership(arg, values, deny, allow),
+        When::NoneOf { arg, values } => membership(arg, values, allow, deny),
     }
+}
+
+/// Loads argument `arg` and compares it with each of `values`: a match jumps over
+/// the remaining comparisons and `otherwise` to `matched`; no match falls through to
+/// `otherwise`.
+fn membership(arg: u8, values: &[u32], matched: Insn, otherwise: Insn) -> Vec<Insn> {
+    let n = values.len() as u8;
+    let mut block = vec![ld(offset_arg(arg))];
+    block.extend(
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| jeq(v, n - i as u8, 0)),
+    );
+    block.extend([otherwise, matched]);
+    block
 }
 
 /// The program as the bytes of a `struct sock_filter` array, which is what bwrap
