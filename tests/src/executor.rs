@@ -258,18 +258,7 @@ impl Executor {
 
     /// SIGTERM, then SIGKILL if it is still alive after 5 s; returns how it ended.
     pub fn stop(&mut self) -> Option<ExitStatus> {
-        let mut child = self.child.take()?;
-        let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits in i32"));
-        let _ = kill(pid, Signal::SIGTERM);
-        let deadline = Instant::now() + STOP_GRACE;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        child.wait().ok()
+        crate::procs::terminate(self.child.take()?, STOP_GRACE)
     }
 
     /// SIGKILL (as a crash would), then reap it.

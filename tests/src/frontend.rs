@@ -7,9 +7,6 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-
 use crate::executor::{log_filter, PATH};
 use crate::{binaries, random_hex, Executor, Log, FRONTEND_GID, FRONTEND_UID};
 
@@ -157,18 +154,7 @@ impl Frontend {
 
     /// SIGTERM, then SIGKILL if it is still alive after `grace`; returns how it ended.
     pub fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
-        let mut child = self.child.take()?;
-        let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits in i32"));
-        let _ = kill(pid, Signal::SIGTERM);
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        child.wait().ok()
+        crate::procs::terminate(self.child.take()?, grace)
     }
 
     fn exited(&mut self) -> Option<ExitStatus> {

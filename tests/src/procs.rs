@@ -120,6 +120,25 @@ pub fn exit_output(
     out
 }
 
+/// SIGTERM, then SIGKILL if `child` is still alive after `grace`; returns how it
+/// ended.
+pub fn terminate(
+    mut child: std::process::Child,
+    grace: Duration,
+) -> Option<std::process::ExitStatus> {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    if wait_until(grace, || child.try_wait().ok().flatten().is_some()) {
+        return child.wait().ok();
+    }
+    let _ = child.kill();
+    child.wait().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
