@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use pysandbox_shared::{JobLimits, JobSpec};
+use pysandbox_shared::{JobLimits, JobSpec, Response, Stream};
 
 use crate::cgroup::{self, Cgroups, Controller, Version};
 use crate::config::Config;
@@ -155,14 +155,38 @@ async fn run_job(
         network: None,
     };
     let resolved: Resolved = runner.resolve(&spec).map_err(|e| e.to_string())?;
-    match runner.run(&spec, resolved, None).await {
-        Ok(result) if result.stdout == "4\n" && result.exit_code == Some(0) => Ok(format!(
+    let (frames, mut received) = tokio::sync::mpsc::channel(16);
+    let run = async {
+        let ran = runner.run(&spec, resolved, None, &frames).await;
+        drop(frames);
+        ran
+    };
+    let gather = async {
+        let (mut stdout, mut stderr, mut end) = (Vec::new(), Vec::new(), None);
+        while let Some(frame) = received.recv().await {
+            match frame {
+                Response::Output(chunk) if chunk.stream == Stream::Stdout => {
+                    stdout.extend(chunk.data)
+                }
+                Response::Output(chunk) => stderr.extend(chunk.data),
+                Response::Ended(ended) => end = Some(ended),
+                _ => {}
+            }
+        }
+        (stdout, stderr, end)
+    };
+    let (ran, (stdout, stderr, end)) = tokio::join!(run, gather);
+    let exit_code = end.as_ref().and_then(|end| end.exit_code);
+    match ran {
+        Ok(_) if stdout == b"4\n" && exit_code == Some(0) => Ok(format!(
             "print(2 + 2) ran as uid {} in {} ms",
-            config.sandbox_uid, result.usage.wall_ms
+            config.sandbox_uid,
+            end.map_or(0, |end| end.usage.wall_ms)
         )),
-        Ok(result) => Err(format!(
-            "the job ran but printed {:?} / {:?} (exit {:?})",
-            result.stdout, result.stderr, result.exit_code
+        Ok(_) => Err(format!(
+            "the job ran but printed {:?} / {:?} (exit {exit_code:?})",
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr),
         )),
         Err(e) => Err(format!(
             "{e} — check the lines above; bwrap must be able to create user namespaces as uid {}",

@@ -33,7 +33,7 @@ use nix::dir::Dir;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{fstat, fstatat, FileStat, Mode, SFlag};
 use pysandbox_shared::files::{MAX_PATH_DEPTH, MAX_SKIPPED_LISTED};
-use pysandbox_shared::{ProducedFile, SkipReason, SkippedFile};
+use pysandbox_shared::{SkipReason, SkippedFile, MAX_CHUNK_BYTES};
 
 use crate::sys::open_beneath;
 use crate::workdir::open_dir;
@@ -70,24 +70,40 @@ impl Stamp {
     }
 }
 
-/// The files collected from a work dir, and what was left out.
+/// Where collected files go as they are read, so that no file is ever held whole.
+pub(crate) trait Sink {
+    /// A file begins. `false`: nobody listens any more, stop.
+    fn begin(&mut self, path: &str) -> bool;
+    /// The next bytes of the file last begun, at most [`MAX_CHUNK_BYTES`].
+    /// `false`: nobody listens any more, stop.
+    fn data(&mut self, chunk: &[u8]) -> bool;
+}
+
+/// What collecting a work dir left out.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Collected {
-    pub files: Vec<ProducedFile>,
     pub skipped: Vec<SkippedFile>,
     /// Skipped entries beyond [`MAX_SKIPPED_LISTED`].
     pub skipped_unlisted: u32,
 }
 
-/// Collects the regular files under `work`, in path order, within `caps`, leaving
-/// out the input files whose stamps are in `inputs`. Only a failure to open `work`
-/// itself is an error; an entry that cannot be read is skipped as unreadable.
-pub fn collect(work: &Path, caps: Caps, inputs: &[Stamp]) -> std::io::Result<Collected> {
+/// Passes the regular files under `work` to `sink`, in path order, within `caps`,
+/// leaving out the input files whose stamps are in `inputs`. Only a failure to open
+/// `work` itself is an error; an entry that cannot be read is skipped as unreadable.
+pub(crate) fn collect(
+    work: &Path,
+    caps: Caps,
+    inputs: &[Stamp],
+    sink: &mut dyn Sink,
+) -> std::io::Result<Collected> {
     let root = Dir::from(open_dir(work)?)?;
     let mut walk = Walk {
         caps,
         inputs,
+        sink,
+        files: 0,
         total_bytes: 0,
+        listening: true,
         out: Collected::default(),
     };
     walk.dir(root, "", 0);
@@ -97,7 +113,11 @@ pub fn collect(work: &Path, caps: Caps, inputs: &[Stamp]) -> std::io::Result<Col
 struct Walk<'a> {
     caps: Caps,
     inputs: &'a [Stamp],
+    sink: &'a mut dyn Sink,
+    files: u32,
     total_bytes: u64,
+    /// Whether the sink still takes files; once it does not, the walk ends.
+    listening: bool,
     out: Collected,
 }
 
@@ -124,6 +144,9 @@ impl Walk<'_> {
         names.sort_unstable();
         let fd = dir.as_raw_fd();
         for name in names {
+            if !self.listening {
+                return;
+            }
             self.entry(fd, &name, prefix, depth);
         }
     }
@@ -176,7 +199,7 @@ impl Walk<'_> {
                 },
             );
         }
-        if self.out.files.len() >= caps.max_files as usize {
+        if self.files >= caps.max_files {
             return self.skip(
                 path,
                 SkipReason::OverCountCap {
@@ -192,13 +215,12 @@ impl Walk<'_> {
                 },
             );
         }
-        match read(parent, name, st) {
-            Some(data) => {
-                self.total_bytes += data.len() as u64;
-                self.out.files.push(ProducedFile { path, data });
-            }
-            None => self.skip(path, SkipReason::Unreadable),
-        }
+        let Some(file) = open(parent, name, st) else {
+            return self.skip(path, SkipReason::Unreadable);
+        };
+        self.files += 1;
+        self.total_bytes += size;
+        self.listening = self.sink.begin(&path) && stream(file, size, self.sink);
     }
 
     fn skip(&mut self, path: String, reason: SkipReason) {
@@ -210,10 +232,10 @@ impl Walk<'_> {
     }
 }
 
-/// Opens and reads the regular file `name` that `fstatat` described as `seen`:
-/// `None` unless the opened descriptor is that very file, still with one link and
-/// the size the caps were checked against.
-fn read(parent: RawFd, name: &CStr, seen: &FileStat) -> Option<Vec<u8>> {
+/// Opens the regular file `name` that `fstatat` described as `seen`: `None` unless
+/// the opened descriptor is that very file, still with one link and the size the
+/// caps were checked against.
+fn open(parent: RawFd, name: &CStr, seen: &FileStat) -> Option<std::fs::File> {
     // O_NONBLOCK: should the entry have become a FIFO, open does not wait for a writer.
     let fd: OwnedFd = open_beneath(
         parent,
@@ -226,16 +248,29 @@ fn read(parent: RawFd, name: &CStr, seen: &FileStat) -> Option<Vec<u8>> {
     let same = kind(&st) == SFlag::S_IFREG
         && st.st_nlink == 1
         && (st.st_dev, st.st_ino, st.st_size) == (seen.st_dev, seen.st_ino, seen.st_size);
-    if !same {
-        return None;
+    same.then(|| std::fs::File::from(fd))
+}
+
+/// Passes the first `size` bytes of `file` to `sink` in chunks; `false` when the
+/// sink stopped listening. A read error ends the file early: on the work dir's
+/// tmpfs, with every writer dead, there is none to expect.
+fn stream(file: std::fs::File, size: u64, sink: &mut dyn Sink) -> bool {
+    let mut file = file.take(size);
+    let mut chunk = vec![0u8; MAX_CHUNK_BYTES];
+    loop {
+        match file.read(&mut chunk) {
+            Ok(0) => return true,
+            Ok(n) => {
+                if !sink.data(&chunk[..n]) {
+                    return false;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "a produced file could not be read to its end");
+                return true;
+            }
+        }
     }
-    let size = u64::try_from(st.st_size).ok()?;
-    let mut data = Vec::with_capacity(usize::try_from(size).ok()?);
-    std::fs::File::from(fd)
-        .take(size)
-        .read_to_end(&mut data)
-        .ok()?;
-    Some(data)
 }
 
 fn kind(st: &FileStat) -> SFlag {
@@ -289,11 +324,56 @@ mod tests {
         std::fs::write(path, data).unwrap();
     }
 
-    fn paths(collected: &Collected) -> Vec<&str> {
+    /// A collected file, whole.
+    struct Got {
+        path: String,
+        data: Vec<u8>,
+    }
+
+    impl Sink for Vec<Got> {
+        fn begin(&mut self, path: &str) -> bool {
+            self.push(Got {
+                path: path.into(),
+                data: Vec::new(),
+            });
+            true
+        }
+
+        fn data(&mut self, chunk: &[u8]) -> bool {
+            assert!(chunk.len() <= MAX_CHUNK_BYTES);
+            self.last_mut()
+                .expect("data after begin")
+                .data
+                .extend(chunk);
+            true
+        }
+    }
+
+    /// What one collection passed on and left out.
+    struct Gathered {
+        files: Vec<Got>,
+        skipped: Vec<SkippedFile>,
+        skipped_unlisted: u32,
+    }
+
+    fn gather(work: &Path, caps: Caps, inputs: &[Stamp]) -> std::io::Result<Gathered> {
+        let mut files = Vec::new();
+        let Collected {
+            skipped,
+            skipped_unlisted,
+        } = collect(work, caps, inputs, &mut files)?;
+        Ok(Gathered {
+            files,
+            skipped,
+            skipped_unlisted,
+        })
+    }
+
+    fn paths(collected: &Gathered) -> Vec<&str> {
         collected.files.iter().map(|f| f.path.as_str()).collect()
     }
 
-    fn skipped(collected: &Collected) -> Vec<(&str, String)> {
+    fn skipped(collected: &Gathered) -> Vec<(&str, String)> {
         collected
             .skipped
             .iter()
@@ -309,7 +389,7 @@ mod tests {
         write(&work, "data/out.csv", b"a,b\n1,2\n");
         write(&work, "data/deeper/x", b"");
         std::fs::create_dir(work.join("empty")).unwrap();
-        let collected = collect(&work, CAPS, &[]).unwrap();
+        let collected = gather(&work, CAPS, &[]).unwrap();
         assert_eq!(
             paths(&collected),
             ["chart.png", "data/deeper/x", "data/out.csv"]
@@ -317,6 +397,35 @@ mod tests {
         assert_eq!(collected.files[0].data, binary);
         assert_eq!(collected.files[2].data, b"a,b\n1,2\n");
         assert!(collected.skipped.is_empty());
+    }
+
+    /// A file larger than a chunk arrives whole, in chunks; a sink that stops
+    /// listening ends the walk at once.
+    #[test]
+    fn files_stream_in_chunks_and_a_deaf_sink_ends_the_walk() {
+        let (_dir, work) = tree();
+        let big: Vec<u8> = (0..3 * MAX_CHUNK_BYTES + 5).map(|i| i as u8).collect();
+        write(&work, "a", &big);
+        write(&work, "b", b"b");
+        let collected = gather(&work, CAPS, &[]).unwrap();
+        assert_eq!(collected.files[0].data, big);
+
+        struct Deaf(u32);
+        impl Sink for Deaf {
+            fn begin(&mut self, _: &str) -> bool {
+                self.0 += 1;
+                true
+            }
+            fn data(&mut self, _: &[u8]) -> bool {
+                false
+            }
+        }
+        let mut deaf = Deaf(0);
+        collect(&work, CAPS, &[], &mut deaf).unwrap();
+        assert_eq!(
+            deaf.0, 1,
+            "the walk went on after the sink stopped listening"
+        );
     }
 
     #[test]
@@ -332,7 +441,7 @@ mod tests {
         symlink("/", work.join("root")).unwrap();
         symlink("dangling", work.join("dangling")).unwrap();
         write(&work, "ok.txt", b"ok");
-        let collected = collect(&work, CAPS, &[]).unwrap();
+        let collected = gather(&work, CAPS, &[]).unwrap();
         assert_eq!(paths(&collected), ["ok.txt"]);
         let mut skipped = skipped(&collected);
         skipped.sort();
@@ -354,7 +463,7 @@ mod tests {
         write(&work, "a.txt", b"shared");
         std::fs::hard_link(work.join("a.txt"), work.join("b.txt")).unwrap();
         write(&work, "c.txt", b"single");
-        let collected = collect(&work, CAPS, &[]).unwrap();
+        let collected = gather(&work, CAPS, &[]).unwrap();
         assert_eq!(paths(&collected), ["c.txt"]);
         assert_eq!(
             skipped(&collected),
@@ -369,7 +478,7 @@ mod tests {
         let _listener = UnixListener::bind(work.join("sock")).unwrap();
         write(&work, "z.txt", b"z");
         let started = Instant::now();
-        let collected = collect(&work, CAPS, &[]).unwrap();
+        let collected = gather(&work, CAPS, &[]).unwrap();
         assert!(started.elapsed() < Duration::from_secs(5));
         assert_eq!(paths(&collected), ["z.txt"]);
         assert_eq!(
@@ -390,7 +499,7 @@ mod tests {
         write(&work, "dir\nname/inside", b"never seen");
         write(&work, "tab\there", b"x");
         write(&work, "ünïcode ok", b"x");
-        let collected = collect(&work, CAPS, &[]).unwrap();
+        let collected = gather(&work, CAPS, &[]).unwrap();
         assert_eq!(paths(&collected), ["ünïcode ok"]);
         assert_eq!(
             skipped(&collected),
@@ -408,7 +517,7 @@ mod tests {
         let ok = vec!["d"; MAX_PATH_DEPTH - 1].join("/");
         write(&work, &format!("{ok}/file"), b"deepest allowed");
         write(&work, &format!("{ok}/d/file"), b"too deep");
-        let collected = collect(&work, CAPS, &[]).unwrap();
+        let collected = gather(&work, CAPS, &[]).unwrap();
         assert_eq!(paths(&collected), [format!("{ok}/file")]);
         assert_eq!(
             skipped(&collected),
@@ -433,7 +542,7 @@ mod tests {
         write(&work, "d", &[4; 7]);
         write(&work, "e", &[5; 0]);
         write(&work, "f", &[6; 1]);
-        let collected = collect(&work, caps, &[]).unwrap();
+        let collected = gather(&work, caps, &[]).unwrap();
         assert_eq!(paths(&collected), ["a", "d", "e"]);
         assert_eq!(
             skipped(&collected),
@@ -456,7 +565,7 @@ mod tests {
             max_files: 100,
             ..CAPS
         };
-        let collected = collect(&work, caps, &[]).unwrap();
+        let collected = gather(&work, caps, &[]).unwrap();
         assert_eq!(collected.files.len(), 100);
         assert_eq!(collected.files[0].path, "f00000");
         assert_eq!(collected.skipped.len(), MAX_SKIPPED_LISTED);
@@ -477,7 +586,7 @@ mod tests {
         // A coarse clock may give the rewrite the same change time; a size change
         // still shows.
         std::fs::write(work.join("changed.csv"), "output!").unwrap();
-        let collected = collect(&work, CAPS, &inputs).unwrap();
+        let collected = gather(&work, CAPS, &inputs).unwrap();
         assert_eq!(paths(&collected), ["changed.csv"]);
     }
 
@@ -486,6 +595,6 @@ mod tests {
         let (dir, work) = tree();
         let link = dir.path().join("link");
         symlink(&work, &link).unwrap();
-        assert!(collect(&link, CAPS, &[]).is_err());
+        assert!(gather(&link, CAPS, &[]).is_err());
     }
 }

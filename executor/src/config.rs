@@ -32,6 +32,17 @@ const DEFAULT_OPEN_FILES: u32 = 256;
 const DEFAULT_STACK_MB: u32 = 8;
 const DEFAULT_CPU_PERCENT: u32 = 100;
 const DEFAULT_WARM_POOL_SIZE: u32 = 2;
+/// Jobs that may wait for a slot, beyond those running.
+const DEFAULT_MAX_QUEUED_JOBS: u32 = 16;
+/// How long a job may wait for a slot before it is answered "busy".
+const DEFAULT_QUEUE_TIMEOUT_MS: u32 = 30_000;
+/// The longest queue wait that may be configured: the frontend waits a little
+/// longer than this for a job to start.
+const MAX_QUEUE_TIMEOUT_MS: u32 = 120_000;
+/// How long running jobs may go on after SIGTERM before they are killed.
+const DEFAULT_SHUTDOWN_GRACE_SECS: u32 = 20;
+/// Frontend connections served at once; more wait in the listen backlog.
+const DEFAULT_MAX_PEER_CONNECTIONS: u32 = 256;
 
 /// What is collected of a job's work dir unless configured otherwise.
 const DEFAULT_COLLECT: Caps = Caps {
@@ -131,6 +142,10 @@ struct FileConfig {
     sandbox_gid: Option<u32>,
     bwrap: Option<PathBuf>,
     warm_pool_size: Option<u32>,
+    max_queued_jobs: Option<u32>,
+    queue_timeout_ms: Option<u32>,
+    shutdown_grace_secs: Option<u32>,
+    max_connections: Option<u32>,
     #[serde(default)]
     preload: Vec<String>,
     default_timeout_ms: Option<u32>,
@@ -377,6 +392,14 @@ pub struct Config {
     pub cpu_percent: u32,
     /// Jails kept set up and waiting for a job (0: every job starts its own).
     pub warm_pool_size: u32,
+    /// Jobs that may wait for a slot; more are answered "busy" at once.
+    pub max_queued_jobs: u32,
+    /// How long a job may wait for a slot before it is answered "busy".
+    pub queue_timeout: Duration,
+    /// How long running jobs may go on after SIGTERM before they are killed.
+    pub shutdown_grace: Duration,
+    /// Frontend connections served at once.
+    pub max_connections: u32,
     /// Modules a warm jail's Python imports before it waits for its job.
     pub preload: Vec<String>,
     /// Extra host paths bound read-only at the same place in every jail (a venv, say).
@@ -432,6 +455,18 @@ impl Config {
                 .warm_pool_size
                 .or(file.warm_pool_size)
                 .unwrap_or(DEFAULT_WARM_POOL_SIZE),
+            max_queued_jobs: file.max_queued_jobs.unwrap_or(DEFAULT_MAX_QUEUED_JOBS),
+            queue_timeout: Duration::from_millis(
+                file.queue_timeout_ms
+                    .unwrap_or(DEFAULT_QUEUE_TIMEOUT_MS)
+                    .into(),
+            ),
+            shutdown_grace: Duration::from_secs(
+                file.shutdown_grace_secs
+                    .unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECS)
+                    .into(),
+            ),
+            max_connections: file.max_connections.unwrap_or(DEFAULT_MAX_PEER_CONNECTIONS),
             preload: file.preload,
             ro_binds: file.ro_binds,
             collect: Caps {
@@ -548,6 +583,21 @@ impl Config {
         if self.warm_pool_size > 64 {
             return invalid("warm_pool_size: must be at most 64".into());
         }
+        if self.max_queued_jobs > 4096 {
+            return invalid("max_queued_jobs: must be at most 4096".into());
+        }
+        let max_wait = Duration::from_millis(MAX_QUEUE_TIMEOUT_MS.into());
+        if self.queue_timeout.is_zero() || self.queue_timeout > max_wait {
+            return invalid(format!(
+                "queue_timeout_ms: must be from 1 to {MAX_QUEUE_TIMEOUT_MS}"
+            ));
+        }
+        if self.shutdown_grace > Duration::from_secs(3600) {
+            return invalid("shutdown_grace_secs: must be at most 3600".into());
+        }
+        if !(1..=65_536).contains(&self.max_connections) {
+            return invalid("max_connections: must be from 1 to 65536".into());
+        }
         if self.disk_inodes == 0 || self.open_files < 16 || self.stack_mb == 0 {
             return invalid(
                 "disk_inodes, open_files (at least 16) and stack_mb must be positive".into(),
@@ -633,6 +683,31 @@ mod tests {
             load_file("[max_limits]\ncpu_ms = 1000").is_err(),
             "default cpu_ms 60000 > max"
         );
+    }
+
+    #[test]
+    fn queue_shutdown_and_connection_settings() {
+        let config = load_file(
+            "max_queued_jobs = 3\nqueue_timeout_ms = 500\nshutdown_grace_secs = 7\n\
+             max_connections = 9",
+        )
+        .unwrap();
+        assert_eq!(config.max_queued_jobs, 3);
+        assert_eq!(config.queue_timeout, Duration::from_millis(500));
+        assert_eq!(config.shutdown_grace, Duration::from_secs(7));
+        assert_eq!(config.max_connections, 9);
+        let defaults = load(&[]).unwrap();
+        assert_eq!(
+            (
+                defaults.max_queued_jobs,
+                defaults.queue_timeout,
+                defaults.shutdown_grace
+            ),
+            (16, Duration::from_secs(30), Duration::from_secs(20))
+        );
+        assert!(load_file("queue_timeout_ms = 0").is_err());
+        assert!(load_file("queue_timeout_ms = 120001").is_err());
+        assert!(load_file("max_connections = 0").is_err());
     }
 
     #[test]

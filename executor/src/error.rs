@@ -42,6 +42,12 @@ pub enum Error {
     /// Talking to a frontend failed.
     #[error(transparent)]
     Protocol(#[from] pysandbox_shared::ProtocolError),
+    /// The frontend took no frame of a job's for [`crate::server`]'s send timeout.
+    #[error("the peer stopped taking frames")]
+    PeerStalled,
+    /// The task sending a job's frames ended abnormally.
+    #[error("the frame sender failed")]
+    Sender(#[source] tokio::task::JoinError),
 }
 
 impl Error {

@@ -1,5 +1,6 @@
 //! Running one job: a fresh tmpfs, cgroup and jail, its input fed, its output
-//! captured, its limits enforced, and what happened turned into a [`JobResult`].
+//! passed on as it comes, its limits enforced, what happened turned into a
+//! [`JobEnd`], and its files streamed out of the work dir.
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
@@ -8,18 +9,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use pysandbox_shared::files::{first_conflict, MAX_INPUT_FILES};
-use pysandbox_shared::{Enforcement, JobError, JobResult, JobSpec, LimitKind, Usage};
+use pysandbox_shared::{
+    Enforcement, FileStart, FilesEnd, JobEnd, JobError, JobSpec, LimitKind, Response, Stream, Usage,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::process::{Child, ChildStdin};
+use tokio::sync::mpsc;
 
 use crate::cgroup::{CgroupLimits, Cgroups, Controller, JobCgroup, Version};
-use crate::collect::{collect, Caps, Collected, Stamp};
+use crate::collect::{collect, Caps, Collected, Sink, Stamp};
 use crate::config::{Config, Limits};
 use crate::error::Error;
 use crate::inputs;
 use crate::jail::{Jail, Started};
-use crate::output::{capture, Captured};
+use crate::output::{forward, last_words};
 use crate::proxy::policy::Policy;
 use crate::proxy::{JobProxy, NetworkReport, ProxyLimits};
 use crate::workdir::{jobs_dir, DiskLimits, WorkDir};
@@ -40,6 +44,11 @@ const PER_JOB_RLIMITS: &[&str] = &["RLIMIT_FSIZE", "RLIMIT_CPU", "RLIMIT_AS", "R
 
 /// Exit statuses above this are bwrap's report of a fatal signal (128 + signal number).
 const SIGNAL_EXIT_BASE: i32 = 128;
+/// How much of what a jail that failed to start printed is kept for the log.
+const LAST_WORDS_BYTES: usize = 4096;
+
+/// Where a job's frames go, in order, on their way to the frontend.
+pub(crate) type Frames = mpsc::Sender<Response>;
 
 /// Runs jobs, each in a jail of its own.
 #[derive(Debug)]
@@ -323,14 +332,18 @@ impl Runner {
 
     /// Runs `spec` to its end in `jail` (a warm one from the pool, or a cold one set
     /// up now when `None`; a job that may use the network always gets a cold one,
-    /// since its proxy must exist before its jail). Dropping the returned future
-    /// kills the jail, stops its proxy, and removes its cgroup, tmpfs and proxy socket.
+    /// since its proxy must exist before its jail). Sends the job's output to
+    /// `frames` as it comes, then [`Response::Ended`], then its files, and returns
+    /// what collection left out; the caller sends that last, once everything of the
+    /// job is gone. Dropping the returned future kills the jail, stops its proxy,
+    /// and removes its cgroup, tmpfs and proxy socket.
     pub async fn run(
         &self,
         spec: &JobSpec,
         resolved: Resolved,
         jail: Option<Prepared>,
-    ) -> Result<JobResult, Error> {
+        frames: &Frames,
+    ) -> Result<FilesEnd, Error> {
         let (timeout_ms, limits) = (resolved.timeout_ms, resolved.limits);
         let mut proxy = None;
         let mut jail = match (jail, &resolved.network) {
@@ -386,12 +399,20 @@ impl Runner {
             // "not ready" below; its write error says nothing more.
             let _ = handoff.write_all(orders.as_bytes()).await;
             drop(handoff);
-            tokio::join!(
-                capture_opt(stdout, cap),
-                capture_opt(stderr, cap),
-                feed(input, spec.stdin.as_deref().unwrap_or_default()),
-                async { warm || is_ready(ready).await },
-            )
+            let stdin = feed(input, spec.stdin.as_deref().unwrap_or_default());
+            // Nothing is passed on before jail-init says the jail is set up: what
+            // comes out before is bwrap's, a setup failure to log, not job output.
+            let output = async {
+                if warm || is_ready(ready).await {
+                    Ok(tokio::join!(
+                        forward(stdout, Stream::Stdout, cap, frames),
+                        forward(stderr, Stream::Stderr, cap, frames),
+                    ))
+                } else {
+                    Err(last_words(stderr, LAST_WORDS_BYTES).await)
+                }
+            };
+            tokio::join!(output, stdin).0
         };
         let wait = async {
             let cpu = cgroup.as_ref().map(|c| (c, cpu_base, cpu_limit));
@@ -405,15 +426,18 @@ impl Runner {
         let (waited, io) = tokio::join!(wait, tokio::time::timeout(timeout + DRAIN_GRACE, io));
         let wall = started_at.elapsed();
         let (status, killed_by) = waited.map_err(|e| Error::Jail(format!("cannot wait: {e}")))?;
-        let Ok((stdout, stderr, (), ready)) = io else {
+        let Ok(output) = io else {
             return Err(Error::Jail("the jail's output did not close".into()));
         };
         // A jail killed at its limit before jail-init ran still hit the limit: that
         // is the answer, not a setup failure.
-        if !ready && killed_by.is_none() {
-            let reason = stderr.into_text();
-            return Err(Error::Jail(reason.trim().chars().take(500).collect()));
-        }
+        let truncated = match output {
+            Ok(truncated) => truncated,
+            Err(_) if killed_by.is_some() => (false, false),
+            Err(last_words) => {
+                return Err(Error::Jail(last_words.trim().chars().take(500).collect()))
+            }
+        };
         let mut observed = Observed {
             status: Some(status),
             killed_by,
@@ -436,14 +460,21 @@ impl Runner {
         }
         // Every process of the jail is gone: nothing can use the proxy any more.
         observed.network = proxy.map(JobProxy::finish).unwrap_or_default();
+        let end = assemble(observed, &resolved, truncated);
+        if frames.send(Response::Ended(end)).await.is_err() {
+            return Ok(FilesEnd::default());
+        }
         // Every process of the job is dead by now: its cgroup is empty, or (without
         // one) its pid namespace went down with its pid 1, whose parent bwrap exited.
-        let collected = if spec.collect_files {
-            collect_files(dir.dirs().work, self.collect, inputs).await?
-        } else {
-            Collected::default()
-        };
-        Ok(assemble(observed, &resolved, stdout, stderr, collected))
+        if !spec.collect_files {
+            return Ok(FilesEnd::default());
+        }
+        let collected =
+            collect_files(dir.dirs().work, self.collect, inputs, frames.clone()).await?;
+        Ok(FilesEnd {
+            skipped_files: collected.skipped,
+            skipped_unlisted: collected.skipped_unlisted,
+        })
     }
 
     fn disk(&self, limits: &Limits) -> DiskLimits {
@@ -580,19 +611,34 @@ async fn wait_until_empty(cgroup: &JobCgroup) {
     }
 }
 
-/// Collects the files of the work dir at `work` on a blocking thread: reading up to
-/// the caps' worth of files must not stall the runtime's other jobs.
-async fn collect_files(work: PathBuf, caps: Caps, inputs: Vec<Stamp>) -> Result<Collected, Error> {
-    tokio::task::spawn_blocking(move || collect(&work, caps, &inputs))
+/// Streams the files of the work dir at `work` to `frames` from a blocking thread:
+/// reading up to the caps' worth of files must not stall the runtime's other jobs.
+async fn collect_files(
+    work: PathBuf,
+    caps: Caps,
+    inputs: Vec<Stamp>,
+    frames: Frames,
+) -> Result<Collected, Error> {
+    tokio::task::spawn_blocking(move || collect(&work, caps, &inputs, &mut FrameSink(frames)))
         .await
         .map_err(|e| Error::Collect(std::io::Error::other(e)))?
         .map_err(Error::Collect)
 }
 
-async fn capture_opt<R: tokio::io::AsyncRead + Unpin>(stream: Option<R>, cap: usize) -> Captured {
-    match stream {
-        Some(stream) => capture(stream, cap).await,
-        None => Captured::default(),
+/// Collected files on their way to the frontend, a chunk at a time: the queue is
+/// bounded, so a slow frontend slows the walk instead of filling memory.
+struct FrameSink(Frames);
+
+impl Sink for FrameSink {
+    fn begin(&mut self, path: &str) -> bool {
+        let start = FileStart { path: path.into() };
+        self.0.blocking_send(Response::File(start)).is_ok()
+    }
+
+    fn data(&mut self, chunk: &[u8]) -> bool {
+        self.0
+            .blocking_send(Response::FileData(chunk.to_vec()))
+            .is_ok()
     }
 }
 
@@ -614,17 +660,12 @@ async fn is_ready(mut ready: pipe::Receiver) -> bool {
 /// refused network request and per limit that fired, and the limit that matters
 /// most in `limit_exceeded` (the one that killed the job, else the first of memory,
 /// cpu, processes, disk, output).
-fn assemble(
-    observed: Observed,
-    resolved: &Resolved,
-    stdout: Captured,
-    stderr: Captured,
-    collected: Collected,
-) -> JobResult {
+fn assemble(observed: Observed, resolved: &Resolved, truncated: (bool, bool)) -> JobEnd {
     let Resolved {
         timeout_ms, limits, ..
     } = resolved;
     let (exit_code, signal) = exit_of(observed.status, observed.killed_by.is_some());
+    let (stdout_truncated, stderr_truncated) = truncated;
     let cpu_signal = signal.as_deref() == Some("SIGXCPU");
     let fired = [
         (
@@ -659,12 +700,12 @@ fn assemble(
             ),
         ),
         (
-            stdout.truncated,
+            stdout_truncated,
             LimitKind::Output,
             format!("stdout truncated at {} bytes", limits.output_bytes),
         ),
         (
-            stderr.truncated,
+            stderr_truncated,
             LimitKind::Output,
             format!("stderr truncated at {} bytes", limits.output_bytes),
         ),
@@ -675,7 +716,6 @@ fn assemble(
             .find(|(hit, ..)| *hit)
             .map(|(_, kind, _)| *kind)
     });
-    let (stdout_truncated, stderr_truncated) = (stdout.truncated, stderr.truncated);
     let NetworkReport {
         violations,
         dropped,
@@ -695,28 +735,15 @@ fn assemble(
             .filter(|(hit, ..)| *hit)
             .map(|(_, _, note)| note),
     );
-    let mut stderr = stderr.into_text();
-    for note in &notes {
-        if !stderr.is_empty() && !stderr.ends_with('\n') {
-            stderr.push('\n');
-        }
-        stderr.push_str("[sandbox] ");
-        stderr.push_str(note);
-        stderr.push('\n');
-    }
-    JobResult {
+    JobEnd {
         exit_code,
         signal,
-        stdout: stdout.into_text(),
-        stderr,
         stdout_truncated,
         stderr_truncated,
         timed_out: observed.killed_by == Some(LimitKind::Time),
         limit_exceeded,
         usage: observed.usage,
-        files: collected.files,
-        skipped_files: collected.skipped,
-        skipped_unlisted: collected.skipped_unlisted,
+        notes,
         violations,
     }
 }
@@ -756,17 +783,10 @@ mod tests {
         Some(ExitStatus::from_raw(code << 8))
     }
 
-    fn text(s: &str, truncated: bool) -> Captured {
-        Captured {
-            bytes: s.as_bytes().to_vec(),
-            truncated,
-        }
-    }
-
-    /// The result of a job observed as `observed`, printing `stdout` and `stderr`,
-    /// with the test limits and no files collected.
-    fn run_result(observed: Observed, stdout: Captured, stderr: Captured) -> JobResult {
-        assemble(observed, &resolved(), stdout, stderr, Collected::default())
+    /// The end of a job observed as `observed`, whose stdout and stderr were cut or
+    /// not, with the test limits.
+    fn run_result(observed: Observed, truncated: (bool, bool)) -> JobEnd {
+        assemble(observed, &resolved(), truncated)
     }
 
     fn resolved() -> Resolved {
@@ -808,12 +828,15 @@ mod tests {
             pids_limited: true,
             ..Observed::default()
         };
-        let result = run_result(observed, text("out", true), text("partial", true));
+        let result = run_result(observed, (true, true));
         assert_eq!(
-            result.stderr,
-            "partial\n[sandbox] killed: wall-clock timeout of 1000 ms exceeded\n\
-             [sandbox] process limit of 8 reached: a fork or thread was refused\n\
-             [sandbox] stdout truncated at 3 bytes\n[sandbox] stderr truncated at 3 bytes\n"
+            result.notes,
+            [
+                "killed: wall-clock timeout of 1000 ms exceeded",
+                "process limit of 8 reached: a fork or thread was refused",
+                "stdout truncated at 3 bytes",
+                "stderr truncated at 3 bytes"
+            ]
         );
         assert_eq!(result.limit_exceeded, Some(LimitKind::Time));
         assert!(result.timed_out && result.stdout_truncated && result.stderr_truncated);
@@ -827,13 +850,10 @@ mod tests {
             oom_killed: true,
             ..Observed::default()
         };
-        let result = run_result(observed, text("", false), text("", false));
+        let result = run_result(observed, (false, false));
         assert_eq!(result.limit_exceeded, Some(LimitKind::Memory));
         assert_eq!(result.signal.as_deref(), Some("SIGKILL"));
-        assert_eq!(
-            result.stderr,
-            "[sandbox] killed: memory limit 64 MiB exceeded\n"
-        );
+        assert_eq!(result.notes, ["killed: memory limit 64 MiB exceeded"]);
         assert!(!result.timed_out);
     }
 
@@ -843,7 +863,7 @@ mod tests {
             status: exited(128 + 24),
             ..Observed::default()
         };
-        let result = run_result(observed, text("", false), text("", false));
+        let result = run_result(observed, (false, false));
         assert_eq!(result.limit_exceeded, Some(LimitKind::Cpu));
     }
 
@@ -863,13 +883,15 @@ mod tests {
             },
             ..Observed::default()
         };
-        let result = run_result(observed, text("", false), text("boom", false));
+        let result = run_result(observed, (false, false));
         assert_eq!(
-            result.stderr,
-            "boom\n[sandbox] network: blocked CONNECT evil.com:443 (not in allowed domains)\n\
-             [sandbox] network: blocked CONNECT evil.org:443 (not in allowed domains)\n\
-             [sandbox] network: 3 more blocked requests not listed\n\
-             [sandbox] disk limit of 16 MiB reached (work dir and /tmp together)\n"
+            result.notes,
+            [
+                "network: blocked CONNECT evil.com:443 (not in allowed domains)",
+                "network: blocked CONNECT evil.org:443 (not in allowed domains)",
+                "network: 3 more blocked requests not listed",
+                "disk limit of 16 MiB reached (work dir and /tmp together)"
+            ]
         );
         assert_eq!(result.violations.len(), 2);
         assert_eq!(result.limit_exceeded, Some(LimitKind::Disk));
@@ -881,11 +903,8 @@ mod tests {
             status: exited(0),
             ..Observed::default()
         };
-        let result = run_result(observed, text("4\n", false), text("", false));
-        assert_eq!(
-            (result.stdout.as_str(), result.stderr.as_str()),
-            ("4\n", "")
-        );
+        let result = run_result(observed, (false, false));
+        assert!(result.notes.is_empty());
         assert_eq!(result.limit_exceeded, None);
     }
 

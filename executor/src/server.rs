@@ -1,4 +1,9 @@
 //! The executor's socket: who may connect, the hello, and one request per connection.
+//!
+//! The executor owns job policy: a job's defaults and maxima, how many run at once,
+//! how many may wait and for how long, and what happens to them at shutdown. The
+//! frontend learns when a job starts from its [`Response::Started`] frame and counts
+//! the job's deadline from there.
 
 use std::future::Future;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -8,10 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pysandbox_shared::{
-    Connection, ExecutorStatus, Hello, JobError, JobSpec, Request, Response, PROTOCOL_VERSION,
+    ExecutorStatus, FilesEnd, JobError, JobSpec, Request, Response, ServerConnection, ServerSender,
+    Started,
 };
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore, SemaphorePermit};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, info_span, warn, Instrument};
 
@@ -19,30 +26,42 @@ use crate::cgroup::{self, Cgroups};
 use crate::config::Config;
 use crate::error::Error;
 use crate::jail::Jail;
-use crate::job::{Resolved, Runner};
+use crate::job::{Frames, Resolved, Runner};
 use crate::pool::Pool;
 use crate::workdir;
 
 /// How long a peer has to say hello, and then to send its request.
 const PEER_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long running jobs may go on after a shutdown signal before they are killed.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
-type Conn = Connection<UnixStream>;
+/// How long one frame may take to reach a peer that does not read: past it the peer
+/// counts as gone, and its job is killed.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long jobs killed at the end of the shutdown grace get to send their answer.
+const LAST_WORDS: Duration = Duration::from_secs(5);
+/// Frames of one job waiting for the socket: with [`pysandbox_shared::MAX_CHUNK_BYTES`]
+/// each, a job holds at most 512 KiB of its output and files in the executor.
+const FRAME_QUEUE: usize = 8;
 
 /// Shared state of the serving executor.
 #[derive(Debug)]
 struct Executor {
     runner: Runner,
     pool: Pool,
-    permits: Semaphore,
+    /// Job slots; closed at shutdown, which turns away every job still waiting.
+    slots: Semaphore,
     running: AtomicU32,
+    queued: AtomicU32,
     max_jobs: u32,
+    max_queued: u32,
+    queue_timeout: Duration,
     allowed_uids: Vec<u32>,
+    /// Cancelled when the shutdown grace is over: running jobs are killed and told so.
+    stopping: CancellationToken,
 }
 
 /// Prepares the state dir and jail, then serves `config.socket` until `shutdown`
-/// resolves; running jobs get [`SHUTDOWN_GRACE`] to finish.
+/// resolves. Then it takes no new connection, turns away jobs still waiting for a
+/// slot, gives running jobs `shutdown_grace` to finish, and kills the rest, telling
+/// their peers the executor is shutting down.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     workdir::prepare(&config.state_dir)?;
     let cgroups = Cgroups::detect(&cgroup::instance_name(&config.state_dir));
@@ -80,23 +99,40 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let executor = Arc::new(Executor {
         runner: Runner::new(&config, jail, cgroups),
         pool: Pool::new(config.warm_pool_size),
-        permits: Semaphore::new(config.max_jobs as usize),
+        slots: Semaphore::new(config.max_jobs as usize),
         running: AtomicU32::new(0),
+        queued: AtomicU32::new(0),
         max_jobs: config.max_jobs,
+        max_queued: config.max_queued_jobs,
+        queue_timeout: config.queue_timeout,
         allowed_uids,
+        stopping: CancellationToken::new(),
     });
     info!(socket = %config.socket.display(), max_jobs = config.max_jobs, "listening on {}", config.socket.display());
 
+    // Every connection holds one of these: past the cap, new ones wait in the
+    // listen backlog instead of costing descriptors and memory.
+    let connections = Arc::new(Semaphore::new(config.max_connections as usize));
     let tasks = TaskTracker::new();
     let refill = tokio::spawn(Arc::clone(&executor).refill());
     tokio::pin!(shutdown);
     loop {
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            permit = Arc::clone(&connections).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
         tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let executor = Arc::clone(&executor);
-                    tasks.spawn(async move { executor.serve(stream).await });
+                    tasks.spawn(async move {
+                        executor.serve(stream).await;
+                        drop(permit);
+                    });
                 }
                 // Out of descriptors and the like: back off instead of spinning.
                 Err(e) => {
@@ -106,14 +142,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             },
         }
     }
-    info!("shutting down: no new connections");
+    // New connections now wait in the backlog for the next executor (systemd keeps
+    // the socket); jobs that have not started are refused so they can go there.
+    drop(listener);
+    info!("shutting down: no new connections; jobs waiting for a slot are turned away");
     refill.abort();
+    executor.slots.close();
     tasks.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
+    if tokio::time::timeout(config.shutdown_grace, tasks.wait())
         .await
         .is_err()
     {
-        warn!("jobs still running after the grace period are killed");
+        warn!("jobs still running after the shutdown grace are killed");
+        executor.stopping.cancel();
+        let _ = tokio::time::timeout(LAST_WORDS, tasks.wait()).await;
     }
     if owns_socket_file {
         let _ = std::fs::remove_file(&config.socket);
@@ -169,42 +211,37 @@ impl Executor {
         if !self.allowed_uids.contains(&uid) {
             return warn!(uid, "connection from a uid that is not allowed; refused");
         }
-        let mut conn = Connection::server(stream);
-        if let Err(e) = self.exchange(&mut conn).await {
-            warn!(error = %e, uid, "connection ended with an error");
-        }
-    }
-
-    async fn exchange(&self, conn: &mut Conn) -> Result<(), Error> {
-        let hello = match tokio::time::timeout(PEER_TIMEOUT, conn.recv()).await {
-            Ok(Ok(Some(Request::Hello(hello)))) => hello,
-            Ok(Ok(None)) | Err(_) => return Ok(()),
-            Ok(Ok(Some(other))) => {
-                return refuse(conn, format!("expected hello, got {other:?}")).await
-            }
-            Ok(Err(e)) => return Err(e.into()),
+        let mut conn = match tokio::time::timeout(PEER_TIMEOUT, ServerConnection::accept(stream))
+            .await
+        {
+            Ok(Ok(Some(conn))) => conn,
+            Ok(Ok(None)) | Err(_) => return,
+            Ok(Err(e)) => return warn!(error = %chain(&e), uid, "hello exchange failed; refused"),
         };
-        conn.send(&Response::Hello(Hello::CURRENT)).await?;
-        if hello.version != PROTOCOL_VERSION {
-            let mismatch = JobError::VersionMismatch {
-                executor: PROTOCOL_VERSION,
-                frontend: hello.version,
-            };
-            warn!(%mismatch, "refusing a peer");
-            return Ok(conn.send(&Response::Failed(mismatch)).await?);
-        }
         let request = match tokio::time::timeout(PEER_TIMEOUT, conn.recv()).await {
             Ok(Ok(Some(request))) => request,
-            Ok(Ok(None)) | Err(_) => return Ok(()),
-            Ok(Err(e)) => return Err(e.into()),
+            Ok(Ok(None)) | Err(_) => return,
+            Ok(Err(e)) => return warn!(error = %chain(&e), uid, "unreadable request"),
         };
-        match request {
+        let served = match request {
             Request::Run(spec) => {
                 let span = info_span!("job", request_id = %printable(&spec.request_id));
                 self.run(conn, spec).instrument(span).await
             }
-            Request::Status => Ok(conn.send(&Response::Status(self.status())).await?),
-            Request::Hello(_) => refuse(conn, "a second hello".into()).await,
+            Request::Status => conn
+                .send(&Response::Status(self.status()))
+                .await
+                .map_err(Error::from),
+            Request::Hello(_) => {
+                warn!("protocol violation: a second hello");
+                let reason = "a second hello".into();
+                conn.send(&Response::Failed(JobError::Protocol { reason }))
+                    .await
+                    .map_err(Error::from)
+            }
+        };
+        if let Err(e) = served {
+            warn!(error = %chain(&e), uid, "connection ended with an error");
         }
     }
 
@@ -215,77 +252,130 @@ impl Executor {
             enforcement: self.runner.enforcement(),
             isolation: self.runner.isolation(),
             warm_jails: self.pool.waiting() as u32,
+            queued_jobs: self.queued.load(Ordering::Relaxed),
         }
     }
 
-    /// Runs one job and answers with its result. Anything arriving from the peer while
-    /// the job waits or runs means it is gone or broken: the job is then dropped, which
-    /// kills its jail and removes its work dir.
-    async fn run(&self, conn: &mut Conn, spec: JobSpec) -> Result<(), Error> {
-        let resolved = match self.runner.resolve(&spec) {
-            Ok(resolved) => resolved,
-            Err(rejected) => return Ok(conn.send(&Response::Failed(rejected)).await?),
+    /// Runs one job, sending its frames as they come. Anything arriving from the
+    /// peer meanwhile means it is gone or broken, and so does a frame it does not
+    /// take within [`SEND_TIMEOUT`]: the job is then dropped, which kills its jail
+    /// and removes its work dir.
+    async fn run(&self, conn: ServerConnection<UnixStream>, spec: JobSpec) -> Result<(), Error> {
+        let (sender, mut receiver) = conn.split();
+        let (frames, outgoing) = mpsc::channel(FRAME_QUEUE);
+        let mut writer = tokio::spawn(send_all(outgoing, sender));
+        let job = async {
+            let frame = match self.job(&spec, &frames).await {
+                Ok(files) => Response::Finished(files),
+                Err(refusal) => Response::Failed(refusal),
+            };
+            let _ = frames.send(frame).await;
+            drop(frames);
         };
-        let disk_mb = resolved.limits.disk_mb;
-        let outcome = tokio::select! {
-            outcome = self.admitted_run(&spec, resolved) => outcome,
-            _ = conn.recv::<Request>() => {
+        tokio::pin!(job);
+        tokio::select! {
+            () = &mut job => {}
+            _ = receiver.recv() => {
+                writer.abort();
                 info!("peer went away; job killed");
                 return Ok(());
             }
-        };
-        let response = match outcome {
-            Ok(result) => {
-                info!(
-                    exit_code = result.exit_code,
-                    signal = result.signal.as_deref(),
-                    limit = result.limit_exceeded.map(|l| l.as_str()),
-                    wall_ms = result.usage.wall_ms,
-                    cpu_ms = result.usage.cpu_ms,
-                    peak_memory_bytes = result.usage.peak_memory_bytes,
-                    "job finished"
-                );
-                Response::Finished(result)
+            sent = &mut writer => {
+                warn!("the peer stopped taking frames; job killed");
+                return sent.map_err(Error::Sender)?;
             }
-            Err(Error::InputsDoNotFit) => Response::Failed(JobError::Rejected {
+        }
+        // Everything is queued: wait until it has left, or the peer is gone.
+        tokio::select! {
+            sent = &mut writer => sent.map_err(Error::Sender)?,
+            _ = receiver.recv() => {
+                writer.abort();
+                Ok(())
+            }
+        }
+    }
+
+    /// The job's life from the queue to its last file: what comes after its frames
+    /// is the last frame, [`Response::Finished`] or [`Response::Failed`].
+    async fn job(&self, spec: &JobSpec, frames: &Frames) -> Result<FilesEnd, JobError> {
+        let resolved = self.runner.resolve(spec)?;
+        let disk_mb = resolved.limits.disk_mb;
+        let slot = self.admit().await?;
+        let started = Started {
+            timeout_ms: resolved.timeout_ms,
+        };
+        if frames.send(Response::Started(started)).await.is_err() {
+            return Err(JobError::ShuttingDown);
+        }
+        let ran = tokio::select! {
+            ran = self.start(spec, resolved, frames) => ran,
+            () = self.stopping.cancelled() => {
+                warn!("killed at the end of the shutdown grace");
+                return Err(JobError::ShuttingDown);
+            }
+        };
+        drop(slot);
+        match ran {
+            Ok(files) => Ok(files),
+            Err(Error::InputsDoNotFit) => Err(JobError::Rejected {
                 field: "files".into(),
                 reason: format!(
-                    "do not fit in the job's disk limit of {} MiB (limits.diskMb)",
-                    disk_mb
+                    "do not fit in the job's disk limit of {disk_mb} MiB (limits.diskMb)"
                 ),
             }),
             Err(e) => {
-                error!(error = %e, "job did not run");
-                Response::Failed(JobError::JailSetup {
-                    reason: e.to_string(),
-                })
+                error!(error = %chain(&e), "job did not run");
+                Err(JobError::JailSetup { reason: chain(&e) })
             }
-        };
-        Ok(conn.send(&response).await?)
+        }
     }
 
-    async fn admitted_run(
+    async fn start(
         &self,
         spec: &JobSpec,
         resolved: Resolved,
-    ) -> Result<pysandbox_shared::JobResult, Error> {
-        let permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| Error::Jail("executor shutting down".into()))?;
-        self.running.fetch_add(1, Ordering::Relaxed);
-        let _running = RunningGuard(&self.running);
+        frames: &Frames,
+    ) -> Result<FilesEnd, Error> {
         // A job that may use the network needs its proxy before its jail: a cold one.
         let warm = match resolved.network {
             None => self.pool.take(),
             Some(_) => None,
         };
-        let result = self.runner.run(spec, resolved, warm).await;
-        // The slot is free again: the pool may refill now, not while the job ran.
-        drop(permit);
-        self.pool.wake.notify_one();
-        result
+        let files = self.runner.run(spec, resolved, warm, frames).await?;
+        info!("job finished");
+        Ok(files)
+    }
+
+    /// A job slot, at once or after a wait in the bounded queue. A job that cannot
+    /// get one in time is told the truth (busy, retry later), never left to time out.
+    async fn admit(&self) -> Result<Slot<'_>, JobError> {
+        let permit = match self.slots.try_acquire() {
+            Ok(permit) => permit,
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(JobError::ShuttingDown),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                let busy = JobError::Busy {
+                    retry_after_secs: 1,
+                };
+                let Some(_queued) = Counted::up_to(&self.queued, self.max_queued) else {
+                    info!("job refused: every slot is taken and the queue is full");
+                    return Err(busy);
+                };
+                match tokio::time::timeout(self.queue_timeout, self.slots.acquire()).await {
+                    Ok(Ok(permit)) => permit,
+                    Ok(Err(_closed)) => return Err(JobError::ShuttingDown),
+                    Err(_) => {
+                        info!("job refused: no slot freed within the queue timeout");
+                        return Err(busy);
+                    }
+                }
+            }
+        };
+        let running = Counted::up_to(&self.running, u32::MAX);
+        Ok(Slot {
+            _permit: permit,
+            _running: running,
+            wake: &self.pool,
+        })
     }
 
     /// Keeps the pool full, but never ahead of admitted work: a warm jail is only set
@@ -293,13 +383,13 @@ impl Executor {
     async fn refill(self: Arc<Self>) {
         loop {
             while self.pool.wants_more() {
-                let Ok(_slot) = self.permits.try_acquire() else {
+                let Ok(_slot) = self.slots.try_acquire() else {
                     break;
                 };
                 match self.runner.prepare_warm().await {
                     Ok(jail) => self.pool.put(jail),
                     Err(e) => {
-                        warn!(error = %e, "cannot set up a warm jail; retrying in a second");
+                        warn!(error = %chain(&e), "cannot set up a warm jail; retrying in a second");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 }
@@ -309,20 +399,67 @@ impl Executor {
     }
 }
 
-/// Counts a job as running for as long as it lives, however it ends.
-struct RunningGuard<'a>(&'a AtomicU32);
+/// A running job's hold on its slot. However the job ends — normally, killed, or
+/// dropped because its peer went away — the slot is freed and the pool told it may
+/// refill.
+struct Slot<'a> {
+    _permit: SemaphorePermit<'a>,
+    _running: Option<Counted<'a>>,
+    wake: &'a Pool,
+}
 
-impl Drop for RunningGuard<'_> {
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.wake.wake.notify_one();
+    }
+}
+
+/// Counts something for as long as it lives.
+struct Counted<'a>(&'a AtomicU32);
+
+impl<'a> Counted<'a> {
+    /// Counts one more, unless `max` are counted already.
+    fn up_to(counter: &'a AtomicU32, max: u32) -> Option<Counted<'a>> {
+        counter
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Counted(counter))
+    }
+}
+
+impl Drop for Counted<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-async fn refuse(conn: &mut Conn, reason: String) -> Result<(), Error> {
-    warn!(%reason, "protocol violation");
-    Ok(conn
-        .send(&Response::Failed(JobError::Protocol { reason }))
-        .await?)
+/// Sends a job's frames to its peer as they are queued, each within
+/// [`SEND_TIMEOUT`], until the job drops its end of the queue.
+async fn send_all(
+    mut outgoing: mpsc::Receiver<Response>,
+    mut sender: ServerSender<UnixStream>,
+) -> Result<(), Error> {
+    while let Some(frame) = outgoing.recv().await {
+        match tokio::time::timeout(SEND_TIMEOUT, sender.send(&frame)).await {
+            Ok(sent) => sent?,
+            Err(_) => return Err(Error::PeerStalled),
+        }
+    }
+    Ok(())
+}
+
+/// An error with its causes, `outer: inner: innermost`, for a log line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
 }
 
 /// A peer-chosen id, cut to a length fit for a log line and without control

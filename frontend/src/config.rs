@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use pysandbox_shared::MAX_TIMEOUT_MS;
 
 use crate::auth::AuthToken;
 use crate::upload::{AllowedHosts, UploadConfig};
@@ -50,15 +49,6 @@ pub struct Config {
     /// Requests that may wait for a job slot; beyond that the answer is 429.
     #[arg(long, env = "MAX_QUEUE", default_value_t = 32)]
     pub max_queue: usize,
-
-    /// Wall-clock limit of a job whose request sets none, in milliseconds.
-    #[arg(
-        long,
-        env = "DEFAULT_TIMEOUT_MS",
-        default_value_t = 30_000,
-        value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_TIMEOUT_MS))
-    )]
-    pub default_timeout_ms: u32,
 
     /// Open client connections at once; more wait in the listen backlog.
     #[arg(long, env = "MAX_CONNECTIONS", default_value = "1024")]
@@ -171,7 +161,6 @@ mod tests {
             ("max_body_bytes", "MAX_BODY_BYTES", Some("1048576")),
             ("max_inflight", "MAX_INFLIGHT", Some("8")),
             ("max_queue", "MAX_QUEUE", Some("32")),
-            ("default_timeout_ms", "DEFAULT_TIMEOUT_MS", Some("30000")),
             ("max_connections", "MAX_CONNECTIONS", Some("1024")),
             ("header_timeout_ms", "HEADER_TIMEOUT_MS", Some("10000")),
             ("body_timeout_ms", "BODY_TIMEOUT_MS", Some("30000")),
@@ -220,8 +209,6 @@ mod tests {
             "2",
             "--max-queue",
             "0",
-            "--default-timeout-ms",
-            "120000",
             "--max-connections",
             "3",
             "--header-timeout-ms",
@@ -247,7 +234,6 @@ mod tests {
         assert_eq!(config.max_body_bytes.get(), 10);
         assert_eq!(config.max_inflight.get(), 2);
         assert_eq!(config.max_queue, 0);
-        assert_eq!(config.default_timeout_ms, 120_000);
         assert_eq!(config.max_connections.get(), 3);
         assert_eq!(config.header_timeout(), Duration::from_millis(4));
         assert_eq!(config.body_timeout(), Duration::from_millis(5));
@@ -267,8 +253,6 @@ mod tests {
     #[test]
     fn out_of_range_values_are_refused() {
         for (flag, value) in [
-            ("--default-timeout-ms", "0"),
-            ("--default-timeout-ms", "120001"),
             ("--max-inflight", "0"),
             ("--max-connections", "0"),
             ("--max-body-bytes", "0"),

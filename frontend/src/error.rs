@@ -53,6 +53,17 @@ pub enum ApiError {
     /// The executor went away (or stopped answering) while the job ran.
     #[error("executor connection lost while running the job")]
     ExecutorLost,
+    /// Every executor job slot stayed taken, and its queue was full or too slow:
+    /// nothing ran.
+    #[error("service busy: every job slot is taken; retry later")]
+    Busy {
+        /// Seconds until a retry has a fair chance, as the executor says.
+        retry_after: u32,
+    },
+    /// The executor is restarting (or stopping): it turned the job away before it
+    /// started twice, or stopped it at the end of its shutdown grace.
+    #[error("executor restarting; retry later")]
+    ExecutorRestarting,
     /// The executor could not set up the jail, so the job did not run.
     #[error("sandbox unavailable: could not set up the jail")]
     SandboxUnavailable,
@@ -82,6 +93,8 @@ impl ApiError {
             ApiError::Saturated => StatusCode::TOO_MANY_REQUESTS,
             ApiError::ExecutorUnavailable
             | ApiError::ExecutorLost
+            | ApiError::Busy { .. }
+            | ApiError::ExecutorRestarting
             | ApiError::SandboxUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -94,9 +107,11 @@ impl ApiError {
         match self {
             // A slot frees as soon as one job ends, so come back soon.
             ApiError::Saturated => Some(1),
+            ApiError::Busy { retry_after } => Some(*retry_after),
             // An executor restart (socket-activated) takes a few seconds.
             ApiError::ExecutorUnavailable
             | ApiError::ExecutorLost
+            | ApiError::ExecutorRestarting
             | ApiError::SandboxUnavailable => Some(5),
             _ => None,
         }
@@ -228,6 +243,18 @@ mod tests {
                 503,
                 Some("5"),
                 r#"{"error":"executor connection lost while running the job"}"#,
+            ),
+            (
+                ApiError::Busy { retry_after: 2 },
+                503,
+                Some("2"),
+                r#"{"error":"service busy: every job slot is taken; retry later"}"#,
+            ),
+            (
+                ApiError::ExecutorRestarting,
+                503,
+                Some("5"),
+                r#"{"error":"executor restarting; retry later"}"#,
             ),
             (
                 ApiError::SandboxUnavailable,

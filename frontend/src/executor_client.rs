@@ -4,19 +4,23 @@
 //! frontend recovers by itself as soon as the executor is back. One connection
 //! carries one job: dropping it (for instance because the HTTP client went away and
 //! hyper dropped the handler) makes the executor kill the job.
+//!
+//! The executor owns job policy. It says when a job starts (after its queue, which
+//! it bounds and answers "busy" for), and the job's deadline counts from there.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use pysandbox_shared::{
-    Connection, ExecutorStatus, Hello, JobError, JobResult, JobSpec, ProtocolError, Request,
-    Response, MAX_TIMEOUT_MS, PROTOCOL_VERSION,
+    ClientConnection, ExecutorStatus, FilesEnd, HelloError, JobEnd, JobError, JobSpec, OutputChunk,
+    ProtocolError, Request, Response, Started, Stream, MAX_OUTPUT_BYTES,
 };
 use tokio::net::UnixStream;
-use tokio::time::timeout;
-use tracing::{error, warn};
+use tokio::time::{timeout, Instant};
+use tracing::{error, info, warn};
 
 use crate::error::ApiError;
+use crate::spool::Spool;
 
 /// How long connecting and the hello exchange may take before the executor counts
 /// as unavailable (the contract's 3 s).
@@ -24,6 +28,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How long `/health` waits for the executor's status.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a job may wait to start: the executor answers "busy" once its own queue
+/// timeout (at most 120 s) is up, so this only guards against a hung executor.
+const START_TIMEOUT: Duration = Duration::from_secs(150);
 
 /// How long past the job's own wall-clock limit the result may take: the executor
 /// needs time to set up the jail, kill the job, collect its files and clean up.
@@ -35,47 +43,97 @@ pub struct ExecutorClient {
     socket: PathBuf,
 }
 
+/// What the executor sent for a job that ran.
+#[derive(Debug)]
+pub struct Ran {
+    /// How it ended.
+    pub end: JobEnd,
+    /// The head of its stdout, as the executor kept it (not necessarily UTF-8).
+    pub stdout: Vec<u8>,
+    /// The head of its stderr, likewise.
+    pub stderr: Vec<u8>,
+    /// The files it produced, when the job asked for them.
+    pub files: Spool,
+    /// What was not collected.
+    pub skipped: FilesEnd,
+}
+
 impl ExecutorClient {
     /// A client for the executor listening on `socket`.
     pub fn new(socket: PathBuf) -> Self {
         ExecutorClient { socket }
     }
 
-    /// Runs one job and waits for its result.
-    pub async fn run(&self, spec: JobSpec) -> Result<JobResult, ApiError> {
-        let job_timeout =
-            Duration::from_millis(u64::from(spec.timeout_ms.unwrap_or(MAX_TIMEOUT_MS)));
+    /// Runs one job and waits for all of it. A job the executor turned away before
+    /// it started, because it was shutting down, is sent once more on a new
+    /// connection: with socket activation that one waits for the next executor.
+    pub async fn run(&self, spec: JobSpec) -> Result<Ran, ApiError> {
+        match self.run_once(spec.clone()).await {
+            Err(Attempt::NotStarted) => {
+                info!("the executor was shutting down before the job started; sending it again");
+                self.run_once(spec).await.map_err(|attempt| match attempt {
+                    Attempt::NotStarted => ApiError::ExecutorRestarting,
+                    Attempt::Failed(e) => e,
+                })
+            }
+            Err(Attempt::Failed(e)) => Err(e),
+            Ok(ran) => Ok(ran),
+        }
+    }
+
+    async fn run_once(&self, spec: JobSpec) -> Result<Ran, Attempt> {
         let mut conn = self.connect(CONNECT_TIMEOUT).await?;
         if let Err(e) = conn.send(&Request::Run(spec)).await {
             warn!("could not send the job to the executor: {e}");
-            return Err(ApiError::ExecutorUnavailable);
+            return Err(ApiError::ExecutorUnavailable.into());
         }
-        let wait = job_timeout + RESULT_GRACE;
-        let answer = match timeout(wait, conn.recv::<Response>()).await {
-            Ok(answer) => answer,
+        let first = timeout(START_TIMEOUT, conn.recv()).await;
+        let job_timeout = match first {
+            Ok(Ok(Some(Response::Started(Started { timeout_ms })))) => {
+                Duration::from_millis(timeout_ms.into())
+            }
+            Ok(Ok(Some(Response::Failed(JobError::ShuttingDown)))) => {
+                return Err(Attempt::NotStarted)
+            }
             Err(_) => {
-                warn!("no result from the executor within {wait:?}; giving up on the job");
-                return Err(ApiError::ExecutorLost);
+                warn!("the job did not start within {START_TIMEOUT:?}; giving up on it");
+                return Err(ApiError::ExecutorLost.into());
             }
+            Ok(other) => return Err(unexpected(other, false).into()),
         };
-        match answer {
-            Ok(Some(Response::Finished(result))) => Ok(result),
-            Ok(Some(Response::Failed(e))) => Err(job_error(e)),
-            Ok(Some(other)) => {
-                error!("executor answered a job with a {} message", kind_of(&other));
-                Err(ApiError::Internal)
-            }
-            Ok(None) => {
-                warn!("executor closed the connection while the job ran");
-                Err(ApiError::ExecutorLost)
-            }
-            Err(ProtocolError::Io(e)) => {
-                warn!("executor connection failed while the job ran: {e}");
-                Err(ApiError::ExecutorLost)
-            }
-            Err(e) => {
-                error!("executor sent an unreadable result: {e}");
-                Err(ApiError::Internal)
+        let deadline = Instant::now() + job_timeout + RESULT_GRACE;
+        let mut ran = Receiving::default();
+        loop {
+            let frame = match tokio::time::timeout_at(deadline, conn.recv()).await {
+                Ok(frame) => frame,
+                Err(_) => {
+                    warn!("no result from the executor within the job's timeout and grace; giving up on the job");
+                    return Err(ApiError::ExecutorLost.into());
+                }
+            };
+            match frame {
+                Ok(Some(Response::Output(chunk))) => ran.output(chunk),
+                Ok(Some(Response::Ended(end))) if ran.end.is_none() => ran.end = Some(end),
+                Ok(Some(Response::File(start))) if ran.end.is_some() => {
+                    ran.files.begin(start.path).map_err(spool_failed)?
+                }
+                Ok(Some(Response::FileData(data))) => {
+                    ran.files.append(&data).map_err(spool_failed)?
+                }
+                Ok(Some(Response::Finished(skipped))) => {
+                    let Some(end) = ran.end else {
+                        error!("the executor finished a job it never ended");
+                        return Err(ApiError::Internal.into());
+                    };
+                    return Ok(Ran {
+                        end,
+                        stdout: ran.stdout,
+                        stderr: ran.stderr,
+                        files: ran.files,
+                        skipped,
+                    });
+                }
+                other => return Err(unexpected(other, true).into()),
             }
         }
     }
@@ -83,17 +141,17 @@ impl ExecutorClient {
     /// The executor's status, or `None` when it does not answer within 1 s.
     pub async fn status(&self) -> Option<ExecutorStatus> {
         let exchange = async {
-            let mut conn = self.handshake().await.ok()?;
+            let mut conn = self.connect(STATUS_TIMEOUT).await.ok()?;
             if let Err(e) = conn.send(&Request::Status).await {
                 warn!("could not ask the executor for its status: {e}");
                 return None;
             }
-            match conn.recv::<Response>().await {
+            match conn.recv().await {
                 Ok(Some(Response::Status(status))) => Some(status),
                 Ok(Some(other)) => {
                     warn!(
                         "executor answered a status request with a {} message",
-                        kind_of(&other)
+                        other.kind()
                     );
                     None
                 }
@@ -117,60 +175,100 @@ impl ExecutorClient {
     }
 
     /// Connects and exchanges hellos, all within `limit`.
-    async fn connect(&self, limit: Duration) -> Result<Connection<UnixStream>, ApiError> {
-        match timeout(limit, self.handshake()).await {
+    async fn connect(&self, limit: Duration) -> Result<ClientConnection<UnixStream>, ApiError> {
+        let socket = self.socket.display();
+        let opened = timeout(limit, async {
+            let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
+                warn!(%socket, "cannot connect to the executor: {e}");
+                ApiError::ExecutorUnavailable
+            })?;
+            ClientConnection::open(stream).await.map_err(|e| {
+                match &e {
+                    HelloError::Version { .. } | HelloError::Refused(_) => {
+                        error!(%socket, "{}; deploy matching versions", chain(&e))
+                    }
+                    _ => warn!(%socket, "hello exchange with the executor failed: {}", chain(&e)),
+                }
+                ApiError::ExecutorUnavailable
+            })
+        });
+        match opened.await {
             Ok(conn) => conn,
             Err(_) => {
-                warn!(
-                    socket = %self.socket.display(),
-                    "executor did not complete its hello within {limit:?}"
-                );
+                warn!(%socket, "executor did not complete its hello within {limit:?}");
                 Err(ApiError::ExecutorUnavailable)
             }
         }
     }
+}
 
-    /// Connects and exchanges hellos, with no time limit of its own.
-    async fn handshake(&self) -> Result<Connection<UnixStream>, ApiError> {
-        let socket = self.socket.display();
-        let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
-            warn!(%socket, "cannot connect to the executor: {e}");
-            ApiError::ExecutorUnavailable
-        })?;
-        let mut conn = Connection::client(stream);
-        let hello = async {
-            conn.send(&Request::Hello(Hello::CURRENT)).await?;
-            conn.recv::<Response>().await
+/// How one attempt at a job failed.
+#[derive(Debug)]
+enum Attempt {
+    /// The executor turned the job away before it started: it is shutting down.
+    NotStarted,
+    /// Anything else, as the client's answer.
+    Failed(ApiError),
+}
+
+impl From<ApiError> for Attempt {
+    fn from(e: ApiError) -> Self {
+        Attempt::Failed(e)
+    }
+}
+
+/// A job's frames as they come in.
+#[derive(Debug, Default)]
+struct Receiving {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    end: Option<JobEnd>,
+    files: Spool,
+}
+
+impl Receiving {
+    /// Keeps an output chunk; never more than the largest cap, whatever the
+    /// executor sends.
+    fn output(&mut self, chunk: OutputChunk) {
+        let kept = match chunk.stream {
+            Stream::Stdout => &mut self.stdout,
+            Stream::Stderr => &mut self.stderr,
         };
-        match hello.await {
-            Ok(Some(Response::Hello(hello))) if hello.version == PROTOCOL_VERSION => Ok(conn),
-            Ok(Some(Response::Hello(hello))) => {
-                error!(
-                    %socket,
-                    "executor speaks protocol version {}, this frontend {PROTOCOL_VERSION}; \
-                     deploy matching versions",
-                    hello.version
-                );
-                Err(ApiError::ExecutorUnavailable)
-            }
-            Ok(Some(Response::Failed(e))) => {
-                error!(%socket, "executor refused the connection: {e}");
-                Err(ApiError::ExecutorUnavailable)
-            }
-            Ok(Some(other)) => {
-                error!(%socket, "executor opened with a {} message instead of a hello", kind_of(&other));
-                Err(ApiError::ExecutorUnavailable)
-            }
-            Ok(None) => {
-                warn!(%socket, "executor closed the connection before its hello");
-                Err(ApiError::ExecutorUnavailable)
-            }
-            Err(e) => {
-                warn!(%socket, "hello exchange with the executor failed: {e}");
-                Err(ApiError::ExecutorUnavailable)
-            }
+        let room = (MAX_OUTPUT_BYTES as usize).saturating_sub(kept.len());
+        kept.extend_from_slice(&chunk.data[..chunk.data.len().min(room)]);
+    }
+}
+
+/// The client's answer to a frame that does not continue a job, or to none.
+fn unexpected(frame: Result<Option<Response>, ProtocolError>, started: bool) -> ApiError {
+    match frame {
+        Ok(Some(Response::Failed(JobError::ShuttingDown))) if started => {
+            warn!("the executor stopped while the job ran");
+            ApiError::ExecutorRestarting
+        }
+        Ok(Some(Response::Failed(e))) => job_error(e),
+        Ok(Some(other)) => {
+            error!("executor sent a {} message out of turn", other.kind());
+            ApiError::Internal
+        }
+        Ok(None) => {
+            warn!("executor closed the connection while the job ran");
+            ApiError::ExecutorLost
+        }
+        Err(ProtocolError::Io(e)) => {
+            warn!("executor connection failed while the job ran: {e}");
+            ApiError::ExecutorLost
+        }
+        Err(e) => {
+            error!("executor sent an unreadable frame: {}", chain(&e));
+            ApiError::Internal
         }
     }
+}
+
+fn spool_failed(e: crate::spool::SpoolError) -> Attempt {
+    error!("{}", chain(&e));
+    ApiError::Internal.into()
 }
 
 /// Maps the executor's refusal of a job to the client's answer, logging the cause.
@@ -183,7 +281,13 @@ fn job_error(e: JobError) -> ApiError {
         }
         JobError::ShuttingDown => {
             warn!("executor is shutting down and refused the job");
-            ApiError::ExecutorUnavailable
+            ApiError::ExecutorRestarting
+        }
+        JobError::Busy { retry_after_secs } => {
+            info!("executor is busy: every job slot taken and its queue full or too slow");
+            ApiError::Busy {
+                retry_after: retry_after_secs.clamp(1, 60),
+            }
         }
         JobError::VersionMismatch { .. } => {
             error!("{e}; deploy matching versions");
@@ -196,14 +300,16 @@ fn job_error(e: JobError) -> ApiError {
     }
 }
 
-/// A message's variant name, for logs (its payload may hold job output).
-fn kind_of(response: &Response) -> &'static str {
-    match response {
-        Response::Hello(_) => "Hello",
-        Response::Finished(_) => "Finished",
-        Response::Failed(_) => "Failed",
-        Response::Status(_) => "Status",
+/// An error with its causes, `outer: inner`, for a log line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
     }
+    text
 }
 
 #[cfg(test)]
@@ -230,7 +336,13 @@ mod tests {
         );
         assert_eq!(
             job_error(JobError::ShuttingDown),
-            ApiError::ExecutorUnavailable
+            ApiError::ExecutorRestarting
+        );
+        assert_eq!(
+            job_error(JobError::Busy {
+                retry_after_secs: 0
+            }),
+            ApiError::Busy { retry_after: 1 }
         );
         assert_eq!(
             job_error(JobError::VersionMismatch {
@@ -245,5 +357,19 @@ mod tests {
             }),
             ApiError::Internal
         );
+    }
+
+    #[test]
+    fn output_is_kept_up_to_the_largest_cap() {
+        let mut ran = Receiving::default();
+        let chunk = |stream, len| OutputChunk {
+            stream,
+            data: vec![b'x'; len],
+        };
+        ran.output(chunk(Stream::Stdout, 3));
+        ran.output(chunk(Stream::Stderr, MAX_OUTPUT_BYTES as usize + 9));
+        ran.output(chunk(Stream::Stderr, 1));
+        assert_eq!(ran.stdout.len(), 3);
+        assert_eq!(ran.stderr.len(), MAX_OUTPUT_BYTES as usize);
     }
 }

@@ -16,6 +16,7 @@ pub mod request;
 pub mod response;
 pub mod routes;
 pub mod server;
+pub mod spool;
 pub mod upload;
 
 #[cfg(test)]

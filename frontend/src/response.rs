@@ -1,16 +1,22 @@
 //! The `200` body of `POST /execute`: the seed's fields first, under their seed
-//! names and types, then the fields this service adds.
+//! names and types, then the fields this service adds, and last the produced files
+//! when the request asked for them, streamed from the spool.
 
+use axum::body::Body;
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
-use pysandbox_shared::{JobResult, LimitKind, NetworkViolation, SkippedFile, Usage};
+use bytes::Bytes;
+use futures::{stream, Stream, StreamExt, TryStreamExt};
+use pysandbox_shared::{JobEnd, LimitKind, NetworkViolation, SkippedFile, Usage};
 use serde::Serialize;
 
-use crate::upload::Produced;
+use crate::spool::Produced;
 
 /// What a job that ran produced. Fields serialize in declaration order, which is
-/// the order the contract lists; `files`, `skippedFiles` and `skippedFilesUnlisted`
-/// only appear when they apply.
+/// the order the contract lists; `skippedFiles` and `skippedFilesUnlisted` only
+/// appear when they apply, and `files` is appended by [`with_files`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ExecuteResponse {
@@ -42,9 +48,6 @@ pub struct ExecuteResponse {
     pub usage: UsageBody,
     /// Network requests the egress proxy refused, in order (at most 100).
     pub violations: Vec<ViolationBody>,
-    /// The produced files themselves, when the request set `returnFiles`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub files: Option<Vec<ReturnedFile>>,
     /// Work-dir entries that were not collected and why, when files were collected
     /// (for uploads or `returnFiles`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -58,29 +61,65 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
-/// A produced file in the response (`returnFiles`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// The head of a produced file in the response (`returnFiles`); its
+/// `contentBase64` follows, streamed.
+#[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ReturnedFile {
+struct FileHead<'a> {
     /// Its path relative to the work dir.
-    pub path: String,
+    path: &'a str,
     /// Its size in bytes.
-    pub size: u64,
+    size: u64,
     /// Its MIME type, guessed from the extension.
-    pub content_type: &'static str,
-    /// Its bytes, base64-encoded (standard alphabet, padded).
-    pub content_base64: String,
+    content_type: &'static str,
 }
 
-impl From<&Produced> for ReturnedFile {
-    fn from(file: &Produced) -> Self {
-        ReturnedFile {
-            path: file.path.clone(),
-            size: file.data.len() as u64,
+/// `response` as a JSON body with `"files"` last: one entry per produced file, its
+/// bytes base64-encoded (standard alphabet, padded) as they are read from the
+/// spool, so no file is ever held whole. `keep` lives until the body is sent.
+pub fn with_files<K: Send + 'static>(
+    response: &ExecuteResponse,
+    files: Vec<Produced>,
+    keep: K,
+) -> Response {
+    let mut head = serde_json::to_vec(response).unwrap_or_default();
+    // `{…}` becomes `{…,"files":[`; the object is never empty.
+    head.pop();
+    head.extend_from_slice(br#","files":["#);
+    let entries = stream::iter(files.into_iter().enumerate()).flat_map(|(i, file)| {
+        let mut open = Vec::from(if i == 0 { "" } else { "," });
+        let file_head = FileHead {
+            path: &file.path,
+            size: file.len(),
             content_type: file.content_type(),
-            content_base64: BASE64.encode(&file.data),
-        }
-    }
+        };
+        open.extend(serde_json::to_vec(&file_head).unwrap_or_default());
+        open.pop();
+        open.extend_from_slice(br#","contentBase64":""#);
+        // Each chunk but the last is a multiple of 3 bytes long, so the encodings of
+        // the chunks concatenate to the encoding of the file.
+        let content = file
+            .chunks()
+            .map_ok(|chunk| Bytes::from(BASE64.encode(chunk)));
+        piece(open).chain(content).chain(piece(br#""}"#.to_vec()))
+    });
+    let body = piece(head)
+        .chain(entries)
+        .chain(piece(b"]}".to_vec()))
+        .map(move |part| {
+            let _ = &keep;
+            part
+        });
+    let mut answer = Body::from_stream(body).into_response();
+    answer.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    answer
+}
+
+fn piece(bytes: Vec<u8>) -> impl Stream<Item = std::io::Result<Bytes>> + Send {
+    stream::once(async { Ok(Bytes::from(bytes)) })
 }
 
 /// A work-dir entry that was not collected.
@@ -160,25 +199,52 @@ pub struct Upload {
     pub error: Option<String>,
 }
 
-impl From<JobResult> for ExecuteResponse {
-    fn from(result: JobResult) -> Self {
+impl ExecuteResponse {
+    /// The response of a job that ended as `end` and printed `stdout` and `stderr`
+    /// (the heads the executor kept): the executor's notes follow stderr as one
+    /// `[sandbox] …` line each.
+    pub fn new(end: JobEnd, stdout: Vec<u8>, stderr: Vec<u8>) -> Self {
+        let mut stderr_text = text(stderr, end.stderr_truncated);
+        for note in &end.notes {
+            if !stderr_text.is_empty() && !stderr_text.ends_with('\n') {
+                stderr_text.push('\n');
+            }
+            stderr_text.push_str("[sandbox] ");
+            stderr_text.push_str(note);
+            stderr_text.push('\n');
+        }
         ExecuteResponse {
-            exit_code: result.exit_code,
-            signal: result.signal,
-            stdout: result.stdout,
-            stderr: result.stderr,
+            exit_code: end.exit_code,
+            signal: end.signal,
+            stdout: text(stdout, end.stdout_truncated),
+            stderr: stderr_text,
             uploads: Vec::new(),
-            timed_out: result.timed_out,
-            duration_ms: result.usage.wall_ms,
-            stdout_truncated: result.stdout_truncated,
-            stderr_truncated: result.stderr_truncated,
-            limit_exceeded: result.limit_exceeded.map(LimitKind::as_str),
-            usage: result.usage.into(),
-            violations: result.violations.into_iter().map(Into::into).collect(),
-            files: None,
+            timed_out: end.timed_out,
+            duration_ms: end.usage.wall_ms,
+            stdout_truncated: end.stdout_truncated,
+            stderr_truncated: end.stderr_truncated,
+            limit_exceeded: end.limit_exceeded.map(LimitKind::as_str),
+            usage: end.usage.into(),
+            violations: end.violations.into_iter().map(Into::into).collect(),
             skipped_files: None,
             skipped_files_unlisted: 0,
         }
+    }
+}
+
+/// Output bytes as text: invalid UTF-8 is replaced, and a character cut in half by
+/// the cap is dropped rather than shown as garbage.
+fn text(mut bytes: Vec<u8>, truncated: bool) -> String {
+    if truncated {
+        if let Err(e) = std::str::from_utf8(&bytes) {
+            if e.error_len().is_none() {
+                bytes.truncate(e.valid_up_to());
+            }
+        }
+    }
+    match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
     }
 }
 
@@ -186,13 +252,10 @@ impl From<JobResult> for ExecuteResponse {
 mod tests {
     use super::*;
 
-    #[test]
-    fn keys_are_camel_case_in_contract_order() {
-        let response = ExecuteResponse::from(JobResult {
+    fn end() -> JobEnd {
+        JobEnd {
             exit_code: Some(0),
             signal: None,
-            stdout: "4\n".into(),
-            stderr: String::new(),
             stdout_truncated: false,
             stderr_truncated: true,
             timed_out: false,
@@ -202,15 +265,18 @@ mod tests {
                 cpu_ms: Some(5),
                 peak_memory_bytes: None,
             },
+            notes: vec![],
             violations: vec![NetworkViolation {
                 method: "CONNECT".into(),
                 target: "evil.com:443".into(),
                 reason: "not in allowed domains".into(),
             }],
-            files: Vec::new(),
-            skipped_files: Vec::new(),
-            skipped_unlisted: 0,
-        });
+        }
+    }
+
+    #[test]
+    fn keys_are_camel_case_in_contract_order() {
+        let response = ExecuteResponse::new(end(), b"4\n".to_vec(), Vec::new());
         assert_eq!(
             serde_json::to_string(&response).unwrap(),
             r#"{"exitCode":0,"signal":null,"stdout":"4\n","stderr":"","uploads":[],"timedOut":false,"durationMs":12,"stdoutTruncated":false,"stderrTruncated":true,"limitExceeded":"output","usage":{"wallMs":12,"cpuMs":5,"peakMemoryBytes":null},"violations":[{"method":"CONNECT","target":"evil.com:443","reason":"not in allowed domains"}]}"#
@@ -218,13 +284,10 @@ mod tests {
     }
 
     #[test]
-    fn a_killed_job_has_a_null_exit_code_and_a_signal() {
-        let response = ExecuteResponse::from(JobResult {
+    fn a_killed_job_has_a_null_exit_code_a_signal_and_its_notes() {
+        let killed = JobEnd {
             exit_code: None,
             signal: Some("SIGKILL".into()),
-            stdout: String::new(),
-            stderr: "[sandbox] killed: wall-clock timeout of 1000 ms exceeded\n".into(),
-            stdout_truncated: false,
             stderr_truncated: false,
             timed_out: true,
             limit_exceeded: Some(LimitKind::Time),
@@ -233,33 +296,55 @@ mod tests {
                 cpu_ms: Some(1),
                 peak_memory_bytes: Some(4096),
             },
+            notes: vec!["killed: wall-clock timeout of 1000 ms exceeded".into()],
             violations: vec![],
-            files: Vec::new(),
-            skipped_files: Vec::new(),
-            skipped_unlisted: 0,
-        });
+            ..end()
+        };
+        let response = ExecuteResponse::new(killed, Vec::new(), b"partial".to_vec());
         assert_eq!(
             serde_json::to_string(&response).unwrap(),
-            r#"{"exitCode":null,"signal":"SIGKILL","stdout":"","stderr":"[sandbox] killed: wall-clock timeout of 1000 ms exceeded\n","uploads":[],"timedOut":true,"durationMs":1003,"stdoutTruncated":false,"stderrTruncated":false,"limitExceeded":"time","usage":{"wallMs":1003,"cpuMs":1,"peakMemoryBytes":4096},"violations":[]}"#
+            r#"{"exitCode":null,"signal":"SIGKILL","stdout":"","stderr":"partial\n[sandbox] killed: wall-clock timeout of 1000 ms exceeded\n","uploads":[],"timedOut":true,"durationMs":1003,"stdoutTruncated":false,"stderrTruncated":false,"limitExceeded":"time","usage":{"wallMs":1003,"cpuMs":1,"peakMemoryBytes":4096},"violations":[]}"#
         );
     }
 
     #[test]
-    fn returned_and_skipped_files_come_last() {
-        let mut response = ExecuteResponse::from(crate::testing::four());
-        response.files = Some(vec![ReturnedFile::from(&Produced {
-            path: "a.png".into(),
-            data: bytes::Bytes::from_static(&[0, 255]),
-        })]);
+    fn invalid_utf8_is_replaced_and_a_character_cut_by_the_cap_dropped() {
+        assert_eq!(text(b"a\xffb".to_vec(), false), "a\u{fffd}b");
+        assert_eq!(text("ab\u{2713}".as_bytes()[..3].to_vec(), true), "ab");
+        assert_eq!(
+            text("ab\u{2713}".as_bytes()[..3].to_vec(), false),
+            "ab\u{fffd}"
+        );
+    }
+
+    #[tokio::test]
+    async fn returned_and_skipped_files_come_last() {
+        let mut response = ExecuteResponse::new(end(), b"4\n".to_vec(), Vec::new());
         response.skipped_files = Some(vec![Skipped::from(&SkippedFile {
             path: "l".into(),
             reason: pysandbox_shared::SkipReason::Symlink,
         })]);
         response.skipped_files_unlisted = 3;
-        let json = serde_json::to_string(&response).unwrap();
+        let big: Vec<u8> = (0..crate::spool::READ_CHUNK * 2 + 1)
+            .map(|i| i as u8)
+            .collect();
+        let files = vec![
+            crate::spool::produced("a.png", &[0, 255]),
+            crate::spool::produced("b \"q\".bin", &big),
+        ];
+        let answer = with_files(&response, files, ());
+        let body = axum::body::to_bytes(answer.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let json = String::from_utf8(body.to_vec()).unwrap();
         assert!(
-            json.ends_with(r#""usage":{"wallMs":7,"cpuMs":3,"peakMemoryBytes":1048576},"violations":[],"files":[{"path":"a.png","size":2,"contentType":"image/png","contentBase64":"AP8="}],"skippedFiles":[{"path":"l","reason":"symlink"}],"skippedFilesUnlisted":3}"#),
+            json.contains(r#""violations":[{"method":"CONNECT","target":"evil.com:443","reason":"not in allowed domains"}],"skippedFiles":[{"path":"l","reason":"symlink"}],"skippedFilesUnlisted":3,"files":[{"path":"a.png","size":2,"contentType":"image/png","contentBase64":"AP8="},{"path":"b \"q\".bin","size":98305,"#),
             "{json}"
+        );
+        let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            parsed["files"][1]["contentBase64"].as_str().unwrap(),
+            BASE64.encode(&big)
         );
     }
 

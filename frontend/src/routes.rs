@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use pysandbox_shared::JobSpec;
@@ -23,8 +23,8 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::executor_client::ExecutorClient;
 use crate::request::{read_body, ExecuteRequest};
-use crate::response::{ExecuteResponse, ReturnedFile, Skipped};
-use crate::upload::{Produced, Uploader};
+use crate::response::{with_files, ExecuteResponse, Skipped};
+use crate::upload::Uploader;
 
 /// The response header carrying the request id.
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
@@ -40,7 +40,6 @@ struct Inner {
     token: AuthToken,
     max_body_bytes: u64,
     body_timeout: Duration,
-    default_timeout_ms: u32,
     admission: Admission,
     executor: ExecutorClient,
     uploader: Uploader,
@@ -54,7 +53,6 @@ impl AppState {
                 token,
                 max_body_bytes: config.max_body_bytes.get(),
                 body_timeout: config.body_timeout(),
-                default_timeout_ms: config.default_timeout_ms,
                 admission: Admission::new(config.max_inflight.get(), config.max_queue),
                 executor: ExecutorClient::new(config.executor_socket.clone()),
                 uploader: Uploader::new(config.upload()),
@@ -76,10 +74,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn execute(
-    State(app): State<AppState>,
-    request: Request,
-) -> Result<Json<ExecuteResponse>, ApiError> {
+async fn execute(State(app): State<AppState>, request: Request) -> Result<Response, ApiError> {
     let app = &app.inner;
     let (parts, body) = request.into_parts();
     // The contract's order: auth, body size, JSON, admission, executor.
@@ -95,9 +90,9 @@ async fn execute(
         .map(|(target, token)| (target.url.clone(), token.to_owned()));
     let collect_files = upload.is_some() || job.return_files;
 
-    // Held until the response is built, uploads included: the slot bounds how many
-    // results, each with up to 64 MiB of produced files, the frontend holds at once.
-    let _slot = app.admission.enter()?.slot().await?;
+    // Held until the response body is sent, uploads included: the slot bounds how
+    // many results (output in memory, files in the spool) the frontend holds.
+    let slot = app.admission.enter()?.slot().await?;
     let request_id = parts
         .extensions
         .get::<RequestId>()
@@ -107,38 +102,33 @@ async fn execute(
         request_id: request_id.0,
         code: job.code,
         stdin: job.stdin,
-        // Never unbounded: the default applies when the request sets no limit.
-        timeout_ms: Some(job.timeout_ms.unwrap_or(app.default_timeout_ms)),
+        // The executor owns the default: it says which limit it applied.
+        timeout_ms: job.timeout_ms,
         limits: job.limits,
         files: job.files,
         collect_files,
         network: job.network,
     };
-    let mut result = app.executor.run(spec).await?;
-    let files: Vec<Produced> = std::mem::take(&mut result.files)
-        .into_iter()
-        .map(|f| Produced {
-            path: f.path,
-            data: f.data.into(),
-        })
-        .collect();
-    let skipped = std::mem::take(&mut result.skipped_files);
-    let skipped_unlisted = result.skipped_unlisted;
-    let mut response = ExecuteResponse::from(result);
-    if collect_files {
-        if let Some((url, token)) = upload {
-            response.uploads = app
-                .uploader
-                .upload(&url, &token, job.public, &files, &skipped)
-                .await;
-        }
-        if job.return_files {
-            response.files = Some(files.iter().map(ReturnedFile::from).collect());
-        }
-        response.skipped_files = Some(skipped.iter().map(Skipped::from).collect());
-        response.skipped_files_unlisted = skipped_unlisted;
+    let ran = app.executor.run(spec).await?;
+    let mut response = ExecuteResponse::new(ran.end, ran.stdout, ran.stderr);
+    if !collect_files {
+        return Ok(Json(response).into_response());
     }
-    Ok(Json(response))
+    let files = ran.files.into_files();
+    let skipped = ran.skipped;
+    if let Some((url, token)) = upload {
+        response.uploads = app
+            .uploader
+            .upload(&url, &token, job.public, &files, &skipped.skipped_files)
+            .await;
+    }
+    response.skipped_files = Some(skipped.skipped_files.iter().map(Skipped::from).collect());
+    response.skipped_files_unlisted = skipped.skipped_unlisted;
+    if job.return_files {
+        Ok(with_files(&response, files, slot))
+    } else {
+        Ok(Json(response).into_response())
+    }
 }
 
 /// The `/health` body; the counts only when the executor is up.
@@ -151,6 +141,9 @@ struct Health {
     running_jobs: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_jobs: Option<u32>,
+    /// Jobs waiting at the executor for a slot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queued_jobs: Option<u32>,
     /// Warm jails waiting for a job.
     #[serde(skip_serializing_if = "Option::is_none")]
     warm_jails: Option<u32>,
@@ -169,6 +162,7 @@ async fn health(State(app): State<AppState>) -> Json<Health> {
         executor: if status.is_some() { "up" } else { "down" },
         running_jobs: status.as_ref().map(|s| s.running_jobs),
         max_jobs: status.as_ref().map(|s| s.max_jobs),
+        queued_jobs: status.as_ref().map(|s| s.queued_jobs),
         warm_jails: status.as_ref().map(|s| s.warm_jails),
         limits: status.as_ref().map(|s| {
             s.enforcement

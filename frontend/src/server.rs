@@ -120,7 +120,7 @@ mod tests {
     use tokio::sync::{mpsc, Notify};
 
     use super::*;
-    use crate::testing::{client, four, handshake, FakeExecutor, TestServer, TOKEN};
+    use crate::testing::{answer, client, four, handshake, FakeExecutor, TestServer, TOKEN};
 
     async fn post_execute(server: &TestServer, body: &str) -> reqwest::Response {
         client()
@@ -146,7 +146,7 @@ mod tests {
                     panic!("expected a job");
                 };
                 specs_tx.send(spec).unwrap();
-                conn.send(&Response::Finished(four())).await.unwrap();
+                answer(&mut conn, four()).await;
             }
         });
         let server = TestServer::start(&executor.socket, &[]).await;
@@ -165,7 +165,7 @@ mod tests {
                 request_id,
                 code: "print(2 + 2)".into(),
                 stdin: Some("x".into()),
-                timeout_ms: Some(30_000),
+                timeout_ms: None,
                 limits: Default::default(),
                 files: Vec::new(),
                 collect_files: false,
@@ -189,23 +189,6 @@ mod tests {
                 allowed_domains: Some(vec!["a.io".into()])
             })
         );
-    }
-
-    #[tokio::test]
-    async fn the_default_timeout_is_configurable() {
-        let (specs_tx, mut specs) = mpsc::unbounded_channel();
-        let executor = FakeExecutor::start(move |mut conn| {
-            let specs_tx = specs_tx.clone();
-            async move {
-                if let Request::Run(spec) = handshake(&mut conn).await {
-                    specs_tx.send(spec.timeout_ms).unwrap();
-                }
-                conn.send(&Response::Finished(four())).await.unwrap();
-            }
-        });
-        let server = TestServer::start(&executor.socket, &["--default-timeout-ms", "1234"]).await;
-        assert_eq!(post_execute(&server, r#"{"code":"1"}"#).await.status(), 200);
-        assert_eq!(specs.recv().await.unwrap(), Some(1234));
     }
 
     async fn assert_error(
@@ -243,7 +226,7 @@ mod tests {
         let server = TestServer::start(&socket, &[]).await;
         assert_eq!(post_execute(&server, r#"{"code":"1"}"#).await.status(), 503);
 
-        let executor = FakeExecutor::answering(Response::Finished(four()));
+        let executor = FakeExecutor::answering(four());
         std::fs::hard_link(&executor.socket, &socket).unwrap();
         assert_eq!(post_execute(&server, r#"{"code":"1"}"#).await.status(), 200);
     }
@@ -315,7 +298,15 @@ mod tests {
                 Response::Failed(JobError::ShuttingDown),
                 503,
                 Some("5"),
-                json!({"error": "executor unavailable"}),
+                json!({"error": "executor restarting; retry later"}),
+            ),
+            (
+                Response::Failed(JobError::Busy {
+                    retry_after_secs: 2,
+                }),
+                503,
+                Some("2"),
+                json!({"error": "service busy: every job slot is taken; retry later"}),
             ),
             (
                 Response::Failed(JobError::Protocol {
@@ -332,6 +323,7 @@ mod tests {
                     enforcement: vec![],
                     isolation: vec![],
                     warm_jails: 0,
+                    queued_jobs: 0,
                 }),
                 500,
                 None,
@@ -339,7 +331,7 @@ mod tests {
             ),
         ];
         for (answer, status, retry, body) in cases {
-            let executor = FakeExecutor::answering(answer);
+            let executor = FakeExecutor::answering(vec![answer]);
             let server = TestServer::start(&executor.socket, &[]).await;
             assert_error(
                 post_execute(&server, r#"{"code":"1"}"#).await,
@@ -429,7 +421,7 @@ mod tests {
                 handshake(&mut conn).await;
                 started.notify_one();
                 release.notified().await;
-                conn.send(&Response::Finished(four())).await.unwrap();
+                answer(&mut conn, four()).await;
             }
         });
         let server = TestServer::start(
@@ -486,6 +478,7 @@ mod tests {
                     detail: "ABI 6".into(),
                 }],
                 warm_jails: 1,
+                queued_jobs: 3,
             }))
             .await
             .unwrap();
@@ -496,7 +489,7 @@ mod tests {
         assert!(header(&response, "x-request-id").is_some());
         assert_eq!(
             response.text().await.unwrap(),
-            r#"{"ok":true,"executor":"up","runningJobs":2,"maxJobs":4,"warmJails":1,"limits":{"memory":"cgroup v2"},"isolation":{"landlock":"ABI 6"}}"#
+            r#"{"ok":true,"executor":"up","runningJobs":2,"maxJobs":4,"queuedJobs":3,"warmJails":1,"limits":{"memory":"cgroup v2"},"isolation":{"landlock":"ABI 6"}}"#
         );
 
         let dir = tempfile::tempdir().unwrap();
@@ -527,7 +520,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_oversized_body_is_413_even_while_the_client_still_sends() {
-        let executor = FakeExecutor::answering(Response::Finished(four()));
+        let executor = FakeExecutor::answering(four());
         let server = TestServer::start(&executor.socket, &[]).await;
         let body = format!(r#"{{"code":"{}"}}"#, "x".repeat(2 * 1024 * 1024));
         let response = post_execute(&server, &body).await;
@@ -542,7 +535,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_slow_body_is_408() {
-        let executor = FakeExecutor::answering(Response::Finished(four()));
+        let executor = FakeExecutor::answering(four());
         let server = TestServer::start(&executor.socket, &["--body-timeout-ms", "300"]).await;
         let mut stream = TcpStream::connect(server.addr).await.unwrap();
         let head = format!(
@@ -564,7 +557,7 @@ mod tests {
 
     #[tokio::test]
     async fn slow_headers_are_cut_off() {
-        let executor = FakeExecutor::answering(Response::Finished(four()));
+        let executor = FakeExecutor::answering(four());
         let server = TestServer::start(&executor.socket, &["--header-timeout-ms", "300"]).await;
         let mut stream = TcpStream::connect(server.addr).await.unwrap();
         stream
@@ -579,7 +572,7 @@ mod tests {
 
     #[tokio::test]
     async fn oversized_headers_are_refused() {
-        let executor = FakeExecutor::answering(Response::Finished(four()));
+        let executor = FakeExecutor::answering(four());
         let server = TestServer::start(&executor.socket, &[]).await;
         let response = client()
             .get(server.url("/health"))
@@ -595,7 +588,7 @@ mod tests {
 
     #[tokio::test]
     async fn connections_over_the_cap_wait_in_the_backlog() {
-        let executor = FakeExecutor::answering(Response::Finished(four()));
+        let executor = FakeExecutor::answering(four());
         let server = TestServer::start(&executor.socket, &["--max-connections", "1"]).await;
         let idle = TcpStream::connect(server.addr).await.unwrap();
         let second = tokio::spawn(client().get(server.url("/health")).send());
@@ -621,7 +614,7 @@ mod tests {
                 handshake(&mut conn).await;
                 started.notify_one();
                 release.notified().await;
-                conn.send(&Response::Finished(four())).await.unwrap();
+                answer(&mut conn, four()).await;
             }
         });
         let mut server = TestServer::start(&executor.socket, &[]).await;

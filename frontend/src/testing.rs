@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pysandbox_shared::{Connection, Hello, JobResult, Request, Response};
+use pysandbox_shared::{
+    Connection, FilesEnd, Hello, JobEnd, OutputChunk, Request, Response, Started, Stream,
+};
 use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -49,13 +51,13 @@ impl FakeExecutor {
         }
     }
 
-    /// An executor that answers every job with `response`.
-    pub fn answering(response: Response) -> Self {
+    /// An executor that answers every job with `frames`.
+    pub fn answering(frames: Vec<Response>) -> Self {
         FakeExecutor::start(move |mut conn| {
-            let response = response.clone();
+            let frames = frames.clone();
             async move {
                 handshake(&mut conn).await;
-                conn.send(&response).await.unwrap();
+                answer(&mut conn, frames).await;
             }
         })
     }
@@ -77,27 +79,38 @@ pub async fn handshake(conn: &mut Connection<UnixStream>) -> Request {
     conn.recv::<Request>().await.unwrap().unwrap()
 }
 
-/// The result of `print(2 + 2)`.
-pub fn four() -> JobResult {
-    JobResult {
-        exit_code: Some(0),
-        signal: None,
-        stdout: "4\n".into(),
-        stderr: String::new(),
-        stdout_truncated: false,
-        stderr_truncated: false,
-        timed_out: false,
-        limit_exceeded: None,
-        usage: pysandbox_shared::Usage {
-            wall_ms: 7,
-            cpu_ms: Some(3),
-            peak_memory_bytes: Some(1 << 20),
-        },
-        files: Vec::new(),
-        skipped_files: Vec::new(),
-        skipped_unlisted: 0,
-        violations: vec![],
+/// Sends `frames`, in order.
+pub async fn answer(conn: &mut Connection<UnixStream>, frames: Vec<Response>) {
+    for frame in frames {
+        conn.send(&frame).await.unwrap();
     }
+}
+
+/// The frames of `print(2 + 2)`.
+pub fn four() -> Vec<Response> {
+    vec![
+        Response::Started(Started { timeout_ms: 30_000 }),
+        Response::Output(OutputChunk {
+            stream: Stream::Stdout,
+            data: b"4\n".to_vec(),
+        }),
+        Response::Ended(JobEnd {
+            exit_code: Some(0),
+            signal: None,
+            stdout_truncated: false,
+            stderr_truncated: false,
+            timed_out: false,
+            limit_exceeded: None,
+            usage: pysandbox_shared::Usage {
+                wall_ms: 7,
+                cpu_ms: Some(3),
+                peak_memory_bytes: Some(1 << 20),
+            },
+            notes: vec![],
+            violations: vec![],
+        }),
+        Response::Finished(FilesEnd::default()),
+    ]
 }
 
 /// A frontend serving on 127.0.0.1 until dropped or shut down.

@@ -19,7 +19,6 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::StreamExt;
 use pysandbox_shared::SkippedFile;
 use reqwest::dns::{Name, Resolve, Resolving};
@@ -33,27 +32,10 @@ use url::{Host, Url};
 use crate::error::ApiError;
 use crate::request::UploadUrl;
 use crate::response::Upload;
+use crate::spool::Produced;
 
 /// The most of an upload service's answer that is read, looking for the URL.
 const MAX_ANSWER_BYTES: usize = 1 << 20;
-
-/// A file the job produced, ready to upload or return.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Produced {
-    /// Its path relative to the work dir.
-    pub path: String,
-    /// Its content.
-    pub data: Bytes,
-}
-
-impl Produced {
-    /// Its MIME type, guessed from the extension.
-    pub fn content_type(&self) -> &'static str {
-        mime_guess::from_path(&self.path)
-            .first_raw()
-            .unwrap_or("application/octet-stream")
-    }
-}
 
 /// How uploads are made.
 #[derive(Debug, Clone)]
@@ -214,7 +196,7 @@ impl Uploader {
         } else {
             match self.target(url, public).await {
                 Ok(target) => {
-                    // Owned items (cheap: `Bytes`): with borrowed ones, the compiler
+                    // Owned items (cheap: a path and an `Arc`): with borrowed ones, the compiler
                     // cannot prove the handler's future Send for every lifetime.
                     futures::stream::iter(files.to_vec())
                         .map(|file| self.upload_one(&target, token, file, deadline))
@@ -331,7 +313,8 @@ impl Uploader {
             return failed(&file.path, 0, self.budget_used_up());
         }
         let limit = left.min(self.config.timeout);
-        let part = Part::stream_with_length(file.data.clone(), file.data.len() as u64)
+        let body = reqwest::Body::wrap_stream(file.chunks());
+        let part = Part::stream_with_length(body, file.len())
             .file_name(header_filename(&file.path))
             .mime_str(file.content_type());
         let part = match part {
@@ -588,10 +571,7 @@ mod tests {
     }
 
     fn produced(path: &str) -> Produced {
-        Produced {
-            path: path.into(),
-            data: Bytes::from_static(b"x"),
-        }
+        crate::spool::produced(path, b"x")
     }
 
     /// A listener that counts the connections it accepts.

@@ -7,15 +7,15 @@
 //! smaller. A payload must decode to exactly one message with no bytes left over.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{Decoder, Encoder, Framed, LengthDelimitedCodec};
 
-use crate::files::{
-    MAX_FILES, MAX_FILES_BYTES, MAX_INPUT_BYTES, MAX_INPUT_FILES, MAX_PATH_LEN, MAX_SKIPPED_LISTED,
-};
-use crate::limits::MAX_OUTPUT_BYTES;
+use crate::files::{MAX_INPUT_BYTES, MAX_INPUT_FILES, MAX_PATH_LEN, MAX_SKIPPED_LISTED};
+use crate::job::JobError;
+use crate::protocol::{Hello, Request, Response, PROTOCOL_VERSION};
 
 const MIB: usize = 1 << 20;
 
@@ -28,14 +28,11 @@ const PATH_ON_WIRE: usize = 2 * MAX_PATH_LEN;
 pub const MAX_REQUEST_FRAME_LEN: usize =
     16 * MIB + MAX_INPUT_BYTES as usize + MAX_INPUT_FILES as usize * PATH_ON_WIRE;
 
-/// The largest frame the frontend accepts (executor → frontend): a job result with
-/// stdout and stderr at [`MAX_OUTPUT_BYTES`] each (every byte of which may turn into
-/// a 3-byte U+FFFD), every produced file and every listed skipped entry at the hard
-/// maxima, and 1 MiB for the rest (about 105 MiB).
-pub const MAX_RESPONSE_FRAME_LEN: usize = 2 * 3 * MAX_OUTPUT_BYTES as usize
-    + MAX_FILES_BYTES as usize
-    + (MAX_FILES as usize + MAX_SKIPPED_LISTED) * PATH_ON_WIRE
-    + MIB;
+/// The largest frame the frontend accepts (executor → frontend). Output and file
+/// bytes come in chunks of [`crate::MAX_CHUNK_BYTES`]; the largest frame is the
+/// list of skipped work-dir entries at its maximum, plus 1 MiB for the rest (about
+/// 9 MiB).
+pub const MAX_RESPONSE_FRAME_LEN: usize = MAX_SKIPPED_LISTED * (PATH_ON_WIRE + 16) + MIB;
 
 /// Why a message could not be sent or received.
 #[derive(Debug, thiserror::Error)]
@@ -127,7 +124,9 @@ impl Encoder<Bytes> for FrameCodec {
     }
 }
 
-/// One end of a frontend–executor connection: sends and receives whole messages.
+/// One end of a frontend–executor connection: sends and receives whole messages of
+/// any type. The daemons use the typed ends below; this one is for tests that must
+/// send what a daemon never would.
 #[derive(Debug)]
 pub struct Connection<S> {
     framed: Framed<S, FrameCodec>,
@@ -163,6 +162,146 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// `select!` that watches for the peer going away.
     pub async fn recv<M: DeserializeOwned>(&mut self) -> Result<Option<M>, ProtocolError> {
         match self.framed.next().await {
+            None => Ok(None),
+            Some(frame) => decode(&frame?).map(Some),
+        }
+    }
+}
+
+/// Why the hello exchange did not open a connection.
+#[derive(Debug, thiserror::Error)]
+pub enum HelloError {
+    /// The socket failed or the peer sent an undecodable frame.
+    #[error("hello exchange failed")]
+    Protocol(#[from] ProtocolError),
+    /// The peer closed the connection before its hello.
+    #[error("the peer closed the connection before its hello")]
+    Closed,
+    /// The peer opened with another message (its variant name).
+    #[error("the peer opened with a {0} message instead of a hello")]
+    Unexpected(&'static str),
+    /// The peer speaks another protocol version.
+    #[error("the peer speaks protocol version {theirs}, this build {PROTOCOL_VERSION}")]
+    Version {
+        /// The peer's version.
+        theirs: u32,
+    },
+    /// The executor refused the connection.
+    #[error("the executor refused the connection")]
+    Refused(#[source] JobError),
+}
+
+/// The frontend's end of a connection: sends [`Request`]s, receives [`Response`]s.
+#[derive(Debug)]
+pub struct ClientConnection<S>(Connection<S>);
+
+impl<S: AsyncRead + AsyncWrite + Unpin> ClientConnection<S> {
+    /// Says hello on `stream` and waits for the executor's, which must be of this
+    /// build's version. No time limit of its own: callers bound it.
+    pub async fn open(stream: S) -> Result<Self, HelloError> {
+        let mut conn = Connection::client(stream);
+        conn.send(&Request::Hello(Hello::CURRENT)).await?;
+        match conn.recv::<Response>().await? {
+            Some(Response::Hello(Hello {
+                version: PROTOCOL_VERSION,
+            })) => Ok(ClientConnection(conn)),
+            Some(Response::Hello(Hello { version })) => {
+                Err(HelloError::Version { theirs: version })
+            }
+            Some(Response::Failed(e)) => Err(HelloError::Refused(e)),
+            Some(other) => Err(HelloError::Unexpected(other.kind())),
+            None => Err(HelloError::Closed),
+        }
+    }
+
+    /// Sends one request.
+    pub async fn send(&mut self, request: &Request) -> Result<(), ProtocolError> {
+        self.0.send(request).await
+    }
+
+    /// Receives the next response; `None` when the executor closed the connection.
+    /// Cancel-safe.
+    pub async fn recv(&mut self) -> Result<Option<Response>, ProtocolError> {
+        self.0.recv().await
+    }
+}
+
+/// The executor's end of a connection: receives [`Request`]s, sends [`Response`]s.
+#[derive(Debug)]
+pub struct ServerConnection<S>(Connection<S>);
+
+impl<S: AsyncRead + AsyncWrite + Unpin> ServerConnection<S> {
+    /// Waits for the frontend's hello and answers with this build's. `Ok(None)` when
+    /// the peer closed first. A peer of another version is told so
+    /// ([`JobError::VersionMismatch`]) before the error returns. No time limit of its
+    /// own: callers bound it.
+    pub async fn accept(stream: S) -> Result<Option<Self>, HelloError> {
+        let mut conn = Connection::server(stream);
+        let hello = match conn.recv::<Request>().await? {
+            Some(Request::Hello(hello)) => hello,
+            Some(other) => {
+                let kind = other.kind();
+                let reason = format!("expected a hello, got a {kind} message");
+                conn.send(&Response::Failed(JobError::Protocol { reason }))
+                    .await?;
+                return Err(HelloError::Unexpected(kind));
+            }
+            None => return Ok(None),
+        };
+        conn.send(&Response::Hello(Hello::CURRENT)).await?;
+        if hello.version != PROTOCOL_VERSION {
+            let mismatch = JobError::VersionMismatch {
+                executor: PROTOCOL_VERSION,
+                frontend: hello.version,
+            };
+            conn.send(&Response::Failed(mismatch)).await?;
+            return Err(HelloError::Version {
+                theirs: hello.version,
+            });
+        }
+        Ok(Some(ServerConnection(conn)))
+    }
+
+    /// Receives the next request; `None` when the peer closed the connection.
+    /// Cancel-safe.
+    pub async fn recv(&mut self) -> Result<Option<Request>, ProtocolError> {
+        self.0.recv().await
+    }
+
+    /// Sends one response.
+    pub async fn send(&mut self, response: &Response) -> Result<(), ProtocolError> {
+        self.0.send(response).await
+    }
+
+    /// Splits the connection, so that a job's frames can be sent while the peer is
+    /// watched for going away.
+    pub fn split(self) -> (ServerSender<S>, ServerReceiver<S>) {
+        let (sink, stream) = self.0.framed.split();
+        (ServerSender(sink), ServerReceiver(stream))
+    }
+}
+
+/// The sending half of a [`ServerConnection`].
+#[derive(Debug)]
+pub struct ServerSender<S>(SplitSink<Framed<S, FrameCodec>, Bytes>);
+
+impl<S: AsyncRead + AsyncWrite + Unpin> ServerSender<S> {
+    /// Sends one response.
+    pub async fn send(&mut self, response: &Response) -> Result<(), ProtocolError> {
+        self.0.send(encode(response)?).await?;
+        Ok(())
+    }
+}
+
+/// The receiving half of a [`ServerConnection`].
+#[derive(Debug)]
+pub struct ServerReceiver<S>(SplitStream<Framed<S, FrameCodec>>);
+
+impl<S: AsyncRead + AsyncWrite + Unpin> ServerReceiver<S> {
+    /// Receives the next request; `None` when the peer closed the connection.
+    /// Cancel-safe.
+    pub async fn recv(&mut self) -> Result<Option<Request>, ProtocolError> {
+        match self.0.next().await {
             None => Ok(None),
             Some(frame) => decode(&frame?).map(Some),
         }
@@ -234,20 +373,70 @@ mod tests {
     async fn each_direction_has_its_own_limit() {
         let (client, server) = tokio::io::duplex(1 << 16);
         let (mut client, mut server) = (Connection::client(client), Connection::server(server));
-        // A result may be larger than any request, but not larger than its own limit.
-        let big = ByteBuf::from(vec![0u8; MAX_REQUEST_FRAME_LEN + 1]);
-        let (sent, received) = tokio::join!(server.send(&big), client.recv::<ByteBuf>());
+        // A request may be larger than any response, but not larger than its own limit.
+        let big = ByteBuf::from(vec![0u8; MAX_RESPONSE_FRAME_LEN + 1]);
+        let (sent, received) = tokio::join!(client.send(&big), server.recv::<ByteBuf>());
         sent.unwrap();
         assert_eq!(received.unwrap().map(|v| v.len()), Some(big.len()));
-        assert!(client.send(&big).await.is_err());
-        let huge = ByteBuf::from(vec![0u8; MAX_RESPONSE_FRAME_LEN]);
-        assert!(server.send(&huge).await.is_err());
+        assert!(server.send(&big).await.is_err());
+        let huge = ByteBuf::from(vec![0u8; MAX_REQUEST_FRAME_LEN]);
+        assert!(client.send(&huge).await.is_err());
     }
 
     #[test]
     fn frame_limits_are_what_the_docs_say() {
         assert!((55 * MIB..56 * MIB).contains(&MAX_REQUEST_FRAME_LEN));
-        assert!((104 * MIB..106 * MIB).contains(&MAX_RESPONSE_FRAME_LEN));
+        assert!((8 * MIB..10 * MIB).contains(&MAX_RESPONSE_FRAME_LEN));
+    }
+
+    #[tokio::test]
+    async fn hello_opens_typed_ends() {
+        let (client, server) = tokio::io::duplex(1024);
+        let (client, server) = tokio::join!(
+            ClientConnection::open(client),
+            ServerConnection::accept(server)
+        );
+        let (mut client, mut server) = (client.unwrap(), server.unwrap().unwrap());
+        client.send(&Request::Status).await.unwrap();
+        assert_eq!(server.recv().await.unwrap(), Some(Request::Status));
+    }
+
+    #[tokio::test]
+    async fn another_version_is_told_and_refused() {
+        let (client, server) = tokio::io::duplex(1024);
+        let mut client = Connection::client(client);
+        client
+            .send(&Request::Hello(Hello { version: 1 }))
+            .await
+            .unwrap();
+        let accepted = ServerConnection::accept(server).await;
+        assert!(matches!(accepted, Err(HelloError::Version { theirs: 1 })));
+        assert_eq!(
+            client.recv::<Response>().await.unwrap(),
+            Some(Response::Hello(Hello::CURRENT))
+        );
+        assert_eq!(
+            client.recv::<Response>().await.unwrap(),
+            Some(Response::Failed(JobError::VersionMismatch {
+                executor: PROTOCOL_VERSION,
+                frontend: 1
+            }))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_first_message_other_than_hello_is_named_not_echoed() {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let mut client = Connection::client(client);
+        client.send(&Request::Status).await.unwrap();
+        let accepted = ServerConnection::accept(server).await;
+        assert!(matches!(accepted, Err(HelloError::Unexpected("Status"))));
+        assert_eq!(
+            client.recv::<Response>().await.unwrap(),
+            Some(Response::Failed(JobError::Protocol {
+                reason: "expected a hello, got a Status message".into()
+            }))
+        );
     }
 
     #[tokio::test]

@@ -151,16 +151,6 @@ pub struct InputFile {
     pub data: Vec<u8>,
 }
 
-/// A regular file the job left in its work dir.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProducedFile {
-    /// Its path relative to the work dir (valid UTF-8, no control characters).
-    pub path: String,
-    /// Its content.
-    #[serde(with = "serde_bytes")]
-    pub data: Vec<u8>,
-}
-
 /// A work-dir entry that was not collected.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SkippedFile {

@@ -2,9 +2,14 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::files::{InputFile, ProducedFile, SkippedFile};
+use crate::bounded;
+use crate::files::{InputFile, MAX_INPUT_FILES};
 use crate::limits::{JobLimits, LimitKind, Usage};
-use crate::network::{NetworkRequest, NetworkViolation};
+use crate::network::{NetworkRequest, NetworkViolation, MAX_VIOLATIONS};
+
+/// The most `[sandbox]` notes one job's end carries: one per listed violation, one
+/// for the unlisted rest, and one per limit.
+pub const MAX_NOTES: usize = MAX_VIOLATIONS + 16;
 
 /// The largest wall-clock limit the HTTP API accepts, in milliseconds (seed-compatible).
 pub const MAX_TIMEOUT_MS: u32 = 120_000;
@@ -23,47 +28,41 @@ pub struct JobSpec {
     /// Resource limits below the executor's maxima.
     pub limits: JobLimits,
     /// Files written into the work dir before the job starts, owned by the sandbox uid.
+    #[serde(deserialize_with = "bounded::vec::<_, _, { MAX_INPUT_FILES as usize }>")]
     pub files: Vec<InputFile>,
     /// Whether to collect the files the job leaves in its work dir into the result.
     pub collect_files: bool,
-    /// Network access through the egress proxy; `None` means no network at all.
+    /// The network the job asks for; `None` takes everything the executor's
+    /// configuration allows, which may be nothing.
     pub network: Option<NetworkRequest>,
 }
 
-/// How a job that ran ended, and what it printed.
+/// How a job that ran ended. Its output went before it in
+/// [`crate::protocol::Response::Output`] frames.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobResult {
+pub struct JobEnd {
     /// The interpreter's exit status, or `None` when a signal ended it.
     pub exit_code: Option<i32>,
     /// The name of the signal that ended it (`"SIGKILL"`), if one did.
     pub signal: Option<String>,
-    /// Standard output as UTF-8 (invalid bytes replaced), up to the output cap.
-    pub stdout: String,
-    /// Standard error like `stdout`, followed by one `[sandbox] …` line per limit hit
-    /// and per refused network request.
-    pub stderr: String,
     /// Whether standard output went past the cap and its tail was dropped.
     pub stdout_truncated: bool,
     /// Whether standard error went past the cap and its tail was dropped.
     pub stderr_truncated: bool,
     /// Whether the wall-clock limit ended the job.
     pub timed_out: bool,
-    /// The limit that stopped or cut the job, if one did. Authoritative, unlike the
-    /// `[sandbox]` lines in `stderr`, which the job can imitate.
+    /// The limit that stopped or cut the job, if the executor saw one fire.
+    /// Authoritative, unlike the `[sandbox]` lines in `stderr`, which the job can
+    /// imitate.
     pub limit_exceeded: Option<LimitKind>,
     /// What the job used.
     pub usage: Usage,
-    /// The regular files the job left in its work dir, in path order and within the
-    /// executor's caps; empty unless the job asked for them. Input files the job
-    /// left unchanged are not among them.
-    pub files: Vec<ProducedFile>,
-    /// Work-dir entries that were not collected, and why; at most
-    /// [`crate::files::MAX_SKIPPED_LISTED`].
-    pub skipped_files: Vec<SkippedFile>,
-    /// How many more entries were skipped than `skipped_files` lists.
-    pub skipped_unlisted: u32,
-    /// Requests the egress proxy refused, at most [`crate::MAX_VIOLATIONS`]; each also
-    /// has a `[sandbox] network: blocked …` line in `stderr`.
+    /// One line per refused network request and per limit that fired, without the
+    /// `[sandbox] ` prefix; the frontend appends them to `stderr`.
+    #[serde(deserialize_with = "bounded::vec::<_, _, MAX_NOTES>")]
+    pub notes: Vec<String>,
+    /// Requests the egress proxy refused, at most [`crate::MAX_VIOLATIONS`].
+    #[serde(deserialize_with = "bounded::vec::<_, _, MAX_VIOLATIONS>")]
     pub violations: Vec<NetworkViolation>,
 }
 
@@ -101,5 +100,12 @@ pub enum JobError {
     Protocol {
         /// What was wrong.
         reason: String,
+    },
+    /// Every job slot stayed taken, and the wait queue full or too slow, for as long
+    /// as a job may wait: nothing ran, and the same job may be sent again later.
+    #[error("every job slot is busy")]
+    Busy {
+        /// When a retry has a fair chance, in seconds.
+        retry_after_secs: u32,
     },
 }

@@ -7,6 +7,7 @@
 //! input makes it panic.
 #![forbid(unsafe_code)]
 
+pub(crate) mod bounded;
 pub mod codec;
 pub mod files;
 pub mod job;
@@ -14,11 +15,15 @@ pub mod limits;
 pub mod network;
 pub mod protocol;
 
-pub use codec::{Connection, ProtocolError, MAX_REQUEST_FRAME_LEN, MAX_RESPONSE_FRAME_LEN};
-pub use files::{InputFile, PathError, ProducedFile, RelativePath, SkipReason, SkippedFile};
-pub use job::{JobError, JobResult, JobSpec, MAX_TIMEOUT_MS};
+pub use codec::{
+    ClientConnection, Connection, HelloError, ProtocolError, ServerConnection, ServerReceiver,
+    ServerSender, MAX_REQUEST_FRAME_LEN, MAX_RESPONSE_FRAME_LEN,
+};
+pub use files::{InputFile, PathError, RelativePath, SkipReason, SkippedFile};
+pub use job::{JobEnd, JobError, JobSpec, MAX_TIMEOUT_MS};
 pub use limits::{JobLimits, LimitKind, Usage, MAX_OUTPUT_BYTES};
 pub use network::{NetworkRequest, NetworkViolation, MAX_REQUESTED_DOMAINS, MAX_VIOLATIONS};
 pub use protocol::{
-    Enforcement, ExecutorStatus, Hello, Layer, Request, Response, PROTOCOL_VERSION,
+    Enforcement, ExecutorStatus, FileStart, FilesEnd, Hello, Layer, OutputChunk, Request, Response,
+    Started, Stream, MAX_CHUNK_BYTES, PROTOCOL_VERSION,
 };

@@ -13,6 +13,7 @@ pub const MAX_VIOLATIONS: usize = 100;
 pub struct NetworkRequest {
     /// Domain patterns the job needs, each within the executor's configured allow
     /// list; `None` takes the whole configured list. An empty list means no network.
+    #[serde(deserialize_with = "crate::bounded::option_vec::<_, _, MAX_REQUESTED_DOMAINS>")]
     pub allowed_domains: Option<Vec<String>>,
 }
 

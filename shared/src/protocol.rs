@@ -1,16 +1,31 @@
 //! Messages between frontend and executor, split by direction.
 //!
 //! Each connection carries one exchange: both sides send a [`Hello`] first, then the
-//! frontend sends one request and the executor answers it once. postcard encodes an
-//! enum by its variant index, so variants are only ever appended, never reordered or
-//! removed; the golden tests below fail on any accidental change of the wire format.
+//! frontend sends one request. A job's answer is a sequence of frames, none larger
+//! than a small fixed bound, so neither daemon ever holds a whole result:
+//!
+//! ```text
+//! Failed                                  the job did not run (refused, busy, …)
+//! Started Output* Ended (File FileData*)* Finished
+//! Started Output* Failed                  the jail could not be set up, or the
+//!                                         executor stopped before the job ended
+//! ```
+//!
+//! postcard encodes an enum by its variant index, so variants are only ever
+//! appended, never reordered or removed; the golden tests below fail on any
+//! accidental change of the wire format.
 
 use serde::{Deserialize, Serialize};
 
-use crate::job::{JobError, JobResult, JobSpec};
+use crate::bounded;
+use crate::files::SkippedFile;
+use crate::job::{JobEnd, JobError, JobSpec};
 
 /// Bumped on every incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
+
+/// The most bytes one [`Response::Output`] or [`Response::FileData`] frame carries.
+pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
 
 /// The first frame each way. Its encoding must never change, so that peers of
 /// different versions can at least tell each other so.
@@ -32,8 +47,8 @@ impl Hello {
 pub enum Request {
     /// Opens the connection.
     Hello(Hello),
-    /// Run this job and answer with [`Response::Finished`] or [`Response::Failed`].
-    /// Closing the connection before the answer kills the job.
+    /// Run this job and answer with the frames the module docs list. Closing the
+    /// connection before [`Response::Finished`] kills the job.
     Run(JobSpec),
     /// Answer with [`Response::Status`].
     Status,
@@ -44,12 +59,69 @@ pub enum Request {
 pub enum Response {
     /// Opens the connection.
     Hello(Hello),
-    /// The job ran (whatever its exit status).
-    Finished(JobResult),
-    /// The job did not run, or the request was refused.
+    /// The job left the queue and its jail is being set up: its wall-clock limit
+    /// counts from here.
+    Started(Started),
+    /// Bytes the job wrote, as it wrote them, up to its output cap.
+    Output(OutputChunk),
+    /// How the job ended; produced files and [`Response::Finished`] follow.
+    Ended(JobEnd),
+    /// A produced file begins; its bytes follow in [`Response::FileData`] frames.
+    File(FileStart),
+    /// The next bytes of the file last begun.
+    FileData(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The last frame of a job that ran: what was not collected, and why.
+    Finished(FilesEnd),
+    /// The job did not run, or did not end as a job: refused, busy, no jail.
     Failed(JobError),
     /// What the executor is doing and can do.
     Status(ExecutorStatus),
+}
+
+/// Sent when a job starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Started {
+    /// The wall-clock limit in force, in milliseconds: the request's, or the
+    /// executor's default when the request set none.
+    pub timeout_ms: u32,
+}
+
+/// Which output stream a chunk belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// Bytes of one output stream, at most [`MAX_CHUNK_BYTES`]; not necessarily UTF-8,
+/// and a character may be split across two chunks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputChunk {
+    /// The stream written to.
+    pub stream: Stream,
+    /// The bytes, in order.
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
+/// The header of a produced file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStart {
+    /// Its path relative to the work dir (valid UTF-8, no control characters).
+    pub path: String,
+}
+
+/// What the collection of a job's files left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilesEnd {
+    /// Work-dir entries that were not collected, and why; at most
+    /// [`crate::files::MAX_SKIPPED_LISTED`].
+    #[serde(deserialize_with = "bounded::vec::<_, _, { crate::files::MAX_SKIPPED_LISTED }>")]
+    pub skipped_files: Vec<SkippedFile>,
+    /// How many more entries were skipped than `skipped_files` lists.
+    pub skipped_unlisted: u32,
 }
 
 /// The executor's view of itself, shown (without secrets) by the frontend's `/health`.
@@ -60,11 +132,15 @@ pub struct ExecutorStatus {
     /// Jobs that may run at once.
     pub max_jobs: u32,
     /// How each limit is enforced on this host, e.g. memory by "cgroup v1".
+    #[serde(deserialize_with = "bounded::vec::<_, _, 32>")]
     pub enforcement: Vec<Enforcement>,
     /// The isolation layers in force on this host, e.g. landlock and its ABI.
+    #[serde(deserialize_with = "bounded::vec::<_, _, 32>")]
     pub isolation: Vec<Layer>,
     /// Warm jails waiting for a job.
     pub warm_jails: u32,
+    /// Jobs waiting for a slot.
+    pub queued_jobs: u32,
 }
 
 /// One isolation layer and what of it this host enforces.
@@ -85,11 +161,39 @@ pub struct Enforcement {
     pub mechanism: String,
 }
 
+impl Response {
+    /// The variant's name, for logs: the payload may hold job output or code.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Response::Hello(_) => "Hello",
+            Response::Started(_) => "Started",
+            Response::Output(_) => "Output",
+            Response::Ended(_) => "Ended",
+            Response::File(_) => "File",
+            Response::FileData(_) => "FileData",
+            Response::Finished(_) => "Finished",
+            Response::Failed(_) => "Failed",
+            Response::Status(_) => "Status",
+        }
+    }
+}
+
+impl Request {
+    /// The variant's name, for logs: the payload may hold job code.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Hello(_) => "Hello",
+            Request::Run(_) => "Run",
+            Request::Status => "Status",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::codec::{decode, encode};
-    use crate::files::{InputFile, ProducedFile, RelativePath, SkipReason, SkippedFile};
+    use crate::files::{InputFile, RelativePath, SkipReason};
     use crate::limits::{JobLimits, LimitKind, Usage};
     use crate::network::{NetworkRequest, NetworkViolation};
 
@@ -114,12 +218,10 @@ mod tests {
         }
     }
 
-    fn sample_result() -> JobResult {
-        JobResult {
+    fn sample_end() -> JobEnd {
+        JobEnd {
             exit_code: Some(0),
             signal: None,
-            stdout: "4\n".into(),
-            stderr: String::new(),
             stdout_truncated: false,
             stderr_truncated: true,
             timed_out: false,
@@ -129,20 +231,22 @@ mod tests {
                 cpu_ms: Some(3),
                 peak_memory_bytes: None,
             },
-            files: vec![ProducedFile {
-                path: "o".into(),
-                data: vec![9],
-            }],
-            skipped_files: vec![SkippedFile {
-                path: "l".into(),
-                reason: SkipReason::OverFileCap { cap: 5 },
-            }],
-            skipped_unlisted: 2,
+            notes: vec!["n".into()],
             violations: vec![NetworkViolation {
                 method: "GET".into(),
                 target: "b:80".into(),
                 reason: "r".into(),
             }],
+        }
+    }
+
+    fn sample_files_end() -> FilesEnd {
+        FilesEnd {
+            skipped_files: vec![SkippedFile {
+                path: "l".into(),
+                reason: SkipReason::OverFileCap { cap: 5 },
+            }],
+            skipped_unlisted: 2,
         }
     }
 
@@ -157,7 +261,15 @@ mod tests {
     fn all_responses() -> Vec<Response> {
         vec![
             Response::Hello(Hello::CURRENT),
-            Response::Finished(sample_result()),
+            Response::Started(Started { timeout_ms: 30_000 }),
+            Response::Output(OutputChunk {
+                stream: Stream::Stderr,
+                data: vec![0xff, b'a'],
+            }),
+            Response::Ended(sample_end()),
+            Response::File(FileStart { path: "o".into() }),
+            Response::FileData(vec![9]),
+            Response::Finished(sample_files_end()),
             Response::Failed(JobError::VersionMismatch {
                 executor: 1,
                 frontend: 2,
@@ -173,6 +285,9 @@ mod tests {
             Response::Failed(JobError::Protocol {
                 reason: "bad".into(),
             }),
+            Response::Failed(JobError::Busy {
+                retry_after_secs: 3,
+            }),
             Response::Status(ExecutorStatus {
                 running_jobs: 1,
                 max_jobs: 2,
@@ -185,6 +300,7 @@ mod tests {
                     detail: "ABI 6".into(),
                 }],
                 warm_jails: 2,
+                queued_jobs: 3,
             }),
         ]
     }
@@ -204,7 +320,7 @@ mod tests {
     #[test]
     fn golden_encodings() {
         let golden: &[(Request, &[u8])] = &[
-            (Request::Hello(Hello { version: 3 }), &[0, 3]),
+            (Request::Hello(Hello { version: 4 }), &[0, 4]),
             (
                 Request::Run(sample_job()),
                 &[
@@ -221,18 +337,44 @@ mod tests {
             assert_eq!(&encode(msg).unwrap()[..], *bytes, "{msg:?}");
         }
         let golden: &[(Response, &[u8])] = &[
-            (Response::Hello(Hello { version: 3 }), &[0, 3]),
+            (Response::Hello(Hello { version: 4 }), &[0, 4]),
+            // 30000 as a varint
             (
-                Response::Finished(sample_result()),
+                Response::Started(Started { timeout_ms: 30_000 }),
+                &[1, 0xb0, 0xea, 0x01],
+            ),
+            (
+                Response::Output(OutputChunk {
+                    stream: Stream::Stderr,
+                    data: vec![0xff, b'a'],
+                }),
+                &[2, 1, 2, 0xff, b'a'],
+            ),
+            (
+                Response::Ended(sample_end()),
                 &[
-                    1, 1, 0, 0, 2, b'4', b'\n', 0, 0, 1, 0, 1, 5, 12, 1, 3, 0,
-                    // files: one, "o" with [9]; skipped: one, "l" over a per-file cap
-                    // of 5; 2 more unlisted
-                    1, 1, b'o', 1, 9, 1, 1, b'l', 6, 5, 2, // violations: GET b:80, reason r
+                    3, 1, 0, 0, 0, 1, 0, 1, 5, 12, 1, 3, 0, // notes: ["n"]
+                    1, 1, b'n', // violations: GET b:80, reason r
                     1, 3, b'G', b'E', b'T', 4, b'b', b':', b'8', b'0', 1, b'r',
                 ],
             ),
-            (Response::Failed(JobError::ShuttingDown), &[2, 3]),
+            (
+                Response::File(FileStart { path: "o".into() }),
+                &[4, 1, b'o'],
+            ),
+            (Response::FileData(vec![9]), &[5, 1, 9]),
+            // skipped: one, "l" over a per-file cap of 5; 2 more unlisted
+            (
+                Response::Finished(sample_files_end()),
+                &[6, 1, 1, b'l', 6, 5, 2],
+            ),
+            (Response::Failed(JobError::ShuttingDown), &[7, 3]),
+            (
+                Response::Failed(JobError::Busy {
+                    retry_after_secs: 3,
+                }),
+                &[7, 5, 3],
+            ),
             (
                 Response::Status(ExecutorStatus {
                     running_jobs: 1,
@@ -240,8 +382,9 @@ mod tests {
                     enforcement: vec![],
                     isolation: vec![],
                     warm_jails: 1,
+                    queued_jobs: 4,
                 }),
-                &[3, 1, 2, 0, 0, 1],
+                &[8, 1, 2, 0, 0, 1, 4],
             ),
         ];
         for (msg, bytes) in golden {
@@ -256,5 +399,19 @@ mod tests {
             decode::<Request>(&[0, 0xac, 0x02]).unwrap(),
             Request::Hello(Hello { version: 300 })
         );
+    }
+
+    /// The review's decode amplification: a frame that declares ten million empty
+    /// domain names is refused at the bound instead of costing 240 MB.
+    #[test]
+    fn sequences_past_their_bound_are_refused() {
+        let mut job = sample_job();
+        job.network = Some(NetworkRequest {
+            allowed_domains: Some(vec![String::new(); crate::MAX_REQUESTED_DOMAINS + 1]),
+        });
+        assert!(decode::<Request>(&encode(&Request::Run(job)).unwrap()).is_err());
+        let mut job = sample_job();
+        job.files = vec![job.files[0].clone(); crate::files::MAX_INPUT_FILES as usize + 1];
+        assert!(decode::<Request>(&encode(&Request::Run(job)).unwrap()).is_err());
     }
 }
