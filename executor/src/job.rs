@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::process::{Child, ChildStdin};
 use tokio::sync::mpsc;
+use tracing::info;
 
 use crate::cgroup::{CgroupLimits, Cgroups, Controller, JobCgroup, Version};
 use crate::collect::{collect, Caps, Collected, Sink, Stamp};
@@ -461,6 +462,15 @@ impl Runner {
         // Every process of the jail is gone: nothing can use the proxy any more.
         observed.network = proxy.map(JobProxy::finish).unwrap_or_default();
         let end = assemble(observed, &resolved, truncated);
+        info!(
+            exit_code = end.exit_code,
+            signal = end.signal.as_deref(),
+            limit = end.limit_exceeded.map(LimitKind::as_str),
+            wall_ms = end.usage.wall_ms,
+            cpu_ms = end.usage.cpu_ms,
+            peak_memory_bytes = end.usage.peak_memory_bytes,
+            "job finished"
+        );
         if frames.send(Response::Ended(end)).await.is_err() {
             return Ok(FilesEnd::default());
         }

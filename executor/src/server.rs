@@ -341,9 +341,7 @@ impl Executor {
             None => self.pool.take(),
             Some(_) => None,
         };
-        let files = self.runner.run(spec, resolved, warm, frames).await?;
-        info!("job finished");
-        Ok(files)
+        self.runner.run(spec, resolved, warm, frames).await
     }
 
     /// A job slot, at once or after a wait in the bounded queue. A job that cannot

@@ -26,6 +26,11 @@ use crate::spool::Spool;
 /// as unavailable (the contract's 3 s).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How long a job turned away by an executor that was shutting down waits for the
+/// next one: with socket activation its connection waits in the backlog while the
+/// old executor drains its running jobs.
+const RESTART_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long `/health` waits for the executor's status.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -68,10 +73,11 @@ impl ExecutorClient {
     /// it started, because it was shutting down, is sent once more on a new
     /// connection: with socket activation that one waits for the next executor.
     pub async fn run(&self, spec: JobSpec) -> Result<Ran, ApiError> {
-        match self.run_once(spec.clone()).await {
+        match self.run_once(spec.clone(), CONNECT_TIMEOUT).await {
             Err(Attempt::NotStarted) => {
                 info!("the executor was shutting down before the job started; sending it again");
-                self.run_once(spec).await.map_err(|attempt| match attempt {
+                let again = self.run_once(spec, RESTART_TIMEOUT).await;
+                again.map_err(|attempt| match attempt {
                     Attempt::NotStarted => ApiError::ExecutorRestarting,
                     Attempt::Failed(e) => e,
                 })
@@ -81,8 +87,8 @@ impl ExecutorClient {
         }
     }
 
-    async fn run_once(&self, spec: JobSpec) -> Result<Ran, Attempt> {
-        let mut conn = self.connect(CONNECT_TIMEOUT).await?;
+    async fn run_once(&self, spec: JobSpec, connect_timeout: Duration) -> Result<Ran, Attempt> {
+        let mut conn = self.connect(connect_timeout).await?;
         if let Err(e) = conn.send(&Request::Run(spec)).await {
             warn!("could not send the job to the executor: {e}");
             return Err(ApiError::ExecutorUnavailable.into());

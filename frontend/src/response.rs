@@ -78,19 +78,30 @@ struct FileHead<'a> {
 /// bytes base64-encoded (standard alphabet, padded) as they are read from the
 /// spool, so no file is ever held whole. `keep` lives until the body is sent.
 pub fn with_files<K: Send + 'static>(
-    response: &ExecuteResponse,
+    mut response: ExecuteResponse,
     files: Vec<Produced>,
     keep: K,
 ) -> Response {
-    let mut head = serde_json::to_vec(response).unwrap_or_default();
+    // `files` comes before `skippedFiles`, as in the contract's order.
+    let tail = Tail {
+        skipped_files: response.skipped_files.take(),
+        skipped_files_unlisted: std::mem::take(&mut response.skipped_files_unlisted),
+    };
+    let mut head = serde_json::to_vec(&response).unwrap_or_default();
     // `{…}` becomes `{…,"files":[`; the object is never empty.
     head.pop();
     head.extend_from_slice(br#","files":["#);
+    // `{"skippedFiles":…}` becomes `],"skippedFiles":…}`, and `{}` just `]}`.
+    let tail = serde_json::to_vec(&tail).unwrap_or_default();
+    let end = match tail.get(1..) {
+        Some(fields) if fields.len() > 1 => [&b"],"[..], fields].concat(),
+        _ => b"]}".to_vec(),
+    };
     let entries = stream::iter(files.into_iter().enumerate()).flat_map(|(i, file)| {
         let mut open = Vec::from(if i == 0 { "" } else { "," });
         let file_head = FileHead {
             path: &file.path,
-            size: file.len(),
+            size: file.size(),
             content_type: file.content_type(),
         };
         open.extend(serde_json::to_vec(&file_head).unwrap_or_default());
@@ -105,7 +116,7 @@ pub fn with_files<K: Send + 'static>(
     });
     let body = piece(head)
         .chain(entries)
-        .chain(piece(b"]}".to_vec()))
+        .chain(piece(end))
         .map(move |part| {
             let _ = &keep;
             part
@@ -116,6 +127,16 @@ pub fn with_files<K: Send + 'static>(
         HeaderValue::from_static("application/json"),
     );
     answer
+}
+
+/// The fields that follow `files`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Tail {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    skipped_files: Option<Vec<Skipped>>,
+    #[serde(skip_serializing_if = "is_zero")]
+    skipped_files_unlisted: u32,
 }
 
 fn piece(bytes: Vec<u8>) -> impl Stream<Item = std::io::Result<Bytes>> + Send {
@@ -331,14 +352,19 @@ mod tests {
         let files = vec![
             crate::spool::produced("a.png", &[0, 255]),
             crate::spool::produced("b \"q\".bin", &big),
+            crate::spool::produced("c", b""),
         ];
-        let answer = with_files(&response, files, ());
+        let answer = with_files(response, files, ());
         let body = axum::body::to_bytes(answer.into_body(), usize::MAX)
             .await
             .unwrap();
         let json = String::from_utf8(body.to_vec()).unwrap();
         assert!(
-            json.contains(r#""violations":[{"method":"CONNECT","target":"evil.com:443","reason":"not in allowed domains"}],"skippedFiles":[{"path":"l","reason":"symlink"}],"skippedFilesUnlisted":3,"files":[{"path":"a.png","size":2,"contentType":"image/png","contentBase64":"AP8="},{"path":"b \"q\".bin","size":98305,"#),
+            json.contains(r#""violations":[{"method":"CONNECT","target":"evil.com:443","reason":"not in allowed domains"}],"files":[{"path":"a.png","size":2,"contentType":"image/png","contentBase64":"AP8="},{"path":"b \"q\".bin","size":98305,"#),
+            "{json}"
+        );
+        assert!(
+            json.ends_with(r#""},{"path":"c","size":0,"contentType":"application/octet-stream","contentBase64":""}],"skippedFiles":[{"path":"l","reason":"symlink"}],"skippedFilesUnlisted":3}"#),
             "{json}"
         );
         let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
@@ -346,6 +372,17 @@ mod tests {
             parsed["files"][1]["contentBase64"].as_str().unwrap(),
             BASE64.encode(&big)
         );
+    }
+
+    #[tokio::test]
+    async fn no_files_and_nothing_skipped_is_still_json() {
+        let response = ExecuteResponse::new(end(), Vec::new(), Vec::new());
+        let answer = with_files(response, Vec::new(), ());
+        let body = axum::body::to_bytes(answer.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let json = String::from_utf8(body.to_vec()).unwrap();
+        assert!(json.ends_with(r#""violations":[{"method":"CONNECT","target":"evil.com:443","reason":"not in allowed domains"}],"files":[]}"#), "{json}");
     }
 
     #[test]

@@ -125,7 +125,7 @@ async fn execute(State(app): State<AppState>, request: Request) -> Result<Respon
     response.skipped_files = Some(skipped.skipped_files.iter().map(Skipped::from).collect());
     response.skipped_files_unlisted = skipped.skipped_unlisted;
     if job.return_files {
-        Ok(with_files(&response, files, slot))
+        Ok(with_files(response, files, slot))
     } else {
         Ok(Json(response).into_response())
     }

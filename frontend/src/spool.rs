@@ -100,7 +100,7 @@ struct Region {
 
 impl Produced {
     /// Its size in bytes.
-    pub fn len(&self) -> u64 {
+    pub fn size(&self) -> u64 {
         self.region.len
     }
 
@@ -169,7 +169,7 @@ mod tests {
         let files = spool.into_files();
         assert_eq!(files.len(), 3);
         assert_eq!(read_back(&files[0]).await, big);
-        assert_eq!((files[1].len(), read_back(&files[1]).await), (0, vec![]));
+        assert_eq!((files[1].size(), read_back(&files[1]).await), (0, vec![]));
         assert_eq!(read_back(&files[2]).await, b"png");
         assert_eq!(files[2].content_type(), "image/png");
     }

@@ -314,7 +314,7 @@ impl Uploader {
         }
         let limit = left.min(self.config.timeout);
         let body = reqwest::Body::wrap_stream(file.chunks());
-        let part = Part::stream_with_length(body, file.len())
+        let part = Part::stream_with_length(body, file.size())
             .file_name(header_filename(&file.path))
             .mime_str(file.content_type());
         let part = match part {

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use pysandbox_shared::{
-    Connection, ExecutorStatus, Hello, JobError, Request, Response, PROTOCOL_VERSION,
+    Connection, ExecutorStatus, Hello, JobError, JobSpec, Request, Response, PROTOCOL_VERSION,
 };
 use pysandbox_tests::{random_bytes, require_root, Service, FRONTEND_GID, FRONTEND_UID};
 use serde_json::Value;
@@ -398,4 +398,113 @@ async fn a_socket_directory_the_executor_creates_lets_the_frontend_in() {
         Some(&Value::from("up")),
         "{health:?}"
     );
+}
+
+/// The review's F6: a first frame that is not a hello is named by its variant in
+/// the answer and the log, never echoed: a 1 MiB code string used to become a log
+/// line of several MB with the job's code in clear.
+#[tokio::test]
+async fn a_first_frame_that_is_not_a_hello_is_named_not_echoed() {
+    require_root!();
+    let mut svc = Service::start();
+    let marker = "SECRETCODE".repeat(100_000);
+    let spec = JobSpec {
+        request_id: "r".into(),
+        code: marker.clone(),
+        stdin: None,
+        timeout_ms: None,
+        limits: Default::default(),
+        files: vec![],
+        collect_files: false,
+        network: None,
+    };
+    let mut conn = Connection::client(connect(&svc).await);
+    conn.send(&Request::Run(spec)).await.expect("send");
+    let responses = responses_until_closed(&mut conn).await;
+    assert_eq!(
+        responses,
+        [Response::Failed(JobError::Protocol {
+            reason: "expected a hello, got a Run message".into()
+        })]
+    );
+    assert!(svc
+        .executor
+        .log()
+        .contains("a Run message instead of a hello"));
+    assert!(!svc.executor.log().contains("SECRETCODE"));
+    assert_still_serving(&mut svc).await;
+}
+
+/// The review's F7: idle connections beyond `max_connections` wait in the listen
+/// backlog instead of costing the executor a descriptor and a task each, and once
+/// the idle ones are dropped (5 s to say hello), jobs run again.
+#[tokio::test]
+async fn idle_connections_are_capped() {
+    require_root!();
+    // No warm pool: its jails' descriptors would come and go meanwhile.
+    let mut svc = Service::builder()
+        .executor_args(["--warm-pool-size", "0"])
+        .executor_config_toml("max_connections = 8")
+        .start();
+    let pid = svc.executor.pid().expect("the executor runs");
+    let fds = || std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+    let before = fds();
+    let mut idle = Vec::new();
+    for _ in 0..100 {
+        idle.push(connect(&svc).await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let during = fds();
+    assert!(
+        during <= before + 8,
+        "100 idle connections took {} descriptors (cap 8)",
+        during - before
+    );
+    drop(idle);
+    assert_still_serving(&mut svc).await;
+}
+
+/// The review's F7: a peer that sends a job and never reads its frames is taken
+/// for gone after the send timeout: the job is killed, nothing of it is left, and
+/// the executor's memory does not hold its output.
+#[tokio::test]
+async fn a_peer_that_never_reads_loses_its_job() {
+    require_root!();
+    let mut svc = Service::start();
+    let spec = JobSpec {
+        request_id: "deaf".into(),
+        code: "import sys, time\nsys.stdout.write('x' * (1 << 20))\nsys.stdout.flush()\ntime.sleep(60)".into(),
+        stdin: None,
+        timeout_ms: Some(90_000),
+        limits: Default::default(),
+        files: vec![],
+        collect_files: false,
+        network: None,
+    };
+    let mut stream = connect(&svc).await;
+    stream
+        .write_all(&frame(&Request::Hello(Hello::CURRENT)))
+        .await
+        .expect("send hello");
+    stream
+        .write_all(&frame(&Request::Run(spec)))
+        .await
+        .expect("send the job");
+    let gave_up = pysandbox_tests::wait_until_async(Duration::from_secs(40), || {
+        svc.executor
+            .log()
+            .contains("the peer stopped taking frames; job killed")
+    })
+    .await;
+    assert!(
+        gave_up,
+        "the executor kept sending to a peer that never reads"
+    );
+    let empty = pysandbox_tests::wait_until_async(Duration::from_secs(10), || {
+        svc.executor.jail_processes().is_empty()
+    })
+    .await;
+    assert!(empty, "the deaf peer's job is still running");
+    drop(stream);
+    assert_still_serving(&mut svc).await;
 }
