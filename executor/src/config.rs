@@ -416,7 +416,7 @@ impl Config {
     /// Merges flags over the file named by `--config` over defaults, and checks the result.
     pub fn load(cli: Cli) -> Result<Config, Error> {
         let file = match &cli.config {
-            Some(path) => read_file(path)?,
+            Some(path) => read_with_drop_ins(path)?,
             None => FileConfig::default(),
         };
         let mut allow_uids = file.allow_uids;
@@ -628,12 +628,69 @@ impl Config {
     }
 }
 
-fn read_file(path: &Path) -> Result<FileConfig, Error> {
+/// Reads the `--config` file, then every `*.toml` file of the directory named like it
+/// plus `.d` (`/etc/pysandbox/executor.toml.d/`), in name order. Each drop-in is a TOML
+/// document of its own, so a key an installer adds there is always top-level (issue
+/// 11: `echo allow_uids = … >>` the main file landed in its last table). A key replaces
+/// the same key of an earlier file; tables merge key by key.
+fn read_with_drop_ins(path: &Path) -> Result<FileConfig, Error> {
+    let mut merged = read_table(path)?;
+    for drop_in in drop_ins(path)? {
+        merge(&mut merged, read_table(&drop_in)?);
+    }
+    merged
+        .try_into()
+        .map_err(|e| Error::Config(format!("{}: {}", path.display(), e.message())))
+}
+
+/// The drop-ins of `path`, sorted; none when the directory does not exist.
+fn drop_ins(path: &Path) -> Result<Vec<PathBuf>, Error> {
+    let mut dir = path.as_os_str().to_owned();
+    dir.push(".d");
+    let dir = PathBuf::from(dir);
+    let read_error = |source| Error::ConfigRead {
+        path: dir.clone(),
+        source,
+    };
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(read_error(e)),
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let file = entry.map_err(read_error)?.path();
+        // Only `*.toml`, so an editor's backup or a package manager's `.dpkg-old` is ignored.
+        if file.extension().is_some_and(|ext| ext == "toml") {
+            files.push(file);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// One file as a TOML table, checked against the schema on its own so that an unknown
+/// key is reported with the file it is in.
+fn read_table(path: &Path) -> Result<toml::Table, Error> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigRead {
         path: path.to_owned(),
         source,
     })?;
-    toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {}", path.display(), e.message())))
+    let named = |e: toml::de::Error| Error::Config(format!("{}: {}", path.display(), e.message()));
+    let table: toml::Table = toml::from_str(&text).map_err(named)?;
+    table.clone().try_into::<FileConfig>().map_err(named)?;
+    Ok(table)
+}
+
+fn merge(into: &mut toml::Table, from: toml::Table) {
+    for (key, value) in from {
+        match (into.get_mut(&key), value) {
+            (Some(toml::Value::Table(old)), toml::Value::Table(new)) => merge(old, new),
+            (_, value) => {
+                into.insert(key, value);
+            }
+        }
+    }
 }
 
 fn cpu_count() -> u32 {
@@ -752,6 +809,65 @@ mod tests {
         assert_eq!(config.socket, Path::new("/b"));
         assert_eq!(config.max_jobs, 3);
         assert_eq!(config.allow_uids, [7, 8]);
+    }
+
+    /// A config file and its drop-in directory, as an installer lays them out.
+    fn with_drop_ins(main: &str, drop_ins: &[(&str, &str)]) -> Result<Config, Error> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("executor.toml");
+        std::fs::write(&path, main).unwrap();
+        std::fs::create_dir(dir.path().join("executor.toml.d")).unwrap();
+        for (name, text) in drop_ins {
+            std::fs::write(dir.path().join("executor.toml.d").join(name), text).unwrap();
+        }
+        load(&["--config", path.to_str().unwrap()])
+    }
+
+    #[test]
+    fn a_drop_in_key_is_top_level_even_after_the_examples_last_table() {
+        // Issue 11: appended to the example, this line became `max_limits.allow_uids`.
+        let example = include_str!("../../systemd/executor.toml.example");
+        assert!(load_file(&format!("{example}allow_uids = [998]\n")).is_err());
+        let config = with_drop_ins(example, &[("frontend.toml", "allow_uids = [998]\n")]).unwrap();
+        assert_eq!(config.allow_uids, [998]);
+        assert_eq!(
+            config.max_limits.memory_mb, 4096,
+            "the example's table is kept"
+        );
+    }
+
+    #[test]
+    fn drop_ins_apply_in_name_order_and_tables_merge_key_by_key() {
+        let config = with_drop_ins(
+            "max_jobs = 1\n[default_limits]\nmemory_mb = 100\ndisk_mb = 50",
+            &[
+                (
+                    "20-b.toml",
+                    "max_jobs = 3\n[default_limits]\nmemory_mb = 300",
+                ),
+                (
+                    "10-a.toml",
+                    "max_jobs = 2\nsandbox_uid = 4242\nsandbox_gid = 4242",
+                ),
+                ("30-c.toml.dpkg-old", "max_jobs = 9"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.max_jobs, 3);
+        assert_eq!(config.sandbox_uid, 4242);
+        assert_eq!(config.default_limits.memory_mb, 300);
+        assert_eq!(config.default_limits.disk_mb, 50);
+    }
+
+    #[test]
+    fn an_unknown_key_in_a_drop_in_is_named_with_its_file() {
+        let err = with_drop_ins("", &[("x.toml", "[max_limits]\nallow_uids = [1]")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("x.toml") && err.contains("allow_uids"),
+            "{err}"
+        );
     }
 
     #[test]
