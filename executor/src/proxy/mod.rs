@@ -10,9 +10,13 @@
 //!
 //! - [`target`]: strict parsing and normalization of `host:port`.
 //! - [`policy`]: domain patterns, allow/deny lists, ports, address classes.
-//! - `server`: the per-job socket, HTTP CONNECT and absolute-URI HTTP/1.x.
+//! - `server`: the per-job socket, its accept loop, and each request's answer.
+//! - `http`: HTTP/1 heads and chunk sizes as the proxy parses and writes them.
+//! - `relay`: the bytes of a served request, counted and timed.
 
+mod http;
 pub mod policy;
+mod relay;
 mod server;
 pub mod target;
 
