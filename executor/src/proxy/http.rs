@@ -26,6 +26,9 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
+/// Headers always forwarded, whatever `Connection` lists.
+const END_TO_END: &[&str] = &["host", "content-length", "transfer-encoding"];
+
 /// What a request tried, as its violation shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Attempt {
@@ -261,9 +264,14 @@ fn connection_options<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<String>
         .collect()
 }
 
+/// Whether a header is not forwarded: a standard hop-by-hop one, or one the
+/// `Connection` header lists, except those that frame the message or name its
+/// host. Those were checked above; a `Connection: Host` must not strip the Host
+/// header the proxy just matched against the target (security review L3).
 fn is_hop_by_hop(name: &str, listed: &[String]) -> bool {
     HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
-        || listed.iter().any(|l| name.eq_ignore_ascii_case(l))
+        || (listed.iter().any(|l| name.eq_ignore_ascii_case(l))
+            && !END_TO_END.iter().any(|e| name.eq_ignore_ascii_case(e)))
 }
 
 /// A response head as forwarded: interim (1xx) heads as they are, the final head
@@ -398,6 +406,25 @@ mod tests {
             panic!("not a forward")
         };
         assert_eq!(forward.body, Body::Chunked);
+    }
+
+    #[test]
+    fn connection_cannot_strip_the_checked_host_or_the_framing() {
+        let text = "POST http://a.test/ HTTP/1.1\r\nHost: a.test\r\nContent-Length: 2\r\n\
+                    Connection: Host, content-length, X-Hop\r\nX-Hop: 1\r\n\r\nok";
+        let Request::Forward(forward) = request(text).request else {
+            panic!("not a forward")
+        };
+        assert_eq!(
+            String::from_utf8(forward.head()).unwrap(),
+            "POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 2\r\nConnection: close\r\n\r\n"
+        );
+        let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: transfer-encoding\r\n\r\n";
+        let (head, _, _) = response_head(chunked.as_bytes()).unwrap().unwrap();
+        assert_eq!(
+            String::from_utf8(head).unwrap(),
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        );
     }
 
     #[test]
