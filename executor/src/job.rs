@@ -21,7 +21,7 @@ use crate::inputs;
 use crate::jail::{Jail, Started};
 use crate::output::{capture, Captured};
 use crate::proxy::policy::Policy;
-use crate::proxy::{JobProxy, NetworkReport, ProxyLimits};
+use crate::proxy::{JobProxy, NetworkReport, Proxies};
 use crate::workdir::{jobs_dir, DiskLimits, WorkDir};
 
 /// How long output may keep flowing after the jail's pid 1 is gone. The kernel kills
@@ -60,7 +60,7 @@ pub struct Runner {
     collect: Caps,
     max_input_bytes: u64,
     network: Policy,
-    proxy_limits: ProxyLimits,
+    proxies: Proxies,
     next_id: AtomicU64,
 }
 
@@ -112,7 +112,7 @@ impl Runner {
             stack_mb: config.stack_mb,
             cpu_percent: config.cpu_percent,
             network: config.network.policy.clone(),
-            proxy_limits: config.network.limits,
+            proxies: Proxies::new(config.network.limits),
             collect: config.collect,
             max_input_bytes: config.max_input_bytes,
             preload: config.preload.clone(),
@@ -340,13 +340,9 @@ impl Runner {
                 // Started before the jail, whose jail-init waits for socat, which
                 // needs the socket to exist.
                 if let Some(policy) = network {
-                    let started = JobProxy::start(
-                        &self.jobs_dir,
-                        id,
-                        self.owner,
-                        policy.clone(),
-                        self.proxy_limits,
-                    )?;
+                    let started =
+                        self.proxies
+                            .start(&self.jobs_dir, id, self.owner, policy.clone())?;
                     proxy = Some(started);
                 }
                 self.prepare(id, &limits, &[], proxy.as_ref())?

@@ -20,4 +20,4 @@ mod relay;
 mod server;
 pub mod target;
 
-pub use server::{JobProxy, NetworkReport, ProxyLimits, SOCKET_NAME};
+pub use server::{JobProxy, NetworkReport, Proxies, ProxyLimits, SOCKET_NAME};

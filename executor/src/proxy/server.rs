@@ -39,7 +39,7 @@ pub const SOCKET_NAME: &str = "proxy.sock";
 /// (closing with unread data could reset the connection before the 403 is read).
 const LINGER: Duration = Duration::from_millis(500);
 
-/// Bounds on one job's use of the proxy.
+/// Bounds on the proxy: on one job's use of it, and on all jobs' together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProxyLimits {
     /// Name lookup plus TCP connect, for one request.
@@ -48,8 +48,15 @@ pub struct ProxyLimits {
     pub idle_timeout: Duration,
     /// No connection lives longer than this.
     pub connection_timeout: Duration,
-    /// Upstream connections open at once.
+    /// Upstream connections of one job open at once (and so its name lookups in
+    /// flight: a connection's permit is taken before its lookup).
     pub max_connections: u32,
+    /// Connections from one job's jail open at once, idle ones included; past
+    /// this, a new one is closed as soon as it is accepted.
+    pub max_client_connections: u32,
+    /// Connections from all jails open at once: what bounds the executor's
+    /// descriptors spent on proxies, whatever the number of network jobs.
+    pub max_total_connections: u32,
     /// Bytes relayed both ways over the whole job.
     pub max_bytes: u64,
 }
@@ -61,6 +68,33 @@ pub struct NetworkReport {
     pub violations: Vec<NetworkViolation>,
     /// Refusals past those.
     pub dropped: u32,
+}
+
+/// The executor's proxies: their limits and the connections they hold together.
+#[derive(Debug, Clone)]
+pub struct Proxies {
+    limits: ProxyLimits,
+    total: Arc<Semaphore>,
+}
+
+impl Proxies {
+    pub fn new(limits: ProxyLimits) -> Proxies {
+        Proxies {
+            limits,
+            total: Arc::new(Semaphore::new(limits.max_total_connections as usize)),
+        }
+    }
+
+    /// Starts a job's proxy; see [`JobProxy::start`].
+    pub fn start(
+        &self,
+        jobs_dir: &Path,
+        id: u64,
+        owner: (u32, u32),
+        policy: Policy,
+    ) -> Result<JobProxy, Error> {
+        JobProxy::start(jobs_dir, id, owner, policy, self)
+    }
 }
 
 /// A job's running proxy. Dropping it stops every task it runs and removes its
@@ -78,7 +112,12 @@ pub(super) struct Shared {
     pub(super) limits: ProxyLimits,
     /// The only uid that may connect: the job's.
     peer_uid: u32,
+    /// Upstream connections (taken before the name lookup).
     connections: Arc<Semaphore>,
+    /// Connections from the jail, idle ones included.
+    clients: Arc<Semaphore>,
+    /// Connections from every jail, shared by all the executor's proxies.
+    total: Arc<Semaphore>,
     pub(super) bytes: AtomicU64,
     log: Mutex<Log>,
 }
@@ -93,12 +132,12 @@ impl JobProxy {
     /// Creates `<jobs dir>/<id>.proxy/` (root's, mode 0711: the jail's bwrap, running
     /// as the sandbox uid, must reach it to bind it), binds the socket in it for
     /// `owner` alone, and serves it under `policy`.
-    pub fn start(
+    fn start(
         jobs_dir: &Path,
         id: u64,
         owner: (u32, u32),
         policy: Policy,
-        limits: ProxyLimits,
+        proxies: &Proxies,
     ) -> Result<JobProxy, Error> {
         let dir = jobs_dir.join(format!("{id}.proxy"));
         std::fs::create_dir(&dir).map_err(Error::setup("create", &dir))?;
@@ -109,14 +148,7 @@ impl JobProxy {
                 return Err(e);
             }
         };
-        let shared = Arc::new(Shared {
-            policy,
-            limits,
-            peer_uid: owner.0,
-            connections: Arc::new(Semaphore::new(limits.max_connections as usize)),
-            bytes: AtomicU64::new(0),
-            log: Mutex::default(),
-        });
+        let shared = Arc::new(Shared::new(policy, proxies, owner.0));
         let task = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
         Ok(JobProxy { dir, task, shared })
     }
@@ -175,8 +207,17 @@ async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
                             continue;
                         }
                     }
+                    // Permits first, so that a job opening connections without end
+                    // costs the executor no descriptor past its cap (security
+                    // review 2, F2): above it, the connection is closed at once.
+                    let Some(permits) = shared.admit() else {
+                        continue;
+                    };
                     let shared = Arc::clone(&shared);
-                    connections.spawn(async move { serve(stream, &shared).await });
+                    connections.spawn(async move {
+                        serve(stream, &shared).await;
+                        drop(permits);
+                    });
                 }
                 Err(e) => {
                     warn!(error = %e, "proxy accept failed");
@@ -251,11 +292,20 @@ impl Session<'_> {
         let shared = self.shared;
         let limits = &shared.limits;
         let deadline = tokio::time::Instant::now() + limits.connect_timeout;
-        let addresses = match shared
+        let destination = shared
             .policy
             .check_target(target)
-            .map_err(Opened::Refused)?
-        {
+            .map_err(Opened::Refused)?;
+        if shared.bytes.load(Ordering::Relaxed) >= limits.max_bytes {
+            return Err(Opened::Refused(Refusal::Bytes(limits.max_bytes)));
+        }
+        // Before the lookup: getaddrinfo runs on the blocking pool and cannot be
+        // cancelled, so the permit is what bounds the lookups a job has in flight
+        // (security review 2, F8).
+        let permit = Arc::clone(&shared.connections)
+            .try_acquire_owned()
+            .map_err(|_| Opened::Refused(Refusal::TooManyConnections(limits.max_connections)))?;
+        let addresses = match destination {
             Destination::Addresses(addresses) => addresses,
             Destination::Lookup(name) => {
                 let lookup = tokio::net::lookup_host((name.as_str(), target.port));
@@ -276,12 +326,6 @@ impl Session<'_> {
                 addresses
             }
         };
-        if shared.bytes.load(Ordering::Relaxed) >= limits.max_bytes {
-            return Err(Opened::Refused(Refusal::Bytes(limits.max_bytes)));
-        }
-        let permit = Arc::clone(&shared.connections)
-            .try_acquire_owned()
-            .map_err(|_| Opened::Refused(Refusal::TooManyConnections(limits.max_connections)))?;
         let mut why = "the name has no address".to_owned();
         for ip in addresses {
             let connect = TcpStream::connect(SocketAddr::new(ip, target.port));
@@ -304,6 +348,37 @@ impl Session<'_> {
 }
 
 impl Shared {
+    fn new(policy: Policy, proxies: &Proxies, peer_uid: u32) -> Shared {
+        let limits = proxies.limits;
+        Shared {
+            policy,
+            limits,
+            peer_uid,
+            connections: Arc::new(Semaphore::new(limits.max_connections as usize)),
+            clients: Arc::new(Semaphore::new(limits.max_client_connections as usize)),
+            total: Arc::clone(&proxies.total),
+            bytes: AtomicU64::new(0),
+            log: Mutex::default(),
+        }
+    }
+
+    /// The permits a new connection from the jail holds while it lives, or `None`
+    /// (recorded as a refusal) when the job or the executor is at its cap.
+    fn admit(&self) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+        let limits = &self.limits;
+        let Ok(client) = Arc::clone(&self.clients).try_acquire_owned() else {
+            let refusal = Refusal::TooManyClientConnections(limits.max_client_connections);
+            self.record(&Attempt::default(), &refusal);
+            return None;
+        };
+        let Ok(total) = Arc::clone(&self.total).try_acquire_owned() else {
+            let refusal = Refusal::ExecutorBusy(limits.max_total_connections);
+            self.record(&Attempt::default(), &refusal);
+            return None;
+        };
+        Some((client, total))
+    }
+
     fn record(&self, attempt: &Attempt, refusal: &Refusal) {
         let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
         let report = &mut log.report;
@@ -359,6 +434,7 @@ mod tests {
     use crate::proxy::policy::DomainPattern;
     use crate::proxy::target::Host;
     use std::collections::BTreeMap;
+    use std::time::Instant;
     use tokio::net::TcpListener;
 
     /// A proxy for `allowed.test` and `*.wild.test` (both mapped to 127.0.0.1,
@@ -392,6 +468,8 @@ mod tests {
             idle_timeout: Duration::from_secs(5),
             connection_timeout: Duration::from_secs(10),
             max_connections: 2,
+            max_client_connections: 3,
+            max_total_connections: 4,
             max_bytes: 1 << 20,
         }
     }
@@ -440,14 +518,7 @@ mod tests {
     }
 
     fn shared(port: u16) -> Arc<Shared> {
-        Arc::new(Shared {
-            policy: test_policy(port),
-            limits: limits(),
-            peer_uid: 0,
-            connections: Arc::new(Semaphore::new(2)),
-            bytes: AtomicU64::new(0),
-            log: Mutex::default(),
-        })
+        Arc::new(Shared::new(test_policy(port), &Proxies::new(limits()), 0))
     }
 
     #[tokio::test]
@@ -581,15 +652,46 @@ mod tests {
         assert!(!reply.contains("evil"), "{reply}");
     }
 
-    #[tokio::test]
-    async fn a_job_proxy_serves_its_socket_and_removes_it() {
-        let (port, _origin) = origin().await;
-        let jobs = tempfile::tempdir().unwrap();
+    /// A job's proxy for the uid running the tests, started from `proxies`.
+    fn job_proxy(jobs: &Path, id: u64, proxies: &Proxies, port: u16) -> JobProxy {
         let me = (
             nix::unistd::getuid().as_raw(),
             nix::unistd::getgid().as_raw(),
         );
-        let proxy = JobProxy::start(jobs.path(), 7, me, test_policy(port), limits()).unwrap();
+        proxies.start(jobs, id, me, test_policy(port)).unwrap()
+    }
+
+    /// Whether the proxy closes `client` without a word (it sent nothing).
+    async fn closed_at_once(client: &mut UnixStream) -> bool {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(30), client.read(&mut byte));
+        matches!(read.await, Ok(Ok(0)))
+    }
+
+    /// Sends a request the policy refuses on a new connection, until it is
+    /// served (a closed connection's permit comes back a little after the close).
+    async fn served_eventually(socket: &Path) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let mut client = UnixStream::connect(socket).await.unwrap();
+            let _ = client
+                .write_all(b"CONNECT evil.test:1 HTTP/1.1\r\n\r\n")
+                .await;
+            let mut out = String::new();
+            let _ = client.read_to_string(&mut out).await;
+            if out.starts_with("HTTP/1.1 403") {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn a_job_proxy_serves_its_socket_and_removes_it() {
+        let (port, _origin) = origin().await;
+        let jobs = tempfile::tempdir().unwrap();
+        let proxy = job_proxy(jobs.path(), 7, &Proxies::new(limits()), port);
         let socket = proxy.dir().join(SOCKET_NAME);
         assert_eq!(proxy.dir(), jobs.path().join("7.proxy"));
         let mut client = UnixStream::connect(&socket).await.unwrap();
@@ -603,5 +705,83 @@ mod tests {
         let report = proxy.finish();
         assert_eq!(report.violations.len(), 1);
         assert!(!jobs.path().join("7.proxy").exists());
+    }
+
+    #[tokio::test]
+    async fn idle_connections_past_the_job_cap_are_closed_at_once() {
+        let (port, _origin) = origin().await;
+        let jobs = tempfile::tempdir().unwrap();
+        let proxy = job_proxy(jobs.path(), 1, &Proxies::new(limits()), port);
+        let socket = proxy.dir().join(SOCKET_NAME);
+        let mut held = Vec::new();
+        for _ in 0..limits().max_client_connections {
+            held.push(UnixStream::connect(&socket).await.unwrap());
+        }
+        for _ in 0..5 {
+            let mut extra = UnixStream::connect(&socket).await.unwrap();
+            assert!(closed_at_once(&mut extra).await);
+        }
+        drop(held.pop());
+        assert!(served_eventually(&socket).await);
+        let report = proxy.finish();
+        let refused = Refusal::TooManyClientConnections(3).to_string();
+        assert_eq!(report.violations.len(), 6, "{report:?}");
+        assert_eq!(report.violations[0].reason, refused);
+        assert_eq!(report.violations[0].target, "-");
+    }
+
+    #[tokio::test]
+    async fn connections_of_all_jobs_share_the_executor_cap() {
+        let (port, _origin) = origin().await;
+        let jobs = tempfile::tempdir().unwrap();
+        let proxies = Proxies::new(limits());
+        let first = job_proxy(jobs.path(), 1, &proxies, port);
+        let second = job_proxy(jobs.path(), 2, &proxies, port);
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(
+                UnixStream::connect(first.dir().join(SOCKET_NAME))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let socket = second.dir().join(SOCKET_NAME);
+        held.push(UnixStream::connect(&socket).await.unwrap());
+        let mut extra = UnixStream::connect(&socket).await.unwrap();
+        assert!(closed_at_once(&mut extra).await);
+        drop(first);
+        assert!(served_eventually(&socket).await);
+        let report = second.finish();
+        assert_eq!(
+            report.violations[0].reason,
+            Refusal::ExecutorBusy(4).to_string()
+        );
+    }
+
+    #[tokio::test]
+    async fn the_upstream_permit_is_taken_before_the_name_lookup() {
+        let (port, _origin) = origin().await;
+        let shared = shared(port);
+        // Two tunnels hold both upstream permits (the origin waits for a head).
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let (mut client, server) = UnixStream::pair().unwrap();
+            let serving = Arc::clone(&shared);
+            tokio::spawn(async move { serve(server, &serving).await });
+            let connect = format!("CONNECT allowed.test:{port} HTTP/1.1\r\n\r\n");
+            client.write_all(connect.as_bytes()).await.unwrap();
+            let mut reply = [0u8; 39];
+            client.read_exact(&mut reply).await.unwrap();
+            assert_eq!(&reply, b"HTTP/1.1 200 Connection established\r\n\r\n");
+            held.push(client);
+        }
+        // A name not in `resolve` needs a lookup: refused before it starts, so a
+        // job cannot have more lookups in flight than upstream permits.
+        let request = format!("CONNECT no-such-name.wild.test:{port} HTTP/1.1\r\n\r\n");
+        let reply = exchange(&shared, &request).await;
+        assert!(
+            reply.ends_with("(too many concurrent connections (limit 2))\n"),
+            "{reply}"
+        );
     }
 }
