@@ -12,6 +12,8 @@ use pysandbox_shared::{Enforcement, JobError, JobResult, JobSpec, LimitKind, Usa
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::process::{Child, ChildStdin};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 use crate::cgroup::{CgroupLimits, Cgroups, Controller, JobCgroup, Version};
 use crate::collect::{collect, Caps, Collected, Stamp};
@@ -24,9 +26,9 @@ use crate::proxy::policy::Policy;
 use crate::proxy::{JobProxy, NetworkReport, Proxies};
 use crate::workdir::{jobs_dir, DiskLimits, WorkDir};
 
-/// How long output may keep flowing after the jail's pid 1 is gone. The kernel kills
-/// the rest of the pid namespace with it, so the pipes close almost at once; this only
-/// bounds a wait that should never be long.
+/// How long output may keep flowing after the jail's processes are gone. The pipes
+/// close with them almost at once, unless a job passed its ends somewhere they
+/// outlive it (security review L2): then what was read so far is the output.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// How often the CPU time of a job's cgroup is compared with its limit.
 const CPU_POLL: Duration = Duration::from_millis(50);
@@ -371,22 +373,40 @@ impl Runner {
         } = jail;
         let cpu_base = cgroup.as_ref().and_then(JobCgroup::cpu_ns).unwrap_or(0);
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-        let input = child.stdin.take();
+        let input_pipe = child.stdin.take();
         let cap = limits.output_bytes as usize;
         let timeout = Duration::from_millis(timeout_ms.into());
         let cpu_limit = Duration::from_millis(limits.cpu_ms.into());
         let orders = self.orders(&limits);
         let started_at = Instant::now();
+        // Cancelled once the jail's processes are gone; the output then gets
+        // DRAIN_GRACE to end.
+        let gone = CancellationToken::new();
+        let drained = || async {
+            gone.cancelled().await;
+            tokio::time::sleep(DRAIN_GRACE).await;
+        };
         let io = async {
             // The hand-off starts the job. A jail that died meanwhile shows as
             // "not ready" below; its write error says nothing more.
             let _ = handoff.write_all(orders.as_bytes()).await;
             drop(handoff);
+            let input = spec.stdin.as_deref().unwrap_or_default();
             tokio::join!(
-                capture_opt(stdout, cap),
-                capture_opt(stderr, cap),
-                feed(input, spec.stdin.as_deref().unwrap_or_default()),
-                async { warm || is_ready(ready).await },
+                capture_opt(stdout, cap, drained()),
+                capture_opt(stderr, cap, drained()),
+                async {
+                    tokio::select! {
+                        () = feed(input_pipe, input) => {}
+                        () = drained() => {}
+                    }
+                },
+                async {
+                    warm || tokio::select! {
+                        ready = is_ready(ready) => ready,
+                        () = drained() => false,
+                    }
+                },
             )
         };
         let wait = async {
@@ -396,14 +416,19 @@ impl Runner {
             if let Some(cgroup) = &cgroup {
                 cgroup.kill_all();
             }
-            waited
+            // Nor may the proxy, where a job can park descriptors it passed.
+            if let Some(proxy) = &proxy {
+                proxy.stop();
+            }
+            gone.cancel();
+            (waited, Instant::now())
         };
-        let (waited, io) = tokio::join!(wait, tokio::time::timeout(timeout + DRAIN_GRACE, io));
+        let ((waited, gone_at), (stdout, stderr, (), ready)) = tokio::join!(wait, io);
         let wall = started_at.elapsed();
+        if gone_at.elapsed() >= DRAIN_GRACE {
+            warn!("the jail's output stayed open after its processes were gone; keeping what was read");
+        }
         let (status, killed_by) = waited.map_err(|e| Error::Jail(format!("cannot wait: {e}")))?;
-        let Ok((stdout, stderr, (), ready)) = io else {
-            return Err(Error::Jail("the jail's output did not close".into()));
-        };
         // A jail killed at its limit before jail-init ran still hit the limit: that
         // is the answer, not a setup failure.
         if !ready && killed_by.is_none() {
@@ -585,9 +610,13 @@ async fn collect_files(work: PathBuf, caps: Caps, inputs: Vec<Stamp>) -> Result<
         .map_err(Error::Collect)
 }
 
-async fn capture_opt<R: tokio::io::AsyncRead + Unpin>(stream: Option<R>, cap: usize) -> Captured {
+async fn capture_opt<R: tokio::io::AsyncRead + Unpin>(
+    stream: Option<R>,
+    cap: usize,
+    until: impl std::future::Future<Output = ()>,
+) -> Captured {
     match stream {
-        Some(stream) => capture(stream, cap).await,
+        Some(stream) => capture(stream, cap, until).await,
         None => Captured::default(),
     }
 }

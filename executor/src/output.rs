@@ -2,6 +2,8 @@
 //! read and dropped, so a flood costs the daemons no memory and never blocks the job
 //! on a full pipe.
 
+use std::future::Future;
+
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// What was kept of one output stream.
@@ -12,12 +14,22 @@ pub struct Captured {
     pub truncated: bool,
 }
 
-/// Reads `stream` to its end, keeping the first `cap` bytes.
-pub async fn capture<R: AsyncRead + Unpin>(mut stream: R, cap: usize) -> Captured {
+/// Reads `stream` to its end, or until `until` resolves, keeping the first `cap`
+/// bytes.
+pub async fn capture<R: AsyncRead + Unpin>(
+    mut stream: R,
+    cap: usize,
+    until: impl Future<Output = ()>,
+) -> Captured {
     let mut captured = Captured::default();
     let mut chunk = vec![0u8; 64 * 1024];
+    let mut until = std::pin::pin!(until);
     loop {
-        let n = match stream.read(&mut chunk).await {
+        let read = tokio::select! {
+            read = stream.read(&mut chunk) => read,
+            () = &mut until => return captured,
+        };
+        let n = match read {
             Ok(0) | Err(_) => return captured,
             Ok(n) => n,
         };
@@ -55,16 +67,28 @@ mod tests {
     #[tokio::test]
     async fn keeps_the_head_and_drains_the_rest() {
         let input = vec![b'x'; 300_000];
-        let captured = capture(&input[..], 1000).await;
+        let captured = capture(&input[..], 1000, std::future::pending()).await;
         assert_eq!(captured.bytes.len(), 1000);
         assert!(captured.truncated);
     }
 
     #[tokio::test]
     async fn exactly_the_cap_is_not_truncated() {
-        let captured = capture(&b"abcd"[..], 4).await;
+        let captured = capture(&b"abcd"[..], 4, std::future::pending()).await;
         assert!(!captured.truncated);
         assert_eq!(captured.into_text(), "abcd");
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_never_ends_gives_what_it_sent_when_told_to_stop() {
+        let (mut tx, rx) = tokio::io::duplex(64);
+        tokio::io::AsyncWriteExt::write_all(&mut tx, b"partial")
+            .await
+            .unwrap();
+        let stop = tokio::time::sleep(std::time::Duration::from_millis(100));
+        let captured = capture(rx, 100, stop).await;
+        assert_eq!(captured.into_text(), "partial");
+        drop(tx);
     }
 
     #[test]

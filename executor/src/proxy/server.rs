@@ -158,9 +158,18 @@ impl JobProxy {
         &self.dir
     }
 
+    /// Closes the socket and every connection the proxy holds. Called once the
+    /// jail's processes are gone: a job may have passed its own output pipes into a
+    /// connection (`SCM_RIGHTS`), and they close only with it (security review L2).
+    pub fn stop(&self) {
+        // Aborting the accept loop drops the listener, with the connections waiting
+        // in its backlog, and its JoinSet, which aborts every connection.
+        self.task.abort();
+    }
+
     /// Stops the proxy and returns what it refused.
     pub fn finish(self) -> NetworkReport {
-        self.task.abort();
+        self.stop();
         let mut log = self
             .shared
             .log
@@ -172,8 +181,7 @@ impl JobProxy {
 
 impl Drop for JobProxy {
     fn drop(&mut self) {
-        // Aborting the accept loop drops its JoinSet, which aborts every connection.
-        self.task.abort();
+        self.stop();
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             warn!(path = %self.dir.display(), error = %e, "cannot remove a proxy socket dir");
         }
