@@ -24,7 +24,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
 use super::http::{parse_request, Attempt, Parsed, Request};
-use super::policy::{Destination, Policy, Refusal};
+use super::policy::{shown, Destination, Policy, Refusal};
 use super::relay::{Activity, Session};
 use super::target::Target;
 use crate::error::Error;
@@ -126,7 +126,14 @@ pub(super) struct Shared {
 struct Log {
     report: NetworkReport,
     bytes_reported: bool,
+    /// Lines this job's proxy has logged: refusals and unreachable targets alike
+    /// count against [`MAX_LOG_LINES`] (security review 2, F4).
+    lines: usize,
 }
+
+/// Log lines about one job's requests, at most; the rest are counted in the report
+/// (refusals) or dropped (unreachable targets).
+const MAX_LOG_LINES: usize = MAX_VIOLATIONS;
 
 impl JobProxy {
     /// Creates `<jobs dir>/<id>.proxy/` (root's, mode 0711: the jail's bwrap, running
@@ -273,7 +280,7 @@ async fn handle(mut client: UnixStream, shared: &Shared) -> io::Result<()> {
         Ok(upstream) => upstream,
         Err(Opened::Refused(refusal)) => return session.refuse(client, refusal).await,
         Err(Opened::Unreachable(why)) => {
-            info!(target = %session.attempt.target, %why, "egress target unreachable");
+            shared.log_unreachable(&session.attempt, &why);
             let body = format!(
                 "pysandbox: cannot reach {}: {why}\n",
                 session.attempt.target
@@ -389,10 +396,11 @@ impl Shared {
 
     fn record(&self, attempt: &Attempt, refusal: &Refusal) {
         let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
-        let report = &mut log.report;
-        // Logged as listed: a job looping over refused requests cannot flood the log.
-        if report.violations.len() < MAX_VIOLATIONS {
+        if log.may_log() {
             info!(method = %attempt.method, target = %attempt.target, reason = %refusal, "egress request refused");
+        }
+        let report = &mut log.report;
+        if report.violations.len() < MAX_VIOLATIONS {
             report.violations.push(NetworkViolation {
                 method: attempt.method.clone(),
                 target: attempt.target.clone(),
@@ -400,6 +408,14 @@ impl Shared {
             });
         } else {
             report.dropped = report.dropped.saturating_add(1);
+        }
+    }
+
+    /// Logs a target that was allowed but could not be reached, within the cap.
+    fn log_unreachable(&self, attempt: &Attempt, why: &str) {
+        let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        if log.may_log() {
+            info!(target = %attempt.target, why = %shown(why), "egress target unreachable");
         }
     }
 
@@ -412,6 +428,17 @@ impl Shared {
         if first {
             self.record(attempt, &Refusal::Bytes(max));
         }
+    }
+}
+
+impl Log {
+    /// Whether one more line may be logged; says once that the rest are not.
+    fn may_log(&mut self) -> bool {
+        self.lines = self.lines.saturating_add(1);
+        if self.lines == MAX_LOG_LINES + 1 {
+            info!("egress log cap of {MAX_LOG_LINES} lines reached for this job; later requests are not logged");
+        }
+        self.lines <= MAX_LOG_LINES
     }
 }
 
@@ -693,6 +720,21 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         false
+    }
+
+    #[tokio::test]
+    async fn log_lines_about_one_job_are_capped() {
+        let shared = shared(1);
+        for _ in 0..3 * MAX_LOG_LINES {
+            shared.log_unreachable(&Attempt::default(), "connection refused");
+            shared.record(&Attempt::default(), &Refusal::NotAllowed);
+        }
+        let log = shared.log.lock().unwrap();
+        assert_eq!(log.lines, 6 * MAX_LOG_LINES);
+        assert_eq!(log.report.violations.len(), MAX_VIOLATIONS);
+        let mut log = Log::default();
+        let allowed = (0..3 * MAX_LOG_LINES).filter(|_| log.may_log()).count();
+        assert_eq!(allowed, MAX_LOG_LINES);
     }
 
     #[tokio::test]
