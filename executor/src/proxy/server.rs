@@ -10,6 +10,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -202,6 +203,7 @@ fn bind(dir: &Path, (uid, gid): (u32, u32)) -> Result<UnixListener, Error> {
     // Created 0700 under the executor's umask, then handed to the sandbox uid: no
     // other local user can connect and use the job's policy.
     let listener = UnixListener::bind(&socket).map_err(Error::setup("bind", &socket))?;
+    refuse_passed_fds(&listener);
     std::os::unix::fs::chown(&socket, Some(uid), Some(gid))
         .map_err(Error::setup("chown", &socket))?;
     Ok(listener)
@@ -228,6 +230,7 @@ async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
                     let Some(permits) = shared.admit() else {
                         continue;
                     };
+                    refuse_passed_fds(&stream);
                     let shared = Arc::clone(&shared);
                     connections.spawn(async move {
                         serve(stream, &shared).await;
@@ -241,6 +244,18 @@ async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
+    }
+}
+
+/// Asks the kernel to refuse descriptors passed into a proxy socket (set on the
+/// listener, and again on each connection in case it is not inherited). The relay
+/// never passes any; a job that does could park its own output pipes in the proxy
+/// (security review L2). Kernels before 6.16 lack the option: then only the
+/// proxy's teardown at the end of the job releases what was passed (plain reads
+/// already close descriptors as their bytes are consumed).
+fn refuse_passed_fds(socket: &impl AsFd) {
+    if let Err(e) = crate::sys::refuse_passed_fds(socket.as_fd()) {
+        debug!(error = %e, "the kernel cannot refuse descriptors passed to the proxy");
     }
 }
 
@@ -720,6 +735,45 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         false
+    }
+
+    /// Whether the running kernel has `SO_PASSRIGHTS` (Linux 6.16).
+    fn kernel_has_passrights() -> bool {
+        let release = nix::sys::utsname::uname().unwrap();
+        let release = release.release().to_string_lossy().into_owned();
+        let mut numbers = release
+            .split(['.', '-'])
+            .map(|n| n.parse::<u32>().unwrap_or(0));
+        let (major, minor) = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+        (major, minor) >= (6, 16)
+    }
+
+    #[tokio::test]
+    async fn descriptors_passed_into_the_proxy_socket_are_refused() {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+        use std::os::fd::AsRawFd;
+        let (port, _origin) = origin().await;
+        let jobs = tempfile::tempdir().unwrap();
+        let proxy = job_proxy(jobs.path(), 1, &Proxies::new(limits()), port);
+        let client =
+            std::os::unix::net::UnixStream::connect(proxy.dir().join(SOCKET_NAME)).unwrap();
+        let fds = [client.as_raw_fd()];
+        let sent = sendmsg::<()>(
+            client.as_raw_fd(),
+            &[std::io::IoSlice::new(b"Y")],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            None,
+        );
+        if kernel_has_passrights() {
+            assert_eq!(sent, Err(nix::errno::Errno::EPERM));
+        } else {
+            assert_eq!(
+                sent,
+                Ok(1),
+                "older kernels queue them; the teardown frees them"
+            );
+        }
     }
 
     #[tokio::test]
