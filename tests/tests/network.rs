@@ -855,3 +855,55 @@ print("to stderr", file=sys.stderr, flush=True)
     );
     assert_eq!(stderr_of(&out), "to stderr\n", "{out:#}");
 }
+
+/// Security review 2, F2 (scaled down): 20 processes of one job each open 100
+/// connections to the proxy's socket and hold them idle. The executor's
+/// descriptors grow by the per-job cap at most, not by 2,000.
+#[tokio::test]
+async fn idle_proxy_connections_cannot_use_up_the_executors_descriptors() {
+    require_root!();
+    let origin = Origin::start();
+    let svc = start(&origin, "");
+    let pid = svc.executor.pid().expect("the executor's pid");
+    let fds = || std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+    let code = r#"
+import os, socket, time
+kids = []
+for _ in range(20):
+    pid = os.fork()
+    if pid == 0:
+        held = []
+        for _ in range(100):
+            s = socket.socket(socket.AF_UNIX)
+            try:
+                s.connect("/run/pysandbox/proxy.sock")
+                held.append(s)
+            except OSError:
+                pass
+        time.sleep(4)
+        os._exit(0)
+    kids.append(pid)
+for pid in kids:
+    os.waitpid(pid, 0)
+print("done")
+"#;
+    let before = fds();
+    let mut peak = before;
+    let body = json!({ "code": code, "network": {}, "limits": {"maxProcesses": 64} });
+    let run = svc.run(body);
+    tokio::pin!(run);
+    let out = loop {
+        tokio::select! {
+            out = &mut run => break out,
+            () = tokio::time::sleep(Duration::from_millis(50)) => peak = peak.max(fds()),
+        }
+    };
+    println!("executor descriptors: {before} before the job, {peak} at most during it");
+    assert_eq!(out["stdout"], "done\n", "{out:#}");
+    assert!(peak <= before + 100, "{before} -> {peak}");
+    let refused = out["violations"][0]["reason"].as_str().unwrap_or_default();
+    assert_eq!(
+        refused, "too many open connections to the proxy (limit 32); this one was closed",
+        "{out:#}"
+    );
+}
