@@ -486,3 +486,83 @@ mod tests {
         }
     }
 }
+
+/// Properties over arbitrary input: the parsers never panic, and what they accept
+/// comes back out the same way.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn request_heads_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = request_head_done(&bytes);
+            if let Ok(parsed) = parse_request(&bytes) {
+                prop_assert!(parsed.head_len <= bytes.len());
+                if let Request::Forward(forward) = &parsed.request {
+                    // What goes upstream is one whole head.
+                    let head = forward.head();
+                    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS + 1];
+                    let parsed_again = httparse::Request::new(&mut headers).parse(&head);
+                    prop_assert!(matches!(parsed_again, Ok(httparse::Status::Complete(n)) if n == head.len()));
+                }
+            }
+        }
+
+        #[test]
+        fn textual_requests_never_panic(text in "[A-Z]{1,8} [ -~]{0,64} HTTP/1\\.[01]\r\n([A-Za-z-]{1,12}: [ -~]{0,32}\r\n){0,6}\r\n") {
+            let _ = parse_request(text.as_bytes());
+        }
+
+        #[test]
+        fn forwarded_heads_parse_back_to_the_same_target(
+            host in "[a-z]{1,10}\\.test",
+            port in 1u16..,
+            path in "/[a-zA-Z0-9/._~-]{0,30}",
+            names in proptest::collection::vec("[A-Za-z][A-Za-z0-9-]{0,10}", 0..5),
+        ) {
+            let mut text = format!("GET http://{host}:{port}{path} HTTP/1.1\r\nHost: {host}:{port}\r\n");
+            for name in &names {
+                text.push_str(&format!("{name}: v\r\n"));
+            }
+            text.push_str("\r\n");
+            let Ok(parsed) = parse_request(text.as_bytes()) else {
+                // Only header names the proxy refuses (framing, a second Host).
+                return Ok(());
+            };
+            let Request::Forward(forward) = parsed.request else {
+                return Err(TestCaseError::fail("not a forward"));
+            };
+            let head = forward.head();
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut again = httparse::Request::new(&mut headers);
+            prop_assert!(matches!(again.parse(&head), Ok(httparse::Status::Complete(n)) if n == head.len()));
+            prop_assert_eq!(again.path, Some(path.as_str()));
+            let hosts: Vec<_> = again.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("host")).collect();
+            prop_assert_eq!(hosts.len(), 1);
+            let want = format!("{host}:{port}");
+            prop_assert_eq!(hosts[0].value, want.as_bytes());
+        }
+
+        #[test]
+        fn response_heads_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            if let Ok(Some((head, len, _))) = response_head(&bytes) {
+                prop_assert!(len <= bytes.len());
+                // What is sent on is itself a whole head.
+                prop_assert!(matches!(response_head(&head), Ok(Some(_))));
+            }
+        }
+
+        #[test]
+        fn chunk_sizes_round_trip(size in 0u64..(1 << 60), ext in "(;[a-z=]{0,8})?") {
+            let line = format!("{size:x}{ext}\r\n");
+            prop_assert_eq!(chunk_size(line.as_bytes()), Some(size));
+        }
+
+        #[test]
+        fn chunk_size_lines_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = chunk_size(&bytes);
+        }
+    }
+}
