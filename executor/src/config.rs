@@ -57,6 +57,10 @@ const DEFAULT_CONNECT_TIMEOUT_MS: u32 = 10_000;
 const DEFAULT_IDLE_TIMEOUT_MS: u32 = 30_000;
 const DEFAULT_CONNECTION_TIMEOUT_MS: u32 = pysandbox_shared::MAX_TIMEOUT_MS;
 const DEFAULT_MAX_CONNECTIONS: u32 = 16;
+const DEFAULT_MAX_CLIENT_CONNECTIONS: u32 = 32;
+/// At most two descriptors each (client and upstream): 512 of the 1024 that
+/// systemd's default soft RLIMIT_NOFILE gives the executor.
+const DEFAULT_MAX_TOTAL_CONNECTIONS: u32 = 256;
 const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Limits a job gets when it names none.
@@ -188,6 +192,8 @@ struct FileNetwork {
     idle_timeout_ms: Option<u32>,
     connection_timeout_ms: Option<u32>,
     max_connections: Option<u32>,
+    max_client_connections: Option<u32>,
+    max_total_connections: Option<u32>,
     max_bytes: Option<u64>,
 }
 
@@ -286,11 +292,25 @@ impl FileNetwork {
                 DEFAULT_CONNECTION_TIMEOUT_MS,
             )?,
             max_connections: self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            max_client_connections: self
+                .max_client_connections
+                .unwrap_or(DEFAULT_MAX_CLIENT_CONNECTIONS),
+            max_total_connections: self
+                .max_total_connections
+                .unwrap_or(DEFAULT_MAX_TOTAL_CONNECTIONS),
             max_bytes: self.max_bytes.unwrap_or(DEFAULT_MAX_BYTES),
         };
-        if limits.max_connections == 0 || limits.max_bytes == 0 {
+        let counts = [
+            ("max_connections", limits.max_connections),
+            ("max_client_connections", limits.max_client_connections),
+            ("max_total_connections", limits.max_total_connections),
+        ];
+        if let Some((key, _)) = counts.iter().find(|(_, n)| *n == 0) {
+            return Err(Error::Config(format!("network.{key}: must be at least 1")));
+        }
+        if limits.max_bytes == 0 {
             return Err(Error::Config(
-                "network.max_connections and network.max_bytes: must be at least 1".into(),
+                "network.max_bytes: must be at least 1".into(),
             ));
         }
         Ok(Network {
@@ -976,6 +996,11 @@ mod tests {
             ),
             ("idle_timeout_ms = 0", "network.idle_timeout_ms"),
             ("max_connections = 0", "network.max_connections"),
+            (
+                "max_client_connections = 0",
+                "network.max_client_connections",
+            ),
+            ("max_total_connections = 0", "network.max_total_connections"),
             ("alowed_domains = []", "alowed_domains"),
             (
                 "[network.resolve]\n\"a.io\" = \"0177.0.0.1\"",

@@ -16,7 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::process::{Child, ChildStdin};
 use tokio::sync::mpsc;
-use tracing::info;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
 use crate::cgroup::{CgroupLimits, Cgroups, Controller, JobCgroup, Version};
 use crate::collect::{collect, Caps, Collected, Sink, Stamp};
@@ -26,12 +27,12 @@ use crate::inputs;
 use crate::jail::{Jail, Started};
 use crate::output::{forward, last_words};
 use crate::proxy::policy::Policy;
-use crate::proxy::{JobProxy, NetworkReport, ProxyLimits};
+use crate::proxy::{JobProxy, NetworkReport, Proxies};
 use crate::workdir::{jobs_dir, DiskLimits, WorkDir};
 
-/// How long output may keep flowing after the jail's pid 1 is gone. The kernel kills
-/// the rest of the pid namespace with it, so the pipes close almost at once; this only
-/// bounds a wait that should never be long.
+/// How long output may keep flowing after the jail's processes are gone. The pipes
+/// close with them almost at once, unless a job passed its ends somewhere they
+/// outlive it (security review L2): then what was read so far is the output.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// How often the CPU time of a job's cgroup is compared with its limit.
 const CPU_POLL: Duration = Duration::from_millis(50);
@@ -70,7 +71,7 @@ pub struct Runner {
     collect: Caps,
     max_input_bytes: u64,
     network: Policy,
-    proxy_limits: ProxyLimits,
+    proxies: Proxies,
     next_id: AtomicU64,
 }
 
@@ -122,7 +123,7 @@ impl Runner {
             stack_mb: config.stack_mb,
             cpu_percent: config.cpu_percent,
             network: config.network.policy.clone(),
-            proxy_limits: config.network.limits,
+            proxies: Proxies::new(config.network.limits),
             collect: config.collect,
             max_input_bytes: config.max_input_bytes,
             preload: config.preload.clone(),
@@ -354,13 +355,9 @@ impl Runner {
                 // Started before the jail, whose jail-init waits for socat, which
                 // needs the socket to exist.
                 if let Some(policy) = network {
-                    let started = JobProxy::start(
-                        &self.jobs_dir,
-                        id,
-                        self.owner,
-                        policy.clone(),
-                        self.proxy_limits,
-                    )?;
+                    let started =
+                        self.proxies
+                            .start(&self.jobs_dir, id, self.owner, policy.clone())?;
                     proxy = Some(started);
                 }
                 self.prepare(id, &limits, &[], proxy.as_ref())?
@@ -395,22 +392,39 @@ impl Runner {
         let cpu_limit = Duration::from_millis(limits.cpu_ms.into());
         let orders = self.orders(&limits);
         let started_at = Instant::now();
+        // Cancelled once the jail's processes are gone; the output then gets
+        // DRAIN_GRACE to end.
+        let gone = CancellationToken::new();
+        let drained = || async {
+            gone.cancelled().await;
+            tokio::time::sleep(DRAIN_GRACE).await;
+        };
         let io = async {
             // The hand-off starts the job. A jail that died meanwhile shows as
             // "not ready" below; its write error says nothing more.
             let _ = handoff.write_all(orders.as_bytes()).await;
             drop(handoff);
-            let stdin = feed(input, spec.stdin.as_deref().unwrap_or_default());
+            let stdin = async {
+                tokio::select! {
+                    () = feed(input, spec.stdin.as_deref().unwrap_or_default()) => {}
+                    () = drained() => {}
+                }
+            };
             // Nothing is passed on before jail-init says the jail is set up: what
             // comes out before is bwrap's, a setup failure to log, not job output.
             let output = async {
-                if warm || is_ready(ready).await {
+                let ready = warm
+                    || tokio::select! {
+                        ready = is_ready(ready) => ready,
+                        () = drained() => false,
+                    };
+                if ready {
                     Ok(tokio::join!(
-                        forward(stdout, Stream::Stdout, cap, frames),
-                        forward(stderr, Stream::Stderr, cap, frames),
+                        forward(stdout, Stream::Stdout, cap, frames, drained()),
+                        forward(stderr, Stream::Stderr, cap, frames, drained()),
                     ))
                 } else {
-                    Err(last_words(stderr, LAST_WORDS_BYTES).await)
+                    Err(last_words(stderr, LAST_WORDS_BYTES, drained()).await)
                 }
             };
             tokio::join!(output, stdin).0
@@ -422,14 +436,19 @@ impl Runner {
             if let Some(cgroup) = &cgroup {
                 cgroup.kill_all();
             }
-            waited
+            // Nor may the proxy, where a job can park descriptors it passed.
+            if let Some(proxy) = &proxy {
+                proxy.stop();
+            }
+            gone.cancel();
+            (waited, Instant::now())
         };
-        let (waited, io) = tokio::join!(wait, tokio::time::timeout(timeout + DRAIN_GRACE, io));
+        let ((waited, gone_at), output) = tokio::join!(wait, io);
         let wall = started_at.elapsed();
+        if gone_at.elapsed() >= DRAIN_GRACE {
+            warn!("the jail's output stayed open after its processes were gone; keeping what was read");
+        }
         let (status, killed_by) = waited.map_err(|e| Error::Jail(format!("cannot wait: {e}")))?;
-        let Ok(output) = io else {
-            return Err(Error::Jail("the jail's output did not close".into()));
-        };
         // A jail killed at its limit before jail-init ran still hit the limit: that
         // is the answer, not a setup failure.
         let truncated = match output {

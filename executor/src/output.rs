@@ -3,26 +3,35 @@
 //! the daemons no memory and never blocks the job on a full pipe. A slow reader
 //! does block it: each chunk waits for room in the job's frame queue.
 
+use std::future::Future;
+
 use pysandbox_shared::{OutputChunk, Response, Stream, MAX_CHUNK_BYTES};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
-/// Reads `stream` to its end and sends its first `cap` bytes to `frames`. Returns
-/// whether anything was dropped past the cap. Once nobody receives the frames, the
-/// rest is only drained: the job is being killed anyway.
+/// Reads `stream` to its end, or until `until` resolves, and sends its first `cap`
+/// bytes to `frames`. Returns whether anything was dropped past the cap. Once
+/// nobody receives the frames, the rest is only drained: the job is being killed
+/// anyway.
 pub(crate) async fn forward<R: AsyncRead + Unpin>(
     stream: Option<R>,
     which: Stream,
     cap: usize,
     frames: &mpsc::Sender<Response>,
+    until: impl Future<Output = ()>,
 ) -> bool {
     let Some(mut stream) = stream else {
         return false;
     };
     let mut chunk = vec![0u8; MAX_CHUNK_BYTES];
     let (mut sent, mut truncated, mut listening) = (0usize, false, true);
+    let mut until = std::pin::pin!(until);
     loop {
-        let n = match stream.read(&mut chunk).await {
+        let read = tokio::select! {
+            read = stream.read(&mut chunk) => read,
+            () = &mut until => return truncated,
+        };
+        let n = match read {
             Ok(0) | Err(_) => return truncated,
             Ok(n) => n,
         };
@@ -39,16 +48,25 @@ pub(crate) async fn forward<R: AsyncRead + Unpin>(
     }
 }
 
-/// Reads `stream` to its end and keeps its first `cap` bytes as text: what a jail
-/// that failed to start said on its way out.
-pub(crate) async fn last_words<R: AsyncRead + Unpin>(stream: Option<R>, cap: usize) -> String {
+/// Reads `stream` to its end, or until `until` resolves, and keeps its first `cap`
+/// bytes as text: what a jail that failed to start said on its way out.
+pub(crate) async fn last_words<R: AsyncRead + Unpin>(
+    stream: Option<R>,
+    cap: usize,
+    until: impl Future<Output = ()>,
+) -> String {
     let Some(mut stream) = stream else {
         return String::new();
     };
     let mut kept = Vec::new();
     let mut chunk = [0u8; 4096];
+    let mut until = std::pin::pin!(until);
     loop {
-        match stream.read(&mut chunk).await {
+        let read = tokio::select! {
+            read = stream.read(&mut chunk) => read,
+            () = &mut until => break,
+        };
+        match read {
             Ok(0) | Err(_) => break,
             Ok(n) => kept.extend_from_slice(&chunk[..n.min(cap - kept.len())]),
         }
@@ -62,7 +80,8 @@ mod tests {
 
     async fn forwarded(input: &[u8], cap: usize) -> (Vec<u8>, usize, bool) {
         let (tx, mut rx) = mpsc::channel(1024);
-        let truncated = forward(Some(input), Stream::Stdout, cap, &tx).await;
+        let never = std::future::pending();
+        let truncated = forward(Some(input), Stream::Stdout, cap, &tx, never).await;
         drop(tx);
         let (mut bytes, mut frames) = (Vec::new(), 0);
         while let Some(frame) = rx.recv().await {
@@ -96,14 +115,31 @@ mod tests {
         let (tx, rx) = mpsc::channel(1);
         drop(rx);
         let input = vec![b'x'; 300_000];
-        assert!(!forward(Some(&input[..]), Stream::Stderr, 1 << 20, &tx).await);
+        let never = std::future::pending();
+        assert!(!forward(Some(&input[..]), Stream::Stderr, 1 << 20, &tx, never).await);
     }
 
     #[tokio::test]
     async fn last_words_are_capped_text() {
-        assert_eq!(
-            last_words(Some(&b"bwrap: \xffno"[..]), 9).await,
-            "bwrap: \u{fffd}n"
-        );
+        let words = last_words(Some(&b"bwrap: \xffno"[..]), 9, std::future::pending()).await;
+        assert_eq!(words, "bwrap: \u{fffd}n");
+    }
+
+    /// A stream whose writer never closes it (a job passed its pipe somewhere that
+    /// outlives it) ends when `until` does, with what was read so far.
+    #[tokio::test]
+    async fn until_ends_a_stream_that_never_closes() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let (mut writer, reader) = tokio::io::duplex(1024);
+        tokio::io::AsyncWriteExt::write_all(&mut writer, b"head")
+            .await
+            .unwrap();
+        let until = tokio::time::sleep(std::time::Duration::from_millis(100));
+        assert!(!forward(Some(reader), Stream::Stdout, 1 << 20, &tx, until).await);
+        drop(writer);
+        let Some(Response::Output(chunk)) = rx.recv().await else {
+            panic!("no output frame");
+        };
+        assert_eq!(chunk.data, b"head");
     }
 }

@@ -5,7 +5,7 @@
 //! async-signal-safe calls (signal-safety(7)).
 
 use std::ffi::CStr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
@@ -236,4 +236,31 @@ pub fn keep_across_exec(fd: RawFd) {
         fd,
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
     );
+}
+
+/// `SO_PASSRIGHTS` as the kernel's `include/uapi/asm-generic/socket.h` defines it
+/// (commit "af_unix: Introduce SO_PASSRIGHTS.", Linux 6.16), for the architectures
+/// that use the generic numbers (x86, arm, riscv, …); libc 0.2.191 lacks it.
+const SO_PASSRIGHTS: libc::c_int = 83;
+
+/// Makes the kernel refuse descriptors sent to the Unix socket `socket`: a sender's
+/// `SCM_RIGHTS` then fails with `EPERM` and nothing is queued. Before Linux 6.16
+/// this fails with `ENOPROTOOPT`.
+pub fn refuse_passed_fds(socket: BorrowedFd<'_>) -> std::io::Result<()> {
+    let off: libc::c_int = 0;
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live local, on a
+    // descriptor the borrow keeps open.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PASSRIGHTS,
+            std::ptr::from_ref(&off).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -795,3 +795,115 @@ fn malformed_network_config_is_refused_at_startup_naming_the_entry() {
         assert!(stderr.contains(&named), "{named:?} missing from {stderr}");
     }
 }
+
+/// Security review L2: a job connects to its proxy's socket directly, stalls a
+/// CONNECT tunnel to an upstream that never reads, and passes its own stdout and
+/// stderr into the socket (`SCM_RIGHTS`). Its result must still come back, whole.
+#[tokio::test]
+async fn output_pipes_passed_into_the_proxy_do_not_hide_the_result() {
+    require_root!();
+    let origin = Origin::start();
+    // An upstream that accepts and never reads, so the proxy stops reading the
+    // tunnel and the passed descriptors stay queued in its socket.
+    let stall = std::net::TcpListener::bind(("0.0.0.0", 0)).unwrap();
+    let stall_port = stall.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut streams = Vec::new();
+        while let Ok((stream, _)) = stall.accept() {
+            streams.push(stream);
+        }
+    });
+    let config = network_config(origin.port(), "").replace(
+        "allowed_ports = [80, 443,",
+        &format!("allowed_ports = [80, 443, {stall_port},"),
+    );
+    let svc = Service::builder().executor_config_toml(&config).start();
+    let code = format!(
+        r#"
+import array, socket, sys
+u = socket.socket(socket.AF_UNIX)
+u.connect("/run/pysandbox/proxy.sock")
+u.sendall(b"CONNECT allowed.test:{stall_port} HTTP/1.1\r\n\r\n")
+print("tunnel:", u.recv(100).decode().splitlines()[0], flush=True)
+u.settimeout(1.5)
+try:
+    while True:
+        u.send(b"\0" * 65536)
+except socket.timeout:
+    pass
+u.setblocking(False)
+try:
+    u.sendmsg([b"Y"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [1, 2]))])
+    print("passed", flush=True)
+except OSError as e:
+    print("refused", e.errno, flush=True)
+print("to stderr", file=sys.stderr, flush=True)
+"#
+    );
+    let out = svc
+        .run(json!({ "code": code, "network": {}, "timeoutMs": 4000 }))
+        .await;
+    assert_eq!(out["exitCode"], 0, "{out:#}");
+    let stdout = out["stdout"].as_str().unwrap_or_default();
+    assert!(
+        stdout.starts_with("tunnel: HTTP/1.1 200 Connection established\n"),
+        "{out:#}"
+    );
+    assert!(
+        stdout.ends_with("passed\n") || stdout.ends_with("refused 1\n"),
+        "{out:#}"
+    );
+    assert_eq!(stderr_of(&out), "to stderr\n", "{out:#}");
+}
+
+/// Security review 2, F2 (scaled down): 20 processes of one job each open 100
+/// connections to the proxy's socket and hold them idle. The executor's
+/// descriptors grow by the per-job cap at most, not by 2,000.
+#[tokio::test]
+async fn idle_proxy_connections_cannot_use_up_the_executors_descriptors() {
+    require_root!();
+    let origin = Origin::start();
+    let svc = start(&origin, "");
+    let pid = svc.executor.pid().expect("the executor's pid");
+    let fds = || std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+    let code = r#"
+import os, socket, time
+kids = []
+for _ in range(20):
+    pid = os.fork()
+    if pid == 0:
+        held = []
+        for _ in range(100):
+            s = socket.socket(socket.AF_UNIX)
+            try:
+                s.connect("/run/pysandbox/proxy.sock")
+                held.append(s)
+            except OSError:
+                pass
+        time.sleep(4)
+        os._exit(0)
+    kids.append(pid)
+for pid in kids:
+    os.waitpid(pid, 0)
+print("done")
+"#;
+    let before = fds();
+    let mut peak = before;
+    let body = json!({ "code": code, "network": {}, "limits": {"maxProcesses": 64} });
+    let run = svc.run(body);
+    tokio::pin!(run);
+    let out = loop {
+        tokio::select! {
+            out = &mut run => break out,
+            () = tokio::time::sleep(Duration::from_millis(50)) => peak = peak.max(fds()),
+        }
+    };
+    println!("executor descriptors: {before} before the job, {peak} at most during it");
+    assert_eq!(out["stdout"], "done\n", "{out:#}");
+    assert!(peak <= before + 100, "{before} -> {peak}");
+    let refused = out["violations"][0]["reason"].as_str().unwrap_or_default();
+    assert_eq!(
+        refused, "too many open connections to the proxy (limit 32); this one was closed",
+        "{out:#}"
+    );
+}

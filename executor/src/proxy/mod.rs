@@ -10,10 +10,39 @@
 //!
 //! - [`target`]: strict parsing and normalization of `host:port`.
 //! - [`policy`]: domain patterns, allow/deny lists, ports, address classes.
-//! - `server`: the per-job socket, HTTP CONNECT and absolute-URI HTTP/1.x.
+//! - `server`: the per-job socket, its accept loop, and each request's answer.
+//! - `http`: HTTP/1 heads and chunk sizes as the proxy parses and writes them.
+//! - `relay`: the bytes of a served request, counted and timed.
 
+mod http;
 pub mod policy;
+mod relay;
 mod server;
 pub mod target;
 
-pub use server::{JobProxy, NetworkReport, ProxyLimits, SOCKET_NAME};
+pub use server::{JobProxy, NetworkReport, Proxies, ProxyLimits, SOCKET_NAME};
+
+/// The pure parsers, for the fuzz targets in `executor/fuzz/`; not an API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Request head parsing, as the proxy does it on a client's first bytes.
+    pub fn request_head(bytes: &[u8]) {
+        let _ = super::http::request_head_done(bytes);
+        if let Ok(parsed) = super::http::parse_request(bytes) {
+            if let super::http::Request::Forward(forward) = parsed.request {
+                let _ = forward.head();
+            }
+        }
+    }
+
+    /// Response head parsing and rewriting.
+    pub fn response_head(bytes: &[u8]) {
+        let _ = super::http::response_head(bytes);
+    }
+
+    /// A chunk-size line.
+    pub fn chunk_size(bytes: &[u8]) {
+        let _ = super::http::chunk_size(bytes);
+    }
+}

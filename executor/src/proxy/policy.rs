@@ -472,6 +472,10 @@ pub enum Refusal {
     },
     #[error("too many concurrent connections (limit {0})")]
     TooManyConnections(u32),
+    #[error("too many open connections to the proxy (limit {0}); this one was closed")]
+    TooManyClientConnections(u32),
+    #[error("the executor's proxies are at their connection limit ({0}); this one was closed")]
+    ExecutorBusy(u32),
     #[error("byte limit of {0} bytes per job reached")]
     Bytes(u64),
 }

@@ -10,53 +10,37 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pysandbox_shared::{NetworkViolation, MAX_VIOLATIONS};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
+use super::http::{parse_request, Attempt, Parsed, Request};
 use super::policy::{shown, Destination, Policy, Refusal};
+use super::relay::{Activity, Session};
 use super::target::Target;
 use crate::error::Error;
+
+/// Bytes read and dropped at a time while a refused client lingers.
+const SINK_SIZE: usize = 16 * 1024;
 
 /// The socket's file name in the job's proxy directory.
 pub const SOCKET_NAME: &str = "proxy.sock";
 
-/// A request head larger than this is refused.
-const MAX_REQUEST_HEAD: usize = 16 * 1024;
-/// A response head larger than this ends the connection.
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-/// Headers in one head, at most.
-const MAX_HEADERS: usize = 100;
-/// A chunk-size or trailer line longer than this ends the connection.
-const MAX_CHUNK_LINE: usize = 4096;
-/// Bytes moved per read.
-const BUF_SIZE: usize = 16 * 1024;
 /// How long a refused client may go on sending before its connection is closed
 /// (closing with unread data could reset the connection before the 403 is read).
 const LINGER: Duration = Duration::from_millis(500);
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded; `Connection: close` is
-/// set instead.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authorization",
-    "proxy-authenticate",
-    "te",
-    "upgrade",
-];
-
-/// Bounds on one job's use of the proxy.
+/// Bounds on the proxy: on one job's use of it, and on all jobs' together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProxyLimits {
     /// Name lookup plus TCP connect, for one request.
@@ -65,8 +49,15 @@ pub struct ProxyLimits {
     pub idle_timeout: Duration,
     /// No connection lives longer than this.
     pub connection_timeout: Duration,
-    /// Upstream connections open at once.
+    /// Upstream connections of one job open at once (and so its name lookups in
+    /// flight: a connection's permit is taken before its lookup).
     pub max_connections: u32,
+    /// Connections from one job's jail open at once, idle ones included; past
+    /// this, a new one is closed as soon as it is accepted.
+    pub max_client_connections: u32,
+    /// Connections from all jails open at once: what bounds the executor's
+    /// descriptors spent on proxies, whatever the number of network jobs.
+    pub max_total_connections: u32,
     /// Bytes relayed both ways over the whole job.
     pub max_bytes: u64,
 }
@@ -80,6 +71,33 @@ pub struct NetworkReport {
     pub dropped: u32,
 }
 
+/// The executor's proxies: their limits and the connections they hold together.
+#[derive(Debug, Clone)]
+pub struct Proxies {
+    limits: ProxyLimits,
+    total: Arc<Semaphore>,
+}
+
+impl Proxies {
+    pub fn new(limits: ProxyLimits) -> Proxies {
+        Proxies {
+            limits,
+            total: Arc::new(Semaphore::new(limits.max_total_connections as usize)),
+        }
+    }
+
+    /// Starts a job's proxy; see [`JobProxy::start`].
+    pub fn start(
+        &self,
+        jobs_dir: &Path,
+        id: u64,
+        owner: (u32, u32),
+        policy: Policy,
+    ) -> Result<JobProxy, Error> {
+        JobProxy::start(jobs_dir, id, owner, policy, self)
+    }
+}
+
 /// A job's running proxy. Dropping it stops every task it runs and removes its
 /// socket.
 #[derive(Debug)]
@@ -90,13 +108,18 @@ pub struct JobProxy {
 }
 
 #[derive(Debug)]
-struct Shared {
+pub(super) struct Shared {
     policy: Policy,
-    limits: ProxyLimits,
+    pub(super) limits: ProxyLimits,
     /// The only uid that may connect: the job's.
     peer_uid: u32,
+    /// Upstream connections (taken before the name lookup).
     connections: Arc<Semaphore>,
-    bytes: AtomicU64,
+    /// Connections from the jail, idle ones included.
+    clients: Arc<Semaphore>,
+    /// Connections from every jail, shared by all the executor's proxies.
+    total: Arc<Semaphore>,
+    pub(super) bytes: AtomicU64,
     log: Mutex<Log>,
 }
 
@@ -104,18 +127,25 @@ struct Shared {
 struct Log {
     report: NetworkReport,
     bytes_reported: bool,
+    /// Lines this job's proxy has logged: refusals and unreachable targets alike
+    /// count against [`MAX_LOG_LINES`] (security review 2, F4).
+    lines: usize,
 }
+
+/// Log lines about one job's requests, at most; the rest are counted in the report
+/// (refusals) or dropped (unreachable targets).
+const MAX_LOG_LINES: usize = MAX_VIOLATIONS;
 
 impl JobProxy {
     /// Creates `<jobs dir>/<id>.proxy/` (root's, mode 0711: the jail's bwrap, running
     /// as the sandbox uid, must reach it to bind it), binds the socket in it for
     /// `owner` alone, and serves it under `policy`.
-    pub fn start(
+    fn start(
         jobs_dir: &Path,
         id: u64,
         owner: (u32, u32),
         policy: Policy,
-        limits: ProxyLimits,
+        proxies: &Proxies,
     ) -> Result<JobProxy, Error> {
         let dir = jobs_dir.join(format!("{id}.proxy"));
         std::fs::create_dir(&dir).map_err(Error::setup("create", &dir))?;
@@ -126,14 +156,7 @@ impl JobProxy {
                 return Err(e);
             }
         };
-        let shared = Arc::new(Shared {
-            policy,
-            limits,
-            peer_uid: owner.0,
-            connections: Arc::new(Semaphore::new(limits.max_connections as usize)),
-            bytes: AtomicU64::new(0),
-            log: Mutex::default(),
-        });
+        let shared = Arc::new(Shared::new(policy, proxies, owner.0));
         let task = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
         Ok(JobProxy { dir, task, shared })
     }
@@ -143,9 +166,18 @@ impl JobProxy {
         &self.dir
     }
 
+    /// Closes the socket and every connection the proxy holds. Called once the
+    /// jail's processes are gone: a job may have passed its own output pipes into a
+    /// connection (`SCM_RIGHTS`), and they close only with it (security review L2).
+    pub fn stop(&self) {
+        // Aborting the accept loop drops the listener, with the connections waiting
+        // in its backlog, and its JoinSet, which aborts every connection.
+        self.task.abort();
+    }
+
     /// Stops the proxy and returns what it refused.
     pub fn finish(self) -> NetworkReport {
-        self.task.abort();
+        self.stop();
         let mut log = self
             .shared
             .log
@@ -157,8 +189,7 @@ impl JobProxy {
 
 impl Drop for JobProxy {
     fn drop(&mut self) {
-        // Aborting the accept loop drops its JoinSet, which aborts every connection.
-        self.task.abort();
+        self.stop();
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             warn!(path = %self.dir.display(), error = %e, "cannot remove a proxy socket dir");
         }
@@ -172,6 +203,7 @@ fn bind(dir: &Path, (uid, gid): (u32, u32)) -> Result<UnixListener, Error> {
     // Created 0700 under the executor's umask, then handed to the sandbox uid: no
     // other local user can connect and use the job's policy.
     let listener = UnixListener::bind(&socket).map_err(Error::setup("bind", &socket))?;
+    refuse_passed_fds(&listener);
     std::os::unix::fs::chown(&socket, Some(uid), Some(gid))
         .map_err(Error::setup("chown", &socket))?;
     Ok(listener)
@@ -192,8 +224,18 @@ async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
                             continue;
                         }
                     }
+                    // Permits first, so that a job opening connections without end
+                    // costs the executor no descriptor past its cap (security
+                    // review 2, F2): above it, the connection is closed at once.
+                    let Some(permits) = shared.admit() else {
+                        continue;
+                    };
+                    refuse_passed_fds(&stream);
                     let shared = Arc::clone(&shared);
-                    connections.spawn(async move { serve(stream, &shared).await });
+                    connections.spawn(async move {
+                        serve(stream, &shared).await;
+                        drop(permits);
+                    });
                 }
                 Err(e) => {
                     warn!(error = %e, "proxy accept failed");
@@ -202,6 +244,18 @@ async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
+    }
+}
+
+/// Asks the kernel to refuse descriptors passed into a proxy socket (set on the
+/// listener, and again on each connection in case it is not inherited). The relay
+/// never passes any; a job that does could park its own output pipes in the proxy
+/// (security review L2). Kernels before 6.16 lack the option: then only the
+/// proxy's teardown at the end of the job releases what was passed (plain reads
+/// already close descriptors as their bytes are consumed).
+fn refuse_passed_fds(socket: &impl AsFd) {
+    if let Err(e) = crate::sys::refuse_passed_fds(socket.as_fd()) {
+        debug!(error = %e, "the kernel cannot refuse descriptors passed to the proxy");
     }
 }
 
@@ -224,18 +278,24 @@ async fn handle(mut client: UnixStream, shared: &Shared) -> io::Result<()> {
     let Some(head) = session.read_request_head(&mut client).await? else {
         return Ok(());
     };
-    let (attempt, parsed) = parse_request(&head);
-    session.attempt = attempt;
-    let (request, head_len) = match parsed {
+    let Parsed {
+        attempt,
+        request,
+        head_len,
+    } = match parse_request(&head) {
         Ok(parsed) => parsed,
-        Err(refusal) => return session.refuse(client, refusal).await,
+        Err((attempt, refusal)) => {
+            session.attempt = attempt;
+            return session.refuse(client, refusal).await;
+        }
     };
+    session.attempt = attempt;
     let leftover = head[head_len..].to_vec();
     let upstream = match session.open(request.target()).await {
         Ok(upstream) => upstream,
         Err(Opened::Refused(refusal)) => return session.refuse(client, refusal).await,
         Err(Opened::Unreachable(why)) => {
-            info!(target = %session.attempt.target, %why, "egress target unreachable");
+            shared.log_unreachable(&session.attempt, &why);
             let body = format!(
                 "pysandbox: cannot reach {}: {why}\n",
                 session.attempt.target
@@ -250,350 +310,32 @@ async fn handle(mut client: UnixStream, shared: &Shared) -> io::Result<()> {
     }
 }
 
-/// What a request tried, as its violation shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Attempt {
-    method: String,
-    target: String,
-}
-
-impl Default for Attempt {
-    fn default() -> Self {
-        Attempt {
-            method: "-".into(),
-            target: "-".into(),
-        }
-    }
-}
-
-/// A request the proxy understood, before the policy looked at it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Request {
-    Connect(Target),
-    Forward(Forward),
-}
-
-impl Request {
-    fn target(&self) -> &Target {
-        match self {
-            Request::Connect(target) => target,
-            Request::Forward(forward) => &forward.target,
-        }
-    }
-}
-
-/// Header names and values, in order.
-type Headers = Vec<(String, Vec<u8>)>;
-
-/// A plain-HTTP request to forward.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Forward {
-    target: Target,
-    method: String,
-    /// The origin-form target sent upstream, e.g. `/path?q`.
-    path: String,
-    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
-    version: u8,
-    /// End-to-end headers, in order.
-    headers: Headers,
-    body: Body,
-}
-
-impl Forward {
-    /// The head sent upstream.
-    fn head(&self) -> Vec<u8> {
-        let mut head =
-            format!("{} {} HTTP/1.{}\r\n", self.method, self.path, self.version).into_bytes();
-        for (name, value) in &self.headers {
-            head.extend_from_slice(name.as_bytes());
-            head.extend_from_slice(b": ");
-            head.extend_from_slice(value);
-            head.extend_from_slice(b"\r\n");
-        }
-        head.extend_from_slice(b"Connection: close\r\n\r\n");
-        head
-    }
-}
-
-/// How a request body is framed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Body {
-    None,
-    Length(u64),
-    Chunked,
-}
-
-/// Parses a request head (which `buf` starts with) into a request and the head's
-/// length, or the refusal; the attempt is filled in as far as the head was read.
-fn parse_request(buf: &[u8]) -> (Attempt, Result<(Request, usize), Refusal>) {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let status = req.parse(buf);
-    let mut attempt = Attempt {
-        method: req.method.map_or_else(|| "-".into(), shown),
-        target: req.path.map_or_else(|| "-".into(), shown),
-    };
-    let head_len = match status {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() >= MAX_REQUEST_HEAD => {
-            return (attempt, Err(Refusal::BadRequest("request head too large")))
-        }
-        Ok(httparse::Status::Partial) => {
-            return (attempt, Err(Refusal::BadRequest("incomplete request head")))
-        }
-        Err(_) => return (attempt, Err(Refusal::BadRequest("not an HTTP/1 request"))),
-    };
-    let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
-        return (attempt, Err(Refusal::BadRequest("incomplete request line")));
-    };
-    if method == "CONNECT" {
-        return match Target::parse_authority(path, None) {
-            Ok(target) => {
-                attempt.target = target.to_string();
-                (attempt, Ok((Request::Connect(target), head_len)))
-            }
-            Err(malformed) => (attempt, Err(malformed.into())),
-        };
-    }
-    let (target, origin) = match absolute_uri(path) {
-        Ok(parsed) => parsed,
-        Err(refusal) => return (attempt, Err(refusal)),
-    };
-    attempt.target = target.to_string();
-    let forwarded = forwarded_request(req.headers, &target).map(|(headers, body)| {
-        let forward = Forward {
-            target,
-            method: method.to_owned(),
-            path: origin,
-            version,
-            headers,
-            body,
-        };
-        (Request::Forward(forward), head_len)
-    });
-    (attempt, forwarded)
-}
-
-/// Splits `http://authority/path?query#fragment` into the target (port 80 unless
-/// given) and the origin-form `/path?query` to send upstream.
-fn absolute_uri(uri: &str) -> Result<(Target, String), Refusal> {
-    let scheme_end = "http://".len();
-    let rest = match uri.get(..scheme_end) {
-        Some(scheme) if scheme.eq_ignore_ascii_case("http://") => &uri[scheme_end..],
-        _ if uri.contains("://") => return Err(Refusal::Scheme),
-        _ => {
-            return Err(Refusal::BadRequest(
-                "not a proxy request (expected CONNECT or an absolute http:// URL)",
-            ))
-        }
-    };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let target = Target::parse_authority(authority, Some(80))?;
-    // The fragment is the client's business; it is never sent.
-    let tail = tail.split('#').next().unwrap_or_default();
-    let origin = match tail {
-        "" => "/".to_owned(),
-        query if query.starts_with('?') => format!("/{query}"),
-        path => path.to_owned(),
-    };
-    Ok((target, origin))
-}
-
-/// Checks the headers of a plain-HTTP request against its target and returns those
-/// to forward, with the body's framing.
-fn forwarded_request(
-    headers: &[httparse::Header<'_>],
-    target: &Target,
-) -> Result<(Headers, Body), Refusal> {
-    let named = |name: &'static str| {
-        headers
-            .iter()
-            .filter(move |h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value)
-    };
-    let hosts: Vec<&[u8]> = named("host").collect();
-    let [host] = hosts.as_slice() else {
-        return Err(Refusal::BadRequest("exactly one Host header is required"));
-    };
-    let host = std::str::from_utf8(host)
-        .ok()
-        .and_then(|h| Target::parse_authority(h.trim(), Some(80)).ok());
-    if host.as_ref() != Some(target) {
-        return Err(Refusal::HostMismatch);
-    }
-    let lengths: Vec<&[u8]> = named("content-length").collect();
-    let encodings: Vec<&[u8]> = named("transfer-encoding").collect();
-    // Two framings at once is how request smuggling starts (RFC 9112 §6.3).
-    let body = match (lengths.as_slice(), encodings.as_slice()) {
-        ([], []) => Body::None,
-        ([length], []) => Body::Length(
-            std::str::from_utf8(length)
-                .ok()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && l.len() <= 18 && l.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|l| l.parse().ok())
-                .ok_or(Refusal::BadRequest("invalid Content-Length"))?,
-        ),
-        ([], [encoding]) if encoding.trim_ascii().eq_ignore_ascii_case(b"chunked") => Body::Chunked,
-        ([], _) => return Err(Refusal::BadRequest("unsupported Transfer-Encoding")),
-        _ => {
-            return Err(Refusal::BadRequest(
-                "conflicting Content-Length and Transfer-Encoding",
-            ))
-        }
-    };
-    let dropped = connection_options(named("connection"));
-    let kept = headers
-        .iter()
-        .filter(|h| !is_hop_by_hop(h.name, &dropped))
-        .map(|h| (h.name.to_owned(), h.value.to_vec()))
-        .collect();
-    Ok((kept, body))
-}
-
-/// The header names a `Connection` header lists, lowercased.
-fn connection_options<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<String> {
-    values
-        .flat_map(|v| {
-            String::from_utf8_lossy(v)
-                .split(',')
-                .map(|s| s.trim().to_ascii_lowercase())
-                .collect::<Vec<_>>()
-        })
-        .filter(|s| !s.is_empty())
-        .collect()
-}
-
-fn is_hop_by_hop(name: &str, listed: &[String]) -> bool {
-    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
-        || listed.iter().any(|l| name.eq_ignore_ascii_case(l))
-}
-
-/// A response head as forwarded: interim (1xx) heads as they are, the final head
-/// without hop-by-hop headers and with `Connection: close`. `None` until `buf`
-/// holds a whole head.
-fn response_head(buf: &[u8]) -> io::Result<Option<(Vec<u8>, usize, bool)>> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
-    };
-    let (Some(version), Some(code)) = (resp.version, resp.code) else {
-        return Err(io::ErrorKind::InvalidData.into());
-    };
-    let interim = (100..200).contains(&code) && code != 101;
-    if interim {
-        return Ok(Some((buf[..len].to_vec(), len, true)));
-    }
-    let reason = resp.reason.unwrap_or_default();
-    let mut head = format!("HTTP/1.{version} {code} {reason}\r\n").into_bytes();
-    let listed = connection_options(
-        resp.headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-            .map(|h| h.value),
-    );
-    for header in resp
-        .headers
-        .iter()
-        .filter(|h| !is_hop_by_hop(h.name, &listed))
-    {
-        head.extend_from_slice(header.name.as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(header.value);
-        head.extend_from_slice(b"\r\n");
-    }
-    head.extend_from_slice(b"Connection: close\r\n\r\n");
-    Ok(Some((head, len, false)))
-}
-
-/// The size on a chunk-size line (`1a;ext\r\n`).
-fn chunk_size(line: &[u8]) -> Option<u64> {
-    let line = line.strip_suffix(b"\r\n")?;
-    let end = line.iter().position(|&b| b == b';').unwrap_or(line.len());
-    let digits = line[..end].trim_ascii_end();
-    if digits.is_empty() || digits.len() > 15 || !digits.iter().all(u8::is_ascii_hexdigit) {
-        return None;
-    }
-    u64::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
-}
-
-/// When a connection last moved a byte, shared by both directions.
-#[derive(Debug)]
-struct Activity {
-    start: Instant,
-    last_ms: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Activity {
-            start: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        let now = self.start.elapsed().as_millis() as u64;
-        self.last_ms.store(now, Ordering::Relaxed);
-    }
-
-    fn idle_for(&self) -> Duration {
-        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-        self.start.elapsed().saturating_sub(last)
-    }
-}
-
 enum Opened {
     Refused(Refusal),
     Unreachable(String),
 }
 
-/// One connection being served.
-struct Session<'a> {
-    shared: &'a Shared,
-    activity: Activity,
-    attempt: Attempt,
-}
-
 impl Session<'_> {
-    /// Reads until `buf` holds a whole request head, something that cannot become
-    /// one, or [`MAX_REQUEST_HEAD`] bytes; `None` when the client sent nothing.
-    async fn read_request_head(&self, client: &mut UnixStream) -> io::Result<Option<Vec<u8>>> {
-        let mut buf = Vec::with_capacity(1024);
-        let mut chunk = vec![0; 4096];
-        loop {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let done = !matches!(
-                httparse::Request::new(&mut headers).parse(&buf),
-                Ok(httparse::Status::Partial)
-            );
-            if (done && !buf.is_empty()) || buf.len() >= MAX_REQUEST_HEAD {
-                return Ok(Some(buf));
-            }
-            let room = (MAX_REQUEST_HEAD - buf.len()).min(chunk.len());
-            let n = self.read(client, &mut chunk[..room]).await?;
-            if n == 0 {
-                return Ok((!buf.is_empty()).then_some(buf));
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
     /// Checks the target, resolves it if need be, checks every address, and
     /// connects to a checked one.
     async fn open(&self, target: &Target) -> Result<(TcpStream, OwnedSemaphorePermit), Opened> {
         let shared = self.shared;
         let limits = &shared.limits;
         let deadline = tokio::time::Instant::now() + limits.connect_timeout;
-        let addresses = match shared
+        let destination = shared
             .policy
             .check_target(target)
-            .map_err(Opened::Refused)?
-        {
+            .map_err(Opened::Refused)?;
+        if shared.bytes.load(Ordering::Relaxed) >= limits.max_bytes {
+            return Err(Opened::Refused(Refusal::Bytes(limits.max_bytes)));
+        }
+        // Before the lookup: getaddrinfo runs on the blocking pool and cannot be
+        // cancelled, so the permit is what bounds the lookups a job has in flight
+        // (security review 2, F8).
+        let permit = Arc::clone(&shared.connections)
+            .try_acquire_owned()
+            .map_err(|_| Opened::Refused(Refusal::TooManyConnections(limits.max_connections)))?;
+        let addresses = match destination {
             Destination::Addresses(addresses) => addresses,
             Destination::Lookup(name) => {
                 let lookup = tokio::net::lookup_host((name.as_str(), target.port));
@@ -614,12 +356,6 @@ impl Session<'_> {
                 addresses
             }
         };
-        if shared.bytes.load(Ordering::Relaxed) >= limits.max_bytes {
-            return Err(Opened::Refused(Refusal::Bytes(limits.max_bytes)));
-        }
-        let permit = Arc::clone(&shared.connections)
-            .try_acquire_owned()
-            .map_err(|_| Opened::Refused(Refusal::TooManyConnections(limits.max_connections)))?;
         let mut why = "the name has no address".to_owned();
         for ip in addresses {
             let connect = TcpStream::connect(SocketAddr::new(ip, target.port));
@@ -639,220 +375,47 @@ impl Session<'_> {
         let body = format!("pysandbox: blocked {method} {target} ({refusal})\n");
         answer(client, "403 Forbidden", &body).await
     }
-
-    /// CONNECT: confirms, then relays both ways until both sides are done.
-    async fn tunnel(
-        &self,
-        client: UnixStream,
-        upstream: TcpStream,
-        early: &[u8],
-    ) -> io::Result<()> {
-        let (client_rx, mut client_tx) = client.into_split();
-        let (upstream_rx, mut upstream_tx) = upstream.into_split();
-        client_tx
-            .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
-            .await?;
-        if !early.is_empty() {
-            self.send(&mut upstream_tx, early).await?;
-        }
-        tokio::try_join!(
-            self.pump(client_rx, upstream_tx),
-            self.pump(upstream_rx, client_tx)
-        )?;
-        Ok(())
-    }
-
-    /// Plain HTTP: sends the request head and exactly its body upstream, and relays
-    /// the response until the server closes.
-    async fn forward(
-        &self,
-        client: UnixStream,
-        upstream: TcpStream,
-        early: Vec<u8>,
-        request: Forward,
-    ) -> io::Result<()> {
-        let (client_rx, mut client_tx) = client.into_split();
-        let (upstream_rx, mut upstream_tx) = upstream.into_split();
-        let upload = async {
-            self.send(&mut upstream_tx, &request.head()).await?;
-            let mut body = BufReader::new(std::io::Cursor::new(early).chain(client_rx));
-            match request.body {
-                Body::None => {}
-                Body::Length(len) => self.copy_exact(&mut body, &mut upstream_tx, len).await?,
-                Body::Chunked => self.copy_chunked(&mut body, &mut upstream_tx).await?,
-            }
-            // Whatever the client sends next is not forwarded; the response ends this.
-            std::future::pending::<io::Result<()>>().await
-        };
-        let download = self.relay_response(upstream_rx, &mut client_tx);
-        tokio::select! {
-            result = upload => result,
-            result = download => result,
-        }
-    }
-
-    async fn relay_response<R, W>(&self, mut upstream: R, client: &mut W) -> io::Result<()>
-    where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
-    {
-        let mut buf = Vec::new();
-        let mut chunk = vec![0; BUF_SIZE];
-        loop {
-            let (head, len, interim) = loop {
-                if let Some(parsed) = response_head(&buf)? {
-                    break parsed;
-                }
-                if buf.len() >= MAX_RESPONSE_HEAD {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "response head too large",
-                    ));
-                }
-                let n = self.read(&mut upstream, &mut chunk).await?;
-                if n == 0 {
-                    return Err(io::ErrorKind::UnexpectedEof.into());
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            };
-            self.send(client, &head).await?;
-            buf.drain(..len);
-            if !interim {
-                break;
-            }
-        }
-        if !buf.is_empty() {
-            self.send(client, &buf).await?;
-        }
-        self.pump(upstream, client).await
-    }
-
-    /// Copies until `from` ends, then closes `to` for writing.
-    async fn pump<R, W>(&self, mut from: R, mut to: W) -> io::Result<()>
-    where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
-    {
-        let mut buf = vec![0; BUF_SIZE];
-        loop {
-            let n = self.read(&mut from, &mut buf).await?;
-            if n == 0 {
-                let _ = to.shutdown().await;
-                return Ok(());
-            }
-            self.send(&mut to, &buf[..n]).await?;
-        }
-    }
-
-    async fn copy_exact<R, W>(&self, from: &mut R, to: &mut W, len: u64) -> io::Result<()>
-    where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
-    {
-        let mut buf = vec![0; BUF_SIZE];
-        let mut left = len;
-        while left > 0 {
-            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            let n = self.read(from, &mut buf[..want]).await?;
-            if n == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-            self.send(to, &buf[..n]).await?;
-            left -= n as u64;
-        }
-        Ok(())
-    }
-
-    /// Forwards a chunked body exactly, checking its framing (RFC 9112 §7.1), and
-    /// stops after its last chunk and trailers.
-    async fn copy_chunked<R, W>(&self, from: &mut R, to: &mut W) -> io::Result<()>
-    where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
-    {
-        let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed chunked body");
-        loop {
-            let line = self.read_line(from).await?;
-            let size = chunk_size(&line).ok_or_else(bad)?;
-            self.send(to, &line).await?;
-            if size == 0 {
-                loop {
-                    let trailer = self.read_line(from).await?;
-                    self.send(to, &trailer).await?;
-                    if trailer == b"\r\n" {
-                        return Ok(());
-                    }
-                }
-            }
-            self.copy_exact(from, to, size).await?;
-            let end = self.read_line(from).await?;
-            if end != b"\r\n" {
-                return Err(bad());
-            }
-            self.send(to, &end).await?;
-        }
-    }
-
-    /// One line, `\n` included, of at most [`MAX_CHUNK_LINE`] bytes; `from` is
-    /// buffered, so reading a byte at a time is cheap.
-    async fn read_line<R: AsyncRead + Unpin>(&self, from: &mut R) -> io::Result<Vec<u8>> {
-        let mut line = Vec::new();
-        let mut byte = [0u8; 1];
-        while line.len() < MAX_CHUNK_LINE {
-            if self.read(from, &mut byte).await? == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-            line.push(byte[0]);
-            if byte[0] == b'\n' {
-                return Ok(line);
-            }
-        }
-        Err(io::Error::new(io::ErrorKind::InvalidData, "line too long"))
-    }
-
-    /// A read that fails once neither direction has moved a byte for the idle
-    /// timeout.
-    async fn read<R: AsyncRead + Unpin>(&self, from: &mut R, buf: &mut [u8]) -> io::Result<usize> {
-        let idle = self.shared.limits.idle_timeout;
-        loop {
-            let wait = idle.saturating_sub(self.activity.idle_for());
-            if wait.is_zero() {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"));
-            }
-            // Reads are cancel-safe: a timed-out one loses nothing.
-            if let Ok(read) = tokio::time::timeout(wait, from.read(buf)).await {
-                self.activity.touch();
-                return read;
-            }
-        }
-    }
-
-    /// Writes relayed bytes, counting them against the job's byte limit.
-    async fn send<W: AsyncWrite + Unpin>(&self, to: &mut W, bytes: &[u8]) -> io::Result<()> {
-        let shared = self.shared;
-        let max = shared.limits.max_bytes;
-        let before = shared
-            .bytes
-            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        if before + bytes.len() as u64 > max {
-            shared.record_once_bytes(&self.attempt, max);
-            return Err(io::Error::other("byte limit reached"));
-        }
-        tokio::time::timeout(shared.limits.idle_timeout, to.write_all(bytes))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "write timed out"))??;
-        self.activity.touch();
-        Ok(())
-    }
 }
 
 impl Shared {
+    fn new(policy: Policy, proxies: &Proxies, peer_uid: u32) -> Shared {
+        let limits = proxies.limits;
+        Shared {
+            policy,
+            limits,
+            peer_uid,
+            connections: Arc::new(Semaphore::new(limits.max_connections as usize)),
+            clients: Arc::new(Semaphore::new(limits.max_client_connections as usize)),
+            total: Arc::clone(&proxies.total),
+            bytes: AtomicU64::new(0),
+            log: Mutex::default(),
+        }
+    }
+
+    /// The permits a new connection from the jail holds while it lives, or `None`
+    /// (recorded as a refusal) when the job or the executor is at its cap.
+    fn admit(&self) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+        let limits = &self.limits;
+        let Ok(client) = Arc::clone(&self.clients).try_acquire_owned() else {
+            let refusal = Refusal::TooManyClientConnections(limits.max_client_connections);
+            self.record(&Attempt::default(), &refusal);
+            return None;
+        };
+        let Ok(total) = Arc::clone(&self.total).try_acquire_owned() else {
+            let refusal = Refusal::ExecutorBusy(limits.max_total_connections);
+            self.record(&Attempt::default(), &refusal);
+            return None;
+        };
+        Some((client, total))
+    }
+
     fn record(&self, attempt: &Attempt, refusal: &Refusal) {
         let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
-        let report = &mut log.report;
-        // Logged as listed: a job looping over refused requests cannot flood the log.
-        if report.violations.len() < MAX_VIOLATIONS {
+        if log.may_log() {
             info!(method = %attempt.method, target = %attempt.target, reason = %refusal, "egress request refused");
+        }
+        let report = &mut log.report;
+        if report.violations.len() < MAX_VIOLATIONS {
             report.violations.push(NetworkViolation {
                 method: attempt.method.clone(),
                 target: attempt.target.clone(),
@@ -863,8 +426,16 @@ impl Shared {
         }
     }
 
+    /// Logs a target that was allowed but could not be reached, within the cap.
+    fn log_unreachable(&self, attempt: &Attempt, why: &str) {
+        let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        if log.may_log() {
+            info!(target = %attempt.target, why = %shown(why), "egress target unreachable");
+        }
+    }
+
     /// Records the byte limit the first time a transfer hits it.
-    fn record_once_bytes(&self, attempt: &Attempt, max: u64) {
+    pub(super) fn record_once_bytes(&self, attempt: &Attempt, max: u64) {
         let first = {
             let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
             !std::mem::replace(&mut log.bytes_reported, true)
@@ -872,6 +443,17 @@ impl Shared {
         if first {
             self.record(attempt, &Refusal::Bytes(max));
         }
+    }
+}
+
+impl Log {
+    /// Whether one more line may be logged; says once that the rest are not.
+    fn may_log(&mut self) -> bool {
+        self.lines = self.lines.saturating_add(1);
+        if self.lines == MAX_LOG_LINES + 1 {
+            info!("egress log cap of {MAX_LOG_LINES} lines reached for this job; later requests are not logged");
+        }
+        self.lines <= MAX_LOG_LINES
     }
 }
 
@@ -884,7 +466,7 @@ async fn answer(mut client: UnixStream, status: &str, body: &str) -> io::Result<
     );
     client.write_all(response.as_bytes()).await?;
     client.shutdown().await?;
-    let mut sink = vec![0; BUF_SIZE];
+    let mut sink = vec![0; SINK_SIZE];
     let drain = async {
         while let Ok(n) = client.read(&mut sink).await {
             if n == 0 {
@@ -902,140 +484,8 @@ mod tests {
     use crate::proxy::policy::DomainPattern;
     use crate::proxy::target::Host;
     use std::collections::BTreeMap;
+    use std::time::Instant;
     use tokio::net::TcpListener;
-
-    fn request(text: &str) -> (Attempt, Result<(Request, usize), Refusal>) {
-        parse_request(text.as_bytes())
-    }
-
-    fn refusal(text: &str) -> (String, String, String) {
-        let (attempt, parsed) = request(text);
-        let refusal = parsed.expect_err(text);
-        (attempt.method, attempt.target, refusal.to_string())
-    }
-
-    #[test]
-    fn connect_targets_are_normalized() {
-        let (attempt, parsed) =
-            request("CONNECT Example.COM.:443 HTTP/1.1\r\nHost: x\r\n\r\nearly");
-        let (connect, len) = parsed.unwrap();
-        assert_eq!(attempt.target, "example.com:443");
-        assert_eq!(connect.target().to_string(), "example.com:443");
-        assert_eq!(
-            len,
-            "CONNECT Example.COM.:443 HTTP/1.1\r\nHost: x\r\n\r\n".len()
-        );
-        let (attempt, _) = request("CONNECT 0x7f.1:443 HTTP/1.1\r\n\r\n");
-        assert_eq!(
-            attempt.target, "127.0.0.1:443",
-            "an odd IPv4 form is shown normalized"
-        );
-        assert_eq!(
-            refusal("CONNECT evil.com HTTP/1.1\r\n\r\n"),
-            (
-                "CONNECT".into(),
-                "evil.com".into(),
-                "malformed target: no port".into()
-            )
-        );
-    }
-
-    #[test]
-    fn plain_http_requests_become_origin_form_with_connection_close() {
-        let text =
-            "POST http://Allowed.Test:8080/a/b?c=d#frag HTTP/1.1\r\nHost: allowed.test:8080\r\n\
-                    Connection: keep-alive, X-Secret\r\nX-Secret: 1\r\nProxy-Authorization: x\r\n\
-                    Keep-Alive: 5\r\nContent-Length: 3\r\nAccept: */*\r\n\r\nabc";
-        let (attempt, parsed) = request(text);
-        assert_eq!(
-            attempt,
-            Attempt {
-                method: "POST".into(),
-                target: "allowed.test:8080".into()
-            }
-        );
-        let (Request::Forward(forward), len) = parsed.unwrap() else {
-            panic!("not a forward")
-        };
-        assert_eq!(&text[len..], "abc");
-        assert_eq!(forward.body, Body::Length(3));
-        assert_eq!(
-            String::from_utf8(forward.head()).unwrap(),
-            "POST /a/b?c=d HTTP/1.1\r\nHost: allowed.test:8080\r\nContent-Length: 3\r\n\
-             Accept: */*\r\nConnection: close\r\n\r\n"
-        );
-        let (_, parsed) = request("GET http://a.test?q HTTP/1.0\r\nHost: a.test:80\r\n\r\n");
-        let (Request::Forward(forward), _) = parsed.unwrap() else {
-            panic!("not a forward")
-        };
-        assert_eq!((forward.path.as_str(), forward.version), ("/?q", 0));
-        let (_, parsed) = request(
-            "PUT http://a.test/ HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: Chunked\r\n\r\n",
-        );
-        let (Request::Forward(forward), _) = parsed.unwrap() else {
-            panic!("not a forward")
-        };
-        assert_eq!(forward.body, Body::Chunked);
-    }
-
-    #[test]
-    fn bad_plain_http_requests_are_refused() {
-        for (text, reason) in [
-            ("GET http://a.test/ HTTP/1.1\r\nHost: b.test\r\n\r\n", "Host header does not match the request target"),
-            ("GET http://a.test/ HTTP/1.1\r\nHost: a.test:81\r\n\r\n", "Host header does not match the request target"),
-            ("GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\nHost: a.test\r\n\r\n", "malformed request: exactly one Host header is required"),
-            ("GET http://a.test/ HTTP/1.1\r\n\r\n", "malformed request: exactly one Host header is required"),
-            ("GET /index.html HTTP/1.1\r\nHost: a.test\r\n\r\n", "malformed request: not a proxy request (expected CONNECT or an absolute http:// URL)"),
-            ("GET https://a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n", "only http:// URLs and CONNECT are supported"),
-            ("GET ftp://a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n", "only http:// URLs and CONNECT are supported"),
-            ("GET http://u@a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n", "malformed target: user info (@) in the target"),
-            ("GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", "malformed request: conflicting Content-Length and Transfer-Encoding"),
-            ("GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", "malformed request: conflicting Content-Length and Transfer-Encoding"),
-            ("GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\nContent-Length: -1\r\n\r\n", "malformed request: invalid Content-Length"),
-            ("GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "malformed request: unsupported Transfer-Encoding"),
-            ("\x16\x03\x01\x00", "malformed request: not an HTTP/1 request"),
-            ("GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\n", "malformed request: incomplete request head"),
-        ] {
-            let (_, _, got) = refusal(text);
-            assert_eq!(got, reason, "{text:?}");
-        }
-    }
-
-    #[test]
-    fn response_heads_lose_hop_by_hop_headers() {
-        let text = b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\nok";
-        let (head, len, interim) = response_head(text).unwrap().unwrap();
-        assert!(!interim);
-        assert_eq!(&text[len..], b"ok");
-        assert_eq!(
-            String::from_utf8(head).unwrap(),
-            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n"
-        );
-        let (head, _, interim) = response_head(b"HTTP/1.1 100 Continue\r\n\r\n")
-            .unwrap()
-            .unwrap();
-        assert!(interim);
-        assert_eq!(head, b"HTTP/1.1 100 Continue\r\n\r\n");
-        assert!(response_head(b"HTTP/1.1 200 OK\r\n").unwrap().is_none());
-        assert!(response_head(b"garbage\r\n\r\n").is_err());
-    }
-
-    #[test]
-    fn chunk_sizes() {
-        assert_eq!(chunk_size(b"1a\r\n"), Some(26));
-        assert_eq!(chunk_size(b"0\r\n"), Some(0));
-        assert_eq!(chunk_size(b"A;ext=1\r\n"), Some(10));
-        for bad in [
-            &b"\r\n"[..],
-            b"1a\n",
-            b"+1\r\n",
-            b"x\r\n",
-            b"1 2\r\n",
-            b"ffffffffffffffff\r\n",
-        ] {
-            assert_eq!(chunk_size(bad), None, "{bad:?}");
-        }
-    }
 
     /// A proxy for `allowed.test` and `*.wild.test` (both mapped to 127.0.0.1,
     /// private addresses allowed only in 127.0.0.0/8) on `port`.
@@ -1068,6 +518,8 @@ mod tests {
             idle_timeout: Duration::from_secs(5),
             connection_timeout: Duration::from_secs(10),
             max_connections: 2,
+            max_client_connections: 3,
+            max_total_connections: 4,
             max_bytes: 1 << 20,
         }
     }
@@ -1116,14 +568,7 @@ mod tests {
     }
 
     fn shared(port: u16) -> Arc<Shared> {
-        Arc::new(Shared {
-            policy: test_policy(port),
-            limits: limits(),
-            peer_uid: 0,
-            connections: Arc::new(Semaphore::new(2)),
-            bytes: AtomicU64::new(0),
-            log: Mutex::default(),
-        })
+        Arc::new(Shared::new(test_policy(port), &Proxies::new(limits()), 0))
     }
 
     #[tokio::test]
@@ -1257,15 +702,100 @@ mod tests {
         assert!(!reply.contains("evil"), "{reply}");
     }
 
-    #[tokio::test]
-    async fn a_job_proxy_serves_its_socket_and_removes_it() {
-        let (port, _origin) = origin().await;
-        let jobs = tempfile::tempdir().unwrap();
+    /// A job's proxy for the uid running the tests, started from `proxies`.
+    fn job_proxy(jobs: &Path, id: u64, proxies: &Proxies, port: u16) -> JobProxy {
         let me = (
             nix::unistd::getuid().as_raw(),
             nix::unistd::getgid().as_raw(),
         );
-        let proxy = JobProxy::start(jobs.path(), 7, me, test_policy(port), limits()).unwrap();
+        proxies.start(jobs, id, me, test_policy(port)).unwrap()
+    }
+
+    /// Whether the proxy closes `client` without a word (it sent nothing).
+    async fn closed_at_once(client: &mut UnixStream) -> bool {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(30), client.read(&mut byte));
+        matches!(read.await, Ok(Ok(0)))
+    }
+
+    /// Sends a request the policy refuses on a new connection, until it is
+    /// served (a closed connection's permit comes back a little after the close).
+    async fn served_eventually(socket: &Path) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let mut client = UnixStream::connect(socket).await.unwrap();
+            let _ = client
+                .write_all(b"CONNECT evil.test:1 HTTP/1.1\r\n\r\n")
+                .await;
+            let mut out = String::new();
+            let _ = client.read_to_string(&mut out).await;
+            if out.starts_with("HTTP/1.1 403") {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    /// Whether the running kernel has `SO_PASSRIGHTS` (Linux 6.16).
+    fn kernel_has_passrights() -> bool {
+        let release = nix::sys::utsname::uname().unwrap();
+        let release = release.release().to_string_lossy().into_owned();
+        let mut numbers = release
+            .split(['.', '-'])
+            .map(|n| n.parse::<u32>().unwrap_or(0));
+        let (major, minor) = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+        (major, minor) >= (6, 16)
+    }
+
+    #[tokio::test]
+    async fn descriptors_passed_into_the_proxy_socket_are_refused() {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+        use std::os::fd::AsRawFd;
+        let (port, _origin) = origin().await;
+        let jobs = tempfile::tempdir().unwrap();
+        let proxy = job_proxy(jobs.path(), 1, &Proxies::new(limits()), port);
+        let client =
+            std::os::unix::net::UnixStream::connect(proxy.dir().join(SOCKET_NAME)).unwrap();
+        let fds = [client.as_raw_fd()];
+        let sent = sendmsg::<()>(
+            client.as_raw_fd(),
+            &[std::io::IoSlice::new(b"Y")],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            None,
+        );
+        if kernel_has_passrights() {
+            assert_eq!(sent, Err(nix::errno::Errno::EPERM));
+        } else {
+            assert_eq!(
+                sent,
+                Ok(1),
+                "older kernels queue them; the teardown frees them"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn log_lines_about_one_job_are_capped() {
+        let shared = shared(1);
+        for _ in 0..3 * MAX_LOG_LINES {
+            shared.log_unreachable(&Attempt::default(), "connection refused");
+            shared.record(&Attempt::default(), &Refusal::NotAllowed);
+        }
+        let log = shared.log.lock().unwrap();
+        assert_eq!(log.lines, 6 * MAX_LOG_LINES);
+        assert_eq!(log.report.violations.len(), MAX_VIOLATIONS);
+        let mut log = Log::default();
+        let allowed = (0..3 * MAX_LOG_LINES).filter(|_| log.may_log()).count();
+        assert_eq!(allowed, MAX_LOG_LINES);
+    }
+
+    #[tokio::test]
+    async fn a_job_proxy_serves_its_socket_and_removes_it() {
+        let (port, _origin) = origin().await;
+        let jobs = tempfile::tempdir().unwrap();
+        let proxy = job_proxy(jobs.path(), 7, &Proxies::new(limits()), port);
         let socket = proxy.dir().join(SOCKET_NAME);
         assert_eq!(proxy.dir(), jobs.path().join("7.proxy"));
         let mut client = UnixStream::connect(&socket).await.unwrap();
@@ -1279,5 +809,83 @@ mod tests {
         let report = proxy.finish();
         assert_eq!(report.violations.len(), 1);
         assert!(!jobs.path().join("7.proxy").exists());
+    }
+
+    #[tokio::test]
+    async fn idle_connections_past_the_job_cap_are_closed_at_once() {
+        let (port, _origin) = origin().await;
+        let jobs = tempfile::tempdir().unwrap();
+        let proxy = job_proxy(jobs.path(), 1, &Proxies::new(limits()), port);
+        let socket = proxy.dir().join(SOCKET_NAME);
+        let mut held = Vec::new();
+        for _ in 0..limits().max_client_connections {
+            held.push(UnixStream::connect(&socket).await.unwrap());
+        }
+        for _ in 0..5 {
+            let mut extra = UnixStream::connect(&socket).await.unwrap();
+            assert!(closed_at_once(&mut extra).await);
+        }
+        drop(held.pop());
+        assert!(served_eventually(&socket).await);
+        let report = proxy.finish();
+        let refused = Refusal::TooManyClientConnections(3).to_string();
+        assert_eq!(report.violations.len(), 6, "{report:?}");
+        assert_eq!(report.violations[0].reason, refused);
+        assert_eq!(report.violations[0].target, "-");
+    }
+
+    #[tokio::test]
+    async fn connections_of_all_jobs_share_the_executor_cap() {
+        let (port, _origin) = origin().await;
+        let jobs = tempfile::tempdir().unwrap();
+        let proxies = Proxies::new(limits());
+        let first = job_proxy(jobs.path(), 1, &proxies, port);
+        let second = job_proxy(jobs.path(), 2, &proxies, port);
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(
+                UnixStream::connect(first.dir().join(SOCKET_NAME))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let socket = second.dir().join(SOCKET_NAME);
+        held.push(UnixStream::connect(&socket).await.unwrap());
+        let mut extra = UnixStream::connect(&socket).await.unwrap();
+        assert!(closed_at_once(&mut extra).await);
+        drop(first);
+        assert!(served_eventually(&socket).await);
+        let report = second.finish();
+        assert_eq!(
+            report.violations[0].reason,
+            Refusal::ExecutorBusy(4).to_string()
+        );
+    }
+
+    #[tokio::test]
+    async fn the_upstream_permit_is_taken_before_the_name_lookup() {
+        let (port, _origin) = origin().await;
+        let shared = shared(port);
+        // Two tunnels hold both upstream permits (the origin waits for a head).
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let (mut client, server) = UnixStream::pair().unwrap();
+            let serving = Arc::clone(&shared);
+            tokio::spawn(async move { serve(server, &serving).await });
+            let connect = format!("CONNECT allowed.test:{port} HTTP/1.1\r\n\r\n");
+            client.write_all(connect.as_bytes()).await.unwrap();
+            let mut reply = [0u8; 39];
+            client.read_exact(&mut reply).await.unwrap();
+            assert_eq!(&reply, b"HTTP/1.1 200 Connection established\r\n\r\n");
+            held.push(client);
+        }
+        // A name not in `resolve` needs a lookup: refused before it starts, so a
+        // job cannot have more lookups in flight than upstream permits.
+        let request = format!("CONNECT no-such-name.wild.test:{port} HTTP/1.1\r\n\r\n");
+        let reply = exchange(&shared, &request).await;
+        assert!(
+            reply.ends_with("(too many concurrent connections (limit 2))\n"),
+            "{reply}"
+        );
     }
 }

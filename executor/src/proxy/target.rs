@@ -445,3 +445,30 @@ mod tests {
         assert_eq!(d("a.example.com").label_count(), 3);
     }
 }
+
+/// Properties over arbitrary input: parsing never panics, and a parsed target
+/// prints as text that parses back to itself.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_authority_parses_or_is_refused_and_round_trips(text in "\\PC{0,80}") {
+            if let Ok(target) = Target::parse_authority(&text, Some(80)) {
+                let shown = target.to_string();
+                prop_assert_eq!(Target::parse_authority(&shown, None), Ok(target));
+            }
+        }
+
+        #[test]
+        fn hostlike_authorities_round_trip(
+            text in "([a-zA-Z0-9-]{1,12}\\.){0,3}[a-zA-Z0-9-]{1,12}\\.?(:[0-9]{1,6})?|\\[[0-9a-fA-F:.]{2,40}\\](:[0-9]{1,5})?|[0-9x.]{1,20}(:[0-9]{1,5})?",
+        ) {
+            if let Ok(target) = Target::parse_authority(&text, Some(443)) {
+                prop_assert_eq!(Target::parse_authority(&target.to_string(), None), Ok(target));
+            }
+        }
+    }
+}
