@@ -11,9 +11,11 @@ use std::time::Duration;
 
 use clap::Parser;
 use pysandbox_shared::files::{MAX_FILES, MAX_FILES_BYTES, MAX_INPUT_BYTES};
+use pysandbox_shared::{MAX_DISPLAYS, MAX_DISPLAYS_BYTES};
 use serde::Deserialize;
 
 use crate::collect::Caps;
+use crate::display::DisplayCaps;
 use crate::error::Error;
 use crate::proxy::policy::{Cidr, DomainPattern, Policy};
 use crate::proxy::target::Host;
@@ -43,6 +45,13 @@ const MAX_QUEUE_TIMEOUT_MS: u32 = 120_000;
 const DEFAULT_SHUTDOWN_GRACE_SECS: u32 = 20;
 /// Frontend connections served at once; more wait in the listen backlog.
 const DEFAULT_MAX_PEER_CONNECTIONS: u32 = 256;
+
+/// How many and how large a job's displays may be unless configured otherwise.
+const DEFAULT_DISPLAYS: DisplayCaps = DisplayCaps {
+    max_count: 16,
+    max_bytes: 8 << 20,
+    max_total_bytes: 32 << 20,
+};
 
 /// What is collected of a job's work dir unless configured otherwise.
 const DEFAULT_COLLECT: Caps = Caps {
@@ -165,6 +174,9 @@ struct FileConfig {
     max_file_bytes: Option<u64>,
     max_files_bytes: Option<u64>,
     max_input_bytes: Option<u64>,
+    max_displays: Option<u32>,
+    max_display_bytes: Option<u64>,
+    max_displays_bytes: Option<u64>,
     #[serde(default)]
     default_limits: PartialLimits,
     #[serde(default)]
@@ -428,6 +440,8 @@ pub struct Config {
     pub collect: Caps,
     /// Bytes of input files one job may be given, all together.
     pub max_input_bytes: u64,
+    /// How many and how large the figures a job shows may be.
+    pub displays: DisplayCaps,
     /// The `[network]` table.
     pub network: Network,
 }
@@ -499,6 +513,13 @@ impl Config {
                     .unwrap_or(DEFAULT_COLLECT.max_total_bytes),
             },
             max_input_bytes: file.max_input_bytes.unwrap_or(MAX_INPUT_BYTES),
+            displays: DisplayCaps {
+                max_count: file.max_displays.unwrap_or(DEFAULT_DISPLAYS.max_count),
+                max_bytes: file.max_display_bytes.unwrap_or(DEFAULT_DISPLAYS.max_bytes),
+                max_total_bytes: file
+                    .max_displays_bytes
+                    .unwrap_or(DEFAULT_DISPLAYS.max_total_bytes),
+            },
             network: file.network.parse()?,
         };
         config.check(nix::unistd::getuid().as_raw())?;
@@ -569,6 +590,22 @@ impl Config {
         }
         if !(1..=max_total_bytes).contains(&max_file_bytes) {
             return invalid("max_file_bytes: must be from 1 to max_files_bytes".into());
+        }
+        let DisplayCaps {
+            max_count,
+            max_bytes,
+            max_total_bytes,
+        } = self.displays;
+        if max_count as usize > MAX_DISPLAYS {
+            return invalid(format!("max_displays: must be at most {MAX_DISPLAYS}"));
+        }
+        if !(1..=MAX_DISPLAYS_BYTES).contains(&max_total_bytes) {
+            return invalid(format!(
+                "max_displays_bytes: must be from 1 to {MAX_DISPLAYS_BYTES}"
+            ));
+        }
+        if !(1..=max_total_bytes).contains(&max_bytes) {
+            return invalid("max_display_bytes: must be from 1 to max_displays_bytes".into());
         }
         if self.max_input_bytes > MAX_INPUT_BYTES {
             return invalid(format!(
@@ -760,6 +797,24 @@ mod tests {
             load_file("[max_limits]\ncpu_ms = 1000").is_err(),
             "default cpu_ms 60000 > max"
         );
+    }
+
+    #[test]
+    fn display_caps() {
+        let config =
+            load_file("max_displays = 3\nmax_display_bytes = 10\nmax_displays_bytes = 20").unwrap();
+        assert_eq!(
+            config.displays,
+            DisplayCaps {
+                max_count: 3,
+                max_bytes: 10,
+                max_total_bytes: 20
+            }
+        );
+        assert_eq!(load(&[]).unwrap().displays, DEFAULT_DISPLAYS);
+        assert!(load_file("max_displays = 101").is_err());
+        assert!(load_file("max_display_bytes = 30\nmax_displays_bytes = 20").is_err());
+        assert!(load_file("max_displays_bytes = 67108865").is_err());
     }
 
     #[test]

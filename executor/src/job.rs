@@ -22,6 +22,7 @@ use tracing::{info, warn};
 use crate::cgroup::{CgroupLimits, Cgroups, Controller, JobCgroup, Version};
 use crate::collect::{collect, Caps, Collected, Sink, Stamp};
 use crate::config::{Config, Limits};
+use crate::display::{self, DisplayCaps, Shown};
 use crate::error::Error;
 use crate::inputs;
 use crate::jail::{Jail, Started};
@@ -69,6 +70,7 @@ pub struct Runner {
     cpu_percent: u32,
     preload: Vec<String>,
     collect: Caps,
+    displays: DisplayCaps,
     max_input_bytes: u64,
     network: Policy,
     proxies: Proxies,
@@ -79,6 +81,8 @@ pub struct Runner {
 #[derive(Debug)]
 pub struct Prepared {
     dir: WorkDir,
+    /// The reading end of the job's display channel.
+    display: pipe::Receiver,
     cgroup: Option<JobCgroup>,
     started: Started,
     /// Whether its Python already said it is waiting (so its readiness is known).
@@ -125,6 +129,7 @@ impl Runner {
             network: config.network.policy.clone(),
             proxies: Proxies::new(config.network.limits),
             collect: config.collect,
+            displays: config.displays,
             max_input_bytes: config.max_input_bytes,
             preload: config.preload.clone(),
             // Ids name work dirs and cgroups: starting from the clock keeps them
@@ -293,6 +298,7 @@ impl Runner {
         proxy: Option<&JobProxy>,
     ) -> Result<Prepared, Error> {
         let dir = WorkDir::create(&self.jobs_dir, id, self.owner, self.disk(limits))?;
+        let display = display::create(&dir.dirs().tmp, self.owner)?;
         let cgroup = match &self.cgroups {
             Some(cgroups) => Some(cgroups.create(id, &self.cgroup_limits(limits))?),
             None => None,
@@ -309,6 +315,7 @@ impl Runner {
             .spawn(&dir, &procs, &rlimits, preload, proxy_dir)?;
         Ok(Prepared {
             dir,
+            display,
             cgroup,
             started,
             warm: false,
@@ -375,6 +382,7 @@ impl Runner {
         jail.dir.write_code(&spec.code)?;
         let Prepared {
             dir,
+            display,
             cgroup,
             started:
                 Started {
@@ -427,7 +435,9 @@ impl Runner {
                     Err(last_words(stderr, LAST_WORDS_BYTES, drained()).await)
                 }
             };
-            tokio::join!(output, stdin).0
+            let shown = display::read(display, self.displays, frames, &gone);
+            let (output, (), shown) = tokio::join!(output, stdin, shown);
+            output.map(|truncated| (truncated, shown))
         };
         let wait = async {
             let cpu = cgroup.as_ref().map(|c| (c, cpu_base, cpu_limit));
@@ -451,9 +461,9 @@ impl Runner {
         let (status, killed_by) = waited.map_err(|e| Error::Jail(format!("cannot wait: {e}")))?;
         // A jail killed at its limit before jail-init ran still hit the limit: that
         // is the answer, not a setup failure.
-        let truncated = match output {
-            Ok(truncated) => truncated,
-            Err(_) if killed_by.is_some() => (false, false),
+        let (truncated, shown) = match output {
+            Ok(shown) => shown,
+            Err(_) if killed_by.is_some() => ((false, false), Shown::default()),
             Err(last_words) => {
                 return Err(Error::Jail(last_words.trim().chars().take(500).collect()))
             }
@@ -480,7 +490,7 @@ impl Runner {
         }
         // Every process of the jail is gone: nothing can use the proxy any more.
         observed.network = proxy.map(JobProxy::finish).unwrap_or_default();
-        let end = assemble(observed, &resolved, truncated);
+        let end = assemble(observed, &resolved, truncated, shown);
         info!(
             exit_code = end.exit_code,
             signal = end.signal.as_deref(),
@@ -665,9 +675,7 @@ impl Sink for FrameSink {
     }
 
     fn data(&mut self, chunk: &[u8]) -> bool {
-        self.0
-            .blocking_send(Response::FileData(chunk.to_vec()))
-            .is_ok()
+        self.0.blocking_send(Response::Data(chunk.to_vec())).is_ok()
     }
 }
 
@@ -689,7 +697,12 @@ async fn is_ready(mut ready: pipe::Receiver) -> bool {
 /// refused network request and per limit that fired, and the limit that matters
 /// most in `limit_exceeded` (the one that killed the job, else the first of memory,
 /// cpu, processes, disk, output).
-fn assemble(observed: Observed, resolved: &Resolved, truncated: (bool, bool)) -> JobEnd {
+fn assemble(
+    observed: Observed,
+    resolved: &Resolved,
+    truncated: (bool, bool),
+    shown: Shown,
+) -> JobEnd {
     let Resolved {
         timeout_ms, limits, ..
     } = resolved;
@@ -764,6 +777,17 @@ fn assemble(observed: Observed, resolved: &Resolved, truncated: (bool, bool)) ->
             .filter(|(hit, ..)| *hit)
             .map(|(_, _, note)| note),
     );
+    if shown.dropped > 0 {
+        notes.push(format!(
+            "displays: {} not returned (over the display caps)",
+            shown.dropped
+        ));
+    }
+    if shown.malformed {
+        notes.push(
+            "displays: the display channel carried something else; the rest was ignored".into(),
+        );
+    }
     JobEnd {
         exit_code,
         signal,
@@ -774,6 +798,7 @@ fn assemble(observed: Observed, resolved: &Resolved, truncated: (bool, bool)) ->
         usage: observed.usage,
         notes,
         violations,
+        result: shown.result,
     }
 }
 
@@ -815,7 +840,7 @@ mod tests {
     /// The end of a job observed as `observed`, whose stdout and stderr were cut or
     /// not, with the test limits.
     fn run_result(observed: Observed, truncated: (bool, bool)) -> JobEnd {
-        assemble(observed, &resolved(), truncated)
+        assemble(observed, &resolved(), truncated, Shown::default())
     }
 
     fn resolved() -> Resolved {

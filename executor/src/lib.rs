@@ -5,6 +5,7 @@ pub mod cgroup;
 pub mod check;
 pub mod collect;
 pub mod config;
+pub(crate) mod display;
 pub mod error;
 pub mod inputs;
 pub mod jail;

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use pysandbox_shared::{
     ClientConnection, ExecutorStatus, FilesEnd, HelloError, JobEnd, JobError, JobSpec, OutputChunk,
-    ProtocolError, Request, Response, Started, Stream, MAX_OUTPUT_BYTES,
+    ProtocolError, Request, Response, Started, Stream, MAX_DISPLAYS, MAX_DISPLAYS_BYTES,
+    MAX_OUTPUT_BYTES,
 };
 use tokio::net::UnixStream;
 use tokio::time::{timeout, Instant};
@@ -57,6 +58,8 @@ pub struct Ran {
     pub stdout: Vec<u8>,
     /// The head of its stderr, likewise.
     pub stderr: Vec<u8>,
+    /// The figures it showed, as PNGs.
+    pub displays: Spool,
     /// The files it produced, when the job asked for them.
     pub files: Spool,
     /// What was not collected.
@@ -119,13 +122,19 @@ impl ExecutorClient {
             };
             match frame {
                 Ok(Some(Response::Output(chunk))) => ran.output(chunk),
+                Ok(Some(Response::Display(_))) if ran.end.is_none() => {
+                    ran.displays.begin("display".into()).map_err(spool_failed)?
+                }
                 Ok(Some(Response::Ended(end))) if ran.end.is_none() => ran.end = Some(end),
                 Ok(Some(Response::File(start))) if ran.end.is_some() => {
                     ran.files.begin(start.path).map_err(spool_failed)?
                 }
-                Ok(Some(Response::FileData(data))) => {
-                    ran.files.append(&data).map_err(spool_failed)?
+                // Displays come while the job runs, files after it ended.
+                Ok(Some(Response::Data(data))) => match ran.end {
+                    None => ran.displays.append(&data),
+                    Some(_) => ran.files.append(&data),
                 }
+                .map_err(spool_failed)?,
                 Ok(Some(Response::Finished(skipped))) => {
                     let Some(end) = ran.end else {
                         error!("the executor finished a job it never ended");
@@ -135,6 +144,7 @@ impl ExecutorClient {
                         end,
                         stdout: ran.stdout,
                         stderr: ran.stderr,
+                        displays: ran.displays,
                         files: ran.files,
                         skipped,
                     });
@@ -224,12 +234,25 @@ impl From<ApiError> for Attempt {
 }
 
 /// A job's frames as they come in.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Receiving {
     stdout: Vec<u8>,
     stderr: Vec<u8>,
     end: Option<JobEnd>,
+    displays: Spool,
     files: Spool,
+}
+
+impl Default for Receiving {
+    fn default() -> Self {
+        Receiving {
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            end: None,
+            displays: Spool::new(MAX_DISPLAYS, MAX_DISPLAYS_BYTES),
+            files: Spool::default(),
+        }
+    }
 }
 
 impl Receiving {

@@ -48,6 +48,9 @@ pub struct ExecuteResponse {
     pub usage: UsageBody,
     /// Network requests the egress proxy refused, in order (at most 100).
     pub violations: Vec<ViolationBody>,
+    /// The `repr()` of the value of the code's last top-level statement when it is
+    /// an expression whose value is not `None`, as a REPL would echo it.
+    pub result: Option<String>,
     /// Work-dir entries that were not collected and why, when files were collected
     /// (for uploads or `returnFiles`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -74,12 +77,21 @@ struct FileHead<'a> {
     content_type: &'static str,
 }
 
-/// `response` as a JSON body with `"files"` last: one entry per produced file, its
-/// bytes base64-encoded (standard alphabet, padded) as they are read from the
-/// spool, so no file is ever held whole. `keep` lives until the body is sent.
-pub fn with_files<K: Send + 'static>(
+/// The head of a display; its `contentBase64` follows, streamed.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DisplayHead {
+    content_type: &'static str,
+}
+
+/// `response` as a JSON body, with `"displays"` (every figure the job showed) and,
+/// when the request asked for them, `"files"` after its fields: each entry's bytes
+/// base64-encoded (standard alphabet, padded) as they are read from the spool, so
+/// no display or file is ever held whole. `keep` lives until the body is sent.
+pub fn render<K: Send + 'static>(
     mut response: ExecuteResponse,
-    files: Vec<Produced>,
+    displays: Vec<Produced>,
+    files: Option<Vec<Produced>>,
     keep: K,
 ) -> Response {
     // `files` comes before `skippedFiles`, as in the contract's order.
@@ -88,40 +100,76 @@ pub fn with_files<K: Send + 'static>(
         skipped_files_unlisted: std::mem::take(&mut response.skipped_files_unlisted),
     };
     let mut head = serde_json::to_vec(&response).unwrap_or_default();
-    // `{…}` becomes `{…,"files":[`; the object is never empty.
+    // `{…}` becomes `{…,"displays":[`; the object is never empty.
     head.pop();
-    head.extend_from_slice(br#","files":["#);
-    // `{"skippedFiles":…}` becomes `],"skippedFiles":…}`, and `{}` just `]}`.
+    head.extend_from_slice(br#","displays":["#);
+    // `{"skippedFiles":…}` becomes `,"skippedFiles":…}`, and `{}` just `}`.
     let tail = serde_json::to_vec(&tail).unwrap_or_default();
     let end = match tail.get(1..) {
-        Some(fields) if fields.len() > 1 => [&b"],"[..], fields].concat(),
-        _ => b"]}".to_vec(),
+        Some(fields) if fields.len() > 1 => [&b","[..], fields].concat(),
+        _ => b"}".to_vec(),
     };
-    let entries = stream::iter(files.into_iter().enumerate()).flat_map(|(i, file)| {
-        let mut open = Vec::from(if i == 0 { "" } else { "," });
-        let file_head = FileHead {
-            path: &file.path,
-            size: file.size(),
-            content_type: file.content_type(),
+    let streamed = !displays.is_empty() || files.as_ref().is_some_and(|f| !f.is_empty());
+    let displays = displays.into_iter().map(|display| {
+        let head = DisplayHead {
+            content_type: "image/png",
         };
-        open.extend(serde_json::to_vec(&file_head).unwrap_or_default());
-        open.pop();
-        open.extend_from_slice(br#","contentBase64":""#);
-        // Each chunk but the last is a multiple of 3 bytes long, so the encodings of
-        // the chunks concatenate to the encoding of the file.
-        let content = file
-            .chunks()
-            .map_ok(|chunk| Bytes::from(BASE64.encode(chunk)));
-        piece(open).chain(content).chain(piece(br#""}"#.to_vec()))
+        (serde_json::to_vec(&head), display)
     });
-    let body = piece(head)
-        .chain(entries)
-        .chain(piece(end))
+    let mut middle = b"]".to_vec();
+    let files = files.map(|files| {
+        middle.extend_from_slice(br#","files":["#);
+        files.into_iter().map(|file| {
+            let head = FileHead {
+                path: &file.path,
+                size: file.size(),
+                content_type: file.content_type(),
+            };
+            (serde_json::to_vec(&head), file)
+        })
+    });
+    let closing = if files.is_some() {
+        b"]".to_vec()
+    } else {
+        Vec::new()
+    };
+    if !streamed {
+        let whole = [head, middle, closing, end].concat();
+        return json_response(Body::from(whole));
+    }
+    let parts = piece(head)
+        .chain(entries(displays.collect()))
+        .chain(piece(middle))
+        .chain(entries(files.into_iter().flatten().collect()))
+        .chain(piece([closing, end].concat()))
         .map(move |part| {
             let _ = &keep;
             part
         });
-    let mut answer = Body::from_stream(body).into_response();
+    json_response(Body::from_stream(parts))
+}
+
+/// A JSON array's entries: each head object, left open for `contentBase64`, then
+/// the content read from the spool and encoded chunk by chunk.
+fn entries(
+    entries: Vec<(serde_json::Result<Vec<u8>>, Produced)>,
+) -> impl Stream<Item = std::io::Result<Bytes>> + Send {
+    stream::iter(entries.into_iter().enumerate()).flat_map(|(i, (head, content))| {
+        let mut open = Vec::from(if i == 0 { "" } else { "," });
+        open.extend(head.unwrap_or_default());
+        open.pop();
+        open.extend_from_slice(br#","contentBase64":""#);
+        // Each chunk but the last is a multiple of 3 bytes long, so the encodings of
+        // the chunks concatenate to the encoding of the whole.
+        let content = content
+            .chunks()
+            .map_ok(|chunk| Bytes::from(BASE64.encode(chunk)));
+        piece(open).chain(content).chain(piece(br#""}"#.to_vec()))
+    })
+}
+
+fn json_response(body: Body) -> Response {
+    let mut answer = body.into_response();
     answer.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -247,6 +295,7 @@ impl ExecuteResponse {
             limit_exceeded: end.limit_exceeded.map(LimitKind::as_str),
             usage: end.usage.into(),
             violations: end.violations.into_iter().map(Into::into).collect(),
+            result: end.result,
             skipped_files: None,
             skipped_files_unlisted: 0,
         }
@@ -292,15 +341,23 @@ mod tests {
                 target: "evil.com:443".into(),
                 reason: "not in allowed domains".into(),
             }],
+            result: Some("42".into()),
         }
     }
 
-    #[test]
-    fn keys_are_camel_case_in_contract_order() {
+    async fn text_of(answer: Response) -> String {
+        let body = axum::body::to_bytes(answer.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn keys_are_camel_case_in_contract_order() {
         let response = ExecuteResponse::new(end(), b"4\n".to_vec(), Vec::new());
         assert_eq!(
-            serde_json::to_string(&response).unwrap(),
-            r#"{"exitCode":0,"signal":null,"stdout":"4\n","stderr":"","uploads":[],"timedOut":false,"durationMs":12,"stdoutTruncated":false,"stderrTruncated":true,"limitExceeded":"output","usage":{"wallMs":12,"cpuMs":5,"peakMemoryBytes":null},"violations":[{"method":"CONNECT","target":"evil.com:443","reason":"not in allowed domains"}]}"#
+            text_of(render(response, Vec::new(), None, ())).await,
+            r#"{"exitCode":0,"signal":null,"stdout":"4\n","stderr":"","uploads":[],"timedOut":false,"durationMs":12,"stdoutTruncated":false,"stderrTruncated":true,"limitExceeded":"output","usage":{"wallMs":12,"cpuMs":5,"peakMemoryBytes":null},"violations":[{"method":"CONNECT","target":"evil.com:443","reason":"not in allowed domains"}],"result":"42","displays":[]}"#
         );
     }
 
@@ -319,12 +376,13 @@ mod tests {
             },
             notes: vec!["killed: wall-clock timeout of 1000 ms exceeded".into()],
             violations: vec![],
+            result: None,
             ..end()
         };
         let response = ExecuteResponse::new(killed, Vec::new(), b"partial".to_vec());
         assert_eq!(
             serde_json::to_string(&response).unwrap(),
-            r#"{"exitCode":null,"signal":"SIGKILL","stdout":"","stderr":"partial\n[sandbox] killed: wall-clock timeout of 1000 ms exceeded\n","uploads":[],"timedOut":true,"durationMs":1003,"stdoutTruncated":false,"stderrTruncated":false,"limitExceeded":"time","usage":{"wallMs":1003,"cpuMs":1,"peakMemoryBytes":4096},"violations":[]}"#
+            r#"{"exitCode":null,"signal":"SIGKILL","stdout":"","stderr":"partial\n[sandbox] killed: wall-clock timeout of 1000 ms exceeded\n","uploads":[],"timedOut":true,"durationMs":1003,"stdoutTruncated":false,"stderrTruncated":false,"limitExceeded":"time","usage":{"wallMs":1003,"cpuMs":1,"peakMemoryBytes":4096},"violations":[],"result":null}"#
         );
     }
 
@@ -354,13 +412,10 @@ mod tests {
             crate::spool::produced("b \"q\".bin", &big),
             crate::spool::produced("c", b""),
         ];
-        let answer = with_files(response, files, ());
-        let body = axum::body::to_bytes(answer.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        let json = String::from_utf8(body.to_vec()).unwrap();
+        let displays = vec![crate::spool::produced("display", b"\x89PNG")];
+        let json = text_of(render(response, displays, Some(files), ())).await;
         assert!(
-            json.contains(r#""violations":[{"method":"CONNECT","target":"evil.com:443","reason":"not in allowed domains"}],"files":[{"path":"a.png","size":2,"contentType":"image/png","contentBase64":"AP8="},{"path":"b \"q\".bin","size":98305,"#),
+            json.contains(r#""violations":[{"method":"CONNECT","target":"evil.com:443","reason":"not in allowed domains"}],"result":"42","displays":[{"contentType":"image/png","contentBase64":"iVBORw=="}],"files":[{"path":"a.png","size":2,"contentType":"image/png","contentBase64":"AP8="},{"path":"b \"q\".bin","size":98305,"#),
             "{json}"
         );
         assert!(
@@ -377,12 +432,13 @@ mod tests {
     #[tokio::test]
     async fn no_files_and_nothing_skipped_is_still_json() {
         let response = ExecuteResponse::new(end(), Vec::new(), Vec::new());
-        let answer = with_files(response, Vec::new(), ());
-        let body = axum::body::to_bytes(answer.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        let json = String::from_utf8(body.to_vec()).unwrap();
-        assert!(json.ends_with(r#""violations":[{"method":"CONNECT","target":"evil.com:443","reason":"not in allowed domains"}],"files":[]}"#), "{json}");
+        let json = text_of(render(response, Vec::new(), Some(Vec::new()), ())).await;
+        assert!(
+            json.ends_with(
+                r#""reason":"not in allowed domains"}],"result":"42","displays":[],"files":[]}"#
+            ),
+            "{json}"
+        );
     }
 
     #[test]

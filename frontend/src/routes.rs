@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use pysandbox_shared::JobSpec;
@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::executor_client::ExecutorClient;
 use crate::request::{read_body, ExecuteRequest};
-use crate::response::{with_files, ExecuteResponse, Skipped};
+use crate::response::{render, ExecuteResponse, Skipped};
 use crate::upload::Uploader;
 
 /// The response header carrying the request id.
@@ -111,8 +111,9 @@ async fn execute(State(app): State<AppState>, request: Request) -> Result<Respon
     };
     let ran = app.executor.run(spec).await?;
     let mut response = ExecuteResponse::new(ran.end, ran.stdout, ran.stderr);
+    let displays = ran.displays.into_files();
     if !collect_files {
-        return Ok(Json(response).into_response());
+        return Ok(render(response, displays, None, slot));
     }
     let files = ran.files.into_files();
     let skipped = ran.skipped;
@@ -124,11 +125,8 @@ async fn execute(State(app): State<AppState>, request: Request) -> Result<Respon
     }
     response.skipped_files = Some(skipped.skipped_files.iter().map(Skipped::from).collect());
     response.skipped_files_unlisted = skipped.skipped_unlisted;
-    if job.return_files {
-        Ok(with_files(response, files, slot))
-    } else {
-        Ok(Json(response).into_response())
-    }
+    let returned = job.return_files.then_some(files);
+    Ok(render(response, displays, returned, slot))
 }
 
 /// The `/health` body; the counts only when the executor is up.

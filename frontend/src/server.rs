@@ -157,7 +157,7 @@ mod tests {
         let request_id = header(&response, "x-request-id").unwrap().to_owned();
         assert_eq!(
             response.text().await.unwrap(),
-            r#"{"exitCode":0,"signal":null,"stdout":"4\n","stderr":"","uploads":[],"timedOut":false,"durationMs":7,"stdoutTruncated":false,"stderrTruncated":false,"limitExceeded":null,"usage":{"wallMs":7,"cpuMs":3,"peakMemoryBytes":1048576},"violations":[]}"#
+            r#"{"exitCode":0,"signal":null,"stdout":"4\n","stderr":"","uploads":[],"timedOut":false,"durationMs":7,"stdoutTruncated":false,"stderrTruncated":false,"limitExceeded":null,"usage":{"wallMs":7,"cpuMs":3,"peakMemoryBytes":1048576},"violations":[],"result":null,"displays":[]}"#
         );
         assert_eq!(
             specs.recv().await.unwrap(),

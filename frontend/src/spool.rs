@@ -28,19 +28,39 @@ pub enum SpoolError {
     Unexpected(&'static str),
 }
 
-/// The files of one job, as they arrive.
-#[derive(Debug, Default)]
+/// The files (or displays) of one job, as they arrive.
+#[derive(Debug)]
 pub struct Spool {
     /// Created with the first file: most jobs have none.
     file: Option<Arc<std::fs::File>>,
     len: u64,
     files: Vec<Produced>,
+    max_files: usize,
+    max_bytes: u64,
+}
+
+impl Default for Spool {
+    /// A spool for produced files, within the hard caps of one job's.
+    fn default() -> Self {
+        Spool::new(MAX_FILES as usize, MAX_FILES_BYTES)
+    }
 }
 
 impl Spool {
+    /// A spool that refuses more than `max_files` files or `max_bytes` bytes.
+    pub fn new(max_files: usize, max_bytes: u64) -> Self {
+        Spool {
+            file: None,
+            len: 0,
+            files: Vec::new(),
+            max_files,
+            max_bytes,
+        }
+    }
+
     /// A file begins.
     pub fn begin(&mut self, path: String) -> Result<(), SpoolError> {
-        if self.files.len() >= MAX_FILES as usize {
+        if self.files.len() >= self.max_files {
             return Err(SpoolError::Unexpected("more files than a job may produce"));
         }
         let file = match &self.file {
@@ -65,7 +85,7 @@ impl Spool {
             return Err(SpoolError::Unexpected("file data before any file"));
         };
         let len = self.len + data.len() as u64;
-        if len > MAX_FILES_BYTES {
+        if len > self.max_bytes {
             return Err(SpoolError::Unexpected(
                 "more file bytes than a job may produce",
             ));

@@ -108,6 +108,7 @@ pub fn four() -> Vec<Response> {
             },
             notes: vec![],
             violations: vec![],
+            result: None,
         }),
         Response::Finished(FilesEnd::default()),
     ]

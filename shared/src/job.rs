@@ -64,7 +64,20 @@ pub struct JobEnd {
     /// Requests the egress proxy refused, at most [`crate::MAX_VIOLATIONS`].
     #[serde(deserialize_with = "bounded::vec::<_, _, MAX_VIOLATIONS>")]
     pub violations: Vec<NetworkViolation>,
+    /// The `repr()` of the value of the code's last top-level statement, when that
+    /// is an expression whose value is not `None`: what a REPL would echo. At most
+    /// [`MAX_RESULT_BYTES`].
+    pub result: Option<String>,
 }
+
+/// The most bytes of a job's `result` that are kept.
+pub const MAX_RESULT_BYTES: usize = 64 * 1024;
+
+/// The most displays one job may return, whatever the executor's configuration.
+pub const MAX_DISPLAYS: usize = 100;
+
+/// The most bytes all displays of one job may take, whatever the configuration.
+pub const MAX_DISPLAYS_BYTES: u64 = 64 << 20;
 
 /// Why a job could not run. The executor logs the detail; the frontend turns each
 /// variant into an HTTP status without passing internal causes to its client.

@@ -20,10 +20,12 @@ pub use codec::{
     ServerSender, MAX_REQUEST_FRAME_LEN, MAX_RESPONSE_FRAME_LEN,
 };
 pub use files::{InputFile, PathError, RelativePath, SkipReason, SkippedFile};
-pub use job::{JobEnd, JobError, JobSpec, MAX_TIMEOUT_MS};
+pub use job::{
+    JobEnd, JobError, JobSpec, MAX_DISPLAYS, MAX_DISPLAYS_BYTES, MAX_RESULT_BYTES, MAX_TIMEOUT_MS,
+};
 pub use limits::{JobLimits, LimitKind, Usage, MAX_OUTPUT_BYTES};
 pub use network::{NetworkRequest, NetworkViolation, MAX_REQUESTED_DOMAINS, MAX_VIOLATIONS};
 pub use protocol::{
-    Enforcement, ExecutorStatus, FileStart, FilesEnd, Hello, Layer, OutputChunk, Request, Response,
-    Started, Stream, MAX_CHUNK_BYTES, PROTOCOL_VERSION,
+    DisplayStart, Enforcement, ExecutorStatus, FileStart, FilesEnd, Hello, Layer, OutputChunk,
+    Request, Response, Started, Stream, MAX_CHUNK_BYTES, PROTOCOL_VERSION,
 };

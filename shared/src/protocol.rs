@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! Failed                                  the job did not run (refused, busy, …)
-//! Started Output* Ended (File FileData*)* Finished
+//! Started (Output | Display Data*)* Ended (File Data*)* Finished
 //! Started Output* Failed                  the jail could not be set up, or the
 //!                                         executor stopped before the job ended
 //! ```
@@ -24,7 +24,7 @@ use crate::job::{JobEnd, JobError, JobSpec};
 /// Bumped on every incompatible change of the messages below.
 pub const PROTOCOL_VERSION: u32 = 4;
 
-/// The most bytes one [`Response::Output`] or [`Response::FileData`] frame carries.
+/// The most bytes one [`Response::Output`] or [`Response::Data`] frame carries.
 pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
 
 /// The first frame each way. Its encoding must never change, so that peers of
@@ -66,16 +66,26 @@ pub enum Response {
     Output(OutputChunk),
     /// How the job ended; produced files and [`Response::Finished`] follow.
     Ended(JobEnd),
-    /// A produced file begins; its bytes follow in [`Response::FileData`] frames.
+    /// A produced file begins; its bytes follow in [`Response::Data`] frames.
     File(FileStart),
-    /// The next bytes of the file last begun.
-    FileData(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The next bytes of the display or file last begun.
+    Data(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The last frame of a job that ran: what was not collected, and why.
     Finished(FilesEnd),
     /// The job did not run, or did not end as a job: refused, busy, no jail.
     Failed(JobError),
     /// What the executor is doing and can do.
     Status(ExecutorStatus),
+    /// The job showed something (a matplotlib figure); its bytes follow in
+    /// [`Response::Data`] frames.
+    Display(DisplayStart),
+}
+
+/// The header of a display.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DisplayStart {
+    /// Its MIME type: `image/png`.
+    pub content_type: String,
 }
 
 /// Sent when a job starts.
@@ -170,10 +180,11 @@ impl Response {
             Response::Output(_) => "Output",
             Response::Ended(_) => "Ended",
             Response::File(_) => "File",
-            Response::FileData(_) => "FileData",
+            Response::Data(_) => "Data",
             Response::Finished(_) => "Finished",
             Response::Failed(_) => "Failed",
             Response::Status(_) => "Status",
+            Response::Display(_) => "Display",
         }
     }
 }
@@ -232,6 +243,7 @@ mod tests {
                 peak_memory_bytes: None,
             },
             notes: vec!["n".into()],
+            result: Some("42".into()),
             violations: vec![NetworkViolation {
                 method: "GET".into(),
                 target: "b:80".into(),
@@ -268,8 +280,11 @@ mod tests {
             }),
             Response::Ended(sample_end()),
             Response::File(FileStart { path: "o".into() }),
-            Response::FileData(vec![9]),
+            Response::Data(vec![9]),
             Response::Finished(sample_files_end()),
+            Response::Display(DisplayStart {
+                content_type: "image/png".into(),
+            }),
             Response::Failed(JobError::VersionMismatch {
                 executor: 1,
                 frontend: 2,
@@ -356,13 +371,21 @@ mod tests {
                     3, 1, 0, 0, 0, 1, 0, 1, 5, 12, 1, 3, 0, // notes: ["n"]
                     1, 1, b'n', // violations: GET b:80, reason r
                     1, 3, b'G', b'E', b'T', 4, b'b', b':', b'8', b'0', 1, b'r',
+                    // result: "42"
+                    1, 2, b'4', b'2',
                 ],
             ),
             (
                 Response::File(FileStart { path: "o".into() }),
                 &[4, 1, b'o'],
             ),
-            (Response::FileData(vec![9]), &[5, 1, 9]),
+            (Response::Data(vec![9]), &[5, 1, 9]),
+            (
+                Response::Display(DisplayStart {
+                    content_type: "image/png".into(),
+                }),
+                &[9, 9, b'i', b'm', b'a', b'g', b'e', b'/', b'p', b'n', b'g'],
+            ),
             // skipped: one, "l" over a per-file cap of 5; 2 more unlisted
             (
                 Response::Finished(sample_files_end()),

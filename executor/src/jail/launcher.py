@@ -8,10 +8,111 @@
 # same sys.argv, the same tracebacks (its own frames are cut off), the same exit
 # status. A cold job runs through the same steps with nothing preloaded, so warm
 # and cold jobs cannot differ.
+#
+# Two things come back besides the output, as records on the FIFO
+# /tmp/.pysandbox-display (one byte of kind, a 4-byte big-endian length, the
+# payload), which the executor reads as they come and checks like any job output:
+# `D`, a PNG of a matplotlib figure shown with plt.show(), fig.show() or
+# display(fig), or left open and never shown at the end; and `R`, the repr() of
+# the value of the code's last top-level statement when it is an expression whose
+# value is not None, as a REPL would echo it (never printed: stdout stays what
+# `python3 main.py` prints).
+
+# A matplotlib backend, made the default of this process when matplotlib is
+# imported (MPLBACKEND stays Agg for the job's child processes, which do not have
+# it): Agg, whose show() hands each open figure to the launcher instead of doing
+# nothing.
+_PYSANDBOX_DISPLAY_BACKEND = """
+from matplotlib._pylab_helpers import Gcf
+from matplotlib.backend_bases import FigureManagerBase
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+
+class FigureManager(FigureManagerBase):
+    def show(self):
+        _show_figure(self.canvas.figure)
+
+
+class FigureCanvas(FigureCanvasAgg):
+    manager_class = FigureManager
+
+
+def show(*args, **kwargs):
+    # As a notebook's inline backend does: every open figure, then close them.
+    for manager in Gcf.get_all_fig_managers():
+        _show_figure(manager.canvas.figure)
+    Gcf.destroy_all()
+"""
+
+
 def _pysandbox_launch():
     import os
     import resource
     import sys
+
+    channel = []  # the FIFO's descriptor, opened at the first record
+
+    def emit(kind, payload):
+        try:
+            if not channel:
+                channel.append(os.open("/tmp/.pysandbox-display", os.O_WRONLY))
+            record = kind + len(payload).to_bytes(4, "big") + payload
+            view = memoryview(record)
+            while view:
+                view = view[os.write(channel[0], view):]
+        except (OSError, OverflowError):
+            pass  # the job removed the channel, or it broke: nothing is shown
+
+    def show_figure(figure):
+        import io
+
+        png = io.BytesIO()
+        figure.savefig(png, format="png", bbox_inches="tight")
+        figure._pysandbox_shown = True
+        emit(b"D", png.getvalue())
+
+    def display(*objects):
+        for item in objects:
+            if hasattr(item, "savefig") and hasattr(item, "canvas"):
+                show_figure(item)
+            else:
+                print(repr(item))
+
+    import importlib.abc
+    import importlib.util
+
+    class DisplayBackend(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+        def find_spec(self, name, path=None, target=None):
+            if name == "pysandbox_display":
+                return importlib.util.spec_from_loader(name, self)
+            if name != "matplotlib":
+                return None
+            # matplotlib as it would load, then told to default to the backend.
+            sys.meta_path.remove(self)
+            try:
+                spec = importlib.util.find_spec(name)
+            finally:
+                sys.meta_path.insert(0, self)
+            if spec is None or spec.loader is None:
+                return spec
+            load = spec.loader.exec_module
+
+            def exec_module(module):
+                load(module)
+                module.rcParams["backend"] = "module://pysandbox_display"
+
+            spec.loader.exec_module = exec_module
+            return spec
+
+        def exec_module(self, module):
+            module._show_figure = show_figure
+            exec(_PYSANDBOX_DISPLAY_BACKEND, module.__dict__)
+
+    sys.meta_path.insert(0, DisplayBackend())
+    import builtins
+
+    if not hasattr(builtins, "display"):
+        builtins.display = display
 
     preload = sys.argv[1:]
     if preload:
@@ -66,8 +167,29 @@ def _pysandbox_launch():
     sys.argv[:] = [path]
     try:
         code = compile(source, path, "exec")
-        exec(code, main.__dict__)
+        # The last statement, when an expression, is evaluated on its own so that
+        # its value can be echoed; every node keeps its line, so tracebacks do not
+        # change.
+        import ast
+
+        tree = ast.parse(source, path)
+        last = tree.body[-1] if tree.body else None
+        if isinstance(last, ast.Expr):
+            head = ast.Module(body=tree.body[:-1], type_ignores=[])
+            exec(compile(head, path, "exec", dont_inherit=True), main.__dict__)
+            value = eval(
+                compile(ast.Expression(last.value), path, "eval", dont_inherit=True),
+                main.__dict__,
+            )
+            if value is not None:
+                try:
+                    emit(b"R", repr(value)[:65536].encode("utf-8", "replace"))
+                except BaseException:
+                    pass  # `python3 main.py` never calls repr: neither may its failure show
+        else:
+            exec(code, main.__dict__)
     except SystemExit:
+        show_open_figures(show_figure)
         raise
     except BaseException as error:
         # Print as the interpreter would, minus this launcher's frame.
@@ -77,12 +199,31 @@ def _pysandbox_launch():
         # The traceback printed is the exception's own, so cut it there too.
         error = error.with_traceback(tb)
         sys.excepthook(type(error), error, tb)
+        show_open_figures(show_figure)
         if isinstance(error, KeyboardInterrupt):
             import signal
 
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGINT)
         sys.exit(1)
+    show_open_figures(show_figure)
+
+
+def show_open_figures(show_figure):
+    # Figures still open that were never shown are shown last, as a notebook would.
+    import sys
+
+    if "matplotlib.pyplot" not in sys.modules:
+        return
+    try:
+        from matplotlib._pylab_helpers import Gcf
+
+        for manager in Gcf.get_all_fig_managers():
+            figure = manager.canvas.figure
+            if not getattr(figure, "_pysandbox_shown", False):
+                show_figure(figure)
+    except BaseException:
+        pass
 
 
 _pysandbox_launch()
