@@ -728,9 +728,11 @@ print(json.dumps({
         (&json!(0), &json!("")),
         "{out:#}"
     );
-    // Exact stdout: a planted sitecustomize/usercustomize would print first.
+    // Exact stdout: a planted sitecustomize/usercustomize would print first. The
+    // job's /tmp holds only its own fresh display channel.
     assert_eq!(
-        out["stdout"], "{\"/tmp\": [], \"/dev/shm\": [], \"cwd\": [], \"HOME\": \"/tmp\"}\n",
+        out["stdout"],
+        "{\"/tmp\": [\".pysandbox-display\"], \"/dev/shm\": [], \"cwd\": [], \"HOME\": \"/tmp\"}\n",
         "the second job: {out:#}"
     );
 }
