@@ -614,6 +614,17 @@ async fn is_ready(mut ready: pipe::Receiver) -> bool {
 /// refused network request and per limit that fired, and the limit that matters
 /// most in `limit_exceeded` (the one that killed the job, else the first of memory,
 /// cpu, processes, disk, output).
+///
+/// A limit counts as fired only on evidence the job cannot make up; its exit status
+/// is never evidence (it can `sys.exit(152)` or send itself SIGXCPU):
+/// - time: the executor's own wall-clock timer killed it;
+/// - memory: the memory cgroup's OOM-kill counter (the kernel's record);
+/// - cpu: the executor's CPU poll killed it, or the cgroup's CPU time is at or past
+///   the limit (RLIMIT_CPU's SIGXCPU always comes later than that); without a
+///   cpuacct cgroup no figure is trusted, so no verdict;
+/// - processes: the pids cgroup's `max` event counter (a refused fork or clone);
+/// - disk: the tmpfs is within a write's worth of full, as the executor reads it;
+/// - output: the executor's capture saw more than it keeps.
 fn assemble(
     observed: Observed,
     resolved: &Resolved,
@@ -625,7 +636,10 @@ fn assemble(
         timeout_ms, limits, ..
     } = resolved;
     let (exit_code, signal) = exit_of(observed.status, observed.killed_by.is_some());
-    let cpu_signal = signal.as_deref() == Some("SIGXCPU");
+    let cpu_spent = observed
+        .usage
+        .cpu_ms
+        .is_some_and(|ms| ms >= u64::from(limits.cpu_ms));
     let fired = [
         (
             observed.killed_by == Some(LimitKind::Time),
@@ -638,7 +652,7 @@ fn assemble(
             format!("killed: memory limit {} MiB exceeded", limits.memory_mb),
         ),
         (
-            observed.killed_by == Some(LimitKind::Cpu) || cpu_signal,
+            observed.killed_by == Some(LimitKind::Cpu) || cpu_spent,
             LimitKind::Cpu,
             format!("killed: CPU time limit of {} ms exceeded", limits.cpu_ms),
         ),
@@ -838,13 +852,42 @@ mod tests {
     }
 
     #[test]
-    fn sigxcpu_reads_as_cpu() {
+    fn sigxcpu_without_the_cpu_time_is_no_verdict() {
+        let forged = |status| Observed {
+            status: Some(status),
+            usage: Usage {
+                cpu_ms: Some(5),
+                ..Usage::default()
+            },
+            ..Observed::default()
+        };
+        // sys.exit(152), and os.kill(os.getpid(), SIGXCPU).
+        for status in [
+            ExitStatus::from_raw((128 + 24) << 8),
+            ExitStatus::from_raw(24),
+        ] {
+            let result = run_result(forged(status), text("", false), text("", false));
+            assert_eq!(result.signal.as_deref(), Some("SIGXCPU"));
+            assert_eq!((result.limit_exceeded, result.stderr.as_str()), (None, ""));
+        }
+    }
+
+    #[test]
+    fn sigxcpu_after_the_cpu_time_reads_as_cpu() {
         let observed = Observed {
             status: exited(128 + 24),
+            usage: Usage {
+                cpu_ms: Some(500),
+                ..Usage::default()
+            },
             ..Observed::default()
         };
         let result = run_result(observed, text("", false), text("", false));
         assert_eq!(result.limit_exceeded, Some(LimitKind::Cpu));
+        assert_eq!(
+            result.stderr,
+            "[sandbox] killed: CPU time limit of 500 ms exceeded\n"
+        );
     }
 
     #[test]

@@ -666,6 +666,33 @@ async fn cpu_time_limit_kills_a_busy_loop() {
     assert_still_serves(&svc).await;
 }
 
+/// `limitExceeded` and the `[sandbox]` lines are the executor's word: a job that
+/// only looks as if the CPU limit killed it (exit status 152 = 128 + SIGXCPU, or
+/// SIGXCPU sent to itself) gets neither.
+#[tokio::test]
+async fn a_job_cannot_forge_the_cpu_limit_verdict() {
+    require_root!();
+    let svc = Service::start();
+    for code in [
+        "import sys\nprint('x')\nsys.exit(152)",
+        "import os, signal\nprint('x')\nos.kill(os.getpid(), signal.SIGXCPU)",
+    ] {
+        let out = svc
+            .run(json!({ "code": code, "limits": { "cpuMs": 1000 } }))
+            .await;
+        assert_eq!(
+            (
+                &out["stdout"],
+                &out["stderr"],
+                &out["signal"],
+                &out["limitExceeded"]
+            ),
+            (&json!("x\n"), &json!(""), &json!("SIGXCPU"), &Value::Null),
+            "{code}: {out:#}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn lowered_output_limit_keeps_the_first_bytes() {
     require_root!();
