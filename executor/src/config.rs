@@ -57,6 +57,20 @@ const DEFAULT_LIMITS: Limits = Limits {
     output_bytes: 1024 * 1024,
 };
 
+/// The least a job may ask for: below these a jail cannot start, so a request is
+/// refused rather than answered with a failed setup.
+pub const MIN_LIMITS: Limits = Limits {
+    // bwrap and Python's start peak at about 5 MiB of cgroup memory (measured on
+    // cgroup v1 and kernel 6.18); below 6 the jail is OOM-killed before the job runs.
+    memory_mb: 8,
+    cpu_ms: 1,
+    // bwrap, its pid 1 in the jail, and Python; socat for a job with network.
+    max_processes: 4,
+    // The jail writes only the job's code (and its input files, checked on their own).
+    disk_mb: 1,
+    output_bytes: 1,
+};
+
 /// The most a job may ask for.
 const MAX_LIMITS: Limits = Limits {
     memory_mb: 4096,
@@ -520,15 +534,15 @@ impl Config {
                 "max_input_bytes: must be at most {MAX_INPUT_BYTES}"
             ));
         }
-        for ((name, default), (_, max)) in self
-            .default_limits
+        let limits = self.default_limits.fields().into_iter();
+        let bounds = MIN_LIMITS
             .fields()
             .into_iter()
-            .zip(self.max_limits.fields())
-        {
-            if default == 0 || default > max {
+            .zip(self.max_limits.fields());
+        for ((name, default), ((_, min), (_, max))) in limits.zip(bounds) {
+            if !(min..=max).contains(&default) {
                 return invalid(format!(
-                    "default_limits: {name} must be from 1 to its max_limits value {max}"
+                    "default_limits: {name} must be from {min} to its max_limits value {max}"
                 ));
             }
         }
@@ -823,6 +837,13 @@ mod tests {
         assert!(load_file("max_input_bytes = 33554433").is_err());
         assert!(load_file("[default_limits]\nmemory_mb = 5000").is_err());
         assert!(load_file("[default_limits]\nmemroy_mb = 5").is_err());
+        // Below the minimum a jail cannot start: refused at startup, not per job.
+        let small = load_file("[default_limits]\nmemory_mb = 7").unwrap_err();
+        assert_eq!(
+            small.to_string(),
+            "invalid configuration: default_limits: memoryMb must be from 8 to its max_limits value 4096"
+        );
+        assert!(load_file("[max_limits]\nmax_processes = 3").is_err());
         assert!(load(&["--max-jobs", "0"]).is_err());
     }
 }

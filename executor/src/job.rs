@@ -15,7 +15,7 @@ use tokio::process::{Child, ChildStdin};
 
 use crate::cgroup::{CgroupLimits, Cgroups, Controller, JobCgroup, Version};
 use crate::collect::{collect, Caps, Collected, Stamp};
-use crate::config::{Config, Limits};
+use crate::config::{Config, Limits, MIN_LIMITS};
 use crate::error::Error;
 use crate::inputs;
 use crate::jail::{Jail, Started};
@@ -94,6 +94,14 @@ struct Observed {
     disk_full: bool,
     usage: Usage,
     network: NetworkReport,
+}
+
+impl Prepared {
+    /// Whether the jail uses less memory than `limits` allow, as far as is known.
+    fn fits(&self, limits: &Limits) -> bool {
+        let used = self.cgroup.as_ref().and_then(JobCgroup::memory_bytes);
+        used.is_none_or(|bytes| bytes < u64::from(limits.memory_mb) << 20)
+    }
 }
 
 impl Runner {
@@ -196,30 +204,19 @@ impl Runner {
             "timeoutMs",
             spec.timeout_ms,
             self.default_timeout_ms,
-            self.max_timeout_ms,
+            (1, self.max_timeout_ms),
         )?;
         let (asked, default, max) = (&spec.limits, &self.default_limits, &self.max_limits);
+        let limit = |field: &str, asked, pick: fn(&Limits) -> u32| {
+            let bounds = (pick(&MIN_LIMITS), pick(max));
+            check(&format!("limits.{field}"), asked, pick(default), bounds)
+        };
         let limits = Limits {
-            memory_mb: check(
-                "limits.memoryMb",
-                asked.memory_mb,
-                default.memory_mb,
-                max.memory_mb,
-            )?,
-            cpu_ms: check("limits.cpuMs", asked.cpu_ms, default.cpu_ms, max.cpu_ms)?,
-            max_processes: check(
-                "limits.maxProcesses",
-                asked.max_processes,
-                default.max_processes,
-                max.max_processes,
-            )?,
-            disk_mb: check("limits.diskMb", asked.disk_mb, default.disk_mb, max.disk_mb)?,
-            output_bytes: check(
-                "limits.outputBytes",
-                asked.output_bytes,
-                default.output_bytes,
-                max.output_bytes,
-            )?,
+            memory_mb: limit("memoryMb", asked.memory_mb, |l| l.memory_mb)?,
+            cpu_ms: limit("cpuMs", asked.cpu_ms, |l| l.cpu_ms)?,
+            max_processes: limit("maxProcesses", asked.max_processes, |l| l.max_processes)?,
+            disk_mb: limit("diskMb", asked.disk_mb, |l| l.disk_mb)?,
+            output_bytes: limit("outputBytes", asked.output_bytes, |l| l.output_bytes)?,
         };
         // A job gets network only when it asks; `allowedDomains` may only narrow
         // the configured list.
@@ -334,7 +331,10 @@ impl Runner {
         let (timeout_ms, limits) = (resolved.timeout_ms, resolved.limits);
         let mut proxy = None;
         let mut jail = match (jail, &resolved.network) {
-            (Some(jail), None) => jail,
+            // A warm jail whose Python already uses as much memory as the job may
+            // have cannot take the job's limit (cgroup v1 refuses it, v2 would
+            // OOM-kill the jail before the job's first line): a cold one can.
+            (Some(jail), None) if jail.fits(&limits) => jail,
             (_, network) => {
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);
                 // Started before the jail, whose jail-init waits for socat, which
@@ -519,15 +519,20 @@ impl Runner {
     }
 }
 
-/// A requested limit, or the default; more than `max` (or 0) is refused with the
+/// A requested limit, or the default; outside `(min, max)` is refused with the
 /// API's name for the field.
-fn check(field: &str, asked: Option<u32>, default: u32, max: u32) -> Result<u32, JobError> {
+fn check(
+    field: &str,
+    asked: Option<u32>,
+    default: u32,
+    (min, max): (u32, u32),
+) -> Result<u32, JobError> {
     match asked {
         None => Ok(default),
-        Some(value) if (1..=max).contains(&value) => Ok(value),
+        Some(value) if (min..=max).contains(&value) => Ok(value),
         Some(_) => Err(JobError::Rejected {
             field: field.into(),
-            reason: format!("must be from 1 to {max}"),
+            reason: format!("must be from {min} to {max}"),
         }),
     }
 }
@@ -623,7 +628,7 @@ async fn is_ready(mut ready: pipe::Receiver) -> bool {
 ///   the limit (RLIMIT_CPU's SIGXCPU always comes later than that); without a
 ///   cpuacct cgroup no figure is trusted, so no verdict;
 /// - processes: the pids cgroup's `max` event counter (a refused fork or clone);
-/// - disk: the tmpfs is within a write's worth of full, as the executor reads it;
+/// - disk: the tmpfs has almost no space or inodes left once the job is over;
 /// - output: the executor's capture saw more than it keeps.
 fn assemble(
     observed: Observed,
@@ -934,16 +939,20 @@ mod tests {
 
     #[test]
     fn requested_limits_may_only_lower_the_maximum() {
-        assert_eq!(check("limits.memoryMb", None, 512, 1024), Ok(512));
-        assert_eq!(check("limits.memoryMb", Some(100), 512, 1024), Ok(100));
-        assert_eq!(check("limits.memoryMb", Some(1024), 512, 1024), Ok(1024));
-        assert_eq!(
-            check("limits.memoryMb", Some(1025), 512, 1024),
-            Err(JobError::Rejected {
-                field: "limits.memoryMb".into(),
-                reason: "must be from 1 to 1024".into(),
-            })
-        );
-        assert!(check("timeoutMs", Some(0), 1, 5).is_err());
+        let bounds = (8, 1024);
+        assert_eq!(check("limits.memoryMb", None, 512, bounds), Ok(512));
+        assert_eq!(check("limits.memoryMb", Some(100), 512, bounds), Ok(100));
+        assert_eq!(check("limits.memoryMb", Some(1024), 512, bounds), Ok(1024));
+        assert_eq!(check("limits.memoryMb", Some(8), 512, bounds), Ok(8));
+        for asked in [1025, 7] {
+            assert_eq!(
+                check("limits.memoryMb", Some(asked), 512, bounds),
+                Err(JobError::Rejected {
+                    field: "limits.memoryMb".into(),
+                    reason: "must be from 8 to 1024".into(),
+                })
+            );
+        }
+        assert!(check("timeoutMs", Some(0), 1, (1, 5)).is_err());
     }
 }
