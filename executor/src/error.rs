@@ -26,6 +26,9 @@ pub enum Error {
     /// A job's jail could not be created or started; the job did not run.
     #[error("jail setup failed: {0}")]
     Jail(String),
+    /// Every host uid of the configured range is held by a jail.
+    #[error("no sandbox uid is free (sandbox_ids is smaller than the jails alive)")]
+    NoSandboxId,
     /// Writing an input file into a job's work dir failed.
     #[error("cannot write input file {path:?}")]
     WriteInput {

@@ -17,6 +17,7 @@ use crate::cgroup::{CgroupLimits, Cgroups, Controller, JobCgroup, Version};
 use crate::collect::{collect, Caps, Collected, Stamp};
 use crate::config::{Config, Limits, MIN_LIMITS};
 use crate::error::Error;
+use crate::ids::{Lease, SandboxIds};
 use crate::inputs;
 use crate::jail::{Jail, Started};
 use crate::output::{capture, Captured};
@@ -47,7 +48,7 @@ pub struct Runner {
     jail: Jail,
     cgroups: Option<Cgroups>,
     jobs_dir: PathBuf,
-    owner: (u32, u32),
+    ids: SandboxIds,
     default_timeout_ms: u32,
     max_timeout_ms: u32,
     default_limits: Limits,
@@ -72,6 +73,8 @@ pub struct Prepared {
     started: Started,
     /// Whether its Python already said it is waiting (so its readiness is known).
     warm: bool,
+    /// The host ids it runs as; last, so they are free again only once it is gone.
+    ids: Lease,
 }
 
 /// A job's limits and network policy once its request has been checked against
@@ -110,7 +113,7 @@ impl Runner {
             jail,
             cgroups,
             jobs_dir: jobs_dir(&config.state_dir),
-            owner: (config.sandbox_uid, config.sandbox_gid),
+            ids: SandboxIds::new(config.sandbox_uid, config.sandbox_gid, config.sandbox_ids),
             default_timeout_ms: config.default_timeout_ms,
             max_timeout_ms: config.max_timeout_ms,
             default_limits: config.default_limits,
@@ -274,11 +277,12 @@ impl Runner {
     fn prepare(
         &self,
         id: u64,
+        ids: Lease,
         limits: &Limits,
         preload: &[String],
         proxy: Option<&JobProxy>,
     ) -> Result<Prepared, Error> {
-        let dir = WorkDir::create(&self.jobs_dir, id, self.owner, self.disk(limits))?;
+        let dir = WorkDir::create(&self.jobs_dir, id, ids.pair(), self.disk(limits))?;
         let cgroup = match &self.cgroups {
             Some(cgroups) => Some(cgroups.create(id, &self.cgroup_limits(limits))?),
             None => None,
@@ -292,12 +296,13 @@ impl Runner {
         let proxy_dir = proxy.map(JobProxy::dir);
         let started = self
             .jail
-            .spawn(&dir, &procs, &rlimits, preload, proxy_dir)?;
+            .spawn(&dir, ids.pair(), &procs, &rlimits, preload, proxy_dir)?;
         Ok(Prepared {
             dir,
             cgroup,
             started,
             warm: false,
+            ids,
         })
     }
 
@@ -305,7 +310,8 @@ impl Runner {
     /// imported, and confirmed waiting (its Python said so) before it is returned.
     pub async fn prepare_warm(&self) -> Result<Prepared, Error> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut jail = self.prepare(id, &self.max_limits, &self.preload, None)?;
+        let ids = self.ids.take()?;
+        let mut jail = self.prepare(id, ids, &self.max_limits, &self.preload, None)?;
         let mut bytes = [0u8; 2];
         let confirmed =
             tokio::time::timeout(WARM_TIMEOUT, jail.started.ready.read_exact(&mut bytes));
@@ -337,19 +343,20 @@ impl Runner {
             (Some(jail), None) if jail.fits(&limits) => jail,
             (_, network) => {
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                let ids = self.ids.take()?;
                 // Started before the jail, whose jail-init waits for socat, which
                 // needs the socket to exist.
                 if let Some(policy) = network {
                     let started = JobProxy::start(
                         &self.jobs_dir,
                         id,
-                        self.owner,
+                        ids.pair(),
                         policy.clone(),
                         self.proxy_limits,
                     )?;
                     proxy = Some(started);
                 }
-                self.prepare(id, &limits, &[], proxy.as_ref())?
+                self.prepare(id, ids, &limits, &[], proxy.as_ref())?
             }
         };
         // The job's limits, on the live jail: a warm one was set up at the maxima.
@@ -360,9 +367,11 @@ impl Runner {
         }
         // Input files, then the code: the launcher reads nothing before the hand-off
         // below, so the job never sees them half-written.
-        let inputs = inputs::write(&jail.dir.dirs().work, &spec.files, self.owner)?;
+        let inputs = inputs::write(&jail.dir.dirs().work, &spec.files, jail.ids.pair())?;
         jail.dir.write_code(&spec.code)?;
+        // The ids first, so that they are dropped last, after the jail is gone.
         let Prepared {
+            ids: _ids,
             dir,
             cgroup,
             started:

@@ -6,6 +6,7 @@ pub mod check;
 pub mod collect;
 pub mod config;
 pub mod error;
+pub mod ids;
 pub mod inputs;
 pub mod jail;
 pub mod job;

@@ -967,6 +967,7 @@ fn run_check(extra: &[&str]) -> Output {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .expect("chmod");
+    pysandbox_tests::ensure_sandbox_user();
     let child = Command::new(&binaries().executor)
         .arg("--state-dir")
         .arg(dir.path().join("state"))

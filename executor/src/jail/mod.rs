@@ -46,8 +46,6 @@ pub struct Jail {
     seccomp: Vec<u8>,
     /// What each isolation layer enforces on this host.
     layers: Vec<Layer>,
-    uid: u32,
-    gid: u32,
 }
 
 /// The Python program every jail runs (see the file for its protocol).
@@ -119,8 +117,6 @@ impl Jail {
             command_net,
             fixed_args: bwrap::fixed_args(&layout),
             seccomp: seccomp::bytes(),
-            uid: config.sandbox_uid,
-            gid: config.sandbox_gid,
         })
     }
 
@@ -129,7 +125,7 @@ impl Jail {
         &self.layers
     }
 
-    /// Starts a jail on `dir`, inside the cgroups whose `cgroup.procs` descriptors are
+    /// Starts a jail on `dir`, as the host ids `(uid, gid)`, inside the cgroups whose `cgroup.procs` descriptors are
     /// `cgroup_procs`, with `rlimits` on every process; its Python imports `preload`
     /// and then waits for the job. With a `proxy_dir` (holding the job's egress
     /// proxy socket), the job may use the network through it; without, it has none.
@@ -137,6 +133,7 @@ impl Jail {
     pub fn spawn(
         &self,
         dir: &WorkDir,
+        (uid, gid): (u32, u32),
         cgroup_procs: &[RawFd],
         rlimits: &[Rlimit],
         preload: &[String],
@@ -179,8 +176,8 @@ impl Jail {
         harden_spawn(
             &mut cmd,
             SpawnPlan {
-                uid: self.uid,
-                gid: self.gid,
+                uid,
+                gid,
                 parent: std::process::id() as libc::pid_t,
                 fds: [
                     (handoff_rx.as_raw_fd(), bwrap::HANDOFF_FD),
