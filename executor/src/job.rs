@@ -320,7 +320,7 @@ impl Runner {
                 jail.warm = true;
                 Ok(jail)
             }
-            _ => Err(Error::Jail("a warm jail did not start".into())),
+            _ => Err(Error::WarmJailDidNotStart),
         }
     }
 
@@ -413,15 +413,17 @@ impl Runner {
         };
         let (waited, io) = tokio::join!(wait, tokio::time::timeout(timeout + DRAIN_GRACE, io));
         let wall = started_at.elapsed();
-        let (status, killed_by) = waited.map_err(|e| Error::Jail(format!("cannot wait: {e}")))?;
+        let (status, killed_by) = waited.map_err(Error::jail("wait for the jail"))?;
         let Ok((stdout, stderr, (), ready)) = io else {
-            return Err(Error::Jail("the jail's output did not close".into()));
+            return Err(Error::OutputDidNotClose);
         };
         // A jail killed at its limit before jail-init ran still hit the limit: that
         // is the answer, not a setup failure.
         if !ready && killed_by.is_none() {
-            let reason = stderr.into_text();
-            return Err(Error::Jail(reason.trim().chars().take(500).collect()));
+            let stderr = stderr.into_text();
+            return Err(Error::JailDidNotStart {
+                stderr: stderr.trim().chars().take(500).collect(),
+            });
         }
         let mut observed = Observed {
             status: Some(status),

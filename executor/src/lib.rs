@@ -19,4 +19,4 @@ mod sys;
 pub mod workdir;
 
 pub use config::{Cli, Command, Config};
-pub use error::Error;
+pub use error::{chain, Error};

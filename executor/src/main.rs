@@ -1,5 +1,5 @@
 use clap::Parser;
-use pysandbox_executor::{check, jail, privileges, server, Cli, Command, Config};
+use pysandbox_executor::{chain, check, jail, privileges, server, Cli, Command, Config};
 
 fn main() -> std::process::ExitCode {
     let mut args = std::env::args_os().skip(1);
@@ -24,7 +24,7 @@ fn main() -> std::process::ExitCode {
     let config = match Config::load(cli) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("pysandbox-executor: {e}");
+            eprintln!("pysandbox-executor: {}", chain(&e));
             return std::process::ExitCode::from(2);
         }
     };
@@ -59,7 +59,7 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(server::run(config, shutdown_signal())) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %anyhow::Error::from(e), "executor failed");
+            tracing::error!(error = %chain(&e), "executor failed");
             std::process::ExitCode::FAILURE
         }
     }

@@ -17,7 +17,7 @@ use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::cgroup::{self, Cgroups};
 use crate::config::Config;
-use crate::error::Error;
+use crate::error::{chain, Error};
 use crate::jail::Jail;
 use crate::job::{Resolved, Runner};
 use crate::pool::Pool;
@@ -255,10 +255,8 @@ impl Executor {
                 ),
             }),
             Err(e) => {
-                error!(error = %e, "job did not run");
-                Response::Failed(JobError::JailSetup {
-                    reason: e.to_string(),
-                })
+                error!(error = %chain(&e), "job did not run");
+                Response::Failed(JobError::JailSetup { reason: chain(&e) })
             }
         };
         Ok(conn.send(&response).await?)
@@ -273,7 +271,7 @@ impl Executor {
             .permits
             .acquire()
             .await
-            .map_err(|_| Error::Jail("executor shutting down".into()))?;
+            .map_err(|_| Error::ShuttingDown)?;
         self.running.fetch_add(1, Ordering::Relaxed);
         let _running = RunningGuard(&self.running);
         // A job that may use the network needs its proxy before its jail: a cold one.
@@ -299,7 +297,7 @@ impl Executor {
                 match self.runner.prepare_warm().await {
                     Ok(jail) => self.pool.put(jail),
                     Err(e) => {
-                        warn!(error = %e, "cannot set up a warm jail; retrying in a second");
+                        warn!(error = %chain(&e), "cannot set up a warm jail; retrying in a second");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 }

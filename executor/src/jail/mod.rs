@@ -140,7 +140,8 @@ impl Jail {
         proxy_dir: Option<&Path>,
     ) -> Result<Started, Error> {
         if cgroup_procs.len() > MAX_CGROUPS || rlimits.len() > MAX_RLIMITS {
-            return Err(Error::Jail("too many cgroups or rlimits".into()));
+            let plan = "fit the cgroups and rlimits in the spawn plan";
+            return Err(Error::jail(plan)(std::io::ErrorKind::InvalidInput.into()));
         }
         let mut plan_cgroups = [-1; MAX_CGROUPS];
         plan_cgroups[..cgroup_procs.len()].copy_from_slice(cgroup_procs);
@@ -148,9 +149,9 @@ impl Jail {
         for (slot, &limit) in plan_rlimits.iter_mut().zip(rlimits) {
             *slot = Some(limit);
         }
-        let pipe_error = |e: std::io::Error| Error::Jail(format!("cannot create pipe: {e}"));
+        let pipe_error = |e| Error::jail("create a pipe")(e);
         let seccomp = memfd(c"pysandbox-seccomp", &self.seccomp)
-            .map_err(|e| Error::Jail(format!("cannot stage the seccomp filter: {e}")))?;
+            .map_err(Error::jail("stage the seccomp filter"))?;
         let (ready_tx, ready) = pipe::pipe().map_err(pipe_error)?;
         let ready_tx = ready_tx.into_blocking_fd().map_err(pipe_error)?;
         let (handoff, handoff_rx) = pipe::pipe().map_err(pipe_error)?;
@@ -188,9 +189,7 @@ impl Jail {
                 rlimits: plan_rlimits,
             },
         );
-        let child = cmd
-            .spawn()
-            .map_err(|e| Error::Jail(format!("cannot start {:?}: {e}", self.bwrap)))?;
+        let child = cmd.spawn().map_err(Error::jail("start bwrap"))?;
         // Our copies close here, so the readiness pipe sees EOF when the jail's do,
         // and the launcher's hand-off read ends when we close our end.
         drop((handoff_rx, ready_tx, seccomp));
