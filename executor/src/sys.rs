@@ -53,7 +53,7 @@ pub fn harden_spawn(cmd: &mut Command, plan: SpawnPlan) {
 /// The child's steps between fork and exec, in the only order that works.
 fn child_steps(plan: &SpawnPlan) -> Result<(), ()> {
     let check = |rc: libc::c_int| if rc < 0 { Err(()) } else { Ok(()) };
-    // SAFETY (whole block): plain syscalls on integers and on pointers to locals;
+    // SAFETY: (the whole block) plain syscalls on integers and on pointers to locals;
     // see each step for why it is there.
     unsafe {
         // 1. Join the job's cgroups while still root (v1 checks the writer's
