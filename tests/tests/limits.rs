@@ -804,6 +804,37 @@ async fn limits_below_the_minimum_are_400_and_at_the_minimum_run() {
     }
 }
 
+/// A warm jail that already uses more memory than a job may have (it imported
+/// numpy) does not take that job: a cold jail runs it. Otherwise cgroup v1 refuses
+/// the lower limit (503) and v2 would OOM-kill the job before its first line.
+#[tokio::test]
+async fn a_job_below_a_warm_jails_memory_gets_a_cold_jail() {
+    require_root!();
+    let svc = Service::builder()
+        .executor_args(["--warm-pool-size", "1"])
+        .executor_config_toml("preload = [\"numpy\"]")
+        .start();
+    // Wait (generously: numpy's import) until the pool holds the warm jail.
+    let warm_jails = || async { svc.health().await.json["warmJails"].as_u64() };
+    let mut confirmed = false;
+    for _ in 0..600 {
+        if warm_jails().await == Some(1) {
+            confirmed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(confirmed, "the warm jail never said it waits");
+    let out = svc
+        .run(json!({ "code": "print(1)", "limits": { "memoryMb": 8 } }))
+        .await;
+    assert_eq!(
+        (&out["exitCode"], &out["stdout"], &out["limitExceeded"]),
+        (&json!(0), &json!("1\n"), &Value::Null),
+        "{out:#}"
+    );
+}
+
 #[tokio::test]
 async fn malformed_limits_are_400() {
     require_root!();
