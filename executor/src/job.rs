@@ -221,6 +221,17 @@ impl Runner {
             disk_mb: limit("diskMb", asked.disk_mb, |l| l.disk_mb)?,
             output_bytes: limit("outputBytes", asked.output_bytes, |l| l.output_bytes)?,
         };
+        // The code is written into the job's tmpfs: code larger than the disk would
+        // fail the jail's setup (503) instead of telling the client (400).
+        if spec.code.len() as u64 > u64::from(limits.disk_mb) << 20 {
+            return Err(JobError::Rejected {
+                field: "code".into(),
+                reason: format!(
+                    "does not fit in the job's disk limit of {} MiB (limits.diskMb)",
+                    limits.disk_mb
+                ),
+            });
+        }
         // A job gets network only when it asks; `allowedDomains` may only narrow
         // the configured list.
         // The configured list applies to every job, as in the seed service (whose

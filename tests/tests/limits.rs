@@ -835,6 +835,36 @@ async fn a_job_below_a_warm_jails_memory_gets_a_cold_jail() {
     );
 }
 
+/// The code lives on the job's disk: code larger than `diskMb` is a 400 naming the
+/// field, not a 503 from a failed setup; with room for it, it runs.
+#[tokio::test]
+async fn code_larger_than_the_disk_is_400() {
+    require_root!();
+    let svc = Service::builder()
+        .frontend_env("MAX_BODY_BYTES", &(4 * MIB).to_string())
+        .start();
+    let code = format!("#{}\nprint(1)", "x".repeat(3 * MIB as usize / 2));
+    let reply = svc
+        .post_execute(&json!({ "code": code, "limits": { "diskMb": 1 } }))
+        .await;
+    assert_error(
+        &reply,
+        400,
+        json!({
+            "error": "code: does not fit in the job's disk limit of 1 MiB (limits.diskMb)",
+            "field": "code"
+        }),
+    );
+    let out = svc
+        .run(json!({ "code": code, "limits": { "diskMb": 2 } }))
+        .await;
+    assert_eq!(
+        (&out["exitCode"], &out["stdout"], &out["limitExceeded"]),
+        (&json!(0), &json!("1\n"), &Value::Null),
+        "{out:#}"
+    );
+}
+
 #[tokio::test]
 async fn malformed_limits_are_400() {
     require_root!();
