@@ -322,6 +322,15 @@ impl JobCgroup {
         }
     }
 
+    /// Memory the job's processes use now (and the page cache charged to them).
+    pub fn memory_bytes(&self) -> Option<u64> {
+        let current = match self.version {
+            Version::V2 => "memory.current",
+            Version::V1 => "memory.usage_in_bytes",
+        };
+        self.read(Controller::Memory, current)?.trim().parse().ok()
+    }
+
     /// Kills every process left in the job's cgroups: the jail's pid namespace takes
     /// its processes along when it dies, but a bwrap killed halfway through its
     /// setup can leave a child that never armed its death signal.

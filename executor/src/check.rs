@@ -8,6 +8,7 @@ use pysandbox_shared::{JobLimits, JobSpec, Response, Stream};
 
 use crate::cgroup::{self, Cgroups, Controller, Version};
 use crate::config::Config;
+use crate::error::chain;
 use crate::jail::Jail;
 use crate::job::{Resolved, Runner};
 use crate::workdir;
@@ -141,8 +142,8 @@ async fn run_job(
 ) -> Result<String, String> {
     let mut config = config.clone();
     config.state_dir = scratch.to_owned();
-    workdir::prepare(&config.state_dir).map_err(|e| format!("{e:#}"))?;
-    let jail = Jail::new(&config).map_err(|e| e.to_string())?;
+    workdir::prepare(&config.state_dir).map_err(|e| chain(&e))?;
+    let jail = Jail::new(&config).map_err(|e| chain(&e))?;
     let runner = Runner::new(&config, jail, cgroups);
     let spec = JobSpec {
         request_id: "check".into(),
@@ -189,7 +190,8 @@ async fn run_job(
             String::from_utf8_lossy(&stderr),
         )),
         Err(e) => Err(format!(
-            "{e} — check the lines above; bwrap must be able to create user namespaces as uid {}",
+            "{} — check the lines above; bwrap must be able to create user namespaces as uid {}",
+            chain(&e),
             config.sandbox_uid
         )),
     }

@@ -25,8 +25,9 @@ const DEFAULT_SOCKET: &str = "/run/pysandbox/executor.sock";
 const DEFAULT_STATE_DIR: &str = "/var/lib/pysandbox";
 const DEFAULT_PYTHON: &str = "/usr/bin/python3";
 const DEFAULT_BWRAP: &str = "/usr/bin/bwrap";
-/// `nobody`: owns no files, so a job that escaped its namespaces could touch nothing.
-const DEFAULT_SANDBOX_ID: u32 = 65534;
+/// The user jobs run as unless `sandbox_uid` says otherwise: a user of their own,
+/// not `nobody` (65534), which every other unprivileged thing on the host shares.
+const DEFAULT_SANDBOX_USER: &str = "pysandbox-job";
 const DEFAULT_TIMEOUT_MS: u32 = 30_000;
 const DEFAULT_SHM_BYTES: u64 = 64 * 1024 * 1024;
 const DEFAULT_DISK_INODES: u32 = 16_384;
@@ -81,6 +82,20 @@ const DEFAULT_LIMITS: Limits = Limits {
     output_bytes: 1024 * 1024,
 };
 
+/// The least a job may ask for: below these a jail cannot start, so a request is
+/// refused rather than answered with a failed setup.
+pub const MIN_LIMITS: Limits = Limits {
+    // bwrap and Python's start peak at about 5 MiB of cgroup memory (measured on
+    // cgroup v1 and kernel 6.18); below 6 the jail is OOM-killed before the job runs.
+    memory_mb: 8,
+    cpu_ms: 1,
+    // bwrap, its pid 1 in the jail, and Python; socat for a job with network.
+    max_processes: 4,
+    // The jail writes only the job's code (and its input files, checked on their own).
+    disk_mb: 1,
+    output_bytes: 1,
+};
+
 /// The most a job may ask for.
 const MAX_LIMITS: Limits = Limits {
     memory_mb: 4096,
@@ -121,12 +136,19 @@ pub struct Cli {
     /// Jobs that may run at once [default: number of CPUs].
     #[arg(long)]
     pub max_jobs: Option<u32>,
-    /// Uid jobs run as [default: 65534].
+    /// User jobs run as, looked up by name at start [default: pysandbox-job].
+    #[arg(long, conflicts_with = "sandbox_uid")]
+    pub sandbox_user: Option<String>,
+    /// Uid jobs run as, instead of `--sandbox-user`'s.
     #[arg(long)]
     pub sandbox_uid: Option<u32>,
-    /// Gid jobs run as [default: 65534].
+    /// Gid jobs run as [default: the sandbox user's group, or the sandbox uid].
     #[arg(long)]
     pub sandbox_gid: Option<u32>,
+    /// Host uids (and gids) jobs run as, from the sandbox uid (and gid) up: with
+    /// more than 1, every jail, running or warm, has a uid of its own [default: 1].
+    #[arg(long)]
+    pub sandbox_ids: Option<u32>,
     /// Jails kept set up and waiting for a job; 0 turns the pool off [default: 2].
     #[arg(long)]
     pub warm_pool_size: Option<u32>,
@@ -151,8 +173,10 @@ struct FileConfig {
     socket_group: Option<u32>,
     python: Option<PathBuf>,
     max_jobs: Option<u32>,
+    sandbox_user: Option<String>,
     sandbox_uid: Option<u32>,
     sandbox_gid: Option<u32>,
+    sandbox_ids: Option<u32>,
     bwrap: Option<PathBuf>,
     warm_pool_size: Option<u32>,
     max_queued_jobs: Option<u32>,
@@ -402,8 +426,11 @@ pub struct Config {
     /// The bubblewrap binary. Jobs fail (closed) when it cannot set up a jail.
     pub bwrap: PathBuf,
     pub max_jobs: u32,
+    /// The first host uid and gid jobs run as (and the ids they have in the jail).
     pub sandbox_uid: u32,
     pub sandbox_gid: u32,
+    /// How many consecutive uids and gids, from those, jails take one each of.
+    pub sandbox_ids: u32,
     /// Wall-clock limit of a job that names none.
     pub default_timeout_ms: u32,
     /// The largest wall-clock limit a job may ask for.
@@ -455,6 +482,11 @@ impl Config {
         };
         let mut allow_uids = file.allow_uids;
         allow_uids.extend(cli.allow_uids);
+        let (sandbox_uid, sandbox_gid) = sandbox_ids(
+            cli.sandbox_user.or(file.sandbox_user),
+            cli.sandbox_uid.or(file.sandbox_uid),
+            cli.sandbox_gid.or(file.sandbox_gid),
+        )?;
         let config = Config {
             socket: cli.socket.or(file.socket).unwrap_or(DEFAULT_SOCKET.into()),
             state_dir: cli
@@ -466,14 +498,9 @@ impl Config {
             python: cli.python.or(file.python).unwrap_or(DEFAULT_PYTHON.into()),
             bwrap: file.bwrap.unwrap_or(DEFAULT_BWRAP.into()),
             max_jobs: cli.max_jobs.or(file.max_jobs).unwrap_or_else(cpu_count),
-            sandbox_uid: cli
-                .sandbox_uid
-                .or(file.sandbox_uid)
-                .unwrap_or(DEFAULT_SANDBOX_ID),
-            sandbox_gid: cli
-                .sandbox_gid
-                .or(file.sandbox_gid)
-                .unwrap_or(DEFAULT_SANDBOX_ID),
+            sandbox_uid,
+            sandbox_gid,
+            sandbox_ids: cli.sandbox_ids.or(file.sandbox_ids).unwrap_or(1),
             default_timeout_ms: file.default_timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
             max_timeout_ms: file
                 .max_timeout_ms
@@ -541,24 +568,37 @@ impl Config {
         if let Some(bind) = self.ro_binds.iter().find(|p| !p.is_absolute()) {
             return invalid(format!("ro_binds: must be absolute paths, got {bind:?}"));
         }
-        // Sharing a uid with a daemon would let a job signal or ptrace it, or read its files.
-        if self.sandbox_uid == 0 || self.sandbox_uid == own_uid {
-            return invalid(format!(
-                "sandbox_uid: {} is root or the executor's own uid",
-                self.sandbox_uid
-            ));
-        }
-        if self.allow_uids.contains(&self.sandbox_uid) {
-            return invalid(format!(
-                "sandbox_uid: {} is also an allowed peer uid (the frontend's?)",
-                self.sandbox_uid
-            ));
-        }
-        if self.sandbox_gid == 0 {
-            return invalid("sandbox_gid: must not be root's group".into());
-        }
         if self.max_jobs == 0 {
             return invalid("max_jobs: must be at least 1".into());
+        }
+        // Every jail running or waiting in the pool holds one id of the range.
+        let jails = self.max_jobs.saturating_add(self.warm_pool_size);
+        if self.sandbox_ids != 1 && self.sandbox_ids < jails {
+            return invalid(format!(
+                "sandbox_ids: must be 1 (one uid for all jobs) or at least max_jobs + \
+                 warm_pool_size ({jails}), so that every jail has a uid of its own"
+            ));
+        }
+        let (Some(uids), Some(gids)) = (
+            id_range(self.sandbox_uid, self.sandbox_ids),
+            id_range(self.sandbox_gid, self.sandbox_ids),
+        ) else {
+            return invalid("sandbox_ids: the uid or gid range runs past 4294967294".into());
+        };
+        // Sharing a uid with a daemon would let a job signal or ptrace it, or read its files.
+        if uids.contains(&0) || uids.contains(&own_uid) {
+            return invalid(format!(
+                "sandbox_uid: {:?} includes root or the executor's own uid",
+                uids
+            ));
+        }
+        if let Some(peer) = self.allow_uids.iter().find(|u| uids.contains(u)) {
+            return invalid(format!(
+                "sandbox_uid: {peer} is also an allowed peer uid (the frontend's?)"
+            ));
+        }
+        if gids.contains(&0) {
+            return invalid("sandbox_gid: must not be root's group".into());
         }
         let max = pysandbox_shared::MAX_TIMEOUT_MS;
         if !(1..=max).contains(&self.max_timeout_ms) {
@@ -612,15 +652,15 @@ impl Config {
                 "max_input_bytes: must be at most {MAX_INPUT_BYTES}"
             ));
         }
-        for ((name, default), (_, max)) in self
-            .default_limits
+        let limits = self.default_limits.fields().into_iter();
+        let bounds = MIN_LIMITS
             .fields()
             .into_iter()
-            .zip(self.max_limits.fields())
-        {
-            if default == 0 || default > max {
+            .zip(self.max_limits.fields());
+        for ((name, default), ((_, min), (_, max))) in limits.zip(bounds) {
+            if !(min..=max).contains(&default) {
                 return invalid(format!(
-                    "default_limits: {name} must be from 1 to its max_limits value {max}"
+                    "default_limits: {name} must be from {min} to its max_limits value {max}"
                 ));
             }
         }
@@ -683,6 +723,45 @@ impl Config {
             .chain(self.ro_binds.iter().map(PathBuf::as_path))
             .any(|root| path.starts_with(root))
     }
+}
+
+/// The first host uid and gid of jobs: `uid` as given, else `user`'s (by default
+/// [`DEFAULT_SANDBOX_USER`]), looked up now so that a missing user stops the start
+/// with the fix rather than failing every job.
+fn sandbox_ids(
+    user: Option<String>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+) -> Result<(u32, u32), Error> {
+    let (uid, user_gid) = match (uid, user) {
+        (Some(uid), None) => (uid, uid),
+        (Some(_), Some(_)) => {
+            return Err(Error::Config(
+                "sandbox_user and sandbox_uid: set one of them, not both".into(),
+            ))
+        }
+        (None, user) => {
+            let name = user.unwrap_or_else(|| DEFAULT_SANDBOX_USER.into());
+            let found = nix::unistd::User::from_name(&name).map_err(|e| {
+                Error::Config(format!("sandbox_user: cannot look up {name:?}: {e}"))
+            })?;
+            let user = found.ok_or_else(|| {
+                Error::Config(format!(
+                    "sandbox_user: no user {name:?} on this host; create it \
+                     (`useradd --system --no-create-home --shell /usr/sbin/nologin {name}`, \
+                     or systemd-sysusers with systemd/pysandbox.sysusers), or set sandbox_uid"
+                ))
+            })?;
+            (user.uid.as_raw(), user.gid.as_raw())
+        }
+    };
+    Ok((uid, gid.unwrap_or(user_gid)))
+}
+
+/// `count` ids from `first`, unless that runs past the largest valid id.
+fn id_range(first: u32, count: u32) -> Option<std::ops::RangeInclusive<u32>> {
+    let last = first.checked_add(count.checked_sub(1)?)?;
+    (last < u32::MAX).then_some(first..=last)
 }
 
 /// Reads the `--config` file, then every `*.toml` file of the directory named like it
@@ -758,8 +837,15 @@ fn cpu_count() -> u32 {
 mod tests {
     use super::*;
 
+    /// Config from flags; jobs run as `daemon` (uid 1, on every Debian host) unless
+    /// `args` name the sandbox ids.
     fn load(args: &[&str]) -> Result<Config, Error> {
-        let argv = std::iter::once("pysandbox-executor").chain(args.iter().copied());
+        let user = ["--sandbox-user", "daemon"];
+        let names_ids = args.iter().any(|a| a.starts_with("--sandbox-u"));
+        let user = user.iter().filter(|_| !names_ids);
+        let argv = std::iter::once(&"pysandbox-executor")
+            .chain(user)
+            .chain(args);
         Config::load(Cli::parse_from(argv))
     }
 
@@ -857,7 +943,7 @@ mod tests {
     fn defaults() {
         let config = load(&[]).unwrap();
         assert_eq!(config.socket, Path::new(DEFAULT_SOCKET));
-        assert_eq!(config.sandbox_uid, 65534);
+        assert_eq!((config.sandbox_uid, config.sandbox_ids), (1, 1));
         assert_eq!(config.default_timeout_ms, 30_000);
         assert!(config.max_jobs >= 1);
         assert_eq!(
@@ -949,6 +1035,44 @@ mod tests {
     fn unknown_key_is_named() {
         let err = load_file("sokcet = \"/x\"").unwrap_err().to_string();
         assert!(err.contains("sokcet"), "{err}");
+    }
+
+    #[test]
+    fn the_sandbox_user_is_looked_up_by_name_and_must_exist() {
+        let config = load(&["--sandbox-user", "daemon"]).unwrap();
+        assert_eq!((config.sandbox_uid, config.sandbox_gid), (1, 1));
+        let config = load(&["--sandbox-uid", "5000"]).unwrap();
+        assert_eq!((config.sandbox_uid, config.sandbox_gid), (5000, 5000));
+        let err = load(&["--sandbox-user", "no-such-user-here"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: sandbox_user: no user \"no-such-user-here\" on this host; \
+             create it (`useradd --system --no-create-home --shell /usr/sbin/nologin \
+             no-such-user-here`, or systemd-sysusers with systemd/pysandbox.sysusers), or set \
+             sandbox_uid"
+        );
+    }
+
+    #[test]
+    fn a_sandbox_id_range_holds_every_jail_and_no_daemon() {
+        let ids = |extra: &[&str]| {
+            let mut args = vec!["--sandbox-uid", "70000", "--max-jobs", "4"];
+            args.extend(extra);
+            load(&args).map(|c| c.sandbox_ids)
+        };
+        assert_eq!(ids(&["--sandbox-ids", "6"]).unwrap(), 6);
+        assert!(
+            ids(&["--sandbox-ids", "5"]).is_err(),
+            "4 jobs + 2 warm jails"
+        );
+        assert!(ids(&["--sandbox-ids", "0"]).is_err());
+        let err = ids(&["--sandbox-ids", "64", "--allow-uid", "70063"]).unwrap_err();
+        assert!(
+            err.to_string().contains("70063 is also an allowed peer"),
+            "{err}"
+        );
+        let max = load(&["--sandbox-uid", "4294967290", "--sandbox-ids", "64"]);
+        assert!(max.is_err());
     }
 
     #[test]
@@ -1094,6 +1218,13 @@ mod tests {
         assert!(load_file("max_input_bytes = 33554433").is_err());
         assert!(load_file("[default_limits]\nmemory_mb = 5000").is_err());
         assert!(load_file("[default_limits]\nmemroy_mb = 5").is_err());
+        // Below the minimum a jail cannot start: refused at startup, not per job.
+        let small = load_file("[default_limits]\nmemory_mb = 7").unwrap_err();
+        assert_eq!(
+            small.to_string(),
+            "invalid configuration: default_limits: memoryMb must be from 8 to its max_limits value 4096"
+        );
+        assert!(load_file("[max_limits]\nmax_processes = 3").is_err());
         assert!(load(&["--max-jobs", "0"]).is_err());
     }
 }

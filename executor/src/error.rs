@@ -23,9 +23,28 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// A job's jail could not be created or started; the job did not run.
-    #[error("jail setup failed: {0}")]
-    Jail(String),
+    /// A step of starting a job's jail failed; the job did not run.
+    #[error("jail setup failed: cannot {step}")]
+    Jail {
+        step: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The jail ended before jail-init said it was set up; bwrap's stderr says why.
+    #[error("the jail did not start: {stderr}")]
+    JailDidNotStart { stderr: String },
+    /// A warm jail did not say in time that its Python waits for a job.
+    #[error("a warm jail did not start")]
+    WarmJailDidNotStart,
+    /// The jail's output pipes stayed open after it was killed.
+    #[error("the jail's output did not close")]
+    OutputDidNotClose,
+    /// The executor is stopping and takes no more jobs.
+    #[error("the executor is shutting down")]
+    ShuttingDown,
+    /// Every host uid of the configured range is held by a jail.
+    #[error("no sandbox uid is free (sandbox_ids is smaller than the jails alive)")]
+    NoSandboxId,
     /// Writing an input file into a job's work dir failed.
     #[error("cannot write input file {path:?}")]
     WriteInput {
@@ -51,6 +70,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// Wraps an I/O failure at `step` of starting a jail.
+    pub fn jail(step: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+        move |source| Error::Jail { step, source }
+    }
+
     /// Wraps an I/O failure on `path` during setup.
     pub fn setup(
         action: &'static str,
@@ -62,5 +86,41 @@ impl Error {
             path,
             source,
         }
+    }
+}
+
+/// `error` and every cause below it, outermost first, joined by ": ", for the few
+/// places that print an error: Display alone shows only the outermost message
+/// ("cannot create …" without "No space left on device").
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chain_shows_the_errno_text() {
+        let full = Error::setup("create", "/state/jobs/1")(std::io::Error::from_raw_os_error(
+            libc::ENOSPC,
+        ));
+        assert_eq!(
+            chain(&full),
+            "cannot create \"/state/jobs/1\": No space left on device (os error 28)"
+        );
+        let jail =
+            Error::jail("wait for the jail")(std::io::Error::from_raw_os_error(libc::ECHILD));
+        assert_eq!(
+            chain(&jail),
+            "jail setup failed: cannot wait for the jail: No child processes (os error 10)"
+        );
     }
 }

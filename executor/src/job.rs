@@ -21,9 +21,10 @@ use tracing::{info, warn};
 
 use crate::cgroup::{CgroupLimits, Cgroups, Controller, JobCgroup, Version};
 use crate::collect::{collect, Caps, Collected, Sink, Stamp};
-use crate::config::{Config, Limits};
+use crate::config::{Config, Limits, MIN_LIMITS};
 use crate::display::{self, DisplayCaps, Shown};
 use crate::error::Error;
+use crate::ids::{Lease, SandboxIds};
 use crate::inputs;
 use crate::jail::{Jail, Started};
 use crate::output::{forward, last_words};
@@ -59,7 +60,7 @@ pub struct Runner {
     jail: Jail,
     cgroups: Option<Cgroups>,
     jobs_dir: PathBuf,
-    owner: (u32, u32),
+    ids: SandboxIds,
     default_timeout_ms: u32,
     max_timeout_ms: u32,
     default_limits: Limits,
@@ -87,6 +88,8 @@ pub struct Prepared {
     started: Started,
     /// Whether its Python already said it is waiting (so its readiness is known).
     warm: bool,
+    /// The host ids it runs as; last, so they are free again only once it is gone.
+    ids: Lease,
 }
 
 /// A job's limits and network policy once its request has been checked against
@@ -111,13 +114,21 @@ struct Observed {
     network: NetworkReport,
 }
 
+impl Prepared {
+    /// Whether the jail uses less memory than `limits` allow, as far as is known.
+    fn fits(&self, limits: &Limits) -> bool {
+        let used = self.cgroup.as_ref().and_then(JobCgroup::memory_bytes);
+        used.is_none_or(|bytes| bytes < u64::from(limits.memory_mb) << 20)
+    }
+}
+
 impl Runner {
     pub fn new(config: &Config, jail: Jail, cgroups: Option<Cgroups>) -> Runner {
         Runner {
             jail,
             cgroups,
             jobs_dir: jobs_dir(&config.state_dir),
-            owner: (config.sandbox_uid, config.sandbox_gid),
+            ids: SandboxIds::new(config.sandbox_uid, config.sandbox_gid, config.sandbox_ids),
             default_timeout_ms: config.default_timeout_ms,
             max_timeout_ms: config.max_timeout_ms,
             default_limits: config.default_limits,
@@ -212,31 +223,31 @@ impl Runner {
             "timeoutMs",
             spec.timeout_ms,
             self.default_timeout_ms,
-            self.max_timeout_ms,
+            (1, self.max_timeout_ms),
         )?;
         let (asked, default, max) = (&spec.limits, &self.default_limits, &self.max_limits);
-        let limits = Limits {
-            memory_mb: check(
-                "limits.memoryMb",
-                asked.memory_mb,
-                default.memory_mb,
-                max.memory_mb,
-            )?,
-            cpu_ms: check("limits.cpuMs", asked.cpu_ms, default.cpu_ms, max.cpu_ms)?,
-            max_processes: check(
-                "limits.maxProcesses",
-                asked.max_processes,
-                default.max_processes,
-                max.max_processes,
-            )?,
-            disk_mb: check("limits.diskMb", asked.disk_mb, default.disk_mb, max.disk_mb)?,
-            output_bytes: check(
-                "limits.outputBytes",
-                asked.output_bytes,
-                default.output_bytes,
-                max.output_bytes,
-            )?,
+        let limit = |field: &str, asked, pick: fn(&Limits) -> u32| {
+            let bounds = (pick(&MIN_LIMITS), pick(max));
+            check(&format!("limits.{field}"), asked, pick(default), bounds)
         };
+        let limits = Limits {
+            memory_mb: limit("memoryMb", asked.memory_mb, |l| l.memory_mb)?,
+            cpu_ms: limit("cpuMs", asked.cpu_ms, |l| l.cpu_ms)?,
+            max_processes: limit("maxProcesses", asked.max_processes, |l| l.max_processes)?,
+            disk_mb: limit("diskMb", asked.disk_mb, |l| l.disk_mb)?,
+            output_bytes: limit("outputBytes", asked.output_bytes, |l| l.output_bytes)?,
+        };
+        // The code is written into the job's tmpfs: code larger than the disk would
+        // fail the jail's setup (503) instead of telling the client (400).
+        if spec.code.len() as u64 > u64::from(limits.disk_mb) << 20 {
+            return Err(JobError::Rejected {
+                field: "code".into(),
+                reason: format!(
+                    "does not fit in the job's disk limit of {} MiB (limits.diskMb)",
+                    limits.disk_mb
+                ),
+            });
+        }
         // A job gets network only when it asks; `allowedDomains` may only narrow
         // the configured list.
         // The configured list applies to every job, as in the seed service (whose
@@ -293,12 +304,13 @@ impl Runner {
     fn prepare(
         &self,
         id: u64,
+        ids: Lease,
         limits: &Limits,
         preload: &[String],
         proxy: Option<&JobProxy>,
     ) -> Result<Prepared, Error> {
-        let dir = WorkDir::create(&self.jobs_dir, id, self.owner, self.disk(limits))?;
-        let display = display::create(&dir.dirs().tmp, self.owner)?;
+        let dir = WorkDir::create(&self.jobs_dir, id, ids.pair(), self.disk(limits))?;
+        let display = display::create(&dir.dirs().tmp, ids.pair())?;
         let cgroup = match &self.cgroups {
             Some(cgroups) => Some(cgroups.create(id, &self.cgroup_limits(limits))?),
             None => None,
@@ -312,13 +324,14 @@ impl Runner {
         let proxy_dir = proxy.map(JobProxy::dir);
         let started = self
             .jail
-            .spawn(&dir, &procs, &rlimits, preload, proxy_dir)?;
+            .spawn(&dir, ids.pair(), &procs, &rlimits, preload, proxy_dir)?;
         Ok(Prepared {
             dir,
             display,
             cgroup,
             started,
             warm: false,
+            ids,
         })
     }
 
@@ -326,7 +339,8 @@ impl Runner {
     /// imported, and confirmed waiting (its Python said so) before it is returned.
     pub async fn prepare_warm(&self) -> Result<Prepared, Error> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut jail = self.prepare(id, &self.max_limits, &self.preload, None)?;
+        let ids = self.ids.take()?;
+        let mut jail = self.prepare(id, ids, &self.max_limits, &self.preload, None)?;
         let mut bytes = [0u8; 2];
         let confirmed =
             tokio::time::timeout(WARM_TIMEOUT, jail.started.ready.read_exact(&mut bytes));
@@ -335,7 +349,7 @@ impl Runner {
                 jail.warm = true;
                 Ok(jail)
             }
-            _ => Err(Error::Jail("a warm jail did not start".into())),
+            _ => Err(Error::WarmJailDidNotStart),
         }
     }
 
@@ -356,18 +370,22 @@ impl Runner {
         let (timeout_ms, limits) = (resolved.timeout_ms, resolved.limits);
         let mut proxy = None;
         let mut jail = match (jail, &resolved.network) {
-            (Some(jail), None) => jail,
+            // A warm jail whose Python already uses as much memory as the job may
+            // have cannot take the job's limit (cgroup v1 refuses it, v2 would
+            // OOM-kill the jail before the job's first line): a cold one can.
+            (Some(jail), None) if jail.fits(&limits) => jail,
             (_, network) => {
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                let ids = self.ids.take()?;
                 // Started before the jail, whose jail-init waits for socat, which
                 // needs the socket to exist.
                 if let Some(policy) = network {
                     let started =
                         self.proxies
-                            .start(&self.jobs_dir, id, self.owner, policy.clone())?;
+                            .start(&self.jobs_dir, id, ids.pair(), policy.clone())?;
                     proxy = Some(started);
                 }
-                self.prepare(id, &limits, &[], proxy.as_ref())?
+                self.prepare(id, ids, &limits, &[], proxy.as_ref())?
             }
         };
         // The job's limits, on the live jail: a warm one was set up at the maxima.
@@ -378,9 +396,11 @@ impl Runner {
         }
         // Input files, then the code: the launcher reads nothing before the hand-off
         // below, so the job never sees them half-written.
-        let inputs = inputs::write(&jail.dir.dirs().work, &spec.files, self.owner)?;
+        let inputs = inputs::write(&jail.dir.dirs().work, &spec.files, jail.ids.pair())?;
         jail.dir.write_code(&spec.code)?;
+        // The ids first, so that they are dropped last, after the jail is gone.
         let Prepared {
+            ids: _ids,
             dir,
             display,
             cgroup,
@@ -458,14 +478,16 @@ impl Runner {
         if gone_at.elapsed() >= DRAIN_GRACE {
             warn!("the jail's output stayed open after its processes were gone; keeping what was read");
         }
-        let (status, killed_by) = waited.map_err(|e| Error::Jail(format!("cannot wait: {e}")))?;
+        let (status, killed_by) = waited.map_err(Error::jail("wait for the jail"))?;
         // A jail killed at its limit before jail-init ran still hit the limit: that
         // is the answer, not a setup failure.
         let (truncated, shown) = match output {
             Ok(shown) => shown,
             Err(_) if killed_by.is_some() => ((false, false), Shown::default()),
             Err(last_words) => {
-                return Err(Error::Jail(last_words.trim().chars().take(500).collect()))
+                return Err(Error::JailDidNotStart {
+                    stderr: last_words.trim().chars().take(500).collect(),
+                })
             }
         };
         let mut observed = Observed {
@@ -589,15 +611,20 @@ impl Runner {
     }
 }
 
-/// A requested limit, or the default; more than `max` (or 0) is refused with the
+/// A requested limit, or the default; outside `(min, max)` is refused with the
 /// API's name for the field.
-fn check(field: &str, asked: Option<u32>, default: u32, max: u32) -> Result<u32, JobError> {
+fn check(
+    field: &str,
+    asked: Option<u32>,
+    default: u32,
+    (min, max): (u32, u32),
+) -> Result<u32, JobError> {
     match asked {
         None => Ok(default),
-        Some(value) if (1..=max).contains(&value) => Ok(value),
+        Some(value) if (min..=max).contains(&value) => Ok(value),
         Some(_) => Err(JobError::Rejected {
             field: field.into(),
-            reason: format!("must be from 1 to {max}"),
+            reason: format!("must be from {min} to {max}"),
         }),
     }
 }
@@ -697,6 +724,17 @@ async fn is_ready(mut ready: pipe::Receiver) -> bool {
 /// refused network request and per limit that fired, and the limit that matters
 /// most in `limit_exceeded` (the one that killed the job, else the first of memory,
 /// cpu, processes, disk, output).
+///
+/// A limit counts as fired only on evidence the job cannot make up; its exit status
+/// is never evidence (it can `sys.exit(152)` or send itself SIGXCPU):
+/// - time: the executor's own wall-clock timer killed it;
+/// - memory: the memory cgroup's OOM-kill counter (the kernel's record);
+/// - cpu: the executor's CPU poll killed it, or the cgroup's CPU time is at or past
+///   the limit (RLIMIT_CPU's SIGXCPU always comes later than that); without a
+///   cpuacct cgroup no figure is trusted, so no verdict;
+/// - processes: the pids cgroup's `max` event counter (a refused fork or clone);
+/// - disk: the tmpfs has almost no space or inodes left once the job is over;
+/// - output: the executor's capture saw more than it keeps.
 fn assemble(
     observed: Observed,
     resolved: &Resolved,
@@ -708,7 +746,10 @@ fn assemble(
     } = resolved;
     let (exit_code, signal) = exit_of(observed.status, observed.killed_by.is_some());
     let (stdout_truncated, stderr_truncated) = truncated;
-    let cpu_signal = signal.as_deref() == Some("SIGXCPU");
+    let cpu_spent = observed
+        .usage
+        .cpu_ms
+        .is_some_and(|ms| ms >= u64::from(limits.cpu_ms));
     let fired = [
         (
             observed.killed_by == Some(LimitKind::Time),
@@ -721,7 +762,7 @@ fn assemble(
             format!("killed: memory limit {} MiB exceeded", limits.memory_mb),
         ),
         (
-            observed.killed_by == Some(LimitKind::Cpu) || cpu_signal,
+            observed.killed_by == Some(LimitKind::Cpu) || cpu_spent,
             LimitKind::Cpu,
             format!("killed: CPU time limit of {} ms exceeded", limits.cpu_ms),
         ),
@@ -912,13 +953,40 @@ mod tests {
     }
 
     #[test]
-    fn sigxcpu_reads_as_cpu() {
+    fn sigxcpu_without_the_cpu_time_is_no_verdict() {
+        let forged = |status| Observed {
+            status: Some(status),
+            usage: Usage {
+                cpu_ms: Some(5),
+                ..Usage::default()
+            },
+            ..Observed::default()
+        };
+        // sys.exit(152), and os.kill(os.getpid(), SIGXCPU).
+        for status in [
+            ExitStatus::from_raw((128 + 24) << 8),
+            ExitStatus::from_raw(24),
+        ] {
+            let result = run_result(forged(status), (false, false));
+            assert_eq!(result.signal.as_deref(), Some("SIGXCPU"));
+            assert_eq!(result.limit_exceeded, None);
+            assert!(result.notes.is_empty(), "{:?}", result.notes);
+        }
+    }
+
+    #[test]
+    fn sigxcpu_after_the_cpu_time_reads_as_cpu() {
         let observed = Observed {
             status: exited(128 + 24),
+            usage: Usage {
+                cpu_ms: Some(500),
+                ..Usage::default()
+            },
             ..Observed::default()
         };
         let result = run_result(observed, (false, false));
         assert_eq!(result.limit_exceeded, Some(LimitKind::Cpu));
+        assert_eq!(result.notes, ["killed: CPU time limit of 500 ms exceeded"]);
     }
 
     #[test]
@@ -964,16 +1032,20 @@ mod tests {
 
     #[test]
     fn requested_limits_may_only_lower_the_maximum() {
-        assert_eq!(check("limits.memoryMb", None, 512, 1024), Ok(512));
-        assert_eq!(check("limits.memoryMb", Some(100), 512, 1024), Ok(100));
-        assert_eq!(check("limits.memoryMb", Some(1024), 512, 1024), Ok(1024));
-        assert_eq!(
-            check("limits.memoryMb", Some(1025), 512, 1024),
-            Err(JobError::Rejected {
-                field: "limits.memoryMb".into(),
-                reason: "must be from 1 to 1024".into(),
-            })
-        );
-        assert!(check("timeoutMs", Some(0), 1, 5).is_err());
+        let bounds = (8, 1024);
+        assert_eq!(check("limits.memoryMb", None, 512, bounds), Ok(512));
+        assert_eq!(check("limits.memoryMb", Some(100), 512, bounds), Ok(100));
+        assert_eq!(check("limits.memoryMb", Some(1024), 512, bounds), Ok(1024));
+        assert_eq!(check("limits.memoryMb", Some(8), 512, bounds), Ok(8));
+        for asked in [1025, 7] {
+            assert_eq!(
+                check("limits.memoryMb", Some(asked), 512, bounds),
+                Err(JobError::Rejected {
+                    field: "limits.memoryMb".into(),
+                    reason: "must be from 8 to 1024".into(),
+                })
+            );
+        }
+        assert!(check("timeoutMs", Some(0), 1, (1, 5)).is_err());
     }
 }

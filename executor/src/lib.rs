@@ -1,22 +1,38 @@
 //! pysandbox-executor: the privileged half of pysandbox. It serves a Unix socket, and
 //! runs each job it is sent in a fresh bubblewrap jail as an unprivileged uid.
+//!
+//! Only what the binary needs is public; crate-private modules let rustc find dead
+//! code. Every `unsafe` block lives in `sys`, and the compiler holds us to that.
 
-pub mod cgroup;
-pub mod check;
-pub mod collect;
-pub mod config;
+#![deny(unsafe_code)]
+
+pub(crate) mod cgroup;
+pub(crate) mod check;
+pub(crate) mod collect;
+pub(crate) mod config;
 pub(crate) mod display;
-pub mod error;
-pub mod inputs;
-pub mod jail;
-pub mod job;
-pub mod output;
-pub mod pool;
-pub mod privileges;
-pub mod proxy;
-pub mod server;
+pub(crate) mod error;
+pub(crate) mod ids;
+pub(crate) mod inputs;
+pub(crate) mod jail;
+pub(crate) mod job;
+pub(crate) mod output;
+pub(crate) mod pool;
+pub(crate) mod privileges;
+pub(crate) mod proxy;
+pub(crate) mod server;
+#[allow(unsafe_code)]
 mod sys;
-pub mod workdir;
+pub(crate) mod workdir;
 
+pub use check::run as check_host;
 pub use config::{Cli, Command, Config};
-pub use error::Error;
+pub use error::{chain, Error};
+pub use jail::init::{main as jail_init, SUBCOMMAND as JAIL_INIT};
+pub use privileges::{drop_unneeded as drop_capabilities, mask as capability_mask};
+pub use server::run as serve;
+
+/// The proxy's pure parsers, for the fuzz targets in `executor/fuzz/`; not an API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use proxy::fuzzing;

@@ -1,11 +1,14 @@
 use clap::Parser;
-use pysandbox_executor::{check, jail, privileges, server, Cli, Command, Config};
+use pysandbox_executor::{
+    capability_mask, chain, check_host, drop_capabilities, jail_init, serve, Cli, Command, Config,
+    JAIL_INIT,
+};
 
 fn main() -> std::process::ExitCode {
     let mut args = std::env::args_os().skip(1);
     // Inside a jail: become the job as fast as possible, before any setup of ours.
-    if args.next().is_some_and(|a| a == jail::init::SUBCOMMAND) {
-        return std::process::ExitCode::from(jail::init::main(args) as u8);
+    if args.next().is_some_and(|a| a == JAIL_INIT) {
+        return std::process::ExitCode::from(jail_init(args) as u8);
     }
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
@@ -24,15 +27,15 @@ fn main() -> std::process::ExitCode {
     let config = match Config::load(cli) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("pysandbox-executor: {e}");
+            eprintln!("pysandbox-executor: {}", chain(&e));
             return std::process::ExitCode::from(2);
         }
     };
     if nix::unistd::geteuid().is_root() {
-        match privileges::drop_unneeded() {
+        match drop_capabilities() {
             Ok(kept) => tracing::info!(
                 capabilities = ?kept,
-                mask = format_args!("{:#x}", privileges::mask(&kept)),
+                mask = format_args!("{:#x}", capability_mask(&kept)),
                 "dropped every other capability"
             ),
             Err(e) => {
@@ -51,15 +54,15 @@ fn main() -> std::process::ExitCode {
         }
     };
     if command == Some(Command::Check) {
-        return match runtime.block_on(check::run(&config)) {
+        return match runtime.block_on(check_host(&config)) {
             true => std::process::ExitCode::SUCCESS,
             false => std::process::ExitCode::FAILURE,
         };
     }
-    match runtime.block_on(server::run(config, shutdown_signal())) {
+    match runtime.block_on(serve(config, shutdown_signal())) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %anyhow::Error::from(e), "executor failed");
+            tracing::error!(error = %chain(&e), "executor failed");
             std::process::ExitCode::FAILURE
         }
     }

@@ -34,16 +34,20 @@ pub const KEPT: &[(Capability, &str)] = &[
     ),
 ];
 
-/// Drops every capability outside [`KEPT`] from all five sets and returns what is
-/// left in the effective set. Without privileges (not root) there is nothing to drop.
+/// Empties the bounding, inheritable and ambient sets, drops every capability
+/// outside [`KEPT`] from the effective and permitted sets, and returns what is left
+/// in the effective set. Without privileges (not root) there is nothing to drop.
 pub fn drop_unneeded() -> Result<CapsHashSet, caps::errors::CapsError> {
     let keep: CapsHashSet = KEPT.iter().map(|(cap, _)| *cap).collect();
     // The bounding set first: dropping from it needs CAP_SETPCAP, itself dropped here.
-    // Only what is still in it, so that a unit's CapabilityBoundingSet= that already
-    // removed CAP_SETPCAP does not make this fail.
-    for cap in caps::all().difference(&keep) {
-        if caps::has_cap(None, CapSet::Bounding, *cap)? {
-            caps::drop(None, CapSet::Bounding, *cap)?;
+    // All of it: the executor never execs anything that needs a capability, and every
+    // jail inherits this set, so a job's processes show an empty one on the host too
+    // (a switch of uid clears the other sets, not this one). Only what is still in
+    // it, so that a unit's CapabilityBoundingSet= that already removed CAP_SETPCAP
+    // does not make this fail.
+    for cap in caps::all() {
+        if caps::has_cap(None, CapSet::Bounding, cap)? {
+            caps::drop(None, CapSet::Bounding, cap)?;
         }
     }
     caps::clear(None, CapSet::Ambient)?;

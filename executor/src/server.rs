@@ -24,7 +24,7 @@ use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::cgroup::{self, Cgroups};
 use crate::config::Config;
-use crate::error::Error;
+use crate::error::{chain, Error};
 use crate::jail::Jail;
 use crate::job::{Frames, Resolved, Runner};
 use crate::pool::Pool;
@@ -446,18 +446,6 @@ async fn send_all(
         }
     }
     Ok(())
-}
-
-/// An error with its causes, `outer: inner: innermost`, for a log line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(inner) = cause {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        cause = inner.source();
-    }
-    text
 }
 
 /// A peer-chosen id, cut to a length fit for a log line and without control

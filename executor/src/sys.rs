@@ -53,7 +53,7 @@ pub fn harden_spawn(cmd: &mut Command, plan: SpawnPlan) {
 /// The child's steps between fork and exec, in the only order that works.
 fn child_steps(plan: &SpawnPlan) -> Result<(), ()> {
     let check = |rc: libc::c_int| if rc < 0 { Err(()) } else { Ok(()) };
-    // SAFETY (whole block): plain syscalls on integers and on pointers to locals;
+    // SAFETY: (the whole block) plain syscalls on integers and on pointers to locals;
     // see each step for why it is there.
     unsafe {
         // 1. Join the job's cgroups while still root (v1 checks the writer's
@@ -64,27 +64,18 @@ fn child_steps(plan: &SpawnPlan) -> Result<(), ()> {
                 return Err(());
             }
         }
-        // 2. Limits every process of the jail inherits; set while still privileged,
-        //    so a hard limit above the executor's own can still be set.
-        for (resource, value) in plan.rlimits.into_iter().flatten() {
-            let limit = libc::rlimit {
-                rlim_cur: value,
-                rlim_max: value,
-            };
-            check(libc::setrlimit(resource, &limit))?;
-        }
-        // 3. Park the passed descriptors above any target number first, so that
+        // 2. Park the passed descriptors above any target number first, so that
         //    placing one cannot clobber another still waiting to be placed.
         let mut parked = [-1; MAX_PASSED_FDS];
         for (slot, (src, _)) in parked.iter_mut().zip(plan.fds) {
             *slot = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, 100);
             check(*slot)?;
         }
-        // 4. dup2 clears close-on-exec on the copy: these, and stdio, are all bwrap gets.
+        // 3. dup2 clears close-on-exec on the copy: these, and stdio, are all bwrap gets.
         for (fd, (_, target)) in parked.into_iter().zip(plan.fds) {
             check(libc::dup2(fd, target))?;
         }
-        // 5. Everything above the passed range closes at exec, whoever opened it and
+        // 4. Everything above the passed range closes at exec, whoever opened it and
         //    however (CLOSE_RANGE_CLOEXEC, Linux 5.11; older kernels rely on O_CLOEXEC,
         //    which std and tokio set on every descriptor they create).
         let first_free = plan.fds.iter().map(|&(_, t)| t).max().unwrap_or(2) + 1;
@@ -94,6 +85,20 @@ fn child_steps(plan: &SpawnPlan) -> Result<(), ()> {
             libc::c_uint::MAX,
             libc::CLOSE_RANGE_CLOEXEC,
         );
+        // 5. Limits every process of the jail inherits. Only now that the descriptors
+        //    are placed: RLIMIT_NOFILE caps the numbers F_DUPFD may hand out, and the
+        //    executor may hold hundreds of descriptors (idle connections), so the
+        //    job's 256 set earlier left step 2 no free number (EMFILE). Lowering it
+        //    below descriptors already open is allowed; those close at exec. Set
+        //    while still privileged, so a hard limit above the executor's own can
+        //    still be set.
+        for (resource, value) in plan.rlimits.into_iter().flatten() {
+            let limit = libc::rlimit {
+                rlim_cur: value,
+                rlim_max: value,
+            };
+            check(libc::setrlimit(resource, &limit))?;
+        }
         // 6. Drop root for good: bwrap then builds the namespaces as an ordinary user,
         //    so even a full escape from them lands as the sandbox uid, not as root.
         //    Groups first, while we still may.
@@ -263,4 +268,54 @@ pub fn refuse_passed_fds(socket: BorrowedFd<'_>) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An executor holding more descriptors than a job may (idle connections, say)
+    /// must still start jails: the job's RLIMIT_NOFILE is set only after the passed
+    /// descriptors are placed. Needs root for setgroups; CI runs as root.
+    #[tokio::test]
+    async fn a_jail_starts_while_the_executor_holds_more_descriptors_than_the_job_may() {
+        if !nix::unistd::geteuid().is_root() {
+            assert!(std::env::var_os("CI").is_none(), "CI must run as root");
+            return eprintln!("skipped: needs root");
+        }
+        const JOB_FILES: u64 = 256;
+        // Take every free number up to past the job's limit, as the executor's
+        // open connections would.
+        let null = std::fs::File::open("/dev/null").unwrap();
+        let mut held = Vec::new();
+        while held.last().map_or(0, |fd: &OwnedFd| fd.as_raw_fd()) <= JOB_FILES as RawFd + 40 {
+            let fd = nix::fcntl::fcntl(null.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(0))
+                .unwrap();
+            // SAFETY: the kernel just returned `fd` as a new descriptor nothing else owns.
+            held.push(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        let passed = |i: usize| held[held.len() - 1 - i].as_raw_fd();
+        let mut rlimits = [None; MAX_RLIMITS];
+        rlimits[0] = Some((libc::RLIMIT_NOFILE, JOB_FILES));
+        let mut cmd = Command::new("/bin/sh");
+        // The child sees the three descriptors at their targets and the job's limit.
+        cmd.args([
+            "-c",
+            "test -e /proc/self/fd/5 && test \"$(ulimit -n)\" = 256",
+        ]);
+        harden_spawn(
+            &mut cmd,
+            SpawnPlan {
+                uid: nix::unistd::getuid().as_raw(),
+                gid: nix::unistd::getgid().as_raw(),
+                parent: std::process::id() as libc::pid_t,
+                fds: [(passed(0), 3), (passed(1), 4), (passed(2), 5)],
+                cgroup_procs: [-1; MAX_CGROUPS],
+                rlimits,
+            },
+        );
+        let status = cmd.spawn().expect("spawn with fds past the job's limit");
+        let status = status.wait_with_output().await.unwrap().status;
+        assert!(status.success(), "{status:?}");
+    }
 }

@@ -28,6 +28,12 @@ pub fn open_dir(path: &Path) -> std::io::Result<OwnedFd> {
         .map(OwnedFd::from)
 }
 
+/// A job's tmpfs with less free space than this counts as full: a few pages, so
+/// that one refused write counts however the job then tidied up its last page.
+const FULL_BELOW_BYTES: u64 = 64 << 10;
+/// Likewise for inodes.
+const FULL_BELOW_INODES: u64 = 4;
+
 /// Size of a job's tmpfs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DiskLimits {
@@ -176,10 +182,14 @@ impl WorkDir {
         Ok(())
     }
 
-    /// Whether the job ran out of space or inodes (less than 1 MiB or 16 inodes left).
+    /// Whether the job ran out of space or inodes: a write the kernel refused leaves
+    /// less than a page free (tmpfs writes page by page and fails only on the page
+    /// that does not fit), so "nearly no room left" is the evidence. The margin is
+    /// absolute and small, so that a small disk is not full from the start.
     pub fn is_full(&self) -> bool {
         nix::sys::statvfs::statvfs(&self.root).is_ok_and(|st| {
-            st.blocks_available() * st.fragment_size() < 1 << 20 || st.files_available() < 16
+            st.blocks_available() * st.fragment_size() < FULL_BELOW_BYTES
+                || st.files_available() < FULL_BELOW_INODES
         })
     }
 }
@@ -247,6 +257,11 @@ mod tests {
         let dir = WorkDir::create(&jobs_dir(state.path()), 1, (65534, 65534), limits).unwrap();
         let root = dir.root.clone();
         let mut dir = dir;
+        dir.write_code("print(1)").unwrap();
+        assert!(
+            !dir.is_full(),
+            "a 1 MiB disk holding only the code is not full"
+        );
         let big = std::fs::write(dir.dirs().work.join("big"), vec![0u8; 2 << 20]);
         assert_eq!(big.unwrap_err().raw_os_error(), Some(libc::ENOSPC));
         assert!(dir.is_full());

@@ -20,6 +20,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long [`Executor::stop`] waits after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// The user the executor runs jobs as by default. The harness creates it when the
+/// host lacks it (a fresh CI machine), as `scripts/run-local` and systemd-sysusers do.
+pub const SANDBOX_USER: &str = "pysandbox-job";
+
 pub(crate) const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The `RUST_LOG` the daemons get: `PYSANDBOX_TEST_LOG` if set, else `info` (the
@@ -276,6 +280,7 @@ impl Executor {
     }
 
     fn spawn(&mut self) {
+        ensure_sandbox_user();
         let bins = binaries();
         let mut argv: Vec<OsString> = Vec::new();
         if self.listener.is_some() {
@@ -429,4 +434,31 @@ impl Drop for Executor {
             );
         }
     }
+}
+
+/// Creates [`SANDBOX_USER`] once per test process if the host has no such user;
+/// every executor the harness starts calls it first.
+pub fn ensure_sandbox_user() {
+    static CREATED: std::sync::Once = std::sync::Once::new();
+    CREATED.call_once(|| {
+        let exists = || matches!(nix::unistd::User::from_name(SANDBOX_USER), Ok(Some(_)));
+        if exists() {
+            return;
+        }
+        let status = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+            ])
+            .arg(SANDBOX_USER)
+            .env("PATH", PATH)
+            .status();
+        // Another test process may have created it meanwhile: what counts is that it exists.
+        assert!(
+            exists(),
+            "cannot create the user {SANDBOX_USER}: useradd gave {status:?}"
+        );
+    });
 }

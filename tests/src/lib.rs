@@ -28,7 +28,7 @@ mod service;
 mod upload_stub;
 
 pub use binaries::{binaries, Binaries};
-pub use executor::{Executor, ExecutorBuilder};
+pub use executor::{ensure_sandbox_user, Executor, ExecutorBuilder, SANDBOX_USER};
 pub use frontend::Frontend;
 pub use http::{assert_error, parse_raw_response, raw_exchange, Reply};
 pub use log::Log;
@@ -40,7 +40,7 @@ pub use procs::{
 pub use service::{Service, ServiceBuilder};
 pub use upload_stub::{FormPart, Received, StubReply, UploadStub};
 
-/// The uid and gid the frontend runs as: not root, not the sandbox uid (65534).
+/// The uid and gid the frontend runs as: not root, not the sandbox user's.
 pub const FRONTEND_UID: u32 = 65533;
 /// See [`FRONTEND_UID`].
 pub const FRONTEND_GID: u32 = 65533;

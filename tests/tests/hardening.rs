@@ -845,9 +845,9 @@ const KEPT: &str = "00000000002000e3";
 const NONE: &str = "0000000000000000";
 
 /// The executor, started as root with an ambient capability, keeps exactly
-/// CHOWN, DAC_OVERRIDE, KILL, SETGID, SETUID and SYS_ADMIN in its effective,
-/// permitted and bounding sets and nothing in the inheritable and ambient ones, and
-/// logs the set it keeps.
+/// CHOWN, DAC_OVERRIDE, KILL, SETGID, SETUID and SYS_ADMIN in its effective and
+/// permitted sets and nothing in the bounding, inheritable and ambient ones (its
+/// jails inherit the bounding set), and logs the set it keeps.
 #[test]
 fn executor_keeps_exactly_its_declared_capabilities() {
     require_root!();
@@ -863,7 +863,7 @@ fn executor_keeps_exactly_its_declared_capabilities() {
         .wrapper(["setpriv"].into_iter().chain(args))
         .start();
     let pid = executor.pid().expect("running");
-    assert_eq!(caps_of(pid), caps(NONE, KEPT, KEPT, KEPT, NONE));
+    assert_eq!(caps_of(pid), caps(NONE, KEPT, KEPT, NONE, NONE));
     let log = executor.log().text();
     let line = executor
         .log()
@@ -1231,4 +1231,40 @@ async fn json_logs_carry_the_request_id_and_no_secrets() {
         span_has_value(job_finished, &id),
         "the executor's job line does not carry the request id {id:?} as a span field: {job_finished:?}"
     );
+}
+
+/// A setup error is logged with its cause: an executor that cannot bind its socket
+/// (its parent is a regular file) says which errno, not just "cannot bind".
+#[test]
+fn a_failed_bind_logs_its_errno() {
+    require_root!();
+    pysandbox_tests::ensure_sandbox_user();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("file");
+    std::fs::write(&file, "").expect("write a regular file");
+    let socket = file.join("executor.sock");
+    let child = Command::new(&binaries().executor)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .env_clear()
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the executor");
+    let out = exit_output(
+        child,
+        "an executor that cannot bind",
+        Duration::from_secs(10),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    let want = format!(
+        "executor failed error=cannot bind {:?}: Not a directory (os error 20)",
+        socket
+    );
+    assert!(stderr.contains(&want), "no {want:?} in: {stderr}");
 }

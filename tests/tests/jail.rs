@@ -382,3 +382,173 @@ print(json.dumps({p: os.path.exists(p) for p in ["/tmp/" + name, name]}))
         "the second job sees the first job's files"
     );
 }
+
+/// Host pid → parent pid of every process.
+fn parent_pids() -> std::collections::HashMap<u32, u32> {
+    let entries = std::fs::read_dir("/proc").into_iter().flatten().flatten();
+    entries
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // The command name may hold spaces and parentheses: fields follow the last ')'.
+            let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?;
+            Some((pid, ppid.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Every host process of the job that `pid` belongs to: its outermost ancestor
+/// below the executor (the jail's bwrap) and everything under that.
+fn job_processes(pid: u32, executor: u32) -> Vec<u32> {
+    let parents = parent_pids();
+    let mut top = pid;
+    while let Some(&parent) = parents.get(&top).filter(|&&p| p != executor && p > 1) {
+        top = parent;
+    }
+    let under = |mut p: u32| loop {
+        if p == top {
+            return true;
+        }
+        match parents.get(&p) {
+            Some(&parent) if parent > 1 => p = parent,
+            _ => return false,
+        }
+    };
+    let mut pids: Vec<u32> = parents.keys().copied().filter(|&p| under(p)).collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// The lines of `/proc/<pid>/status` that say who a process is and what it may do.
+fn credentials(pid: u32) -> Vec<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let keys = [
+        "Uid:", "Gid:", "CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:",
+    ];
+    status
+        .lines()
+        .filter(|line| keys.iter().any(|k| line.starts_with(k)))
+        .map(|line| line.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+/// What every process of a job must show: `uid` and `gid` in all four fields, and
+/// no capability in any set.
+fn expected_credentials(uid: u32, gid: u32) -> Vec<String> {
+    let mut lines = vec![
+        format!("Uid: {uid} {uid} {uid} {uid}"),
+        format!("Gid: {gid} {gid} {gid} {gid}"),
+    ];
+    lines.extend(
+        ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"]
+            .map(|set| format!("{set} 0000000000000000")),
+    );
+    lines
+}
+
+/// Runs one job per needle, each `sleep <needle>`, all at once. While every sleep
+/// runs, reads the credentials of every host process of each job (by pid), then
+/// ends the sleeps so the jobs finish.
+async fn credentials_of_running_jobs(
+    svc: &Service,
+    needles: &[&str],
+) -> Vec<Vec<(u32, Vec<String>)>> {
+    let job = |needle: &str| {
+        let code = format!(
+            "import subprocess\nsubprocess.run(['sleep', {}])",
+            pysandbox_tests::py_concat(needle)
+        );
+        svc.run(json!({ "code": code, "timeoutMs": 60000 }))
+    };
+    let sleeps = || -> Option<Vec<u32>> {
+        needles
+            .iter()
+            .map(|n| pysandbox_tests::host_processes_matching(n).first().copied())
+            .collect()
+    };
+    let watch = async {
+        let all_run = pysandbox_tests::wait_until_async(std::time::Duration::from_secs(60), || {
+            sleeps().is_some()
+        })
+        .await;
+        assert!(all_run, "the jobs' sleeps never ran at once");
+        let sleeps = sleeps().expect("still running: only this test ends them");
+        let executor = svc.executor.pid().expect("the executor runs");
+        let seen: Vec<Vec<_>> = sleeps
+            .iter()
+            .map(|&sleep| {
+                let tree = job_processes(sleep, executor).into_iter();
+                tree.map(|pid| (pid, credentials(pid))).collect()
+            })
+            .collect();
+        for sleep in sleeps {
+            let pid = nix::unistd::Pid::from_raw(sleep as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        seen
+    };
+    let (outs, seen) = tokio::join!(
+        futures::future::join_all(needles.iter().map(|n| job(n))),
+        watch
+    );
+    for out in outs {
+        assert_eq!(out["signal"], Value::Null, "{out:#}");
+    }
+    seen
+}
+
+/// Jobs run as the dedicated sandbox user, never as root or `nobody`, and hold no
+/// capability in any set: checked from the host on every process of a running job
+/// (bwrap, its pid 1, Python, the sleep it started).
+#[tokio::test]
+async fn every_process_of_a_job_is_the_sandbox_user_without_capabilities() {
+    require_root!();
+    let svc = Service::start();
+    let user = nix::unistd::User::from_name(pysandbox_tests::SANDBOX_USER)
+        .unwrap()
+        .expect("the harness creates the sandbox user");
+    let (uid, gid) = (user.uid.as_raw(), user.gid.as_raw());
+    assert!(uid != 0 && uid != 65534, "sandbox uid {uid}");
+    let needle = pysandbox_tests::sleep_needle("1000.");
+    let seen = credentials_of_running_jobs(&svc, &[&needle])
+        .await
+        .remove(0);
+    assert!(
+        seen.len() >= 4,
+        "bwrap, its pid 1, python and sleep: {seen:?}"
+    );
+    for (pid, lines) in seen {
+        assert_eq!(lines, expected_credentials(uid, gid), "process {pid}");
+    }
+}
+
+/// With a uid range, two jobs running at once are two different users on the host,
+/// each from the range, each process of a job with its job's uid.
+#[tokio::test]
+async fn with_a_uid_range_concurrent_jobs_are_different_host_users() {
+    require_root!();
+    let (first, count) = (200_000, 8);
+    let svc = Service::builder()
+        .executor_args(["--max-jobs", "2", "--sandbox-ids", "8"])
+        .executor_args(["--sandbox-uid", "200000", "--sandbox-gid", "200000"])
+        .start();
+    let (a, b) = (
+        pysandbox_tests::sleep_needle("1000."),
+        pysandbox_tests::sleep_needle("1001."),
+    );
+    let seen = credentials_of_running_jobs(&svc, &[&a, &b]).await;
+    let (seen_a, seen_b) = (&seen[0], &seen[1]);
+    let uid_of = |seen: &[(u32, Vec<String>)]| -> u32 {
+        let uid = seen[0].1[0].split(' ').nth(1).unwrap().parse().unwrap();
+        let gid = uid;
+        for (pid, lines) in seen {
+            assert_eq!(lines, &expected_credentials(uid, gid), "process {pid}");
+        }
+        uid
+    };
+    let (uid_a, uid_b) = (uid_of(seen_a), uid_of(seen_b));
+    assert_ne!(uid_a, uid_b);
+    for uid in [uid_a, uid_b] {
+        assert!((first..first + count).contains(&uid), "uid {uid}");
+    }
+}

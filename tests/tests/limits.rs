@@ -30,6 +30,15 @@ const MAXIMA: [(&str, u64); 5] = [
     ("outputBytes", 4_194_304),
 ];
 const DEFAULT_OUTPUT_BYTES: usize = 1_048_576;
+/// The least a job may ask for (README's Limits table): below these a jail cannot
+/// start.
+const MINIMA: [(&str, u64); 5] = [
+    ("memoryMb", 8),
+    ("cpuMs", 1),
+    ("maxProcesses", 4),
+    ("diskMb", 1),
+    ("outputBytes", 1),
+];
 
 /// The same service still runs an ordinary job correctly.
 #[track_caller]
@@ -666,6 +675,33 @@ async fn cpu_time_limit_kills_a_busy_loop() {
     assert_still_serves(&svc).await;
 }
 
+/// `limitExceeded` and the `[sandbox]` lines are the executor's word: a job that
+/// only looks as if the CPU limit killed it (exit status 152 = 128 + SIGXCPU, or
+/// SIGXCPU sent to itself) gets neither.
+#[tokio::test]
+async fn a_job_cannot_forge_the_cpu_limit_verdict() {
+    require_root!();
+    let svc = Service::start();
+    for code in [
+        "import sys\nprint('x')\nsys.exit(152)",
+        "import os, signal\nprint('x')\nos.kill(os.getpid(), signal.SIGXCPU)",
+    ] {
+        let out = svc
+            .run(json!({ "code": code, "limits": { "cpuMs": 1000 } }))
+            .await;
+        assert_eq!(
+            (
+                &out["stdout"],
+                &out["stderr"],
+                &out["signal"],
+                &out["limitExceeded"]
+            ),
+            (&json!("x\n"), &json!(""), &json!("SIGXCPU"), &Value::Null),
+            "{code}: {out:#}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn lowered_output_limit_keeps_the_first_bytes() {
     require_root!();
@@ -697,14 +733,14 @@ async fn lowered_output_limit_keeps_the_first_bytes() {
 async fn limits_above_the_maximum_are_400_and_at_the_maximum_run() {
     require_root!();
     let svc = Service::start();
-    for (key, max) in MAXIMA {
+    for ((key, max), (_, min)) in MAXIMA.into_iter().zip(MINIMA) {
         let body = json!({ "code": "print(1)", "limits": { key: max + 1 } });
         let reply = svc.post_execute(&body).await;
         let field = format!("limits.{key}");
         assert_error(
             &reply,
             400,
-            json!({ "error": format!("{field}: must be from 1 to {max}"), "field": field }),
+            json!({ "error": format!("{field}: must be from {min} to {max}"), "field": field }),
         );
     }
     let at_max: serde_json::Map<String, Value> = MAXIMA
@@ -713,6 +749,114 @@ async fn limits_above_the_maximum_are_400_and_at_the_maximum_run() {
         .collect();
     let out = svc
         .run(json!({ "code": "print(1)", "limits": at_max }))
+        .await;
+    assert_eq!(
+        (&out["exitCode"], &out["stdout"], &out["limitExceeded"]),
+        (&json!(0), &json!("1\n"), &Value::Null),
+        "{out:#}"
+    );
+}
+
+/// Below a minimum a request is refused with 400 naming the field (not a 503 after a
+/// failed jail setup); at every minimum together print(1) runs, in a warm jail and
+/// in a cold one, and no limit reads as fired.
+#[tokio::test]
+async fn limits_below_the_minimum_are_400_and_at_the_minimum_run() {
+    require_root!();
+    for pool in ["2", "0"] {
+        let svc = Service::builder()
+            .executor_args(["--warm-pool-size", pool])
+            .start();
+        for ((key, min), (_, max)) in MINIMA
+            .into_iter()
+            .zip(MAXIMA)
+            .filter(|((_, min), _)| *min > 1)
+        {
+            let body = json!({ "code": "print(1)", "limits": { key: min - 1 } });
+            let reply = svc.post_execute(&body).await;
+            let field = format!("limits.{key}");
+            assert_error(
+                &reply,
+                400,
+                json!({ "error": format!("{field}: must be from {min} to {max}"), "field": field }),
+            );
+        }
+        // cpuMs 1 and outputBytes 1 fire by design: Python's start takes more CPU,
+        // and print(1) prints two bytes.
+        let at_min: serde_json::Map<String, Value> = MINIMA
+            .iter()
+            .filter(|(k, _)| !["cpuMs", "outputBytes"].contains(k))
+            .map(|(k, v)| ((*k).to_owned(), json!(v)))
+            .collect();
+        let out = svc
+            .run(json!({ "code": "print(1)", "limits": at_min }))
+            .await;
+        assert_eq!(
+            (
+                &out["exitCode"],
+                &out["stdout"],
+                &out["stderr"],
+                &out["limitExceeded"]
+            ),
+            (&json!(0), &json!("1\n"), &json!(""), &Value::Null),
+            "warm pool {pool}: {out:#}"
+        );
+    }
+}
+
+/// A warm jail that already uses more memory than a job may have (it imported
+/// numpy) does not take that job: a cold jail runs it. Otherwise cgroup v1 refuses
+/// the lower limit (503) and v2 would OOM-kill the job before its first line.
+#[tokio::test]
+async fn a_job_below_a_warm_jails_memory_gets_a_cold_jail() {
+    require_root!();
+    let svc = Service::builder()
+        .executor_args(["--warm-pool-size", "1"])
+        .executor_config_toml("preload = [\"numpy\"]")
+        .start();
+    // Wait (generously: numpy's import) until the pool holds the warm jail.
+    let warm_jails = || async { svc.health().await.json["warmJails"].as_u64() };
+    let mut confirmed = false;
+    for _ in 0..600 {
+        if warm_jails().await == Some(1) {
+            confirmed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(confirmed, "the warm jail never said it waits");
+    let out = svc
+        .run(json!({ "code": "print(1)", "limits": { "memoryMb": 8 } }))
+        .await;
+    assert_eq!(
+        (&out["exitCode"], &out["stdout"], &out["limitExceeded"]),
+        (&json!(0), &json!("1\n"), &Value::Null),
+        "{out:#}"
+    );
+}
+
+/// The code lives on the job's disk: code larger than `diskMb` is a 400 naming the
+/// field, not a 503 from a failed setup; with room for it, it runs.
+#[tokio::test]
+async fn code_larger_than_the_disk_is_400() {
+    require_root!();
+    let svc = Service::builder()
+        .frontend_env("MAX_BODY_BYTES", &(4 * MIB).to_string())
+        .start();
+    let code = format!("#{}\nprint(1)", "x".repeat(3 * MIB as usize / 2));
+    let reply = svc
+        .post_execute(&json!({ "code": code, "limits": { "diskMb": 1 } }))
+        .await;
+    assert_error(
+        &reply,
+        400,
+        json!({
+            "error": "code: does not fit in the job's disk limit of 1 MiB (limits.diskMb)",
+            "field": "code"
+        }),
+    );
+    let out = svc
+        .run(json!({ "code": code, "limits": { "diskMb": 2 } }))
         .await;
     assert_eq!(
         (&out["exitCode"], &out["stdout"], &out["limitExceeded"]),
@@ -884,6 +1028,7 @@ fn run_check(extra: &[&str]) -> Output {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .expect("chmod");
+    pysandbox_tests::ensure_sandbox_user();
     let child = Command::new(&binaries().executor)
         .arg("--state-dir")
         .arg(dir.path().join("state"))

@@ -8,9 +8,6 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-/// Where the job's code appears in the jail: the executor writes it into the job's
-/// own read-only `/sandbox` when it hands the job over.
-pub const CODE_PATH: &str = "/sandbox/main.py";
 /// Where the executor binary appears in the jail, to run as `jail-init`.
 pub const INIT_PATH: &str = "/run/pysandbox-init";
 /// The job's work dir and cwd: the only host directory it may write.
@@ -119,15 +116,6 @@ pub fn fixed_args(layout: &Layout) -> Vec<OsString> {
     args.push_all(&["--dir", WORK_DIR, "--dir", "/tmp", "--dir", "/sandbox"]);
     args.push_all(&["--dir", PROXY_DIR, "--remount-ro", "/"]);
     args.0
-}
-
-/// A job's way out: its proxy directory on the host, and socat to relay to it.
-#[derive(Debug, Clone, Copy)]
-pub struct Egress<'a> {
-    /// The host directory holding the job's proxy socket.
-    pub proxy_dir: &'a Path,
-    /// socat, as the jail sees it (under `/usr` or an `ro_binds` entry).
-    pub socat: &'a Path,
 }
 
 /// The rest of the argv for one job: its work dir and `/tmp` (both on the job's

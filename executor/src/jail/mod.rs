@@ -46,8 +46,6 @@ pub struct Jail {
     seccomp: Vec<u8>,
     /// What each isolation layer enforces on this host.
     layers: Vec<Layer>,
-    uid: u32,
-    gid: u32,
 }
 
 /// The Python program every jail runs (see the file for its protocol).
@@ -119,8 +117,6 @@ impl Jail {
             command_net,
             fixed_args: bwrap::fixed_args(&layout),
             seccomp: seccomp::bytes(),
-            uid: config.sandbox_uid,
-            gid: config.sandbox_gid,
         })
     }
 
@@ -129,7 +125,7 @@ impl Jail {
         &self.layers
     }
 
-    /// Starts a jail on `dir`, inside the cgroups whose `cgroup.procs` descriptors are
+    /// Starts a jail on `dir`, as the host ids `(uid, gid)`, inside the cgroups whose `cgroup.procs` descriptors are
     /// `cgroup_procs`, with `rlimits` on every process; its Python imports `preload`
     /// and then waits for the job. With a `proxy_dir` (holding the job's egress
     /// proxy socket), the job may use the network through it; without, it has none.
@@ -137,13 +133,15 @@ impl Jail {
     pub fn spawn(
         &self,
         dir: &WorkDir,
+        (uid, gid): (u32, u32),
         cgroup_procs: &[RawFd],
         rlimits: &[Rlimit],
         preload: &[String],
         proxy_dir: Option<&Path>,
     ) -> Result<Started, Error> {
         if cgroup_procs.len() > MAX_CGROUPS || rlimits.len() > MAX_RLIMITS {
-            return Err(Error::Jail("too many cgroups or rlimits".into()));
+            let plan = "fit the cgroups and rlimits in the spawn plan";
+            return Err(Error::jail(plan)(std::io::ErrorKind::InvalidInput.into()));
         }
         let mut plan_cgroups = [-1; MAX_CGROUPS];
         plan_cgroups[..cgroup_procs.len()].copy_from_slice(cgroup_procs);
@@ -151,9 +149,9 @@ impl Jail {
         for (slot, &limit) in plan_rlimits.iter_mut().zip(rlimits) {
             *slot = Some(limit);
         }
-        let pipe_error = |e: std::io::Error| Error::Jail(format!("cannot create pipe: {e}"));
+        let pipe_error = |e| Error::jail("create a pipe")(e);
         let seccomp = memfd(c"pysandbox-seccomp", &self.seccomp)
-            .map_err(|e| Error::Jail(format!("cannot stage the seccomp filter: {e}")))?;
+            .map_err(Error::jail("stage the seccomp filter"))?;
         let (ready_tx, ready) = pipe::pipe().map_err(pipe_error)?;
         let ready_tx = ready_tx.into_blocking_fd().map_err(pipe_error)?;
         let (handoff, handoff_rx) = pipe::pipe().map_err(pipe_error)?;
@@ -179,8 +177,8 @@ impl Jail {
         harden_spawn(
             &mut cmd,
             SpawnPlan {
-                uid: self.uid,
-                gid: self.gid,
+                uid,
+                gid,
                 parent: std::process::id() as libc::pid_t,
                 fds: [
                     (handoff_rx.as_raw_fd(), bwrap::HANDOFF_FD),
@@ -191,9 +189,7 @@ impl Jail {
                 rlimits: plan_rlimits,
             },
         );
-        let child = cmd
-            .spawn()
-            .map_err(|e| Error::Jail(format!("cannot start {:?}: {e}", self.bwrap)))?;
+        let child = cmd.spawn().map_err(Error::jail("start bwrap"))?;
         // Our copies close here, so the readiness pipe sees EOF when the jail's do,
         // and the launcher's hand-off read ends when we close our end.
         drop((handoff_rx, ready_tx, seccomp));

@@ -20,7 +20,10 @@ mod relay;
 mod server;
 pub mod target;
 
-pub use server::{JobProxy, NetworkReport, Proxies, ProxyLimits, SOCKET_NAME};
+/// The jail binds the socket under this name (checked by the jail's tests).
+#[cfg(test)]
+pub use server::SOCKET_NAME;
+pub use server::{JobProxy, NetworkReport, Proxies, ProxyLimits};
 
 /// The pure parsers, for the fuzz targets in `executor/fuzz/`; not an API.
 #[cfg(feature = "fuzzing")]
