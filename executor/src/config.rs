@@ -1008,14 +1008,14 @@ mod tests {
                 ),
                 (
                     "10-a.toml",
-                    "max_jobs = 2\nsandbox_uid = 4242\nsandbox_gid = 4242",
+                    "max_jobs = 2\nsandbox_gid = 4242",
                 ),
                 ("30-c.toml.dpkg-old", "max_jobs = 9"),
             ],
         )
         .unwrap();
         assert_eq!(config.max_jobs, 3);
-        assert_eq!(config.sandbox_uid, 4242);
+        assert_eq!(config.sandbox_gid, 4242);
         assert_eq!(config.default_limits.memory_mb, 300);
         assert_eq!(config.default_limits.disk_mb, 50);
     }
