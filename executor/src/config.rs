@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use clap::Parser;
 use pysandbox_shared::files::{MAX_FILES, MAX_FILES_BYTES, MAX_INPUT_BYTES};
+use pysandbox_shared::net::Cidr;
 use serde::Deserialize;
 
 use crate::collect::Caps;
 use crate::error::Error;
-use crate::proxy::policy::{Cidr, DomainPattern, Policy};
+use crate::proxy::policy::{DomainPattern, Policy};
 use crate::proxy::target::Host;
 use crate::proxy::ProxyLimits;
 

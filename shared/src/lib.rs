@@ -11,6 +11,7 @@ pub mod codec;
 pub mod files;
 pub mod job;
 pub mod limits;
+pub mod net;
 pub mod network;
 pub mod protocol;
 
