@@ -9,7 +9,8 @@ use clap::Parser;
 use pysandbox_shared::MAX_TIMEOUT_MS;
 
 use crate::auth::AuthToken;
-use crate::upload::{AllowedHosts, UploadConfig};
+use crate::upload::UploadConfig;
+use crate::upload_policy::AllowedHosts;
 
 /// Settings of `pysandbox-frontend`.
 #[derive(Debug, Clone, Parser)]

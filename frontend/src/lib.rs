@@ -17,6 +17,7 @@ pub mod response;
 pub mod routes;
 pub mod server;
 pub mod upload;
+pub mod upload_policy;
 
 #[cfg(test)]
 mod testing;

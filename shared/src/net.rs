@@ -18,6 +18,14 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// The block of `ip` alone; an address with an embedded IPv4 address (see
+    /// [`canonical`]) becomes that IPv4 address.
+    pub fn single(ip: IpAddr) -> Cidr {
+        let network = canonical(ip);
+        let prefix = if network.is_ipv4() { 32 } else { 128 };
+        Cidr { network, prefix }
+    }
+
     /// Whether `ip` lies inside.
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.network, ip) {
