@@ -32,7 +32,8 @@ use std::path::Path;
 use nix::dir::Dir;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{fstat, fstatat, FileStat, Mode, SFlag};
-use pysandbox_shared::files::{MAX_PATH_DEPTH, MAX_SKIPPED_LISTED};
+use pysandbox_shared::files::{MAX_NAME_LEN, MAX_PATH_DEPTH, MAX_SKIPPED_LISTED};
+use pysandbox_shared::text;
 use pysandbox_shared::{ProducedFile, SkipReason, SkippedFile};
 
 use crate::sys::open_beneath;
@@ -250,13 +251,11 @@ fn join(prefix: &str, name: &str) -> String {
     }
 }
 
-/// A name that is no valid path, as it is reported: bytes that are not UTF-8 and
-/// control characters become U+FFFD, so a report never carries either.
+/// A name that is no valid path, as it is reported: bytes that are not UTF-8
+/// become U+FFFD and characters unsafe to show are escaped, so a report never
+/// carries either.
 fn shown(prefix: &str, name: &CStr) -> String {
-    let name: String = String::from_utf8_lossy(name.to_bytes())
-        .chars()
-        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
-        .collect();
+    let name = text::shown(&String::from_utf8_lossy(name.to_bytes()), MAX_NAME_LEN);
     join(prefix, &name)
 }
 
@@ -396,8 +395,8 @@ mod tests {
             skipped(&collected),
             [
                 ("bad\u{FFFD}", "name not UTF-8".into()),
-                ("dir\u{FFFD}name", "name has control characters".into()),
-                ("tab\u{FFFD}here", "name has control characters".into()),
+                ("dir\\u{a}name", "name has control characters".into()),
+                ("tab\\u{9}here", "name has control characters".into()),
             ]
         );
     }

@@ -14,6 +14,7 @@ pub mod limits;
 pub mod net;
 pub mod network;
 pub mod protocol;
+pub mod text;
 
 pub use codec::{Connection, ProtocolError, MAX_REQUEST_FRAME_LEN, MAX_RESPONSE_FRAME_LEN};
 pub use files::{InputFile, PathError, ProducedFile, RelativePath, SkipReason, SkippedFile};

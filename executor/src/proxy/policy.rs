@@ -12,9 +12,13 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 
 use pysandbox_shared::net::{classify, Cidr, Special};
+use pysandbox_shared::text::shown;
 use pysandbox_shared::MAX_REQUESTED_DOMAINS;
 
 use super::target::{DomainName, Host, Malformed, Target};
+
+/// The most characters of a client's text quoted in a message.
+pub const MAX_SHOWN_CHARS: usize = 100;
 
 /// One entry of an allow or deny list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,12 +179,12 @@ impl Policy {
         let mut allowed = Vec::with_capacity(requested.len());
         for entry in requested {
             let pattern: DomainPattern = entry.parse().map_err(|error| NarrowError::Invalid {
-                entry: shown(entry),
+                entry: shown(entry, MAX_SHOWN_CHARS),
                 error,
             })?;
             if !self.allowed.iter().any(|a| a.covers(&pattern)) {
                 return Err(NarrowError::NotAllowed {
-                    entry: shown(entry),
+                    entry: shown(entry, MAX_SHOWN_CHARS),
                 });
             }
             allowed.push(pattern);
@@ -242,14 +246,6 @@ impl Policy {
             _ => Ok(()),
         }
     }
-}
-
-/// A client's text in a message: printable, and cut at 100 characters.
-pub fn shown(text: &str) -> String {
-    text.chars()
-        .take(100)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
 }
 
 /// Why a job's `allowedDomains` is refused (the field is named by the caller).

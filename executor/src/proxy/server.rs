@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use pysandbox_shared::text::shown;
 use pysandbox_shared::{NetworkViolation, MAX_VIOLATIONS};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpStream, UnixListener, UnixStream};
@@ -23,7 +24,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
-use super::policy::{shown, Destination, Policy, Refusal};
+use super::policy::{Destination, Policy, Refusal, MAX_SHOWN_CHARS};
 use super::target::Target;
 use crate::error::Error;
 
@@ -330,8 +331,8 @@ fn parse_request(buf: &[u8]) -> (Attempt, Result<(Request, usize), Refusal>) {
     let mut req = httparse::Request::new(&mut headers);
     let status = req.parse(buf);
     let mut attempt = Attempt {
-        method: req.method.map_or_else(|| "-".into(), shown),
-        target: req.path.map_or_else(|| "-".into(), shown),
+        method: req.method.map_or("-".into(), |m| shown(m, MAX_SHOWN_CHARS)),
+        target: req.path.map_or("-".into(), |p| shown(p, MAX_SHOWN_CHARS)),
     };
     let head_len = match status {
         Ok(httparse::Status::Complete(len)) => len,
