@@ -8,11 +8,12 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use pysandbox_shared::text::shown;
 use pysandbox_shared::JobSpec;
 use serde::Serialize;
 use tracing::{info, info_span, Instrument, Span};
@@ -25,6 +26,10 @@ use crate::executor_client::ExecutorClient;
 use crate::request::{read_body, ExecuteRequest};
 use crate::response::{ExecuteResponse, ReturnedFile, Skipped};
 use crate::upload::{Produced, Uploader};
+
+/// The most characters of a client's text (a path, a host name, a file name) in
+/// one log field: a 60 KB request path must not make a 60 KB log line.
+pub(crate) const MAX_LOGGED_CHARS: usize = 200;
 
 /// The response header carrying the request id.
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
@@ -222,8 +227,10 @@ async fn log_request(mut request: Request, next: Next) -> Response {
     let span = info_span!("request", request_id = %id);
     let mut log = RequestLog {
         span: span.clone(),
-        method: request.method().clone(),
-        path: request.uri().path().to_owned(),
+        // Client text: tracing writes `%` fields raw, so C1 controls, NEL and
+        // U+2028 would reach the log as they are (security-2 F5).
+        method: shown(request.method().as_str(), MAX_LOGGED_CHARS),
+        path: shown(request.uri().path(), MAX_LOGGED_CHARS),
         started: Instant::now(),
         status: None,
     };
@@ -241,7 +248,7 @@ async fn log_request(mut request: Request, next: Next) -> Response {
 /// hyper dropped the handler because the client went away.
 struct RequestLog {
     span: Span,
-    method: Method,
+    method: String,
     path: String,
     started: Instant,
     status: Option<StatusCode>,

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use pysandbox_shared::text::shown;
 use pysandbox_shared::SkippedFile;
 use reqwest::dns::{Name, Resolve, Resolving};
 use reqwest::multipart::{Form, Part};
@@ -30,6 +31,7 @@ use tracing::{debug, warn};
 use url::{Host, Url};
 
 use crate::response::Upload;
+use crate::routes::MAX_LOGGED_CHARS;
 use crate::upload_policy::{interface_addresses, refusal, AllowedHosts};
 
 /// The most of an upload service's answer that is read, looking for the URL.
@@ -116,7 +118,11 @@ impl Uploader {
                         .await
                 }
                 Err(reason) => {
-                    warn!(host = url.host_str(), "uploads refused: {reason}");
+                    warn!(
+                        host = shown(url.host_str().unwrap_or_default(), MAX_LOGGED_CHARS),
+                        "uploads refused: {}",
+                        shown(&reason, MAX_LOGGED_CHARS)
+                    );
                     files
                         .iter()
                         .map(|file| failed(&file.path, 0, reason.clone()))
@@ -281,7 +287,10 @@ impl Uploader {
         }
         let url = url_in_answer(&answer);
         if url.is_none() {
-            debug!(file = %file.path, "the upload service's answer names no URL");
+            debug!(
+                file = shown(&file.path, MAX_LOGGED_CHARS),
+                "the upload service's answer names no URL"
+            );
         }
         Upload {
             filename: file.path.clone(),
