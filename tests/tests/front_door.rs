@@ -9,7 +9,7 @@ use pysandbox_tests::{raw_exchange, require_root, wait_until, Frontend};
 
 /// A frontend alone, with `env` added.
 fn frontend(env: &[(&str, &str)]) -> (tempfile::TempDir, Frontend) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("cannot make a temp dir");
     let socket: PathBuf = dir.path().join("nobody.sock");
     let frontend = Frontend::start_on_socket(&socket, env);
     (dir, frontend)
