@@ -9,6 +9,7 @@ use clap::Parser;
 use pysandbox_shared::MAX_TIMEOUT_MS;
 
 use crate::auth::AuthToken;
+use crate::server::ServerLimits;
 use crate::upload::UploadConfig;
 use crate::upload_policy::AllowedHosts;
 
@@ -65,8 +66,14 @@ pub struct Config {
     #[arg(long, env = "MAX_CONNECTIONS", default_value = "1024")]
     pub max_connections: NonZeroUsize,
 
-    /// Time a client has to send a request's headers, in milliseconds.
-    #[arg(long, env = "HEADER_TIMEOUT_MS", default_value = "10000")]
+    /// Open connections of one client address (an IPv6 /64); more are closed at
+    /// once. Behind a reverse proxy every connection has its address: raise it.
+    #[arg(long, env = "MAX_CONNECTIONS_PER_IP", default_value = "128")]
+    pub max_connections_per_ip: NonZeroUsize,
+
+    /// Time a client has to send a request's headers, and the time an idle
+    /// keep-alive connection stays open, in milliseconds.
+    #[arg(long, env = "HEADER_TIMEOUT_MS", default_value = "5000")]
     pub header_timeout_ms: NonZeroU64,
 
     /// Time a client has to send a request's body, in milliseconds.
@@ -118,6 +125,16 @@ impl Config {
     /// start then).
     pub fn token(&self) -> Option<AuthToken> {
         self.auth_token.clone().filter(|t| !t.is_empty())
+    }
+
+    /// The connection-level limits.
+    pub fn server_limits(&self) -> ServerLimits {
+        ServerLimits {
+            max_connections: self.max_connections.get(),
+            max_connections_per_ip: self.max_connections_per_ip.get(),
+            header_timeout: self.header_timeout(),
+            shutdown_grace: self.shutdown_grace(),
+        }
     }
 
     /// `HEADER_TIMEOUT_MS` as a duration.
@@ -174,7 +191,12 @@ mod tests {
             ("max_queue", "MAX_QUEUE", Some("32")),
             ("default_timeout_ms", "DEFAULT_TIMEOUT_MS", Some("30000")),
             ("max_connections", "MAX_CONNECTIONS", Some("1024")),
-            ("header_timeout_ms", "HEADER_TIMEOUT_MS", Some("10000")),
+            (
+                "max_connections_per_ip",
+                "MAX_CONNECTIONS_PER_IP",
+                Some("128"),
+            ),
+            ("header_timeout_ms", "HEADER_TIMEOUT_MS", Some("5000")),
             ("body_timeout_ms", "BODY_TIMEOUT_MS", Some("30000")),
             ("shutdown_grace_ms", "SHUTDOWN_GRACE_MS", Some("130000")),
             ("upload_timeout_ms", "UPLOAD_TIMEOUT_MS", Some("30000")),

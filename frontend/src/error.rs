@@ -56,6 +56,10 @@ pub enum ApiError {
     /// The executor could not set up the jail, so the job did not run.
     #[error("sandbox unavailable: could not set up the jail")]
     SandboxUnavailable,
+    /// Every ordinary connection slot is taken; this connection may only ask for
+    /// `/health`.
+    #[error("server busy; retry later")]
+    Busy,
     /// No route for this path.
     #[error("not found")]
     NotFound,
@@ -82,7 +86,8 @@ impl ApiError {
             ApiError::Saturated => StatusCode::TOO_MANY_REQUESTS,
             ApiError::ExecutorUnavailable
             | ApiError::ExecutorLost
-            | ApiError::SandboxUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | ApiError::SandboxUnavailable
+            | ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -93,7 +98,7 @@ impl ApiError {
     pub fn retry_after(&self) -> Option<u32> {
         match self {
             // A slot frees as soon as one job ends, so come back soon.
-            ApiError::Saturated => Some(1),
+            ApiError::Saturated | ApiError::Busy => Some(1),
             // An executor restart (socket-activated) takes a few seconds.
             ApiError::ExecutorUnavailable
             | ApiError::ExecutorLost

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod executor_client;
+pub mod peers;
 pub mod privileges;
 pub mod request;
 pub mod response;
@@ -55,11 +56,7 @@ pub async fn run(config: Config, token: AuthToken) -> io::Result<()> {
         })?;
     info!("listening on {}", listener.local_addr()?);
 
-    let limits = server::ServerLimits {
-        max_connections: config.max_connections.get(),
-        header_timeout: config.header_timeout(),
-        shutdown_grace: config.shutdown_grace(),
-    };
+    let limits = config.server_limits();
     let app = routes::router(routes::AppState::new(&config, token));
     server::serve(listener, app, limits, shutdown).await;
     Ok(())

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use pysandbox_shared::text::shown;
@@ -33,6 +33,12 @@ pub(crate) const MAX_LOGGED_CHARS: usize = 200;
 
 /// The response header carrying the request id.
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Marks a request that came on a connection from the `/health` reserve (every
+/// ordinary connection slot was taken): it is answered only when it asks for
+/// `/health`.
+#[derive(Debug, Clone, Copy)]
+pub struct HealthOnly;
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
@@ -235,8 +241,13 @@ async fn log_request(mut request: Request, next: Next) -> Response {
         status: None,
     };
     let header = HeaderValue::from_str(id.as_str());
-    request.extensions_mut().insert(id);
-    let mut response = next.run(request).instrument(span).await;
+    let health_only = request.extensions().get::<HealthOnly>().is_some();
+    let mut response = if health_only && request.uri().path() != "/health" {
+        ApiError::Busy.into_response()
+    } else {
+        request.extensions_mut().insert(id);
+        next.run(request).instrument(span).await
+    };
     if let Ok(value) = header {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
