@@ -11,6 +11,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod executor_client;
+pub mod health;
 pub mod peers;
 pub mod privileges;
 pub mod request;

@@ -23,6 +23,7 @@ use crate::auth::AuthToken;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::executor_client::ExecutorClient;
+use crate::health::StatusCache;
 use crate::request::{read_body, ExecuteRequest};
 use crate::response::{ExecuteResponse, ReturnedFile, Skipped};
 use crate::upload::{Produced, Uploader};
@@ -54,6 +55,7 @@ struct Inner {
     default_timeout_ms: u32,
     admission: Admission,
     executor: ExecutorClient,
+    health: StatusCache,
     uploader: Uploader,
 }
 
@@ -68,6 +70,7 @@ impl AppState {
                 default_timeout_ms: config.default_timeout_ms,
                 admission: Admission::new(config.max_inflight.get(), config.max_queue),
                 executor: ExecutorClient::new(config.executor_socket.clone()),
+                health: StatusCache::new(ExecutorClient::new(config.executor_socket.clone())),
                 uploader: Uploader::new(config.upload()),
             }),
         }
@@ -174,7 +177,7 @@ struct Health {
 }
 
 async fn health(State(app): State<AppState>) -> Json<Health> {
-    let status = app.inner.executor.status().await;
+    let status = app.inner.health.status().await;
     Json(Health {
         ok: true,
         executor: if status.is_some() { "up" } else { "down" },
