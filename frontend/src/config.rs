@@ -45,6 +45,11 @@ pub struct Config {
     #[arg(long, env = "MAX_BODY_BYTES", default_value = "1048576")]
     pub max_body_bytes: NonZeroU64,
 
+    /// Bytes of request bodies being read at once, all requests together; past it
+    /// a request is answered 503 with Retry-After.
+    #[arg(long, env = "BODY_BUFFER_BYTES", default_value = "67108864")]
+    pub body_buffer_bytes: NonZeroU64,
+
     /// Jobs at the executor at once.
     #[arg(long, env = "MAX_INFLIGHT", default_value = "8")]
     pub max_inflight: NonZeroUsize,
@@ -187,6 +192,7 @@ mod tests {
                 Some("/run/pysandbox/executor.sock"),
             ),
             ("max_body_bytes", "MAX_BODY_BYTES", Some("1048576")),
+            ("body_buffer_bytes", "BODY_BUFFER_BYTES", Some("67108864")),
             ("max_inflight", "MAX_INFLIGHT", Some("8")),
             ("max_queue", "MAX_QUEUE", Some("32")),
             ("default_timeout_ms", "DEFAULT_TIMEOUT_MS", Some("30000")),

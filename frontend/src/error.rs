@@ -56,6 +56,9 @@ pub enum ApiError {
     /// The executor could not set up the jail, so the job did not run.
     #[error("sandbox unavailable: could not set up the jail")]
     SandboxUnavailable,
+    /// The bytes of request bodies being read at once are at their bound.
+    #[error("too many request bodies being read; retry later")]
+    BodiesBusy,
     /// Every ordinary connection slot is taken; this connection may only ask for
     /// `/health`.
     #[error("server busy; retry later")]
@@ -87,7 +90,8 @@ impl ApiError {
             ApiError::ExecutorUnavailable
             | ApiError::ExecutorLost
             | ApiError::SandboxUnavailable
-            | ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            | ApiError::Busy
+            | ApiError::BodiesBusy => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -98,7 +102,7 @@ impl ApiError {
     pub fn retry_after(&self) -> Option<u32> {
         match self {
             // A slot frees as soon as one job ends, so come back soon.
-            ApiError::Saturated | ApiError::Busy => Some(1),
+            ApiError::Saturated | ApiError::Busy | ApiError::BodiesBusy => Some(1),
             // An executor restart (socket-activated) takes a few seconds.
             ApiError::ExecutorUnavailable
             | ApiError::ExecutorLost

@@ -8,6 +8,7 @@
 
 pub mod admission;
 pub mod auth;
+pub mod body_budget;
 pub mod config;
 pub mod error;
 pub mod executor_client;

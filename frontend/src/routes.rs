@@ -20,6 +20,7 @@ use tracing::{info, info_span, Instrument, Span};
 
 use crate::admission::Admission;
 use crate::auth::AuthToken;
+use crate::body_budget::BodyBudget;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::executor_client::ExecutorClient;
@@ -51,6 +52,7 @@ pub struct AppState {
 struct Inner {
     token: AuthToken,
     max_body_bytes: u64,
+    body_budget: BodyBudget,
     body_timeout: Duration,
     default_timeout_ms: u32,
     admission: Admission,
@@ -66,6 +68,7 @@ impl AppState {
             inner: Arc::new(Inner {
                 token,
                 max_body_bytes: config.max_body_bytes.get(),
+                body_budget: BodyBudget::new(config.body_buffer_bytes.get()),
                 body_timeout: config.body_timeout(),
                 default_timeout_ms: config.default_timeout_ms,
                 admission: Admission::new(config.max_inflight.get(), config.max_queue),
@@ -98,9 +101,11 @@ async fn execute(
     let (parts, body) = request.into_parts();
     // The contract's order: auth, body size, JSON, admission, executor.
     app.token.check(parts.headers.get(header::AUTHORIZATION))?;
-    let body = read_body(body, app.max_body_bytes, app.body_timeout).await?;
+    let (body, reservation) =
+        read_body(body, app.max_body_bytes, &app.body_budget, app.body_timeout).await?;
     let job = ExecuteRequest::parse(&body)?;
-    drop(body);
+    // From here on, admission bounds what requests hold.
+    drop((body, reservation));
     if let Some(target) = &job.file_upload_url {
         app.uploader.allowed_hosts().check(target)?;
     }

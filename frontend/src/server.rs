@@ -631,6 +631,52 @@ mod tests {
         }
     }
 
+    /// Bodies being read at once are bounded in bytes: past BODY_BUFFER_BYTES a
+    /// request is answered 503 at once, and room comes back when a body is done.
+    #[tokio::test]
+    async fn request_bodies_being_read_are_bounded_in_bytes() {
+        let executor = FakeExecutor::answering(Response::Finished(four()));
+        let server = TestServer::start(&executor.socket, &["--body-buffer-bytes", "1048576"]).await;
+        let big = format!(r#"{{"code":"1","stdin":"{}"}}"#, "x".repeat(600_000));
+        // Holds 600,000 bytes of the budget: the body never ends.
+        let mut holder = TcpStream::connect(server.addr).await.unwrap();
+        let head = format!(
+            "POST /execute HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+             Content-Length: {}\r\n\r\n{{",
+            big.len()
+        );
+        holder.write_all(head.as_bytes()).await.unwrap();
+        let refused = async {
+            loop {
+                let response = post_execute(&server, &big).await;
+                if response.status() == 503 {
+                    break response;
+                }
+            }
+        };
+        let refused = tokio::time::timeout(Duration::from_secs(10), refused)
+            .await
+            .unwrap();
+        assert_error(
+            refused,
+            503,
+            Some("1"),
+            json!({"error": "too many request bodies being read; retry later"}),
+        )
+        .await;
+        // What is left still serves small bodies.
+        assert_eq!(post_execute(&server, r#"{"code":"1"}"#).await.status(), 200);
+        drop(holder);
+        let served = async {
+            while post_execute(&server, &big).await.status() != 200 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), served)
+            .await
+            .unwrap();
+    }
+
     /// Past MAX_CONNECTIONS, a connection from the reserve answers `/health` and
     /// nothing else; once a slot frees, jobs are served again.
     #[tokio::test]
