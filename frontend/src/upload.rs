@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use pysandbox_shared::text::shown;
+use pysandbox_shared::text::{is_unsafe_to_show, shown};
 use pysandbox_shared::SkippedFile;
 use reqwest::dns::{Name, Resolve, Resolving};
 use reqwest::multipart::{Form, Part};
@@ -35,7 +35,11 @@ use crate::routes::MAX_LOGGED_CHARS;
 use crate::upload_policy::{interface_addresses, refusal, AllowedHosts};
 
 /// The most of an upload service's answer that is read, looking for the URL.
-const MAX_ANSWER_BYTES: usize = 1 << 20;
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// The longest URL taken from an upload service's answer (it is reflected to the
+/// client, once per file: security-2 F10).
+const MAX_URL_CHARS: usize = 2048;
 
 /// A file the job produced, ready to upload or return.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,10 +252,12 @@ impl Uploader {
         let exchange = async {
             let mut response = request.send().await?;
             let status = response.status();
-            let mut answer = Vec::new();
-            while answer.len() < MAX_ANSWER_BYTES {
-                match response.chunk().await? {
-                    Some(chunk) => answer.extend_from_slice(&chunk),
+            // `None`: the answer is larger than it may be (never buffered past it).
+            let mut answer = Some(Vec::new());
+            while let Some(chunk) = response.chunk().await? {
+                answer = answer.filter(|a| a.len() + chunk.len() <= MAX_ANSWER_BYTES);
+                match answer.as_mut() {
+                    Some(answer) => answer.extend_from_slice(&chunk),
                     None => break,
                 }
             }
@@ -285,7 +291,17 @@ impl Uploader {
                 format!("the upload service answered HTTP {code}"),
             );
         }
-        let url = url_in_answer(&answer);
+        let Some(answer) = answer else {
+            return failed(
+                &file.path,
+                code,
+                format!("the upload service's answer is larger than {MAX_ANSWER_BYTES} bytes"),
+            );
+        };
+        let url = match url_in_answer(&answer) {
+            Ok(url) => url,
+            Err(reason) => return failed(&file.path, code, reason),
+        };
         if url.is_none() {
             debug!(
                 file = shown(&file.path, MAX_LOGGED_CHARS),
@@ -360,23 +376,48 @@ fn describe(e: &reqwest::Error) -> String {
     format!("{what}: {cause}")
 }
 
-/// The URL in an upload service's JSON answer: `url`, `data.url` or `file.url`.
-pub fn url_in_answer(answer: &[u8]) -> Option<String> {
-    let json: Value = serde_json::from_slice(answer).ok()?;
-    let url = [&json["url"], &json["data"]["url"], &json["file"]["url"]]
+/// The URL in an upload service's JSON answer: `url`, `data.url` or `file.url`;
+/// `None` when it names none. A URL that is not http(s), is longer than
+/// [`MAX_URL_CHARS`] or holds whitespace or characters unsafe to show is refused
+/// with the reason: it would be handed to the client as a link.
+pub fn url_in_answer(answer: &[u8]) -> Result<Option<String>, String> {
+    let Ok(json) = serde_json::from_slice::<Value>(answer) else {
+        return Ok(None);
+    };
+    let Some(url) = [&json["url"], &json["data"]["url"], &json["file"]["url"]]
         .into_iter()
-        .find_map(|v| v.as_str().filter(|s| !s.is_empty()).map(str::to_owned));
-    url
+        .find_map(|v| v.as_str().filter(|s| !s.is_empty()))
+    else {
+        return Ok(None);
+    };
+    let refused = |why: &str| Err(format!("the upload service answered a URL that {why}"));
+    if url.chars().count() > MAX_URL_CHARS {
+        return refused(&format!("is longer than {MAX_URL_CHARS} characters"));
+    }
+    // The parser drops tabs and newlines; the URL handed on is the text checked.
+    if url
+        .chars()
+        .any(|c| c.is_whitespace() || is_unsafe_to_show(c))
+    {
+        return refused("holds whitespace or control characters");
+    }
+    match Url::parse(url) {
+        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => Ok(Some(url.to_owned())),
+        _ => refused("is not an http(s) URL"),
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
     fn the_url_comes_from_url_data_url_or_file_url() {
-        let cases: [(&str, Option<&str>); 9] = [
+        let cases: [(&str, Option<&str>); 10] = [
             (r#"{"url":"https://f/1"}"#, Some("https://f/1")),
+            (r#"{"url":"HTTP://F/x?y#z"}"#, Some("HTTP://F/x?y#z")),
             (r#"{"data":{"url":"https://f/2"}}"#, Some("https://f/2")),
             (r#"{"file":{"url":"https://f/3"}}"#, Some("https://f/3")),
             (
@@ -390,8 +431,51 @@ mod tests {
             ("<html>", None),
         ];
         for (answer, url) in cases {
-            assert_eq!(url_in_answer(answer.as_bytes()).as_deref(), url, "{answer}");
+            assert_eq!(
+                url_in_answer(answer.as_bytes()),
+                Ok(url.map(str::to_owned)),
+                "{answer}"
+            );
         }
+    }
+
+    #[test]
+    fn only_short_http_urls_are_taken_from_the_answer() {
+        let long = format!("https://f/{}", "a".repeat(MAX_URL_CHARS));
+        for (url, why) in [
+            (
+                "javascript:alert(document.domain)//",
+                "is not an http(s) URL",
+            ),
+            ("data:text/html,<script>x</script>", "is not an http(s) URL"),
+            ("file:///etc/passwd", "is not an http(s) URL"),
+            ("/relative/path", "is not an http(s) URL"),
+            (
+                "java\tscript:alert(1)",
+                "holds whitespace or control characters",
+            ),
+            (
+                "https://f/\u{202e}gnp.exe",
+                "holds whitespace or control characters",
+            ),
+            ("https://f/a\nb", "holds whitespace or control characters"),
+            (long.as_str(), "is longer than 2048 characters"),
+        ] {
+            for answer in [
+                json!({ "url": url }),
+                json!({ "data": { "url": url } }),
+                json!({ "file": { "url": url } }),
+            ] {
+                assert_eq!(
+                    url_in_answer(answer.to_string().as_bytes()),
+                    Err(format!("the upload service answered a URL that {why}")),
+                    "{answer}"
+                );
+            }
+        }
+        let longest = format!("https://f/{}", "a".repeat(MAX_URL_CHARS - 10));
+        let answer = json!({ "url": longest }).to_string();
+        assert_eq!(url_in_answer(answer.as_bytes()), Ok(Some(longest)));
     }
 
     fn uploader(allowed: &str) -> Uploader {

@@ -549,6 +549,49 @@ async fn this_hosts_own_address_is_refused_whatever_the_port() {
     );
 }
 
+/// The upload service's answer is not reflected unchecked (security-2 F10): only
+/// an http(s) URL of bounded length is taken, and the answer is read only so far.
+#[tokio::test]
+async fn upload_answers_with_bad_or_huge_urls_become_errors() {
+    require_root!();
+    let svc = service(&[]);
+    let huge = format!("https://files.test/{}", "a".repeat(1 << 20));
+    let long = format!("https://files.test/{}", "a".repeat(3000));
+    for (answer, error) in [
+        (
+            json!({"url": "javascript:alert(document.domain)//"}),
+            "the upload service answered a URL that is not an http(s) URL",
+        ),
+        (
+            json!({"data": {"url": "data:text/html,<script>alert(1)</script>"}}),
+            "the upload service answered a URL that is not an http(s) URL",
+        ),
+        (
+            json!({"file": {"url": long}}),
+            "the upload service answered a URL that is longer than 2048 characters",
+        ),
+        (
+            json!({"url": huge}),
+            "the upload service's answer is larger than 65536 bytes",
+        ),
+    ] {
+        let stub = UploadStub::start(StubReply::Json(answer.to_string()));
+        let out = svc
+            .run(json!({
+                "code": "open('a.txt','w').write('a')",
+                "fileUploadUrl": stub.url("/up"),
+                "uploadToken": UPLOAD_TOKEN,
+            }))
+            .await;
+        assert_eq!(
+            uploads(&out),
+            &vec![json!({"filename": "a.txt", "status": 200, "error": error})],
+            "{answer:.80}"
+        );
+        assert_eq!(stub.received().len(), 1);
+    }
+}
+
 #[tokio::test]
 async fn upload_hosts_off_the_allow_list_are_a_400() {
     require_root!();
