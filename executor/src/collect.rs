@@ -15,7 +15,8 @@
 //! - opens files `O_NONBLOCK` and checks with `fstat` that the descriptor is the
 //!   regular file that was looked at, with one link: a hard link may be another
 //!   file's content, counted twice against the caps;
-//! - takes names that are valid UTF-8 without control characters, at most
+//! - takes names that are valid UTF-8 without control characters, line
+//!   separators, bidi controls or invisible format characters, at most
 //!   [`MAX_PATH_DEPTH`] levels deep, and stops reading at the count, per-file and
 //!   total caps, listing what it skipped and why;
 //! - never writes, chowns or chmods anything.
@@ -33,7 +34,7 @@ use nix::dir::Dir;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{fstat, fstatat, FileStat, Mode, SFlag};
 use pysandbox_shared::files::{MAX_NAME_LEN, MAX_PATH_DEPTH, MAX_SKIPPED_LISTED};
-use pysandbox_shared::text;
+use pysandbox_shared::text::{self, is_unsafe_to_show};
 use pysandbox_shared::{ProducedFile, SkipReason, SkippedFile};
 
 use crate::sys::open_beneath;
@@ -133,7 +134,7 @@ impl Walk<'_> {
         let Ok(text) = name.to_str() else {
             return self.skip(shown(prefix, name), SkipReason::NameNotUtf8);
         };
-        if text.chars().any(char::is_control) {
+        if text.chars().any(is_unsafe_to_show) {
             return self.skip(shown(prefix, name), SkipReason::NameHasControlCharacter);
         }
         let path = join(prefix, text);
@@ -388,6 +389,9 @@ mod tests {
         std::fs::create_dir(work.join("dir\nname")).unwrap();
         write(&work, "dir\nname/inside", b"never seen");
         write(&work, "tab\there", b"x");
+        write(&work, "rlo\u{202e}gnp.exe", b"x");
+        write(&work, "line\u{2028}sep", b"x");
+        write(&work, "nel\u{85}x", b"x");
         write(&work, "ünïcode ok", b"x");
         let collected = collect(&work, CAPS, &[]).unwrap();
         assert_eq!(paths(&collected), ["ünïcode ok"]);
@@ -396,6 +400,9 @@ mod tests {
             [
                 ("bad\u{FFFD}", "name not UTF-8".into()),
                 ("dir\\u{a}name", "name has control characters".into()),
+                ("line\\u{2028}sep", "name has control characters".into()),
+                ("nel\\u{85}x", "name has control characters".into()),
+                ("rlo\\u{202e}gnp.exe", "name has control characters".into()),
                 ("tab\\u{9}here", "name has control characters".into()),
             ]
         );

@@ -10,6 +10,7 @@ pub mod admission;
 pub mod auth;
 pub mod body_budget;
 pub mod config;
+pub mod duplicate_keys;
 pub mod error;
 pub mod executor_client;
 pub mod health;

@@ -13,6 +13,7 @@ use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use pysandbox_shared::files::first_conflict;
+use pysandbox_shared::text::shown;
 use pysandbox_shared::{
     InputFile, JobLimits, NetworkRequest, RelativePath, MAX_REQUESTED_DOMAINS, MAX_TIMEOUT_MS,
 };
@@ -21,7 +22,9 @@ use tracing::debug;
 use url::Url;
 
 use crate::body_budget::{BodyBudget, Reservation};
+use crate::duplicate_keys::first_duplicate_key;
 use crate::error::ApiError;
+use crate::routes::MAX_LOGGED_CHARS;
 
 /// Reads a whole request body, at most `limit` bytes, within `deadline`, with
 /// room for it reserved in `budget` (returned with it, to drop once parsed).
@@ -117,6 +120,12 @@ impl ExecuteRequest {
         let Value::Object(fields) = value else {
             return Err(ApiError::NotAnObject);
         };
+        if let Some(key) = first_duplicate_key(body) {
+            return Err(invalid(
+                &shown(&key, MAX_LOGGED_CHARS),
+                "appears more than once",
+            ));
+        }
         let fields = Fields(&fields);
 
         let code = match fields.get(&["code"]) {

@@ -243,6 +243,33 @@ open('ok.txt', 'w').write('ok')
     );
 }
 
+/// Names that would reorder or break a display (a bidi override makes
+/// `rlo\u{202e}gnp.exe` show as "rloexe.png"; U+2028 and NEL break lines) are
+/// skipped like control characters, and listed escaped (security-2 F12).
+#[tokio::test]
+async fn names_with_bidi_overrides_or_line_separators_are_skipped() {
+    require_root!();
+    let svc = service(&[]);
+    let code = "for name in ['rlo\\u202egnp.exe', 'ls\\u2028x', 'ps\\u2029x', 'nel\\x85x', 'ok.txt']:\n    open(name, 'w').write('x')\n";
+    let out = svc.run(json!({ "code": code, "returnFiles": true })).await;
+    assert_eq!(
+        returned(&out).keys().collect::<Vec<_>>(),
+        ["ok.txt"],
+        "{out:#}"
+    );
+    let reason = "name has control characters";
+    assert_eq!(
+        out["skippedFiles"],
+        json!([
+            {"path": "ls\\u{2028}x", "reason": reason},
+            {"path": "nel\\u{85}x", "reason": reason},
+            {"path": "ps\\u{2029}x", "reason": reason},
+            {"path": "rlo\\u{202e}gnp.exe", "reason": reason},
+        ]),
+        "{out:#}"
+    );
+}
+
 #[tokio::test]
 async fn a_fifo_or_socket_does_not_hang_collection() {
     require_root!();
