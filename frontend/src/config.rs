@@ -101,9 +101,9 @@ pub struct Config {
     #[arg(long, env = "UPLOAD_BUDGET_MS", default_value = "120000")]
     pub upload_budget_ms: NonZeroU64,
 
-    /// Hosts uploads may go to, comma-separated names or IPs. Empty: any host whose
-    /// addresses are not loopback, link-local or unspecified. Listed hosts are used
-    /// whatever their addresses, and no other host is.
+    /// Hosts uploads may go to: comma-separated names, IP addresses and CIDR
+    /// blocks. Empty: any host whose addresses are public and not this host's own.
+    /// Listed hosts are used whatever their addresses, and no other host is.
     #[arg(long, env = "UPLOAD_ALLOWED_HOSTS", default_value = "")]
     pub upload_allowed_hosts: AllowedHosts,
 

@@ -81,8 +81,7 @@ pub async fn serve(
     loop {
         // The slot comes first: when every ordinary slot and the reserve are taken,
         // connections wait in the backlog rather than being accepted and left
-        // without service.
-        // `health_only`: the slot is one of the reserve's.
+        // without service. `health_only`: the slot is one of the reserve's.
         let (slot, health_only) = tokio::select! {
             biased;
             () = &mut shutdown => break,
