@@ -61,8 +61,8 @@ pub enum ApiError {
     BodiesBusy,
     /// Every ordinary connection slot is taken; this connection may only ask for
     /// `/health`.
-    #[error("server busy; retry later")]
-    Busy,
+    #[error("too many open connections; retry later")]
+    ConnectionsFull,
     /// No route for this path.
     #[error("not found")]
     NotFound,
@@ -90,7 +90,7 @@ impl ApiError {
             ApiError::ExecutorUnavailable
             | ApiError::ExecutorLost
             | ApiError::SandboxUnavailable
-            | ApiError::Busy
+            | ApiError::ConnectionsFull
             | ApiError::BodiesBusy => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -102,7 +102,7 @@ impl ApiError {
     pub fn retry_after(&self) -> Option<u32> {
         match self {
             // A slot frees as soon as one job ends, so come back soon.
-            ApiError::Saturated | ApiError::Busy | ApiError::BodiesBusy => Some(1),
+            ApiError::Saturated | ApiError::ConnectionsFull | ApiError::BodiesBusy => Some(1),
             // An executor restart (socket-activated) takes a few seconds.
             ApiError::ExecutorUnavailable
             | ApiError::ExecutorLost
@@ -192,6 +192,18 @@ mod tests {
                 408,
                 None,
                 r#"{"error":"request body timed out"}"#,
+            ),
+            (
+                ApiError::BodiesBusy,
+                503,
+                Some("1"),
+                r#"{"error":"too many request bodies being read; retry later"}"#,
+            ),
+            (
+                ApiError::ConnectionsFull,
+                503,
+                Some("1"),
+                r#"{"error":"too many open connections; retry later"}"#,
             ),
             (
                 ApiError::BodyUnreadable,

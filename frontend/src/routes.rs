@@ -251,7 +251,7 @@ async fn log_request(mut request: Request, next: Next) -> Response {
     let header = HeaderValue::from_str(id.as_str());
     let health_only = request.extensions().get::<HealthOnly>().is_some();
     let mut response = if health_only && request.uri().path() != "/health" {
-        ApiError::Busy.into_response()
+        ApiError::ConnectionsFull.into_response()
     } else {
         request.extensions_mut().insert(id);
         next.run(request).instrument(span).await

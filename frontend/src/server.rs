@@ -690,7 +690,7 @@ mod tests {
             post_execute(&server, r#"{"code":"1"}"#).await,
             503,
             Some("1"),
-            json!({"error": "server busy; retry later"}),
+            json!({"error": "too many open connections; retry later"}),
         )
         .await;
         drop(idle);

@@ -161,5 +161,8 @@ async fn health_gets_through_when_every_connection_slot_is_held() {
     .await;
     assert_eq!(other.status, 503);
     assert_eq!(other.headers["retry-after"], "1");
-    assert_eq!(other.json, json!({"error": "server busy; retry later"}));
+    assert_eq!(
+        other.json,
+        json!({"error": "too many open connections; retry later"})
+    );
 }
