@@ -15,7 +15,8 @@
 //! - opens files `O_NONBLOCK` and checks with `fstat` that the descriptor is the
 //!   regular file that was looked at, with one link: a hard link may be another
 //!   file's content, counted twice against the caps;
-//! - takes names that are valid UTF-8 without control characters, at most
+//! - takes names that are valid UTF-8 without control characters, line
+//!   separators, bidi controls or invisible format characters, at most
 //!   [`MAX_PATH_DEPTH`] levels deep, and stops reading at the count, per-file and
 //!   total caps, listing what it skipped and why;
 //! - never writes, chowns or chmods anything.
@@ -32,7 +33,8 @@ use std::path::Path;
 use nix::dir::Dir;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{fstat, fstatat, FileStat, Mode, SFlag};
-use pysandbox_shared::files::{MAX_PATH_DEPTH, MAX_SKIPPED_LISTED};
+use pysandbox_shared::files::{MAX_NAME_LEN, MAX_PATH_DEPTH, MAX_SKIPPED_LISTED};
+use pysandbox_shared::text::{self, is_unsafe_to_show};
 use pysandbox_shared::{SkipReason, SkippedFile, MAX_CHUNK_BYTES};
 
 use crate::sys::open_beneath;
@@ -155,7 +157,7 @@ impl Walk<'_> {
         let Ok(text) = name.to_str() else {
             return self.skip(shown(prefix, name), SkipReason::NameNotUtf8);
         };
-        if text.chars().any(char::is_control) {
+        if text.chars().any(is_unsafe_to_show) {
             return self.skip(shown(prefix, name), SkipReason::NameHasControlCharacter);
         }
         let path = join(prefix, text);
@@ -285,13 +287,11 @@ fn join(prefix: &str, name: &str) -> String {
     }
 }
 
-/// A name that is no valid path, as it is reported: bytes that are not UTF-8 and
-/// control characters become U+FFFD, so a report never carries either.
+/// A name that is no valid path, as it is reported: bytes that are not UTF-8
+/// become U+FFFD and characters unsafe to show are escaped, so a report never
+/// carries either.
 fn shown(prefix: &str, name: &CStr) -> String {
-    let name: String = String::from_utf8_lossy(name.to_bytes())
-        .chars()
-        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
-        .collect();
+    let name = text::shown(&String::from_utf8_lossy(name.to_bytes()), MAX_NAME_LEN);
     join(prefix, &name)
 }
 
@@ -498,6 +498,9 @@ mod tests {
         std::fs::create_dir(work.join("dir\nname")).unwrap();
         write(&work, "dir\nname/inside", b"never seen");
         write(&work, "tab\there", b"x");
+        write(&work, "rlo\u{202e}gnp.exe", b"x");
+        write(&work, "line\u{2028}sep", b"x");
+        write(&work, "nel\u{85}x", b"x");
         write(&work, "ünïcode ok", b"x");
         let collected = gather(&work, CAPS, &[]).unwrap();
         assert_eq!(paths(&collected), ["ünïcode ok"]);
@@ -505,8 +508,11 @@ mod tests {
             skipped(&collected),
             [
                 ("bad\u{FFFD}", "name not UTF-8".into()),
-                ("dir\u{FFFD}name", "name has control characters".into()),
-                ("tab\u{FFFD}here", "name has control characters".into()),
+                ("dir\\u{a}name", "name has control characters".into()),
+                ("line\\u{2028}sep", "name has control characters".into()),
+                ("nel\\u{85}x", "name has control characters".into()),
+                ("rlo\\u{202e}gnp.exe", "name has control characters".into()),
+                ("tab\\u{9}here", "name has control characters".into()),
             ]
         );
     }

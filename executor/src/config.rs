@@ -11,13 +11,14 @@ use std::time::Duration;
 
 use clap::Parser;
 use pysandbox_shared::files::{MAX_FILES, MAX_FILES_BYTES, MAX_INPUT_BYTES};
+use pysandbox_shared::net::Cidr;
 use pysandbox_shared::{MAX_DISPLAYS, MAX_DISPLAYS_BYTES};
 use serde::Deserialize;
 
 use crate::collect::Caps;
 use crate::display::DisplayCaps;
 use crate::error::Error;
-use crate::proxy::policy::{Cidr, DomainPattern, Policy};
+use crate::proxy::policy::{DomainPattern, Policy};
 use crate::proxy::target::Host;
 use crate::proxy::ProxyLimits;
 
@@ -1006,10 +1007,7 @@ mod tests {
                     "20-b.toml",
                     "max_jobs = 3\n[default_limits]\nmemory_mb = 300",
                 ),
-                (
-                    "10-a.toml",
-                    "max_jobs = 2\nsandbox_gid = 4242",
-                ),
+                ("10-a.toml", "max_jobs = 2\nsandbox_gid = 4242"),
                 ("30-c.toml.dpkg-old", "max_jobs = 9"),
             ],
         )

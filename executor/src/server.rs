@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use pysandbox_shared::text::shown;
 use pysandbox_shared::{
     ExecutorStatus, FilesEnd, JobError, JobSpec, Request, Response, ServerConnection, ServerSender,
     Started,
@@ -225,7 +226,7 @@ impl Executor {
         };
         let served = match request {
             Request::Run(spec) => {
-                let span = info_span!("job", request_id = %printable(&spec.request_id));
+                let span = info_span!("job", request_id = %shown(&spec.request_id, 64));
                 self.run(conn, spec).instrument(span).await
             }
             Request::Status => conn
@@ -446,10 +447,4 @@ async fn send_all(
         }
     }
     Ok(())
-}
-
-/// A peer-chosen id, cut to a length fit for a log line and without control
-/// characters, which could forge log lines.
-fn printable(id: &str) -> String {
-    id.chars().filter(|c| !c.is_control()).take(64).collect()
 }

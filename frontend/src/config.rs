@@ -8,7 +8,9 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::auth::AuthToken;
-use crate::upload::{AllowedHosts, UploadConfig};
+use crate::server::ServerLimits;
+use crate::upload::UploadConfig;
+use crate::upload_policy::AllowedHosts;
 
 /// Settings of `pysandbox-frontend`.
 #[derive(Debug, Clone, Parser)]
@@ -42,6 +44,11 @@ pub struct Config {
     #[arg(long, env = "MAX_BODY_BYTES", default_value = "1048576")]
     pub max_body_bytes: NonZeroU64,
 
+    /// Bytes of request bodies being read at once, all requests together; past it
+    /// a request is answered 503 with Retry-After.
+    #[arg(long, env = "BODY_BUFFER_BYTES", default_value = "67108864")]
+    pub body_buffer_bytes: NonZeroU64,
+
     /// Jobs at the executor at once.
     #[arg(long, env = "MAX_INFLIGHT", default_value = "8")]
     pub max_inflight: NonZeroUsize,
@@ -54,8 +61,14 @@ pub struct Config {
     #[arg(long, env = "MAX_CONNECTIONS", default_value = "1024")]
     pub max_connections: NonZeroUsize,
 
-    /// Time a client has to send a request's headers, in milliseconds.
-    #[arg(long, env = "HEADER_TIMEOUT_MS", default_value = "10000")]
+    /// Open connections of one client address (an IPv6 /64); more are closed at
+    /// once. Behind a reverse proxy every connection has its address: raise it.
+    #[arg(long, env = "MAX_CONNECTIONS_PER_IP", default_value = "128")]
+    pub max_connections_per_ip: NonZeroUsize,
+
+    /// Time a client has to send a request's headers, and the time an idle
+    /// keep-alive connection stays open, in milliseconds.
+    #[arg(long, env = "HEADER_TIMEOUT_MS", default_value = "5000")]
     pub header_timeout_ms: NonZeroU64,
 
     /// Time a client has to send a request's body, in milliseconds.
@@ -78,9 +91,9 @@ pub struct Config {
     #[arg(long, env = "UPLOAD_BUDGET_MS", default_value = "120000")]
     pub upload_budget_ms: NonZeroU64,
 
-    /// Hosts uploads may go to, comma-separated names or IPs. Empty: any host whose
-    /// addresses are not loopback, link-local or unspecified. Listed hosts are used
-    /// whatever their addresses, and no other host is.
+    /// Hosts uploads may go to: comma-separated names, IP addresses and CIDR
+    /// blocks. Empty: any host whose addresses are public and not this host's own.
+    /// Listed hosts are used whatever their addresses, and no other host is.
     #[arg(long, env = "UPLOAD_ALLOWED_HOSTS", default_value = "")]
     pub upload_allowed_hosts: AllowedHosts,
 
@@ -107,6 +120,16 @@ impl Config {
     /// start then).
     pub fn token(&self) -> Option<AuthToken> {
         self.auth_token.clone().filter(|t| !t.is_empty())
+    }
+
+    /// The connection-level limits.
+    pub fn server_limits(&self) -> ServerLimits {
+        ServerLimits {
+            max_connections: self.max_connections.get(),
+            max_connections_per_ip: self.max_connections_per_ip.get(),
+            header_timeout: self.header_timeout(),
+            shutdown_grace: self.shutdown_grace(),
+        }
     }
 
     /// `HEADER_TIMEOUT_MS` as a duration.
@@ -159,10 +182,16 @@ mod tests {
                 Some("/run/pysandbox/executor.sock"),
             ),
             ("max_body_bytes", "MAX_BODY_BYTES", Some("1048576")),
+            ("body_buffer_bytes", "BODY_BUFFER_BYTES", Some("67108864")),
             ("max_inflight", "MAX_INFLIGHT", Some("8")),
             ("max_queue", "MAX_QUEUE", Some("32")),
             ("max_connections", "MAX_CONNECTIONS", Some("1024")),
-            ("header_timeout_ms", "HEADER_TIMEOUT_MS", Some("10000")),
+            (
+                "max_connections_per_ip",
+                "MAX_CONNECTIONS_PER_IP",
+                Some("128"),
+            ),
+            ("header_timeout_ms", "HEADER_TIMEOUT_MS", Some("5000")),
             ("body_timeout_ms", "BODY_TIMEOUT_MS", Some("30000")),
             ("shutdown_grace_ms", "SHUTDOWN_GRACE_MS", Some("130000")),
             ("upload_timeout_ms", "UPLOAD_TIMEOUT_MS", Some("30000")),

@@ -67,6 +67,13 @@ pub enum ApiError {
     /// The executor could not set up the jail, so the job did not run.
     #[error("sandbox unavailable: could not set up the jail")]
     SandboxUnavailable,
+    /// The bytes of request bodies being read at once are at their bound.
+    #[error("too many request bodies being read; retry later")]
+    BodiesBusy,
+    /// Every ordinary connection slot is taken; this connection may only ask for
+    /// `/health`.
+    #[error("too many open connections; retry later")]
+    ConnectionsFull,
     /// No route for this path.
     #[error("not found")]
     NotFound,
@@ -95,7 +102,9 @@ impl ApiError {
             | ApiError::ExecutorLost
             | ApiError::Busy { .. }
             | ApiError::ExecutorRestarting
-            | ApiError::SandboxUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | ApiError::SandboxUnavailable
+            | ApiError::ConnectionsFull
+            | ApiError::BodiesBusy => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -106,7 +115,7 @@ impl ApiError {
     pub fn retry_after(&self) -> Option<u32> {
         match self {
             // A slot frees as soon as one job ends, so come back soon.
-            ApiError::Saturated => Some(1),
+            ApiError::Saturated | ApiError::ConnectionsFull | ApiError::BodiesBusy => Some(1),
             ApiError::Busy { retry_after } => Some(*retry_after),
             // An executor restart (socket-activated) takes a few seconds.
             ApiError::ExecutorUnavailable
@@ -198,6 +207,18 @@ mod tests {
                 408,
                 None,
                 r#"{"error":"request body timed out"}"#,
+            ),
+            (
+                ApiError::BodiesBusy,
+                503,
+                Some("1"),
+                r#"{"error":"too many request bodies being read; retry later"}"#,
+            ),
+            (
+                ApiError::ConnectionsFull,
+                503,
+                Some("1"),
+                r#"{"error":"too many open connections; retry later"}"#,
             ),
             (
                 ApiError::BodyUnreadable,

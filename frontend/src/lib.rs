@@ -8,9 +8,13 @@
 
 pub mod admission;
 pub mod auth;
+pub mod body_budget;
 pub mod config;
+pub mod duplicate_keys;
 pub mod error;
 pub mod executor_client;
+pub mod health;
+pub mod peers;
 pub mod privileges;
 pub mod request;
 pub mod response;
@@ -18,6 +22,7 @@ pub mod routes;
 pub mod server;
 pub mod spool;
 pub mod upload;
+pub mod upload_policy;
 
 #[cfg(test)]
 mod testing;
@@ -55,11 +60,7 @@ pub async fn run(config: Config, token: AuthToken) -> io::Result<()> {
         })?;
     info!("listening on {}", listener.local_addr()?);
 
-    let limits = server::ServerLimits {
-        max_connections: config.max_connections.get(),
-        header_timeout: config.header_timeout(),
-        shutdown_grace: config.shutdown_grace(),
-    };
+    let limits = config.server_limits();
     let app = routes::router(routes::AppState::new(&config, token));
     server::serve(listener, app, limits, shutdown).await;
     Ok(())

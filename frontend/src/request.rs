@@ -13,6 +13,7 @@ use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use pysandbox_shared::files::first_conflict;
+use pysandbox_shared::text::shown;
 use pysandbox_shared::{
     InputFile, JobLimits, NetworkRequest, RelativePath, MAX_REQUESTED_DOMAINS, MAX_TIMEOUT_MS,
 };
@@ -20,21 +21,34 @@ use serde_json::{Map, Value};
 use tracing::debug;
 use url::Url;
 
+use crate::body_budget::{BodyBudget, Reservation};
+use crate::duplicate_keys::first_duplicate_key;
 use crate::error::ApiError;
+use crate::routes::MAX_LOGGED_CHARS;
 
-/// Reads a whole request body, at most `limit` bytes, within `deadline`.
+/// Reads a whole request body, at most `limit` bytes, within `deadline`, with
+/// room for it reserved in `budget` (returned with it, to drop once parsed).
 ///
 /// A declared `Content-Length` over the limit is refused before anything is read,
 /// and a chunked body is refused as soon as it passes the limit, so an oversized
 /// body is never buffered. The deadline covers the whole body, so a client that
 /// trickles bytes cannot hold a connection (and its memory) for long.
-pub async fn read_body(body: Body, limit: u64, deadline: Duration) -> Result<Bytes, ApiError> {
-    if body.size_hint().lower() > limit {
+pub async fn read_body(
+    body: Body,
+    limit: u64,
+    budget: &BodyBudget,
+    deadline: Duration,
+) -> Result<(Bytes, Reservation), ApiError> {
+    let hint = body.size_hint();
+    if hint.lower() > limit {
         return Err(ApiError::BodyTooLarge { limit });
     }
-    tokio::time::timeout(deadline, collect(body, limit))
+    // A chunked body may be as large as the limit.
+    let reservation = budget.reserve(hint.exact().unwrap_or(limit))?;
+    let bytes = tokio::time::timeout(deadline, collect(body, limit))
         .await
-        .map_err(|_| ApiError::BodyTimeout)?
+        .map_err(|_| ApiError::BodyTimeout)??;
+    Ok((bytes, reservation))
 }
 
 async fn collect(body: Body, limit: u64) -> Result<Bytes, ApiError> {
@@ -106,6 +120,12 @@ impl ExecuteRequest {
         let Value::Object(fields) = value else {
             return Err(ApiError::NotAnObject);
         };
+        if let Some(key) = first_duplicate_key(body) {
+            return Err(invalid(
+                &shown(&key, MAX_LOGGED_CHARS),
+                "appears more than once",
+            ));
+        }
         let fields = Fields(&fields);
 
         let code = match fields.get(&["code"]) {

@@ -8,26 +8,39 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use pysandbox_shared::text::shown;
 use pysandbox_shared::JobSpec;
 use serde::Serialize;
 use tracing::{info, info_span, Instrument, Span};
 
 use crate::admission::Admission;
 use crate::auth::AuthToken;
+use crate::body_budget::BodyBudget;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::executor_client::ExecutorClient;
+use crate::health::StatusCache;
 use crate::request::{read_body, ExecuteRequest};
 use crate::response::{render, ExecuteResponse, Skipped};
 use crate::upload::Uploader;
 
+/// The most characters of a client's text (a path, a host name, a file name) in
+/// one log field: a 60 KB request path must not make a 60 KB log line.
+pub(crate) const MAX_LOGGED_CHARS: usize = 200;
+
 /// The response header carrying the request id.
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Marks a request that came on a connection from the `/health` reserve (every
+/// ordinary connection slot was taken): it is answered only when it asks for
+/// `/health`.
+#[derive(Debug, Clone, Copy)]
+pub struct HealthOnly;
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
@@ -39,9 +52,11 @@ pub struct AppState {
 struct Inner {
     token: AuthToken,
     max_body_bytes: u64,
+    body_budget: BodyBudget,
     body_timeout: Duration,
     admission: Admission,
     executor: ExecutorClient,
+    health: StatusCache,
     uploader: Uploader,
 }
 
@@ -52,9 +67,11 @@ impl AppState {
             inner: Arc::new(Inner {
                 token,
                 max_body_bytes: config.max_body_bytes.get(),
+                body_budget: BodyBudget::new(config.body_buffer_bytes.get()),
                 body_timeout: config.body_timeout(),
                 admission: Admission::new(config.max_inflight.get(), config.max_queue),
                 executor: ExecutorClient::new(config.executor_socket.clone()),
+                health: StatusCache::new(ExecutorClient::new(config.executor_socket.clone())),
                 uploader: Uploader::new(config.upload()),
             }),
         }
@@ -79,9 +96,11 @@ async fn execute(State(app): State<AppState>, request: Request) -> Result<Respon
     let (parts, body) = request.into_parts();
     // The contract's order: auth, body size, JSON, admission, executor.
     app.token.check(parts.headers.get(header::AUTHORIZATION))?;
-    let body = read_body(body, app.max_body_bytes, app.body_timeout).await?;
+    let (body, reservation) =
+        read_body(body, app.max_body_bytes, &app.body_budget, app.body_timeout).await?;
     let job = ExecuteRequest::parse(&body)?;
-    drop(body);
+    // From here on, admission bounds what requests hold.
+    drop((body, reservation));
     if let Some(target) = &job.file_upload_url {
         app.uploader.allowed_hosts().check(target)?;
     }
@@ -154,7 +173,7 @@ struct Health {
 }
 
 async fn health(State(app): State<AppState>) -> Json<Health> {
-    let status = app.inner.executor.status().await;
+    let status = app.inner.health.status().await;
     Json(Health {
         ok: true,
         executor: if status.is_some() { "up" } else { "down" },
@@ -214,14 +233,21 @@ async fn log_request(mut request: Request, next: Next) -> Response {
     let span = info_span!("request", request_id = %id);
     let mut log = RequestLog {
         span: span.clone(),
-        method: request.method().clone(),
-        path: request.uri().path().to_owned(),
+        // Client text: tracing writes `%` fields raw, so C1 controls, NEL and
+        // U+2028 would reach the log as they are (security-2 F5).
+        method: shown(request.method().as_str(), MAX_LOGGED_CHARS),
+        path: shown(request.uri().path(), MAX_LOGGED_CHARS),
         started: Instant::now(),
         status: None,
     };
     let header = HeaderValue::from_str(id.as_str());
-    request.extensions_mut().insert(id);
-    let mut response = next.run(request).instrument(span).await;
+    let health_only = request.extensions().get::<HealthOnly>().is_some();
+    let mut response = if health_only && request.uri().path() != "/health" {
+        ApiError::ConnectionsFull.into_response()
+    } else {
+        request.extensions_mut().insert(id);
+        next.run(request).instrument(span).await
+    };
     if let Ok(value) = header {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
@@ -233,7 +259,7 @@ async fn log_request(mut request: Request, next: Next) -> Response {
 /// hyper dropped the handler because the client went away.
 struct RequestLog {
     span: Span,
-    method: Method,
+    method: String,
     path: String,
     started: Instant,
     status: Option<StatusCode>,

@@ -17,6 +17,9 @@ use tokio::sync::Semaphore;
 use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
+use crate::peers::PeerLimit;
+use crate::routes::HealthOnly;
+
 /// The largest request line plus headers accepted (larger gets hyper's bare 431).
 /// 64 KiB is far above what any legitimate client sends and small enough to be
 /// cheap per connection. hyper's read buffer gets the same bound.
@@ -26,12 +29,24 @@ pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// not spin while the condition lasts.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// Connections accepted beyond `max_connections`, each for one `GET /health` only,
+/// so that health checks get through while clients hold every ordinary slot.
+const HEALTH_RESERVE: usize = 16;
+
+/// Time a reserve connection has to send its request head: a health check sends
+/// it at once, and a slow client must not hold the reserve.
+const RESERVE_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Connection-level limits.
 #[derive(Debug, Clone)]
 pub struct ServerLimits {
-    /// Open connections at once; more wait in the kernel's listen backlog.
+    /// Open connections at once; more wait in the kernel's listen backlog (beyond
+    /// a small reserve for `/health`).
     pub max_connections: usize,
-    /// Time a client has to send a request's headers.
+    /// Open connections of one client address (an IPv6 /64); more are closed at once.
+    pub max_connections_per_ip: usize,
+    /// Time a client has to send a request's headers (also the time an idle
+    /// keep-alive connection stays open).
     pub header_timeout: Duration,
     /// After the shutdown signal, how long requests in flight may run.
     pub shutdown_grace: Duration,
@@ -53,17 +68,29 @@ pub async fn serve(
         // head that arrives in large reads could pass it; max_header_size is exact.
         .max_header_size(MAX_HEADER_BYTES)
         .max_buf_size(MAX_HEADER_BYTES);
+    let mut reserve_http = http.clone();
+    reserve_http
+        .header_read_timeout(RESERVE_HEADER_TIMEOUT.min(limits.header_timeout))
+        .keep_alive(false);
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let reserve = Arc::new(Semaphore::new(HEALTH_RESERVE));
+    let peers = PeerLimit::new(limits.max_connections_per_ip);
     tokio::pin!(shutdown);
 
     loop {
-        // The permit comes first: at the cap, connections wait in the backlog
-        // rather than being accepted and left without service.
-        let permit = tokio::select! {
+        // The slot comes first: when every ordinary slot and the reserve are taken,
+        // connections wait in the backlog rather than being accepted and left
+        // without service. `health_only`: the slot is one of the reserve's.
+        let (slot, health_only) = tokio::select! {
+            biased;
             () = &mut shutdown => break,
             permit = Arc::clone(&connections).acquire_owned() => match permit {
-                Ok(permit) => permit,
+                Ok(permit) => (permit, false),
+                Err(_) => break,
+            },
+            permit = Arc::clone(&reserve).acquire_owned() => match permit {
+                Ok(permit) => (permit, true),
                 Err(_) => break,
             },
         };
@@ -78,21 +105,31 @@ pub async fn serve(
                 }
             },
         };
+        let Some(peer_slot) = peers.enter(peer.ip()) else {
+            // Closed at once (not logged above debug: the client could flood the
+            // log as easily as the listener).
+            debug!(%peer, "connection over the per-client cap closed");
+            continue;
+        };
         if let Err(e) = stream.set_nodelay(true) {
             debug!(%peer, "could not set TCP_NODELAY: {e}");
         }
         let app = app.clone();
-        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            if health_only {
+                request.extensions_mut().insert(HealthOnly);
+            }
             app.clone().oneshot(request.map(Body::new))
         });
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let builder = if health_only { &reserve_http } else { &http };
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             // hyper ends the connection (dropping any handler still running) when
             // the client closes it; see the disconnect test below.
             if let Err(e) = connection.await {
                 debug!(%peer, "connection ended: {e}");
             }
-            drop(permit);
+            drop((slot, peer_slot));
         });
     }
 
@@ -586,21 +623,82 @@ mod tests {
         }
     }
 
+    /// Bodies being read at once are bounded in bytes: past BODY_BUFFER_BYTES a
+    /// request is answered 503 at once, and room comes back when a body is done.
     #[tokio::test]
-    async fn connections_over_the_cap_wait_in_the_backlog() {
+    async fn request_bodies_being_read_are_bounded_in_bytes() {
+        let executor = FakeExecutor::answering(four());
+        let server = TestServer::start(&executor.socket, &["--body-buffer-bytes", "1048576"]).await;
+        let big = format!(r#"{{"code":"1","stdin":"{}"}}"#, "x".repeat(600_000));
+        // Holds 600,000 bytes of the budget: the body never ends.
+        let mut holder = TcpStream::connect(server.addr).await.unwrap();
+        let head = format!(
+            "POST /execute HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+             Content-Length: {}\r\n\r\n{{",
+            big.len()
+        );
+        holder.write_all(head.as_bytes()).await.unwrap();
+        let refused = async {
+            loop {
+                let response = post_execute(&server, &big).await;
+                if response.status() == 503 {
+                    break response;
+                }
+            }
+        };
+        let refused = tokio::time::timeout(Duration::from_secs(10), refused)
+            .await
+            .unwrap();
+        assert_error(
+            refused,
+            503,
+            Some("1"),
+            json!({"error": "too many request bodies being read; retry later"}),
+        )
+        .await;
+        // What is left still serves small bodies.
+        assert_eq!(post_execute(&server, r#"{"code":"1"}"#).await.status(), 200);
+        drop(holder);
+        let served = async {
+            while post_execute(&server, &big).await.status() != 200 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), served)
+            .await
+            .unwrap();
+    }
+
+    /// Past MAX_CONNECTIONS, a connection from the reserve answers `/health` and
+    /// nothing else; once a slot frees, jobs are served again.
+    #[tokio::test]
+    async fn over_the_cap_only_health_is_served() {
         let executor = FakeExecutor::answering(four());
         let server = TestServer::start(&executor.socket, &["--max-connections", "1"]).await;
-        let idle = TcpStream::connect(server.addr).await.unwrap();
-        let second = tokio::spawn(client().get(server.url("/health")).send());
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(!second.is_finished(), "served past MAX_CONNECTIONS");
+        let mut idle = TcpStream::connect(server.addr).await.unwrap();
+        idle.write_all(b"G").await.unwrap();
+        let health = client().get(server.url("/health")).send().await.unwrap();
+        assert_eq!(health.status(), 200);
+        assert_error(
+            post_execute(&server, r#"{"code":"1"}"#).await,
+            503,
+            Some("1"),
+            json!({"error": "too many open connections; retry later"}),
+        )
+        .await;
         drop(idle);
-        let response = tokio::time::timeout(Duration::from_secs(5), second)
+        let served = async {
+            loop {
+                let response = post_execute(&server, r#"{"code":"1"}"#).await;
+                if response.status() == 200 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), served)
             .await
-            .unwrap()
-            .unwrap()
             .unwrap();
-        assert_eq!(response.status(), 200);
     }
 
     #[tokio::test]

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::routes::{router, AppState};
-use crate::server::{serve, ServerLimits};
+use crate::server::serve;
 
 /// The token the test frontends accept.
 pub const TOKEN: &str = "test-token";
@@ -138,11 +138,7 @@ impl TestServer {
         let token = config.token().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let limits = ServerLimits {
-            max_connections: config.max_connections.get(),
-            header_timeout: config.header_timeout(),
-            shutdown_grace: config.shutdown_grace(),
-        };
+        let limits = config.server_limits();
         let app = router(AppState::new(&config, token));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(listener, app, limits, async {

@@ -9,17 +9,17 @@
 //! The frontend must not become a way to reach what its caller could not (SSRF):
 //! redirects are not followed, and unless the host is listed in
 //! `UPLOAD_ALLOWED_HOSTS`, the host is resolved here, refused if any address is
-//! loopback, link-local (cloud metadata lives at 169.254.169.254) or unspecified,
-//! and the connection goes to exactly the addresses checked — the client resolves
-//! nothing by itself, so a DNS answer cannot change between check and connect.
+//! not public or is this host's own (see [`crate::upload_policy`]), and the
+//! connection goes to exactly the addresses checked — the client resolves nothing
+//! by itself, so a DNS answer cannot change between check and connect.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::str::FromStr;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use pysandbox_shared::text::{is_unsafe_to_show, shown};
 use pysandbox_shared::SkippedFile;
 use reqwest::dns::{Name, Resolve, Resolving};
 use reqwest::multipart::{Form, Part};
@@ -29,13 +29,17 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 use url::{Host, Url};
 
-use crate::error::ApiError;
-use crate::request::UploadUrl;
 use crate::response::Upload;
+use crate::routes::MAX_LOGGED_CHARS;
 use crate::spool::Produced;
+use crate::upload_policy::{interface_addresses, refusal, AllowedHosts};
 
 /// The most of an upload service's answer that is read, looking for the URL.
-const MAX_ANSWER_BYTES: usize = 1 << 20;
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// The longest URL taken from an upload service's answer (it is reflected to the
+/// client, once per file: security-2 F10).
+const MAX_URL_CHARS: usize = 2048;
 
 /// How uploads are made.
 #[derive(Debug, Clone)]
@@ -48,111 +52,6 @@ pub struct UploadConfig {
     pub budget: Duration,
     /// Hosts uploads may go to; see [`AllowedHosts`].
     pub allowed: AllowedHosts,
-}
-
-/// `UPLOAD_ALLOWED_HOSTS`: host names or IP addresses, comma-separated. When empty,
-/// any host may be used whose addresses are not refused; when not, only these, and
-/// their addresses are not checked (the operator vouches for them).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AllowedHosts(Vec<AllowedHost>);
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum AllowedHost {
-    Name(String),
-    Ip(IpAddr),
-}
-
-impl FromStr for AllowedHosts {
-    type Err = String;
-
-    fn from_str(list: &str) -> Result<Self, Self::Err> {
-        let mut hosts = Vec::new();
-        for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            let bare = entry
-                .strip_prefix('[')
-                .and_then(|e| e.strip_suffix(']'))
-                .unwrap_or(entry);
-            let host = match bare.parse::<IpAddr>() {
-                Ok(ip) => AllowedHost::Ip(ip),
-                Err(_) => match Host::parse(entry) {
-                    Ok(Host::Domain(name)) => AllowedHost::Name(name),
-                    Ok(Host::Ipv4(ip)) => AllowedHost::Ip(ip.into()),
-                    Ok(Host::Ipv6(ip)) => AllowedHost::Ip(ip.into()),
-                    Err(_) => return Err(format!("{entry:?} is not a host name or IP address")),
-                },
-            };
-            hosts.push(host);
-        }
-        Ok(AllowedHosts(hosts))
-    }
-}
-
-impl AllowedHosts {
-    /// Whether the list is empty (any host whose addresses pass may be used).
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// Whether `host` is on the list.
-    fn contains(&self, host: &Host<&str>) -> bool {
-        self.0.iter().any(|allowed| match (allowed, host) {
-            (AllowedHost::Name(name), Host::Domain(domain)) => name.eq_ignore_ascii_case(domain),
-            (AllowedHost::Ip(ip), Host::Ipv4(v4)) => *ip == IpAddr::V4(*v4),
-            (AllowedHost::Ip(ip), Host::Ipv6(v6)) => *ip == IpAddr::V6(*v6),
-            _ => false,
-        })
-    }
-
-    /// Refuses an upload URL off a non-empty list, naming the field the caller used.
-    pub fn check(&self, target: &UploadUrl) -> Result<(), ApiError> {
-        match target.url.host() {
-            Some(host) if self.is_empty() || self.contains(&host) => Ok(()),
-            host => Err(ApiError::InvalidField {
-                field: target.field.to_owned(),
-                reason: format!(
-                    "host {} is not in UPLOAD_ALLOWED_HOSTS",
-                    host.map(|h| h.to_string()).unwrap_or_default()
-                ),
-            }),
-        }
-    }
-}
-
-/// Why an address may not be uploaded to, or `None` when it may. IPv4-mapped IPv6
-/// addresses (`::ffff:127.0.0.1`) reach their IPv4 address, so they count as it.
-pub fn refused_kind(ip: IpAddr) -> Option<&'static str> {
-    match ip {
-        IpAddr::V4(v4) => refused_v4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => refused_v4(v4),
-            None => refused_v6(v6),
-        },
-    }
-}
-
-fn refused_v4(ip: Ipv4Addr) -> Option<&'static str> {
-    if ip.is_loopback() {
-        Some("loopback")
-    } else if ip.is_link_local() {
-        Some("link-local")
-    } else if ip.octets()[0] == 0 {
-        // 0.0.0.0/8, "this network": Linux connects 0.0.0.0 to the local host.
-        Some("unspecified")
-    } else {
-        None
-    }
-}
-
-fn refused_v6(ip: Ipv6Addr) -> Option<&'static str> {
-    if ip.is_loopback() {
-        Some("loopback")
-    } else if ip.is_unspecified() {
-        Some("unspecified")
-    } else if ip.segments()[0] & 0xffc0 == 0xfe80 {
-        Some("link-local")
-    } else {
-        None
-    }
 }
 
 /// Uploads produced files as configured.
@@ -205,7 +104,11 @@ impl Uploader {
                         .await
                 }
                 Err(reason) => {
-                    warn!(host = url.host_str(), "uploads refused: {reason}");
+                    warn!(
+                        host = shown(url.host_str().unwrap_or_default(), MAX_LOGGED_CHARS),
+                        "uploads refused: {}",
+                        shown(&reason, MAX_LOGGED_CHARS)
+                    );
                     files
                         .iter()
                         .map(|file| failed(&file.path, 0, reason.clone()))
@@ -283,18 +186,19 @@ impl Uploader {
         if addrs.is_empty() {
             return Err(format!("cannot resolve {host}: no addresses"));
         }
+        let own = interface_addresses().map_err(|e| {
+            warn!("cannot read this host's interface addresses: {e}");
+            "upload refused: this host's addresses cannot be checked".to_owned()
+        })?;
         for addr in &addrs {
-            if let Some(kind) = refused_kind(addr.ip()) {
-                let ip = addr.ip();
-                let a = if kind.starts_with('u') { "an" } else { "a" };
+            let ip = addr.ip();
+            if let Some(why) = refusal(ip, &own) {
+                let hint = "list the host in UPLOAD_ALLOWED_HOSTS to open a private file service";
                 return Err(match host {
-                    Host::Domain(name) => format!(
-                        "upload refused: {name} resolves to {ip}, {a} {kind} address \
-                         (not in UPLOAD_ALLOWED_HOSTS)"
-                    ),
-                    _ => format!(
-                        "upload refused: {ip} is {a} {kind} address (not in UPLOAD_ALLOWED_HOSTS)"
-                    ),
+                    Host::Domain(name) => {
+                        format!("upload refused: {name} resolves to {ip}, {why}; {hint}")
+                    }
+                    _ => format!("upload refused: {ip} is {why}; {hint}"),
                 });
             }
         }
@@ -331,10 +235,12 @@ impl Uploader {
         let exchange = async {
             let mut response = request.send().await?;
             let status = response.status();
-            let mut answer = Vec::new();
-            while answer.len() < MAX_ANSWER_BYTES {
-                match response.chunk().await? {
-                    Some(chunk) => answer.extend_from_slice(&chunk),
+            // `None`: the answer is larger than it may be (never buffered past it).
+            let mut answer = Some(Vec::new());
+            while let Some(chunk) = response.chunk().await? {
+                answer = answer.filter(|a| a.len() + chunk.len() <= MAX_ANSWER_BYTES);
+                match answer.as_mut() {
+                    Some(answer) => answer.extend_from_slice(&chunk),
                     None => break,
                 }
             }
@@ -368,9 +274,22 @@ impl Uploader {
                 format!("the upload service answered HTTP {code}"),
             );
         }
-        let url = url_in_answer(&answer);
+        let Some(answer) = answer else {
+            return failed(
+                &file.path,
+                code,
+                format!("the upload service's answer is larger than {MAX_ANSWER_BYTES} bytes"),
+            );
+        };
+        let url = match url_in_answer(&answer) {
+            Ok(url) => url,
+            Err(reason) => return failed(&file.path, code, reason),
+        };
         if url.is_none() {
-            debug!(file = %file.path, "the upload service's answer names no URL");
+            debug!(
+                file = shown(&file.path, MAX_LOGGED_CHARS),
+                "the upload service's answer names no URL"
+            );
         }
         Upload {
             filename: file.path.clone(),
@@ -440,30 +359,48 @@ fn describe(e: &reqwest::Error) -> String {
     format!("{what}: {cause}")
 }
 
-/// The URL in an upload service's JSON answer: `url`, `data.url` or `file.url`.
-pub fn url_in_answer(answer: &[u8]) -> Option<String> {
-    let json: Value = serde_json::from_slice(answer).ok()?;
-    let url = [&json["url"], &json["data"]["url"], &json["file"]["url"]]
+/// The URL in an upload service's JSON answer: `url`, `data.url` or `file.url`;
+/// `None` when it names none. A URL that is not http(s), is longer than
+/// [`MAX_URL_CHARS`] or holds whitespace or characters unsafe to show is refused
+/// with the reason: it would be handed to the client as a link.
+pub fn url_in_answer(answer: &[u8]) -> Result<Option<String>, String> {
+    let Ok(json) = serde_json::from_slice::<Value>(answer) else {
+        return Ok(None);
+    };
+    let Some(url) = [&json["url"], &json["data"]["url"], &json["file"]["url"]]
         .into_iter()
-        .find_map(|v| v.as_str().filter(|s| !s.is_empty()).map(str::to_owned));
-    url
+        .find_map(|v| v.as_str().filter(|s| !s.is_empty()))
+    else {
+        return Ok(None);
+    };
+    let refused = |why: &str| Err(format!("the upload service answered a URL that {why}"));
+    if url.chars().count() > MAX_URL_CHARS {
+        return refused(&format!("is longer than {MAX_URL_CHARS} characters"));
+    }
+    // The parser drops tabs and newlines; the URL handed on is the text checked.
+    if url
+        .chars()
+        .any(|c| c.is_whitespace() || is_unsafe_to_show(c))
+    {
+        return refused("holds whitespace or control characters");
+    }
+    match Url::parse(url) {
+        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => Ok(Some(url.to_owned())),
+        _ => refused("is not an http(s) URL"),
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use serde_json::json;
 
-    fn target(url: &str, field: &'static str) -> UploadUrl {
-        UploadUrl {
-            field,
-            url: Url::parse(url).unwrap(),
-        }
-    }
+    use super::*;
 
     #[test]
     fn the_url_comes_from_url_data_url_or_file_url() {
-        let cases: [(&str, Option<&str>); 9] = [
+        let cases: [(&str, Option<&str>); 10] = [
             (r#"{"url":"https://f/1"}"#, Some("https://f/1")),
+            (r#"{"url":"HTTP://F/x?y#z"}"#, Some("HTTP://F/x?y#z")),
             (r#"{"data":{"url":"https://f/2"}}"#, Some("https://f/2")),
             (r#"{"file":{"url":"https://f/3"}}"#, Some("https://f/3")),
             (
@@ -477,88 +414,51 @@ mod tests {
             ("<html>", None),
         ];
         for (answer, url) in cases {
-            assert_eq!(url_in_answer(answer.as_bytes()).as_deref(), url, "{answer}");
+            assert_eq!(
+                url_in_answer(answer.as_bytes()),
+                Ok(url.map(str::to_owned)),
+                "{answer}"
+            );
         }
     }
 
     #[test]
-    fn loopback_link_local_and_unspecified_addresses_are_refused() {
-        let refused = [
-            ("127.0.0.1", "loopback"),
-            ("127.255.0.9", "loopback"),
-            ("::1", "loopback"),
-            ("169.254.169.254", "link-local"),
-            ("169.254.0.1", "link-local"),
-            ("fe80::1", "link-local"),
-            ("febf::1", "link-local"),
-            ("0.0.0.0", "unspecified"),
-            ("0.1.2.3", "unspecified"),
-            ("::", "unspecified"),
-            ("::ffff:127.0.0.1", "loopback"),
-            ("::ffff:169.254.169.254", "link-local"),
-            ("::ffff:0.0.0.0", "unspecified"),
-        ];
-        for (ip, kind) in refused {
-            assert_eq!(refused_kind(ip.parse().unwrap()), Some(kind), "{ip}");
-        }
-        for ip in [
-            "93.184.215.14",
-            "10.0.0.1",
-            "192.168.1.1",
-            "2001:db8::1",
-            "fec0::1",
+    fn only_short_http_urls_are_taken_from_the_answer() {
+        let long = format!("https://f/{}", "a".repeat(MAX_URL_CHARS));
+        for (url, why) in [
+            (
+                "javascript:alert(document.domain)//",
+                "is not an http(s) URL",
+            ),
+            ("data:text/html,<script>x</script>", "is not an http(s) URL"),
+            ("file:///etc/passwd", "is not an http(s) URL"),
+            ("/relative/path", "is not an http(s) URL"),
+            (
+                "java\tscript:alert(1)",
+                "holds whitespace or control characters",
+            ),
+            (
+                "https://f/\u{202e}gnp.exe",
+                "holds whitespace or control characters",
+            ),
+            ("https://f/a\nb", "holds whitespace or control characters"),
+            (long.as_str(), "is longer than 2048 characters"),
         ] {
-            assert_eq!(refused_kind(ip.parse().unwrap()), None, "{ip}");
+            for answer in [
+                json!({ "url": url }),
+                json!({ "data": { "url": url } }),
+                json!({ "file": { "url": url } }),
+            ] {
+                assert_eq!(
+                    url_in_answer(answer.to_string().as_bytes()),
+                    Err(format!("the upload service answered a URL that {why}")),
+                    "{answer}"
+                );
+            }
         }
-    }
-
-    #[test]
-    fn allowed_hosts_parse_names_and_addresses() {
-        let hosts: AllowedHosts = " Files.Example ,127.0.0.1,[::1],, ::2 ".parse().unwrap();
-        assert_eq!(
-            hosts,
-            AllowedHosts(vec![
-                AllowedHost::Name("files.example".into()),
-                AllowedHost::Ip("127.0.0.1".parse().unwrap()),
-                AllowedHost::Ip("::1".parse().unwrap()),
-                AllowedHost::Ip("::2".parse().unwrap()),
-            ])
-        );
-        assert!("".parse::<AllowedHosts>().unwrap().is_empty());
-        assert!("a b".parse::<AllowedHosts>().is_err());
-        assert!("http://x/".parse::<AllowedHosts>().is_err());
-    }
-
-    #[test]
-    fn a_non_empty_list_refuses_other_hosts_naming_the_field() {
-        let hosts: AllowedHosts = "files.example,127.0.0.1,::1".parse().unwrap();
-        for ok in [
-            "http://FILES.example/up",
-            "https://files.example:8443/",
-            "http://127.0.0.1:9/",
-            "http://[::1]/",
-        ] {
-            assert_eq!(hosts.check(&target(ok, "fileUploadUrl")), Ok(()), "{ok}");
-        }
-        assert_eq!(
-            hosts.check(&target("http://example.com/", "file_upload_url")),
-            Err(ApiError::InvalidField {
-                field: "file_upload_url".into(),
-                reason: "host example.com is not in UPLOAD_ALLOWED_HOSTS".into(),
-            })
-        );
-        assert_eq!(
-            hosts.check(&target("http://[::2]/", "fileUploadUrl")),
-            Err(ApiError::InvalidField {
-                field: "fileUploadUrl".into(),
-                reason: "host [::2] is not in UPLOAD_ALLOWED_HOSTS".into(),
-            })
-        );
-        let empty = AllowedHosts::default();
-        assert_eq!(
-            empty.check(&target("http://169.254.169.254/", "fileUploadUrl")),
-            Ok(())
-        );
+        let longest = format!("https://f/{}", "a".repeat(MAX_URL_CHARS - 10));
+        let answer = json!({ "url": longest }).to_string();
+        assert_eq!(url_in_answer(answer.as_bytes()), Ok(Some(longest)));
     }
 
     fn uploader(allowed: &str) -> Uploader {
@@ -596,11 +496,11 @@ mod tests {
         for (url, error) in [
             (
                 format!("http://127.0.0.1:{port}/up"),
-                "upload refused: 127.0.0.1 is a loopback address (not in UPLOAD_ALLOWED_HOSTS)",
+                "upload refused: 127.0.0.1 is a loopback address; list the host in UPLOAD_ALLOWED_HOSTS to open a private file service",
             ),
             (
                 format!("http://[::ffff:127.0.0.1]:{port}/up"),
-                "upload refused: ::ffff:127.0.0.1 is a loopback address (not in UPLOAD_ALLOWED_HOSTS)",
+                "upload refused: ::ffff:127.0.0.1 is a loopback address; list the host in UPLOAD_ALLOWED_HOSTS to open a private file service",
             ),
             (
                 format!("http://localhost:{port}/up"),
@@ -608,7 +508,7 @@ mod tests {
             ),
             (
                 "http://169.254.169.254/latest/meta-data/".into(),
-                "upload refused: 169.254.169.254 is a link-local address (not in UPLOAD_ALLOWED_HOSTS)",
+                "upload refused: 169.254.169.254 is a cloud metadata address; list the host in UPLOAD_ALLOWED_HOSTS to open a private file service",
             ),
         ] {
             let url = Url::parse(&url).unwrap();
@@ -624,6 +524,46 @@ mod tests {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
+    /// A listener on every interface, reached through this host's own
+    /// non-loopback address, is refused with the same text whether the port is
+    /// open or closed, and never connected to (review M1).
+    #[tokio::test]
+    async fn this_hosts_own_address_is_refused_whatever_the_port() {
+        let own = crate::upload_policy::interface_addresses().unwrap();
+        let Some(mine) = own.into_iter().find(|ip| ip.is_ipv4() && !ip.is_loopback()) else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "no non-loopback IPv4 address"
+            );
+            eprintln!("skipped: this host has no non-loopback IPv4 address");
+            return;
+        };
+        let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+        let open = listener.local_addr().unwrap().port();
+        let closed = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+        let closed_port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let uploader = uploader("");
+        let mut errors = Vec::new();
+        for port in [open, closed_port] {
+            let url = Url::parse(&format!("http://{mine}:{port}/up")).unwrap();
+            let uploads = uploader
+                .upload(&url, "t", None, &[produced("a")], &[])
+                .await;
+            errors.push((uploads[0].status, uploads[0].error.clone()));
+        }
+        assert_eq!(errors[0], errors[1], "the answer depends on the port");
+        let want = format!("upload refused: {mine} is ");
+        let got = errors[0].1.clone().unwrap_or_default();
+        assert!(got.starts_with(&want), "{got}");
+        assert!(
+            got.ends_with("; list the host in UPLOAD_ALLOWED_HOSTS to open a private file service"),
+            "{got}"
+        );
+        let accepted = tokio::time::timeout(Duration::from_millis(100), listener.accept()).await;
+        assert!(accepted.is_err(), "the refused address was connected to");
     }
 
     /// The pinned client reaches the pinned name at the checked address, and

@@ -9,6 +9,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::text::is_unsafe_to_show;
+
 /// Path components (directories plus the file name) a path may have, for input files
 /// and collected files alike.
 pub const MAX_PATH_DEPTH: usize = 16;
@@ -30,7 +32,10 @@ pub const MAX_INPUT_FILES: u32 = 1000;
 pub const MAX_INPUT_BYTES: u64 = 32 << 20;
 
 /// A path relative to the job's work dir: no leading `/`, no `..`, `.` or empty
-/// components, no control characters, at most [`MAX_PATH_DEPTH`] components of at
+/// components, no control characters (in the broad sense of
+/// [`crate::text::is_unsafe_to_show`]: line separators, bidi overrides and
+/// invisible format characters too, so `rlo\u{202e}gnp.exe` cannot pass for a
+/// `.png`), at most [`MAX_PATH_DEPTH`] components of at
 /// most [`MAX_NAME_LEN`] bytes. Only such paths are ever joined to a work dir.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -48,7 +53,7 @@ pub enum PathError {
     /// It has an empty (`a//b`, `a/`) or `.` component.
     #[error("must not have empty or . components")]
     EmptyComponent,
-    /// It has a control character (NUL, newline, …).
+    /// It has a control character (NUL, newline, NEL, U+2028, a bidi override, …).
     #[error("must not contain control characters")]
     ControlCharacter,
     /// It is longer than [`MAX_PATH_LEN`] bytes.
@@ -74,7 +79,7 @@ impl RelativePath {
         if path.split('/').any(|c| c.is_empty() || c == ".") {
             return Err(PathError::EmptyComponent);
         }
-        if path.chars().any(char::is_control) {
+        if path.chars().any(is_unsafe_to_show) {
             return Err(PathError::ControlCharacter);
         }
         if path.len() > MAX_PATH_LEN {
@@ -154,8 +159,9 @@ pub struct InputFile {
 /// A work-dir entry that was not collected.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SkippedFile {
-    /// Its path relative to the work dir; bytes that are not UTF-8 and control
-    /// characters are shown as U+FFFD.
+    /// Its path relative to the work dir; bytes that are not UTF-8 are shown as
+    /// U+FFFD and control characters escaped (`\u{a}`), as
+    /// [`crate::text::shown`] does.
     pub path: String,
     /// Why it was skipped.
     pub reason: SkipReason,
@@ -172,7 +178,8 @@ pub enum SkipReason {
     NotRegular,
     /// Its name is not valid UTF-8.
     NameNotUtf8,
-    /// Its name contains a control character.
+    /// Its name contains a control character, line separator, bidi control or
+    /// invisible format character (see [`crate::text::is_unsafe_to_show`]).
     NameHasControlCharacter,
     /// A directory at [`MAX_PATH_DEPTH`]: nothing below it is looked at.
     TooDeep,
@@ -243,6 +250,11 @@ mod tests {
             ("a\0b", PathError::ControlCharacter),
             ("a\u{7f}", PathError::ControlCharacter),
             ("a\u{85}", PathError::ControlCharacter),
+            ("rlo\u{202e}gnp.exe", PathError::ControlCharacter),
+            ("a\u{2028}b", PathError::ControlCharacter),
+            ("a\u{2029}b", PathError::ControlCharacter),
+            ("a\u{2067}b", PathError::ControlCharacter),
+            ("zero\u{200b}width", PathError::ControlCharacter),
         ];
         for (bad, error) in cases {
             assert_eq!(RelativePath::parse(bad), Err(error), "{bad:?}");

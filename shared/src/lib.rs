@@ -12,8 +12,10 @@ pub mod codec;
 pub mod files;
 pub mod job;
 pub mod limits;
+pub mod net;
 pub mod network;
 pub mod protocol;
+pub mod text;
 
 pub use codec::{
     ClientConnection, Connection, HelloError, ProtocolError, ServerConnection, ServerReceiver,

@@ -26,6 +26,8 @@ pub enum StubReply {
     Status(u16),
     /// Reads the request and never answers.
     Hang,
+    /// `200` with this body.
+    Json(String),
 }
 
 /// One request as the stub received it.
@@ -248,6 +250,7 @@ fn serve(mut stream: TcpStream, state: &State, reply: &StubReply) -> std::io::Re
         }
         StubReply::Status(status) => (response(*status, "Status", &[], "{}"), None),
         StubReply::Hang => (Vec::new(), None),
+        StubReply::Json(body) => (response(200, "OK", &[], body), None),
     };
     let index = {
         let mut received = state

@@ -523,6 +523,35 @@ async fn camel_case_key_wins_over_its_alias() {
     .await;
 }
 
+/// A key given twice is refused, naming it: a gateway reading the first `code`
+/// would have checked another job than the one that runs (security-2 F12).
+#[tokio::test]
+async fn duplicate_keys_are_400_naming_the_key() {
+    require_root!();
+    let svc = Service::start();
+    let auth = format!("Bearer {}", svc.token());
+    for (body, field) in [
+        (r#"{"code":"print(1)","code":"print(2)"}"#, "code"),
+        (r#"{"code":"print(1)","\u0063ode":"print(2)"}"#, "code"),
+        (
+            r#"{"code":"1","limits":{"memoryMb":64,"memoryMb":128}}"#,
+            "limits.memoryMb",
+        ),
+    ] {
+        let reply = svc
+            .post_raw("/execute", &[("authorization", auth.as_str())], body)
+            .await;
+        assert_eq!(
+            (reply.status, &reply.json),
+            (
+                400,
+                &json!({ "error": format!("{field}: appears more than once"), "field": field })
+            ),
+            "{body}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn upload_token_field_errors_are_400() {
     require_root!();

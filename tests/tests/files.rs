@@ -243,6 +243,33 @@ open('ok.txt', 'w').write('ok')
     );
 }
 
+/// Names that would reorder or break a display (a bidi override makes
+/// `rlo\u{202e}gnp.exe` show as "rloexe.png"; U+2028 and NEL break lines) are
+/// skipped like control characters, and listed escaped (security-2 F12).
+#[tokio::test]
+async fn names_with_bidi_overrides_or_line_separators_are_skipped() {
+    require_root!();
+    let svc = service(&[]);
+    let code = "for name in ['rlo\\u202egnp.exe', 'ls\\u2028x', 'ps\\u2029x', 'nel\\x85x', 'ok.txt']:\n    open(name, 'w').write('x')\n";
+    let out = svc.run(json!({ "code": code, "returnFiles": true })).await;
+    assert_eq!(
+        returned(&out).keys().collect::<Vec<_>>(),
+        ["ok.txt"],
+        "{out:#}"
+    );
+    let reason = "name has control characters";
+    assert_eq!(
+        out["skippedFiles"],
+        json!([
+            {"path": "ls\\u{2028}x", "reason": reason},
+            {"path": "nel\\u{85}x", "reason": reason},
+            {"path": "ps\\u{2029}x", "reason": reason},
+            {"path": "rlo\\u{202e}gnp.exe", "reason": reason},
+        ]),
+        "{out:#}"
+    );
+}
+
 #[tokio::test]
 async fn a_fifo_or_socket_does_not_hang_collection() {
     require_root!();
@@ -456,15 +483,15 @@ async fn metadata_and_loopback_addresses_are_refused_without_connecting() {
     let cases = [
         (
             "http://169.254.169.254/latest/meta-data/".to_owned(),
-            "upload refused: 169.254.169.254 is a link-local address (not in UPLOAD_ALLOWED_HOSTS)",
+            "upload refused: 169.254.169.254 is a cloud metadata address; list the host in UPLOAD_ALLOWED_HOSTS to open a private file service",
         ),
         (
             format!("http://127.0.0.1:{port}/up"),
-            "upload refused: 127.0.0.1 is a loopback address (not in UPLOAD_ALLOWED_HOSTS)",
+            "upload refused: 127.0.0.1 is a loopback address; list the host in UPLOAD_ALLOWED_HOSTS to open a private file service",
         ),
         (
             format!("http://[::ffff:127.0.0.1]:{port}/up"),
-            "upload refused: ::ffff:127.0.0.1 is a loopback address (not in UPLOAD_ALLOWED_HOSTS)",
+            "upload refused: ::ffff:127.0.0.1 is a loopback address; list the host in UPLOAD_ALLOWED_HOSTS to open a private file service",
         ),
         (
             format!("http://localhost:{port}/up"),
@@ -472,7 +499,7 @@ async fn metadata_and_loopback_addresses_are_refused_without_connecting() {
         ),
         (
             format!("http://0.0.0.0:{port}/up"),
-            "upload refused: 0.0.0.0 is an unspecified address (not in UPLOAD_ALLOWED_HOSTS)",
+            "upload refused: 0.0.0.0 is an unspecified address; list the host in UPLOAD_ALLOWED_HOSTS to open a private file service",
         ),
     ];
     for (url, error) in cases {
@@ -491,6 +518,105 @@ async fn metadata_and_loopback_addresses_are_refused_without_connecting() {
         assert!(got.starts_with(error), "{url}: {got}");
     }
     assert_eq!(stub.connections(), 0, "a refused address was connected to");
+}
+
+/// A service bound to every interface must not be reachable through this host's
+/// own non-loopback address (review M1); the answer is the same whether the port
+/// is open or closed, so it cannot scan ports, and nothing is connected to.
+#[tokio::test]
+async fn this_hosts_own_address_is_refused_whatever_the_port() {
+    require_root!();
+    let own = nix::ifaddrs::getifaddrs()
+        .expect("cannot read this host's interfaces")
+        .filter_map(|i| i.address?.as_sockaddr_in().map(|a| a.ip()))
+        .find(|ip| !ip.is_loopback());
+    let Some(mine) = own else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "this host has no non-loopback IPv4 address to test with"
+        );
+        eprintln!("skipped: this host has no non-loopback IPv4 address");
+        return;
+    };
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let open = listener.local_addr().unwrap().port();
+    let closed = std::net::TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let svc = Service::start();
+    let mut answers = Vec::new();
+    for port in [open, closed] {
+        let out = svc
+            .run(json!({
+                "code": "open('a.txt','w').write('a')\nprint('ran')",
+                "fileUploadUrl": format!("http://{mine}:{port}/up"),
+                "uploadToken": "t",
+            }))
+            .await;
+        assert_eq!(out["stdout"], "ran\n", "{out:#}");
+        answers.push(uploads(&out).clone());
+    }
+    assert_eq!(answers[0], answers[1], "the answer depends on the port");
+    let error = answers[0][0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with(&format!("upload refused: {mine} is ")),
+        "{answers:?}"
+    );
+    assert!(
+        error.ends_with("; list the host in UPLOAD_ALLOWED_HOSTS to open a private file service"),
+        "{answers:?}"
+    );
+    assert_eq!(answers[0][0]["status"], 0);
+    assert!(
+        listener.accept().is_err(),
+        "the refused address was connected to"
+    );
+}
+
+/// The upload service's answer is not reflected unchecked (security-2 F10): only
+/// an http(s) URL of bounded length is taken, and the answer is read only so far.
+#[tokio::test]
+async fn upload_answers_with_bad_or_huge_urls_become_errors() {
+    require_root!();
+    let svc = service(&[]);
+    let huge = format!("https://files.test/{}", "a".repeat(1 << 20));
+    let long = format!("https://files.test/{}", "a".repeat(3000));
+    for (answer, error) in [
+        (
+            json!({"url": "javascript:alert(document.domain)//"}),
+            "the upload service answered a URL that is not an http(s) URL",
+        ),
+        (
+            json!({"data": {"url": "data:text/html,<script>alert(1)</script>"}}),
+            "the upload service answered a URL that is not an http(s) URL",
+        ),
+        (
+            json!({"file": {"url": long}}),
+            "the upload service answered a URL that is longer than 2048 characters",
+        ),
+        (
+            json!({"url": huge}),
+            "the upload service's answer is larger than 65536 bytes",
+        ),
+    ] {
+        let stub = UploadStub::start(StubReply::Json(answer.to_string()));
+        let out = svc
+            .run(json!({
+                "code": "open('a.txt','w').write('a')",
+                "fileUploadUrl": stub.url("/up"),
+                "uploadToken": UPLOAD_TOKEN,
+            }))
+            .await;
+        assert_eq!(
+            uploads(&out),
+            &vec![json!({"filename": "a.txt", "status": 200, "error": error})],
+            "{answer:.80}"
+        );
+        assert_eq!(stub.received().len(), 1);
+    }
 }
 
 #[tokio::test]

@@ -4,7 +4,9 @@
 
 use std::io;
 
-use super::policy::{shown, Refusal};
+use pysandbox_shared::text::shown;
+
+use super::policy::{Refusal, MAX_SHOWN_CHARS};
 use super::target::Target;
 
 /// A request head larger than this is refused.
@@ -127,8 +129,12 @@ pub(super) fn parse_request(buf: &[u8]) -> Result<Parsed, (Attempt, Refusal)> {
     let mut req = httparse::Request::new(&mut headers);
     let status = req.parse(buf);
     let mut attempt = Attempt {
-        method: req.method.map_or_else(|| "-".into(), shown),
-        target: req.path.map_or_else(|| "-".into(), shown),
+        method: req
+            .method
+            .map_or_else(|| "-".into(), |m| shown(m, MAX_SHOWN_CHARS)),
+        target: req
+            .path
+            .map_or_else(|| "-".into(), |p| shown(p, MAX_SHOWN_CHARS)),
     };
     let bad = |attempt, why| Err((attempt, Refusal::BadRequest(why)));
     let head_len = match status {

@@ -8,12 +8,17 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 
+use pysandbox_shared::net::{classify, Cidr, Special};
+use pysandbox_shared::text::shown;
 use pysandbox_shared::MAX_REQUESTED_DOMAINS;
 
 use super::target::{DomainName, Host, Malformed, Target};
+
+/// The most characters of a client's text quoted in a message.
+pub const MAX_SHOWN_CHARS: usize = 100;
 
 /// One entry of an allow or deny list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,188 +123,6 @@ pub enum PatternError {
     Host(#[from] Malformed),
 }
 
-/// An address block, e.g. `127.0.0.0/8` or `fd00::/8`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    network: IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    /// Whether `ip` lies inside.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.network, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => prefix_bits_v4(ip, self.prefix) == u32::from(net),
-            (IpAddr::V6(net), IpAddr::V6(ip)) => prefix_bits_v6(ip, self.prefix) == u128::from(net),
-            _ => false,
-        }
-    }
-}
-
-impl FromStr for Cidr {
-    type Err = String;
-
-    /// `address/prefix` with no host bits set, or a bare address (a block of one).
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let (addr, prefix) = text.split_once('/').unwrap_or((text, ""));
-        let network: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("{addr:?} is not an IP address"))?;
-        let max = if network.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            "" => max,
-            p => p
-                .parse::<u8>()
-                .ok()
-                .filter(|&p| p <= max && !prefix.starts_with('+'))
-                .ok_or_else(|| format!("prefix must be from 0 to {max}"))?,
-        };
-        let exact = match network {
-            IpAddr::V4(v4) => prefix_bits_v4(v4, prefix) == u32::from(v4),
-            IpAddr::V6(v6) => prefix_bits_v6(v6, prefix) == u128::from(v6),
-        };
-        if !exact {
-            return Err(format!("{addr} has bits set beyond the /{prefix} prefix"));
-        }
-        Ok(Cidr { network, prefix })
-    }
-}
-
-fn prefix_bits_v4(ip: Ipv4Addr, prefix: u8) -> u32 {
-    u32::from(ip)
-        .checked_shr(32 - u32::from(prefix))
-        .map_or(0, |bits| bits << (32 - u32::from(prefix)))
-}
-
-fn prefix_bits_v6(ip: Ipv6Addr, prefix: u8) -> u128 {
-    u128::from(ip)
-        .checked_shr(128 - u32::from(prefix))
-        .map_or(0, |bits| bits << (128 - u32::from(prefix)))
-}
-
-/// Why an address is not a public destination.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Special {
-    Unspecified,
-    Loopback,
-    Private,
-    /// 100.64.0.0/10, carrier-grade NAT (RFC 6598).
-    SharedAddressSpace,
-    LinkLocal,
-    /// A cloud provider's instance metadata service (169.254.169.254, fd00:ec2::254).
-    Metadata,
-    Multicast,
-    Broadcast,
-    Documentation,
-    /// Any other special-purpose block (IANA registries, RFC 6890).
-    Reserved,
-}
-
-impl Special {
-    /// "a loopback", as in "127.0.0.1 is a loopback address".
-    fn article(self) -> &'static str {
-        match self {
-            Special::Unspecified => "an unspecified",
-            Special::Loopback => "a loopback",
-            Special::Private => "a private",
-            Special::SharedAddressSpace => "a shared (carrier-grade NAT)",
-            Special::LinkLocal => "a link-local",
-            Special::Metadata => "a cloud metadata",
-            Special::Multicast => "a multicast",
-            Special::Broadcast => "a broadcast",
-            Special::Documentation => "a documentation",
-            Special::Reserved => "a reserved",
-        }
-    }
-}
-
-/// IPv4 special-purpose blocks, most specific first.
-const SPECIAL_V4: &[([u8; 4], u8, Special)] = &[
-    ([169, 254, 169, 254], 32, Special::Metadata),
-    ([0, 0, 0, 0], 32, Special::Unspecified),
-    ([255, 255, 255, 255], 32, Special::Broadcast),
-    ([0, 0, 0, 0], 8, Special::Reserved),
-    ([10, 0, 0, 0], 8, Special::Private),
-    ([100, 64, 0, 0], 10, Special::SharedAddressSpace),
-    ([127, 0, 0, 0], 8, Special::Loopback),
-    ([169, 254, 0, 0], 16, Special::LinkLocal),
-    ([172, 16, 0, 0], 12, Special::Private),
-    ([192, 0, 0, 0], 24, Special::Reserved),
-    ([192, 0, 2, 0], 24, Special::Documentation),
-    ([192, 88, 99, 0], 24, Special::Reserved),
-    ([192, 168, 0, 0], 16, Special::Private),
-    ([198, 18, 0, 0], 15, Special::Reserved),
-    ([198, 51, 100, 0], 24, Special::Documentation),
-    ([203, 0, 113, 0], 24, Special::Documentation),
-    ([224, 0, 0, 0], 4, Special::Multicast),
-    ([240, 0, 0, 0], 4, Special::Reserved),
-];
-
-/// IPv6 special-purpose blocks inside global unicast (2000::/3), most specific
-/// first; everything outside 2000::/3 is special anyway.
-const SPECIAL_V6: &[(u128, u8, Special)] = &[
-    (0x2001_0db8 << 96, 32, Special::Documentation),
-    // 2001::/23 holds Teredo (2001::/32), benchmarking and ORCHID.
-    (0x2001 << 112, 23, Special::Reserved),
-    (0x3fff << 112, 20, Special::Documentation),
-];
-
-/// How `ip` is special, or `None` for a public unicast address. Addresses that
-/// embed an IPv4 address (NAT64 64:ff9b::/96, 6to4 2002::/16) are judged by it,
-/// since that is where the traffic ends up.
-pub fn classify(ip: IpAddr) -> Option<Special> {
-    match ip {
-        IpAddr::V4(v4) => classify_v4(v4),
-        IpAddr::V6(v6) => classify_v6(v6),
-    }
-}
-
-fn classify_v4(ip: Ipv4Addr) -> Option<Special> {
-    SPECIAL_V4
-        .iter()
-        .find(|(net, prefix, _)| prefix_bits_v4(ip, *prefix) == u32::from(Ipv4Addr::from(*net)))
-        .map(|&(_, _, special)| special)
-}
-
-fn classify_v6(ip: Ipv6Addr) -> Option<Special> {
-    let bits = u128::from(ip);
-    if let Some(v4) = ip.to_ipv4_mapped() {
-        return classify_v4(v4);
-    }
-    if bits >> 32 == 0x0064_ff9b << 64 {
-        return classify_v4(Ipv4Addr::from(bits as u32));
-    }
-    if bits >> 112 == 0x2002 {
-        return classify_v4(Ipv4Addr::from((bits >> 80) as u32));
-    }
-    if ip.is_unspecified() {
-        return Some(Special::Unspecified);
-    }
-    if ip.is_loopback() {
-        return Some(Special::Loopback);
-    }
-    if ip == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) {
-        return Some(Special::Metadata);
-    }
-    let within = |net: u128, prefix: u8| prefix_bits_v6(ip, prefix) == net;
-    if within(0xfc00 << 112, 7) {
-        return Some(Special::Private);
-    }
-    if within(0xfe80 << 112, 10) {
-        return Some(Special::LinkLocal);
-    }
-    if within(0xff00 << 112, 8) {
-        return Some(Special::Multicast);
-    }
-    if !within(0x2000 << 112, 3) {
-        return Some(Special::Reserved);
-    }
-    SPECIAL_V6
-        .iter()
-        .find(|(net, prefix, _)| within(*net, *prefix))
-        .map(|&(_, _, special)| special)
-}
-
 /// The checked network policy of the executor, or of one job once narrowed.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
@@ -356,12 +179,12 @@ impl Policy {
         let mut allowed = Vec::with_capacity(requested.len());
         for entry in requested {
             let pattern: DomainPattern = entry.parse().map_err(|error| NarrowError::Invalid {
-                entry: shown(entry),
+                entry: shown(entry, MAX_SHOWN_CHARS),
                 error,
             })?;
             if !self.allowed.iter().any(|a| a.covers(&pattern)) {
                 return Err(NarrowError::NotAllowed {
-                    entry: shown(entry),
+                    entry: shown(entry, MAX_SHOWN_CHARS),
                 });
             }
             allowed.push(pattern);
@@ -423,14 +246,6 @@ impl Policy {
             _ => Ok(()),
         }
     }
-}
-
-/// A client's text in a message: printable, and cut at 100 characters.
-pub fn shown(text: &str) -> String {
-    text.chars()
-        .take(100)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
 }
 
 /// Why a job's `allowedDomains` is refused (the field is named by the caller).
@@ -602,90 +417,6 @@ mod tests {
         assert!(!exact.covers(&pattern("b.example.com")));
         assert!(pattern("192.0.2.7").covers(&pattern("::ffff:192.0.2.7")));
         assert!(!pattern("192.0.2.7").covers(&pattern("192.0.2.8")));
-    }
-
-    #[test]
-    fn cidrs() {
-        let lo: Cidr = "127.0.0.0/8".parse().unwrap();
-        assert!(lo.contains("127.255.0.1".parse().unwrap()));
-        assert!(!lo.contains("128.0.0.1".parse().unwrap()));
-        assert!(!lo.contains("::1".parse().unwrap()));
-        let all: Cidr = "0.0.0.0/0".parse().unwrap();
-        assert!(all.contains("8.8.8.8".parse().unwrap()));
-        let one: Cidr = "10.1.2.3".parse().unwrap();
-        assert!(one.contains("10.1.2.3".parse().unwrap()));
-        assert!(!one.contains("10.1.2.4".parse().unwrap()));
-        let ula: Cidr = "fd00::/8".parse().unwrap();
-        assert!(ula.contains("fd12::1".parse().unwrap()));
-        assert!(!ula.contains("fc00::1".parse().unwrap()));
-        for bad in [
-            "127.0.0.1/8",
-            "10.0.0.0/33",
-            "10.0.0.0/+8",
-            "0177.0.0.0/8",
-            "x/8",
-            "::/129",
-        ] {
-            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn address_classes() {
-        let class = |text: &str| classify(text.parse().unwrap());
-        for (text, want) in [
-            ("0.0.0.0", Some(Special::Unspecified)),
-            ("0.1.2.3", Some(Special::Reserved)),
-            ("10.1.2.3", Some(Special::Private)),
-            ("100.64.0.1", Some(Special::SharedAddressSpace)),
-            ("100.127.255.255", Some(Special::SharedAddressSpace)),
-            ("100.128.0.1", None),
-            ("127.0.0.1", Some(Special::Loopback)),
-            ("127.255.255.254", Some(Special::Loopback)),
-            ("169.254.169.254", Some(Special::Metadata)),
-            ("169.254.1.1", Some(Special::LinkLocal)),
-            ("172.16.0.1", Some(Special::Private)),
-            ("172.31.255.255", Some(Special::Private)),
-            ("172.32.0.1", None),
-            ("192.0.0.8", Some(Special::Reserved)),
-            ("192.0.2.1", Some(Special::Documentation)),
-            ("192.168.1.1", Some(Special::Private)),
-            ("198.18.0.1", Some(Special::Reserved)),
-            ("198.51.100.1", Some(Special::Documentation)),
-            ("203.0.113.9", Some(Special::Documentation)),
-            ("224.0.0.1", Some(Special::Multicast)),
-            ("239.255.255.250", Some(Special::Multicast)),
-            ("240.0.0.1", Some(Special::Reserved)),
-            ("255.255.255.255", Some(Special::Broadcast)),
-            ("8.8.8.8", None),
-            ("1.1.1.1", None),
-            ("::", Some(Special::Unspecified)),
-            ("::1", Some(Special::Loopback)),
-            ("::ffff:127.0.0.1", Some(Special::Loopback)),
-            ("::ffff:8.8.8.8", None),
-            ("::127.0.0.1", Some(Special::Reserved)),
-            ("64:ff9b::7f00:1", Some(Special::Loopback)),
-            ("64:ff9b::a9fe:a9fe", Some(Special::Metadata)),
-            ("64:ff9b::808:808", None),
-            ("64:ff9b:1::1", Some(Special::Reserved)),
-            ("2002:7f00:1::", Some(Special::Loopback)),
-            ("2002:0a00:0001::1", Some(Special::Private)),
-            ("2002:0808:0808::1", None),
-            ("2001::1", Some(Special::Reserved)),
-            ("2001:db8::1", Some(Special::Documentation)),
-            ("3fff::1", Some(Special::Documentation)),
-            ("fc00::1", Some(Special::Private)),
-            ("fd00:ec2::254", Some(Special::Metadata)),
-            ("fd12:3456::1", Some(Special::Private)),
-            ("fe80::1", Some(Special::LinkLocal)),
-            ("fec0::1", Some(Special::Reserved)),
-            ("ff02::1", Some(Special::Multicast)),
-            ("100::1", Some(Special::Reserved)),
-            ("2606:4700:4700::1111", None),
-            ("2a00:1450:4001::200e", None),
-        ] {
-            assert_eq!(class(text), want, "{text}");
-        }
     }
 
     fn policy() -> Policy {

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use pysandbox_shared::text::shown;
 use pysandbox_shared::{NetworkViolation, MAX_VIOLATIONS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixListener, UnixStream};
@@ -25,7 +26,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
 use super::http::{parse_request, Attempt, Parsed, Request};
-use super::policy::{shown, Destination, Policy, Refusal};
+use super::policy::{Destination, Policy, Refusal, MAX_SHOWN_CHARS};
 use super::relay::{Activity, Session};
 use super::target::Target;
 use crate::error::Error;
@@ -430,7 +431,7 @@ impl Shared {
     fn log_unreachable(&self, attempt: &Attempt, why: &str) {
         let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
         if log.may_log() {
-            info!(target = %attempt.target, why = %shown(why), "egress target unreachable");
+            info!(target = %attempt.target, why = %shown(why, MAX_SHOWN_CHARS), "egress target unreachable");
         }
     }
 
