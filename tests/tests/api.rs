@@ -74,6 +74,8 @@ async fn seed_example_prints_four() {
             "stderrTruncated": false,
             "limitExceeded": null,
             "violations": [],
+            "result": null,
+            "displays": [],
         })
     );
 }

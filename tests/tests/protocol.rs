@@ -427,10 +427,14 @@ async fn a_first_frame_that_is_not_a_hello_is_named_not_echoed() {
             reason: "expected a hello, got a Run message".into()
         })]
     );
-    assert!(svc
-        .executor
-        .log()
-        .contains("a Run message instead of a hello"));
+    // The line is written once the connection is gone: wait for it.
+    let logged = pysandbox_tests::wait_until_async(Duration::from_secs(10), || {
+        svc.executor
+            .log()
+            .contains("a Run message instead of a hello")
+    })
+    .await;
+    assert!(logged, "the refusal was not logged by name");
     assert!(!svc.executor.log().contains("SECRETCODE"));
     assert_still_serving(&mut svc).await;
 }
