@@ -3,5 +3,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    pysandbox_executor::proxy::fuzzing::response_head(data);
+    pysandbox_executor::fuzzing::response_head(data);
 });

@@ -48,4 +48,14 @@ pub mod fuzzing {
     pub fn chunk_size(bytes: &[u8]) {
         let _ = super::http::chunk_size(bytes);
     }
+
+    /// A `host:port` target: one that parses prints as text that parses back to
+    /// itself.
+    pub fn target_authority(text: &str) {
+        use super::target::Target;
+        if let Ok(target) = Target::parse_authority(text, Some(80)) {
+            let again = Target::parse_authority(&target.to_string(), None);
+            assert_eq!(again.ok(), Some(target));
+        }
+    }
 }
