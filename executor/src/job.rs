@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use pysandbox_shared::files::{first_conflict, MAX_INPUT_FILES};
 use pysandbox_shared::{
-    Enforcement, FileStart, FilesEnd, JobEnd, JobError, JobSpec, LimitKind, Response, Stream, Usage,
+    Enforcement, FileStart, FilesEnd, JobEnd, JobError, JobSpec, LimitKind, NetworkViolation,
+    Response, Stream, Usage, MAX_VIOLATIONS,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
@@ -369,6 +370,8 @@ impl Runner {
     ) -> Result<FilesEnd, Error> {
         let (timeout_ms, limits) = (resolved.timeout_ms, resolved.limits);
         let mut proxy = None;
+        // The proxy's refusals as it records them; closed at once without a proxy.
+        let (live, mut violations) = mpsc::channel(MAX_VIOLATIONS);
         let mut jail = match (jail, &resolved.network) {
             // A warm jail whose Python already uses as much memory as the job may
             // have cannot take the job's limit (cgroup v1 refuses it, v2 would
@@ -382,7 +385,7 @@ impl Runner {
                 if let Some(policy) = network {
                     let started =
                         self.proxies
-                            .start(&self.jobs_dir, id, ids.pair(), policy.clone())?;
+                            .start(&self.jobs_dir, id, ids.pair(), policy.clone(), live)?;
                     proxy = Some(started);
                 }
                 self.prepare(id, ids, &limits, &[], proxy.as_ref())?
@@ -456,7 +459,8 @@ impl Runner {
                 }
             };
             let shown = display::read(display, self.displays, frames, &gone);
-            let (output, (), shown) = tokio::join!(output, stdin, shown);
+            let refused = pass_violations(&mut violations, frames, &gone);
+            let (output, (), shown, ()) = tokio::join!(output, stdin, shown, refused);
             output.map(|truncated| (truncated, shown))
         };
         let wait = async {
@@ -512,6 +516,9 @@ impl Runner {
         }
         // Every process of the jail is gone: nothing can use the proxy any more.
         observed.network = proxy.map(JobProxy::finish).unwrap_or_default();
+        // What it refused after the live pass stopped, so that every violation
+        // `Ended` lists was sent before it.
+        pass_violations(&mut violations, frames, &gone).await;
         let end = assemble(observed, &resolved, truncated, shown);
         info!(
             exit_code = end.exit_code,
@@ -674,6 +681,29 @@ async fn wait_until_empty(cgroup: &JobCgroup) {
         // Dying processes leave within a millisecond or two: poll finely, since the
         // response waits on this.
         tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+}
+
+/// Sends the proxy's refusals to `frames` as they come, until `gone` is cancelled;
+/// once it is, only those already waiting (the channel has room for every refusal
+/// the report keeps, so none was turned away).
+async fn pass_violations(
+    live: &mut mpsc::Receiver<NetworkViolation>,
+    frames: &Frames,
+    gone: &CancellationToken,
+) {
+    loop {
+        let violation = tokio::select! {
+            biased;
+            violation = live.recv() => violation,
+            () = gone.cancelled() => return,
+        };
+        let Some(violation) = violation else {
+            return;
+        };
+        if frames.send(Response::Violation(violation)).await.is_err() {
+            return;
+        }
     }
 }
 

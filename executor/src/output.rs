@@ -1,16 +1,18 @@
 //! A job's stdout and stderr, passed on as they are written: up to a cap, in chunks
 //! of at most [`MAX_CHUNK_BYTES`], and the rest read and dropped, so a flood costs
 //! the daemons no memory and never blocks the job on a full pipe. A slow reader
-//! does block it: each chunk waits for room in the job's frame queue.
+//! does block it: each chunk waits for room in the job's frame queue. The moment a
+//! stream passes its cap is a frame of its own, for clients that watch live.
 
 use std::future::Future;
 
-use pysandbox_shared::{OutputChunk, Response, Stream, MAX_CHUNK_BYTES};
+use pysandbox_shared::{OutputChunk, Response, Stream, Truncated, MAX_CHUNK_BYTES};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
 /// Reads `stream` to its end, or until `until` resolves, and sends its first `cap`
-/// bytes to `frames`. Returns whether anything was dropped past the cap. Once
+/// bytes to `frames`, then one [`Response::Truncated`] when it first drops
+/// something. Returns whether anything was dropped past the cap. Once
 /// nobody receives the frames, the rest is only drained: the job is being killed
 /// anyway.
 pub(crate) async fn forward<R: AsyncRead + Unpin>(
@@ -36,7 +38,6 @@ pub(crate) async fn forward<R: AsyncRead + Unpin>(
             Ok(n) => n,
         };
         let kept = n.min(cap - sent);
-        truncated |= kept < n;
         if kept > 0 && listening {
             sent += kept;
             let frame = Response::Output(OutputChunk {
@@ -44,6 +45,16 @@ pub(crate) async fn forward<R: AsyncRead + Unpin>(
                 data: chunk[..kept].to_vec(),
             });
             listening = frames.send(frame).await.is_ok();
+        }
+        if kept < n && !truncated {
+            truncated = true;
+            if listening {
+                let frame = Response::Truncated(Truncated {
+                    stream: which,
+                    cap_bytes: u32::try_from(cap).unwrap_or(u32::MAX),
+                });
+                listening = frames.send(frame).await.is_ok();
+            }
         }
     }
 }
@@ -78,36 +89,55 @@ pub(crate) async fn last_words<R: AsyncRead + Unpin>(
 mod tests {
     use super::*;
 
-    async fn forwarded(input: &[u8], cap: usize) -> (Vec<u8>, usize, bool) {
+    /// The bytes passed on, how many output frames carried them, whether `forward`
+    /// said it truncated, and the frames that said so, with how many bytes came
+    /// before each.
+    async fn forwarded(
+        input: &[u8],
+        cap: usize,
+    ) -> (Vec<u8>, usize, bool, Vec<(usize, Truncated)>) {
         let (tx, mut rx) = mpsc::channel(1024);
         let never = std::future::pending();
         let truncated = forward(Some(input), Stream::Stdout, cap, &tx, never).await;
         drop(tx);
-        let (mut bytes, mut frames) = (Vec::new(), 0);
+        let (mut bytes, mut frames, mut cuts) = (Vec::new(), 0, Vec::new());
         while let Some(frame) = rx.recv().await {
-            let Response::Output(OutputChunk { stream, data }) = frame else {
-                panic!("not an output frame: {frame:?}");
-            };
-            assert_eq!(stream, Stream::Stdout);
-            assert!(data.len() <= MAX_CHUNK_BYTES);
-            bytes.extend(data);
-            frames += 1;
+            match frame {
+                Response::Output(OutputChunk { stream, data }) => {
+                    assert_eq!(stream, Stream::Stdout);
+                    assert!(data.len() <= MAX_CHUNK_BYTES);
+                    bytes.extend(data);
+                    frames += 1;
+                }
+                Response::Truncated(cut) => cuts.push((bytes.len(), cut)),
+                other => panic!("not an output frame: {other:?}"),
+            }
         }
-        (bytes, frames, truncated)
+        (bytes, frames, truncated, cuts)
     }
 
+    /// A flood far past the cap: the head in bounded chunks, then exactly one frame
+    /// saying the rest is dropped, however many reads the rest takes.
     #[tokio::test]
-    async fn keeps_the_head_in_bounded_chunks_and_drains_the_rest() {
+    async fn keeps_the_head_in_bounded_chunks_says_so_once_and_drains_the_rest() {
         let input = vec![b'x'; 300_000];
-        let (bytes, frames, truncated) = forwarded(&input, 200_000).await;
+        let (bytes, frames, truncated, cuts) = forwarded(&input, 200_000).await;
         assert_eq!(bytes.len(), 200_000);
         assert!(frames >= 200_000 / MAX_CHUNK_BYTES);
         assert!(truncated);
+        let cut = Truncated {
+            stream: Stream::Stdout,
+            cap_bytes: 200_000,
+        };
+        assert_eq!(cuts, vec![(200_000, cut)]);
     }
 
     #[tokio::test]
     async fn exactly_the_cap_is_not_truncated() {
-        assert_eq!(forwarded(b"abcd", 4).await, (b"abcd".to_vec(), 1, false));
+        assert_eq!(
+            forwarded(b"abcd", 4).await,
+            (b"abcd".to_vec(), 1, false, vec![])
+        );
     }
 
     #[tokio::test]

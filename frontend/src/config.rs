@@ -97,6 +97,11 @@ pub struct Config {
     #[arg(long, env = "UPLOAD_ALLOWED_HOSTS", default_value = "")]
     pub upload_allowed_hosts: AllowedHosts,
 
+    /// How long a streamed job (`Accept: text/event-stream`) may be silent before
+    /// a keep-alive comment is sent, in milliseconds: proxies close idle streams.
+    #[arg(long, env = "SSE_KEEPALIVE_MS", default_value = "15000")]
+    pub sse_keepalive_ms: NonZeroU64,
+
     /// Log lines as plain text or as JSON objects (one per line).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -140,6 +145,11 @@ impl Config {
     /// `BODY_TIMEOUT_MS` as a duration.
     pub fn body_timeout(&self) -> Duration {
         Duration::from_millis(self.body_timeout_ms.get())
+    }
+
+    /// `SSE_KEEPALIVE_MS` as a duration.
+    pub fn sse_keepalive(&self) -> Duration {
+        Duration::from_millis(self.sse_keepalive_ms.get())
     }
 
     /// `SHUTDOWN_GRACE_MS` as a duration.
@@ -198,6 +208,7 @@ mod tests {
             ("upload_concurrency", "UPLOAD_CONCURRENCY", Some("4")),
             ("upload_budget_ms", "UPLOAD_BUDGET_MS", Some("120000")),
             ("upload_allowed_hosts", "UPLOAD_ALLOWED_HOSTS", Some("")),
+            ("sse_keepalive_ms", "SSE_KEEPALIVE_MS", Some("15000")),
             ("log_format", "LOG_FORMAT", Some("text")),
             ("allow_root", "ALLOW_ROOT", None),
         ];

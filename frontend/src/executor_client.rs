@@ -7,21 +7,26 @@
 //!
 //! The executor owns job policy. It says when a job starts (after its queue, which
 //! it bounds and answers "busy" for), and the job's deadline counts from there.
+//!
+//! A job is started ([`ExecutorClient::start`]: every refusal comes before this
+//! returns), then its frames are taken one at a time ([`Running::next`]), which a
+//! live stream shows as they come and [`Running::finish`] only gathers: both see
+//! the same [`Ran`].
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use pysandbox_shared::{
-    ClientConnection, ExecutorStatus, FilesEnd, HelloError, JobEnd, JobError, JobSpec, OutputChunk,
-    ProtocolError, Request, Response, Started, Stream, MAX_DISPLAYS, MAX_DISPLAYS_BYTES,
-    MAX_OUTPUT_BYTES,
+    ClientConnection, ExecutorStatus, FilesEnd, HelloError, JobEnd, JobError, JobSpec,
+    NetworkViolation, OutputChunk, ProtocolError, Request, Response, Started, Stream, Truncated,
+    MAX_DISPLAYS, MAX_DISPLAYS_BYTES, MAX_OUTPUT_BYTES,
 };
 use tokio::net::UnixStream;
 use tokio::time::{timeout, Instant};
 use tracing::{error, info, warn};
 
 use crate::error::ApiError;
-use crate::spool::Spool;
+use crate::spool::{Produced, Spool};
 
 /// How long connecting and the hello exchange may take before the executor counts
 /// as unavailable (the contract's 3 s).
@@ -72,25 +77,30 @@ impl ExecutorClient {
         ExecutorClient { socket }
     }
 
-    /// Runs one job and waits for all of it. A job the executor turned away before
-    /// it started, because it was shutting down, is sent once more on a new
-    /// connection: with socket activation that one waits for the next executor.
-    pub async fn run(&self, spec: JobSpec) -> Result<Ran, ApiError> {
-        match self.run_once(spec.clone(), CONNECT_TIMEOUT).await {
+    /// Sends one job and waits until it starts: every refusal (busy, rejected, no
+    /// executor) is the error. A job the executor turned away before it started,
+    /// because it was shutting down, is sent once more on a new connection: with
+    /// socket activation that one waits for the next executor.
+    pub async fn start(&self, spec: JobSpec) -> Result<Running, ApiError> {
+        match self.start_once(spec.clone(), CONNECT_TIMEOUT).await {
             Err(Attempt::NotStarted) => {
                 info!("the executor was shutting down before the job started; sending it again");
-                let again = self.run_once(spec, RESTART_TIMEOUT).await;
+                let again = self.start_once(spec, RESTART_TIMEOUT).await;
                 again.map_err(|attempt| match attempt {
                     Attempt::NotStarted => ApiError::ExecutorRestarting,
                     Attempt::Failed(e) => e,
                 })
             }
             Err(Attempt::Failed(e)) => Err(e),
-            Ok(ran) => Ok(ran),
+            Ok(running) => Ok(running),
         }
     }
 
-    async fn run_once(&self, spec: JobSpec, connect_timeout: Duration) -> Result<Ran, Attempt> {
+    async fn start_once(
+        &self,
+        spec: JobSpec,
+        connect_timeout: Duration,
+    ) -> Result<Running, Attempt> {
         let mut conn = self.connect(connect_timeout).await?;
         if let Err(e) = conn.send(&Request::Run(spec)).await {
             warn!("could not send the job to the executor: {e}");
@@ -110,48 +120,13 @@ impl ExecutorClient {
             }
             Ok(other) => return Err(unexpected(other, false).into()),
         };
-        let deadline = Instant::now() + job_timeout + RESULT_GRACE;
-        let mut ran = Receiving::default();
-        loop {
-            let frame = match tokio::time::timeout_at(deadline, conn.recv()).await {
-                Ok(frame) => frame,
-                Err(_) => {
-                    warn!("no result from the executor within the job's timeout and grace; giving up on the job");
-                    return Err(ApiError::ExecutorLost.into());
-                }
-            };
-            match frame {
-                Ok(Some(Response::Output(chunk))) => ran.output(chunk),
-                Ok(Some(Response::Display(_))) if ran.end.is_none() => {
-                    ran.displays.begin("display".into()).map_err(spool_failed)?
-                }
-                Ok(Some(Response::Ended(end))) if ran.end.is_none() => ran.end = Some(end),
-                Ok(Some(Response::File(start))) if ran.end.is_some() => {
-                    ran.files.begin(start.path).map_err(spool_failed)?
-                }
-                // Displays come while the job runs, files after it ended.
-                Ok(Some(Response::Data(data))) => match ran.end {
-                    None => ran.displays.append(&data),
-                    Some(_) => ran.files.append(&data),
-                }
-                .map_err(spool_failed)?,
-                Ok(Some(Response::Finished(skipped))) => {
-                    let Some(end) = ran.end else {
-                        error!("the executor finished a job it never ended");
-                        return Err(ApiError::Internal.into());
-                    };
-                    return Ok(Ran {
-                        end,
-                        stdout: ran.stdout,
-                        stderr: ran.stderr,
-                        displays: ran.displays,
-                        files: ran.files,
-                        skipped,
-                    });
-                }
-                other => return Err(unexpected(other, true).into()),
-            }
-        }
+        Ok(Running {
+            conn,
+            deadline: Instant::now() + job_timeout + RESULT_GRACE,
+            received: Receiving::default(),
+            pending: None,
+            display_open: false,
+        })
     }
 
     /// The executor's status, or `None` when it does not answer within 1 s.
@@ -218,6 +193,114 @@ impl ExecutorClient {
     }
 }
 
+/// A job that started: its connection, so dropping this kills the job.
+#[derive(Debug)]
+pub struct Running {
+    conn: ClientConnection<UnixStream>,
+    deadline: Instant,
+    received: Receiving,
+    /// What closed a display (a frame, the end, an error), taken after the display
+    /// is shown.
+    pending: Option<Result<Option<Response>, ProtocolError>>,
+    /// Whether the last frame began a display or continued one.
+    display_open: bool,
+}
+
+/// What a running job did next, in the order it happened.
+#[derive(Debug)]
+pub enum Progress {
+    /// It wrote this (within its cap; also kept for the result).
+    Output(OutputChunk),
+    /// One of its streams passed its cap: the rest of it is dropped.
+    Truncated(Truncated),
+    /// It showed a figure, which is complete (a PNG).
+    Display(Produced),
+    /// Its egress proxy refused this request.
+    Violation(NetworkViolation),
+    /// It ended, and everything it produced is here.
+    Finished(Box<Ran>),
+}
+
+impl Running {
+    /// Waits for all of the job.
+    pub async fn finish(mut self) -> Result<Ran, ApiError> {
+        loop {
+            if let Progress::Finished(ran) = self.next().await? {
+                return Ok(*ran);
+            }
+        }
+    }
+
+    /// The job's next step; after [`Progress::Finished`], an error. Cancel-safe: its
+    /// only wait is for the next frame, so a caller may race it with a timer.
+    pub async fn next(&mut self) -> Result<Progress, ApiError> {
+        loop {
+            let frame = match self.pending.take() {
+                Some(frame) => frame,
+                None => match tokio::time::timeout_at(self.deadline, self.conn.recv()).await {
+                    Ok(frame) => frame,
+                    Err(_) => {
+                        warn!("no result from the executor within the job's timeout and grace; giving up on the job");
+                        return Err(ApiError::ExecutorLost);
+                    }
+                },
+            };
+            // A display is complete when the next frame is not more of it.
+            if self.display_open && !matches!(frame, Ok(Some(Response::Data(_)))) {
+                self.display_open = false;
+                self.pending = Some(frame);
+                if let Some(shown) = self.received.displays.last() {
+                    return Ok(Progress::Display(shown));
+                }
+                continue;
+            }
+            let ran = &mut self.received;
+            match frame {
+                Ok(Some(Response::Output(chunk))) => {
+                    ran.output(&chunk);
+                    return Ok(Progress::Output(chunk));
+                }
+                Ok(Some(Response::Truncated(cut))) if ran.end.is_none() => {
+                    return Ok(Progress::Truncated(cut))
+                }
+                Ok(Some(Response::Violation(violation))) if ran.end.is_none() => {
+                    return Ok(Progress::Violation(violation))
+                }
+                Ok(Some(Response::Display(_))) if ran.end.is_none() => {
+                    ran.displays.begin("display".into()).map_err(spool_failed)?;
+                    self.display_open = true;
+                }
+                Ok(Some(Response::Ended(end))) if ran.end.is_none() => ran.end = Some(end),
+                Ok(Some(Response::File(start))) if ran.end.is_some() => {
+                    ran.files.begin(start.path).map_err(spool_failed)?
+                }
+                // Displays come while the job runs, files after it ended.
+                Ok(Some(Response::Data(data))) => match ran.end {
+                    None => ran.displays.append(&data),
+                    Some(_) => ran.files.append(&data),
+                }
+                .map_err(spool_failed)?,
+                Ok(Some(Response::Finished(skipped))) => {
+                    let ran = std::mem::take(ran);
+                    let Some(end) = ran.end else {
+                        error!("the executor finished a job it never ended");
+                        return Err(ApiError::Internal);
+                    };
+                    return Ok(Progress::Finished(Box::new(Ran {
+                        end,
+                        stdout: ran.stdout,
+                        stderr: ran.stderr,
+                        displays: ran.displays,
+                        files: ran.files,
+                        skipped,
+                    })));
+                }
+                other => return Err(unexpected(other, true)),
+            }
+        }
+    }
+}
+
 /// How one attempt at a job failed.
 #[derive(Debug)]
 enum Attempt {
@@ -258,7 +341,7 @@ impl Default for Receiving {
 impl Receiving {
     /// Keeps an output chunk; never more than the largest cap, whatever the
     /// executor sends.
-    fn output(&mut self, chunk: OutputChunk) {
+    fn output(&mut self, chunk: &OutputChunk) {
         let kept = match chunk.stream {
             Stream::Stdout => &mut self.stdout,
             Stream::Stderr => &mut self.stderr,
@@ -295,9 +378,9 @@ fn unexpected(frame: Result<Option<Response>, ProtocolError>, started: bool) -> 
     }
 }
 
-fn spool_failed(e: crate::spool::SpoolError) -> Attempt {
+fn spool_failed(e: crate::spool::SpoolError) -> ApiError {
     error!("{}", chain(&e));
-    ApiError::Internal.into()
+    ApiError::Internal
 }
 
 /// Maps the executor's refusal of a job to the client's answer, logging the cause.
@@ -395,9 +478,9 @@ mod tests {
             stream,
             data: vec![b'x'; len],
         };
-        ran.output(chunk(Stream::Stdout, 3));
-        ran.output(chunk(Stream::Stderr, MAX_OUTPUT_BYTES as usize + 9));
-        ran.output(chunk(Stream::Stderr, 1));
+        ran.output(&chunk(Stream::Stdout, 3));
+        ran.output(&chunk(Stream::Stderr, MAX_OUTPUT_BYTES as usize + 9));
+        ran.output(&chunk(Stream::Stderr, 1));
         assert_eq!(ran.stdout.len(), 3);
         assert_eq!(ran.stderr.len(), MAX_OUTPUT_BYTES as usize);
     }

@@ -21,6 +21,7 @@ pub mod response;
 pub mod routes;
 pub mod server;
 pub mod spool;
+pub mod stream;
 pub mod upload;
 pub mod upload_policy;
 

@@ -1,5 +1,6 @@
-//! The HTTP surface: `POST /execute`, `GET /health`, JSON 404/405 for the rest, and
-//! per-request ids and logging around all of them.
+//! The HTTP surface: `POST /execute` (a JSON body, or with `Accept:
+//! text/event-stream` a stream of events, see [`crate::stream`]), `GET /health`,
+//! JSON 404/405 for the rest, and per-request ids and logging around all of them.
 
 use std::fmt;
 use std::hash::BuildHasher;
@@ -18,15 +19,16 @@ use pysandbox_shared::JobSpec;
 use serde::Serialize;
 use tracing::{info, info_span, Instrument, Span};
 
-use crate::admission::Admission;
+use crate::admission::{Admission, Slot};
 use crate::auth::AuthToken;
 use crate::body_budget::BodyBudget;
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::executor_client::ExecutorClient;
+use crate::executor_client::{ExecutorClient, Ran};
 use crate::health::StatusCache;
 use crate::request::{read_body, ExecuteRequest};
 use crate::response::{render, ExecuteResponse, Skipped};
+use crate::stream;
 use crate::upload::Uploader;
 
 /// The most characters of a client's text (a path, a host name, a file name) in
@@ -58,6 +60,7 @@ struct Inner {
     executor: ExecutorClient,
     health: StatusCache,
     uploader: Uploader,
+    sse_keepalive: Duration,
 }
 
 impl AppState {
@@ -73,6 +76,7 @@ impl AppState {
                 executor: ExecutorClient::new(config.executor_socket.clone()),
                 health: StatusCache::new(ExecutorClient::new(config.executor_socket.clone())),
                 uploader: Uploader::new(config.upload()),
+                sse_keepalive: config.sse_keepalive(),
             }),
         }
     }
@@ -91,8 +95,8 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn execute(State(app): State<AppState>, request: Request) -> Result<Response, ApiError> {
-    let app = &app.inner;
+async fn execute(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    let app = &state.inner;
     let (parts, body) = request.into_parts();
     // The contract's order: auth, body size, JSON, admission, executor.
     app.token.check(parts.headers.get(header::AUTHORIZATION))?;
@@ -128,24 +132,53 @@ async fn execute(State(app): State<AppState>, request: Request) -> Result<Respon
         collect_files,
         network: job.network,
     };
-    let ran = app.executor.run(spec).await?;
-    let mut response = ExecuteResponse::new(ran.end, ran.stdout, ran.stderr);
-    let displays = ran.displays.into_files();
-    if !collect_files {
-        return Ok(render(response, displays, None, slot));
+    // Every refusal comes before the job starts, as a JSON error, streamed or not.
+    let running = app.executor.start(spec).await?;
+    let after = AfterRun {
+        upload,
+        public: job.public,
+        return_files: job.return_files,
+        slot,
+    };
+    if stream::wanted(&parts.headers) {
+        let state = state.clone();
+        let answer = move |ran| async move { after.answer(ran, &state.inner.uploader).await };
+        return Ok(stream::respond(running, app.sse_keepalive, answer));
     }
-    let files = ran.files.into_files();
-    let skipped = ran.skipped;
-    if let Some((url, token)) = upload {
-        response.uploads = app
-            .uploader
-            .upload(&url, &token, job.public, &files, &skipped.skipped_files)
-            .await;
+    let ran = running.finish().await?;
+    Ok(after.answer(ran, &app.uploader).await)
+}
+
+/// What becomes of a job's result once it ran: the same for a streamed call (its
+/// `result` event) as for a plain one (its body).
+struct AfterRun {
+    /// Where to upload the produced files, and the token.
+    upload: Option<(url::Url, String)>,
+    public: Option<bool>,
+    return_files: bool,
+    slot: Slot,
+}
+
+impl AfterRun {
+    /// Uploads what the request asked to, and renders the JSON answer.
+    async fn answer(self, ran: Ran, uploader: &Uploader) -> Response {
+        let mut response = ExecuteResponse::new(ran.end, ran.stdout, ran.stderr);
+        let displays = ran.displays.into_files();
+        if self.upload.is_none() && !self.return_files {
+            return render(response, displays, None, self.slot);
+        }
+        let files = ran.files.into_files();
+        let skipped = ran.skipped;
+        if let Some((url, token)) = &self.upload {
+            response.uploads = uploader
+                .upload(url, token, self.public, &files, &skipped.skipped_files)
+                .await;
+        }
+        response.skipped_files = Some(skipped.skipped_files.iter().map(Skipped::from).collect());
+        response.skipped_files_unlisted = skipped.skipped_unlisted;
+        let returned = self.return_files.then_some(files);
+        render(response, displays, returned, self.slot)
     }
-    response.skipped_files = Some(skipped.skipped_files.iter().map(Skipped::from).collect());
-    response.skipped_files_unlisted = skipped.skipped_unlisted;
-    let returned = job.return_files.then_some(files);
-    Ok(render(response, displays, returned, slot))
 }
 
 /// The `/health` body; the counts only when the executor is up.

@@ -96,6 +96,11 @@ impl Spool {
         Ok(())
     }
 
+    /// The file last begun, as far as it came.
+    pub fn last(&self) -> Option<Produced> {
+        self.files.last().cloned()
+    }
+
     /// The files, in the order they came.
     pub fn into_files(self) -> Vec<Produced> {
         self.files

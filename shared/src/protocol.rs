@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! Failed                                  the job did not run (refused, busy, …)
-//! Started (Output | Display Data*)* Ended (File Data*)* Finished
+//! Started (Output | Truncated | Violation | Display Data*)* Ended (File Data*)* Finished
 //! Started Output* Failed                  the jail could not be set up, or the
 //!                                         executor stopped before the job ended
 //! ```
@@ -20,9 +20,10 @@ use serde::{Deserialize, Serialize};
 use crate::bounded;
 use crate::files::SkippedFile;
 use crate::job::{JobEnd, JobError, JobSpec};
+use crate::network::NetworkViolation;
 
 /// Bumped on every incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The most bytes one [`Response::Output`] or [`Response::Data`] frame carries.
 pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
@@ -79,6 +80,22 @@ pub enum Response {
     /// The job showed something (a matplotlib figure); its bytes follow in
     /// [`Response::Data`] frames.
     Display(DisplayStart),
+    /// The job's output on one stream just passed its cap: what it writes there from
+    /// now on is dropped. Sent once per stream, at the moment it happens, so that a
+    /// client watching the output live learns it then rather than at the end.
+    Truncated(Truncated),
+    /// The job's egress proxy refused a request, as it happened; one of the first
+    /// [`crate::MAX_VIOLATIONS`], which [`JobEnd::violations`] lists again.
+    Violation(NetworkViolation),
+}
+
+/// Where a job's output started being dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Truncated {
+    /// The stream that reached its cap.
+    pub stream: Stream,
+    /// The cap, in bytes: how much of the stream was passed on.
+    pub cap_bytes: u32,
 }
 
 /// The header of a display.
@@ -185,6 +202,8 @@ impl Response {
             Response::Failed(_) => "Failed",
             Response::Status(_) => "Status",
             Response::Display(_) => "Display",
+            Response::Truncated(_) => "Truncated",
+            Response::Violation(_) => "Violation",
         }
     }
 }
@@ -285,6 +304,15 @@ mod tests {
             Response::Display(DisplayStart {
                 content_type: "image/png".into(),
             }),
+            Response::Truncated(Truncated {
+                stream: Stream::Stdout,
+                cap_bytes: 1 << 20,
+            }),
+            Response::Violation(NetworkViolation {
+                method: "GET".into(),
+                target: "b:80".into(),
+                reason: "r".into(),
+            }),
             Response::Failed(JobError::VersionMismatch {
                 executor: 1,
                 frontend: 2,
@@ -335,7 +363,7 @@ mod tests {
     #[test]
     fn golden_encodings() {
         let golden: &[(Request, &[u8])] = &[
-            (Request::Hello(Hello { version: 4 }), &[0, 4]),
+            (Request::Hello(Hello { version: 5 }), &[0, 5]),
             (
                 Request::Run(sample_job()),
                 &[
@@ -352,7 +380,7 @@ mod tests {
             assert_eq!(&encode(msg).unwrap()[..], *bytes, "{msg:?}");
         }
         let golden: &[(Response, &[u8])] = &[
-            (Response::Hello(Hello { version: 4 }), &[0, 4]),
+            (Response::Hello(Hello { version: 5 }), &[0, 5]),
             // 30000 as a varint
             (
                 Response::Started(Started { timeout_ms: 30_000 }),
@@ -385,6 +413,22 @@ mod tests {
                     content_type: "image/png".into(),
                 }),
                 &[9, 9, b'i', b'm', b'a', b'g', b'e', b'/', b'p', b'n', b'g'],
+            ),
+            // stdout, 1 MiB as a varint
+            (
+                Response::Truncated(Truncated {
+                    stream: Stream::Stdout,
+                    cap_bytes: 1 << 20,
+                }),
+                &[10, 0, 0x80, 0x80, 0x40],
+            ),
+            (
+                Response::Violation(NetworkViolation {
+                    method: "GET".into(),
+                    target: "b:80".into(),
+                    reason: "r".into(),
+                }),
+                &[11, 3, b'G', b'E', b'T', 4, b'b', b':', b'8', b'0', 1, b'r'],
             ),
             // skipped: one, "l" over a per-file cap of 5; 2 more unlisted
             (

@@ -21,7 +21,7 @@ use pysandbox_shared::text::shown;
 use pysandbox_shared::{NetworkViolation, MAX_VIOLATIONS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixListener, UnixStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
@@ -72,6 +72,11 @@ pub struct NetworkReport {
     pub dropped: u32,
 }
 
+/// Where a job's proxy sends each refusal it records, as it records it, for the job's
+/// live stream. Its capacity is [`MAX_VIOLATIONS`]: only refusals the report keeps
+/// are sent, so it never fills, and a proxy never waits on it.
+pub(crate) type LiveViolations = mpsc::Sender<NetworkViolation>;
+
 /// The executor's proxies: their limits and the connections they hold together.
 #[derive(Debug, Clone)]
 pub struct Proxies {
@@ -94,8 +99,9 @@ impl Proxies {
         id: u64,
         owner: (u32, u32),
         policy: Policy,
+        live: LiveViolations,
     ) -> Result<JobProxy, Error> {
-        JobProxy::start(jobs_dir, id, owner, policy, self)
+        JobProxy::start(jobs_dir, id, owner, policy, self, live)
     }
 }
 
@@ -122,6 +128,7 @@ pub(super) struct Shared {
     total: Arc<Semaphore>,
     pub(super) bytes: AtomicU64,
     log: Mutex<Log>,
+    live: LiveViolations,
 }
 
 #[derive(Debug, Default)]
@@ -140,13 +147,14 @@ const MAX_LOG_LINES: usize = MAX_VIOLATIONS;
 impl JobProxy {
     /// Creates `<jobs dir>/<id>.proxy/` (root's, mode 0711: the jail's bwrap, running
     /// as the sandbox uid, must reach it to bind it), binds the socket in it for
-    /// `owner` alone, and serves it under `policy`.
+    /// `owner` alone, and serves it under `policy`, sending refusals to `live`.
     fn start(
         jobs_dir: &Path,
         id: u64,
         owner: (u32, u32),
         policy: Policy,
         proxies: &Proxies,
+        live: LiveViolations,
     ) -> Result<JobProxy, Error> {
         let dir = jobs_dir.join(format!("{id}.proxy"));
         std::fs::create_dir(&dir).map_err(Error::setup("create", &dir))?;
@@ -157,7 +165,7 @@ impl JobProxy {
                 return Err(e);
             }
         };
-        let shared = Arc::new(Shared::new(policy, proxies, owner.0));
+        let shared = Arc::new(Shared::new(policy, proxies, owner.0, live));
         let task = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
         Ok(JobProxy { dir, task, shared })
     }
@@ -379,7 +387,7 @@ impl Session<'_> {
 }
 
 impl Shared {
-    fn new(policy: Policy, proxies: &Proxies, peer_uid: u32) -> Shared {
+    fn new(policy: Policy, proxies: &Proxies, peer_uid: u32, live: LiveViolations) -> Shared {
         let limits = proxies.limits;
         Shared {
             policy,
@@ -390,6 +398,7 @@ impl Shared {
             total: Arc::clone(&proxies.total),
             bytes: AtomicU64::new(0),
             log: Mutex::default(),
+            live,
         }
     }
 
@@ -417,11 +426,14 @@ impl Shared {
         }
         let report = &mut log.report;
         if report.violations.len() < MAX_VIOLATIONS {
-            report.violations.push(NetworkViolation {
+            let violation = NetworkViolation {
                 method: attempt.method.clone(),
                 target: attempt.target.clone(),
                 reason: refusal.to_string(),
-            });
+            };
+            // Never full (see LiveViolations); closed once nobody streams the job.
+            let _ = self.live.try_send(violation.clone());
+            report.violations.push(violation);
         } else {
             report.dropped = report.dropped.saturating_add(1);
         }
@@ -568,8 +580,14 @@ mod tests {
         String::from_utf8_lossy(&out).into_owned()
     }
 
+    /// A job's shared state whose live refusals nobody receives.
     fn shared(port: u16) -> Arc<Shared> {
-        Arc::new(Shared::new(test_policy(port), &Proxies::new(limits()), 0))
+        shared_live(port, mpsc::channel(MAX_VIOLATIONS).0)
+    }
+
+    fn shared_live(port: u16, live: LiveViolations) -> Arc<Shared> {
+        let proxies = Proxies::new(limits());
+        Arc::new(Shared::new(test_policy(port), &proxies, 0, live))
     }
 
     #[tokio::test]
@@ -703,13 +721,26 @@ mod tests {
         assert!(!reply.contains("evil"), "{reply}");
     }
 
-    /// A job's proxy for the uid running the tests, started from `proxies`.
+    /// A job's proxy for the uid running the tests, started from `proxies`, whose
+    /// live refusals nobody receives.
     fn job_proxy(jobs: &Path, id: u64, proxies: &Proxies, port: u16) -> JobProxy {
+        job_proxy_live(jobs, id, proxies, port, mpsc::channel(MAX_VIOLATIONS).0)
+    }
+
+    fn job_proxy_live(
+        jobs: &Path,
+        id: u64,
+        proxies: &Proxies,
+        port: u16,
+        live: LiveViolations,
+    ) -> JobProxy {
         let me = (
             nix::unistd::getuid().as_raw(),
             nix::unistd::getgid().as_raw(),
         );
-        proxies.start(jobs, id, me, test_policy(port)).unwrap()
+        proxies
+            .start(jobs, id, me, test_policy(port), live)
+            .unwrap()
     }
 
     /// Whether the proxy closes `client` without a word (it sent nothing).
@@ -792,11 +823,32 @@ mod tests {
         assert_eq!(allowed, MAX_LOG_LINES);
     }
 
+    /// A flood of refusals: each of the first MAX_VIOLATIONS is sent live as it is
+    /// recorded, the same as the report lists, and no more (the channel is the cap).
+    #[tokio::test]
+    async fn refusals_are_sent_live_up_to_the_cap() {
+        let (live, mut received) = mpsc::channel(MAX_VIOLATIONS);
+        let shared = shared_live(1, live);
+        shared.record(&Attempt::default(), &Refusal::NotAllowed);
+        let first = received.try_recv().expect("sent as it was recorded");
+        assert_eq!(first.reason, Refusal::NotAllowed.to_string());
+        for _ in 0..3 * MAX_VIOLATIONS {
+            shared.record(&Attempt::default(), &Refusal::NotAllowed);
+        }
+        drop(shared);
+        let mut sent = vec![first];
+        while let Some(violation) = received.recv().await {
+            sent.push(violation);
+        }
+        assert_eq!(sent.len(), MAX_VIOLATIONS);
+    }
+
     #[tokio::test]
     async fn a_job_proxy_serves_its_socket_and_removes_it() {
         let (port, _origin) = origin().await;
         let jobs = tempfile::tempdir().unwrap();
-        let proxy = job_proxy(jobs.path(), 7, &Proxies::new(limits()), port);
+        let (live, mut received) = mpsc::channel(MAX_VIOLATIONS);
+        let proxy = job_proxy_live(jobs.path(), 7, &Proxies::new(limits()), port, live);
         let socket = proxy.dir().join(SOCKET_NAME);
         assert_eq!(proxy.dir(), jobs.path().join("7.proxy"));
         let mut client = UnixStream::connect(&socket).await.unwrap();
@@ -809,6 +861,7 @@ mod tests {
         assert!(out.starts_with("HTTP/1.1 403"), "{out}");
         let report = proxy.finish();
         assert_eq!(report.violations.len(), 1);
+        assert_eq!(received.try_recv().ok().as_ref(), report.violations.first());
         assert!(!jobs.path().join("7.proxy").exists());
     }
 
