@@ -907,3 +907,144 @@ print("done")
         "{out:#}"
     );
 }
+
+/// An allowed name whose address refuses connections: 502 with the cause, for
+/// plain HTTP and CONNECT alike, and no violation (the policy allowed it).
+#[tokio::test]
+async fn an_allowed_but_unreachable_target_is_502_not_a_violation() {
+    require_root!();
+    // A port nothing listens on (bound, then freed).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("cannot find a free port")
+        .port();
+    let svc = Service::builder()
+        .executor_config_toml(&network_config(port, ""))
+        .start();
+    let code = format!(
+        "{HELPERS}\nprint(json.dumps([via_http('http://allowed.test:{port}/x'), via_connect('allowed.test', {port})]))"
+    );
+    let out = svc.run(json!({ "code": code, "network": {} })).await;
+    assert_eq!(out["exitCode"], 0, "{out:#}");
+    let why = "127.0.0.1: Connection refused (os error 111)";
+    assert_eq!(
+        stdout_json(&out),
+        json!([
+            [
+                502,
+                format!("pysandbox: cannot reach allowed.test:{port}: {why}\n")
+            ],
+            ["error", "Tunnel connection failed: 502 Bad Gateway"],
+        ]),
+        "{out:#}"
+    );
+    assert_eq!(
+        (stderr_of(&out), &out["violations"]),
+        ("", &json!([])),
+        "{out:#}"
+    );
+}
+
+/// The proxy socket: its directory root's and 0711, the socket the sandbox uid's
+/// and 0700, so another uid cannot even connect (EACCES); and a peer the kernel
+/// lets through anyway (root) is checked by `SO_PEERCRED` and dropped unanswered.
+/// The control: the job itself, afterwards, gets through the same socket.
+#[tokio::test]
+async fn the_proxy_socket_serves_the_sandbox_uid_alone() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    require_root!();
+    let origin = Origin::start();
+    let svc = start(&origin, "");
+    let port = origin.port();
+    let code = "while not os.path.exists('/work/go'):\n    time.sleep(0.02)\nprint(json.dumps(via_connect('allowed.test', PORT)))";
+    let host = async {
+        let mut dirs = Vec::new();
+        let found = wait_until_async(Duration::from_secs(30), || {
+            dirs = proxy_dirs(&svc);
+            !dirs.is_empty()
+        })
+        .await;
+        assert!(found, "no proxy dir while the job ran");
+        let jobs = svc.executor.state_dir().join("jobs");
+        let dir = jobs.join(&dirs[0]);
+        let socket = dir.join("proxy.sock");
+        let ready = wait_until_async(Duration::from_secs(10), || socket.exists()).await;
+        assert!(ready, "no {}", socket.display());
+        let meta = |p: &Path| std::fs::metadata(p).expect("stat the proxy's files");
+        let (d, s) = (meta(&dir), meta(&socket));
+        assert_eq!(
+            (d.uid(), d.permissions().mode() & 0o7777),
+            (0, 0o711),
+            "{}",
+            dir.display()
+        );
+        assert_eq!(
+            (s.uid(), s.permissions().mode() & 0o7777),
+            (65534, 0o700),
+            "{}",
+            socket.display()
+        );
+
+        // Another uid (the frontend's): the socket's mode stops it.
+        let other = tokio::process::Command::new("python3")
+            .args([
+                "-c",
+                "import errno, socket, sys\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect(sys.argv[1])\n    print('connected')\nexcept OSError as e:\n    print(errno.errorcode[e.errno])",
+            ])
+            .arg(&socket)
+            .uid(pysandbox_tests::FRONTEND_UID)
+            .gid(pysandbox_tests::FRONTEND_GID)
+            .output()
+            .await
+            .expect("run python3 as the frontend uid");
+        assert_eq!(
+            String::from_utf8_lossy(&other.stdout),
+            "EACCES\n",
+            "{other:?}"
+        );
+
+        // Root passes the mode; the proxy's peer check drops it without a word.
+        let mut stream = tokio::net::UnixStream::connect(&socket)
+            .await
+            .expect("root connects to the proxy socket");
+        let request =
+            format!("CONNECT allowed.test:{port} HTTP/1.1\r\nHost: allowed.test:{port}\r\n\r\n");
+        let _ = stream.write_all(request.as_bytes()).await;
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer))
+            .await
+            .expect("the proxy kept a foreign peer's connection open");
+        assert!(
+            read.is_err() || answer.is_empty(),
+            "the proxy answered root: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+        let logged = wait_until_async(Duration::from_secs(10), || {
+            svc.executor
+                .log()
+                .contains("proxy connection from another uid refused")
+        })
+        .await;
+        assert!(logged, "the refusal was not logged");
+
+        let id = dirs[0].trim_end_matches(".proxy");
+        std::fs::write(jobs.join(id).join("work/go"), "").expect("release the job");
+    };
+    let body = json!({
+        "code": format!("{HELPERS}\nPORT = {port}\n{code}"),
+        "network": {},
+        "timeoutMs": 60000,
+    });
+    let (out, ()) = tokio::join!(svc.run(body), host);
+    assert_eq!(
+        stdout_json(&out),
+        json!([
+            200,
+            format!("origin saw GET /tunnel HTTP/1.1 host allowed.test:{port}")
+        ]),
+        "{out:#}"
+    );
+    assert_eq!(out["violations"], json!([]), "{out:#}");
+}
