@@ -447,7 +447,8 @@ async fn big_writes_to_the_work_dir_and_tmp_stop_at_the_disk_limit() {
             "10 GiB write to {path}: {stdout:?}, host free space dropped by {} KiB",
             dropped / 1024
         );
-        // One file may take the whole 128 MiB (RLIMIT_FSIZE, EFBIG), unless the
+        // One file may take the whole 128 MiB (RLIMIT_FSIZE, EFBIG; its value is
+        // pinned by `rlimits_are_the_documented_values`), unless the
         // tmpfs runs out a little earlier (ENOSPC). The disk limit is well above
         // the host-disk noise of a busy CI machine, so that the check below can
         // tell a file landing on the host from other processes writing.
