@@ -7,7 +7,7 @@
 //! the proxy reach the origin on loopback.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pysandbox_tests::{
     assert_error, host_processes_matching, require_root, stdout_json, wait_until_async, Origin,
@@ -702,64 +702,33 @@ print(json.dumps({"established": established, "second": second, "retries": retri
     assert_eq!(stderr_of(&out), blocked_lines(&expected), "{out:#}");
 }
 
+/// Fifty requests in a row by each route all get through, each answered by the
+/// origin: a series of failed attempts (a 502, a refused tunnel) cannot hide in an
+/// average. How long they take is a benchmark's business, not a test's.
 #[tokio::test]
-async fn proxied_request_latency_on_loopback() {
+async fn fifty_proxied_requests_in_a_row_all_get_through() {
     require_root!();
     let origin = Origin::start();
     let svc = start(&origin, "");
-    // The direct baseline runs on the host (the jail's landlock rules allow TCP
-    // connects only to the relay), with the same client library.
-    let timing = r#"
-import statistics, time
-def timed(fetch, n=50):
-    fetch()  # warm up
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        fetch()
-        times.append((time.perf_counter() - start) * 1000)
-    return {"median": statistics.median(times), "mean": statistics.mean(times), "max": max(times)}
-"#;
-    let direct_code = format!(
-        "import json, urllib.request\n{timing}\nopener = urllib.request.build_opener(urllib.request.ProxyHandler({{}}))\n\
-         print(json.dumps(timed(lambda: opener.open('http://127.0.0.1:{}/', timeout=20).read())))",
-        origin.port()
-    );
-    let direct = std::process::Command::new("/usr/bin/python3")
-        .args(["-c", &direct_code])
-        .output()
-        .expect("run the host's python3");
-    assert!(direct.status.success(), "{direct:?}");
-    let direct: Value = serde_json::from_slice(&direct.stdout).expect("direct timings");
-    let code = format!(
-        "{timing}\nproxied = timed(lambda: urllib.request.urlopen('http://allowed.test:%d/' % PORT, timeout=20).read())\n\
-         tunnel = timed(lambda: via_connect('allowed.test', PORT, '/'))\n\
-         print(json.dumps({{'proxied': proxied, 'tunnel': tunnel}}))"
-    );
-    let code = code.as_str();
-    let started = Instant::now();
+    let port = origin.port();
+    let code = "plain = [via_http('http://allowed.test:%d/' % PORT) for _ in range(50)]\n\
+                tunnel = [via_connect('allowed.test', PORT, '/') for _ in range(50)]\n\
+                print(json.dumps({'plain': sorted(set(map(json.dumps, plain))), 'tunnel': sorted(set(map(json.dumps, tunnel)))}))";
     let out = probe(&svc, &origin, json!({}), code).await;
-    let mut times = stdout_json(&out);
-    times["direct"] = direct;
-    let ms = |kind: &str, stat: &str| times[kind][stat].as_f64().unwrap_or(f64::NAN);
-    eprintln!(
-        "latency over 50 requests each (ms): direct median {:.2} mean {:.2}; \
-         plain HTTP via proxy median {:.2} mean {:.2} (+{:.2}); \
-         CONNECT tunnel median {:.2} mean {:.2} (+{:.2}); whole job {} ms",
-        ms("direct", "median"),
-        ms("direct", "mean"),
-        ms("proxied", "median"),
-        ms("proxied", "mean"),
-        ms("proxied", "median") - ms("direct", "median"),
-        ms("tunnel", "median"),
-        ms("tunnel", "mean"),
-        ms("tunnel", "median") - ms("direct", "median"),
-        started.elapsed().as_millis(),
+    let one = json!([
+        200,
+        format!("origin saw GET / HTTP/1.1 host allowed.test:{port}")
+    ])
+    .to_string();
+    // Every answer of a route is the same one (after `json.dumps`, Python's spacing).
+    let one = one.replace(",", ", ");
+    assert_eq!(
+        stdout_json(&out),
+        json!({ "plain": [one], "tunnel": [one] }),
+        "{out:#}"
     );
     assert_eq!(out["violations"], json!([]), "{out:#}");
-    // A generous bound for a shared 2-core CI machine: the figure is the point.
-    assert!(ms("proxied", "median") < 500.0, "{times:#}");
-    assert!(ms("tunnel", "median") < 500.0, "{times:#}");
+    assert_eq!(origin.seen().len(), 100, "the origin saw every request");
 }
 
 #[test]
