@@ -904,53 +904,124 @@ fn run_check(extra: &[&str]) -> Output {
     exit_output(child, "check", Duration::from_secs(30))
 }
 
-/// The mark (`ok`, `warn`, `FAIL`) of the line for `name` in check's output.
-fn check_mark<'a>(stdout: &'a str, name: &str) -> Option<&'a str> {
-    stdout.lines().find_map(|line| {
-        let mark = line.split_whitespace().next()?;
-        let rest = line[mark.len()..].trim_start();
-        let after = rest.strip_prefix(name)?;
-        after.starts_with(' ').then_some(mark)
-    })
+/// Check's lines as (mark, name, detail): `ok   name             detail`.
+fn check_lines(stdout: &str) -> Vec<(String, String, String)> {
+    stdout
+        .lines()
+        .map(|line| {
+            let field = |range: std::ops::Range<usize>| {
+                line.get(range).unwrap_or_default().trim().to_owned()
+            };
+            (
+                field(0..5),
+                field(5..22),
+                line.get(22..).unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
 }
 
+/// All nine of README's checks pass here, in order, and say what they found.
 #[test]
 fn check_passes_on_this_host() {
     require_root!();
     let out = run_check(&[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("check:\n{stdout}");
-    assert!(
-        out.status.success(),
-        "check exited with {}; stdout:\n{stdout}\nstderr:\n{}",
-        out.status,
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for name in ["bwrap", "python", "cgroups", "jail"] {
-        assert_eq!(
-            check_mark(&stdout, name),
-            Some("ok"),
-            "{name} in:\n{stdout}"
-        );
-    }
+    let lines = check_lines(&stdout);
+    let marks: Vec<(&str, &str)> = lines
+        .iter()
+        .map(|(mark, name, _)| (mark.as_str(), name.as_str()))
+        .collect();
+    let names = [
+        "root",
+        "bwrap",
+        "python",
+        "socat",
+        "user namespaces",
+        "seccomp",
+        "landlock",
+        "cgroups",
+        "jail",
+    ];
+    assert_eq!(marks, names.map(|n| ("ok", n)), "{stdout}");
+    let detail = |name: &str| {
+        lines
+            .iter()
+            .find(|(_, n, _)| n == name)
+            .map(|(_, _, d)| d.as_str())
+            .unwrap_or_default()
+    };
+    assert_eq!(detail("root"), "running as root");
+    assert_eq!(detail("bwrap"), "/usr/bin/bwrap");
+    assert_eq!(detail("python"), "/usr/bin/python3");
+    assert!(detail("landlock").starts_with("ABI "), "{stdout}");
+    assert!(detail("seccomp").starts_with("available ("), "{stdout}");
+    assert!(
+        detail("cgroups").starts_with("v1: memory, pids")
+            || detail("cgroups").starts_with("v2: memory, pids"),
+        "{stdout}"
+    );
+    assert!(
+        detail("jail").starts_with("print(2 + 2) ran as uid 65534 in "),
+        "{stdout}"
+    );
 }
 
+/// A required check that fails makes check exit 1 and names the fix; a missing
+/// socat only warns (only jobs that may use the network need it).
 #[test]
-fn check_fails_without_the_python_interpreter() {
+fn check_fails_and_names_the_fix_for_each_missing_tool() {
     require_root!();
     let out = run_check(&["--python", "/usr/bin/nonexistent-python"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let lines = check_lines(&stdout);
+    assert!(lines.contains(&(
+        "FAIL".into(),
+        "python".into(),
+        "/usr/bin/nonexistent-python not found: install python3, or set `python` to an interpreter under /usr or ro_binds".into()
+    )), "{stdout}");
     assert!(
-        !out.status.success() && out.status.code().is_some(),
-        "check exited with {}; stdout:\n{stdout}",
-        out.status
-    );
-    assert_eq!(check_mark(&stdout, "python"), Some("FAIL"), "{stdout}");
-    assert!(
-        stdout.contains("/usr/bin/nonexistent-python not found"),
+        lines.contains(&("ok".into(), "bwrap".into(), "/usr/bin/bwrap".into())),
         "{stdout}"
     );
-    assert_eq!(check_mark(&stdout, "bwrap"), Some("ok"), "{stdout}");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("executor.toml");
+    fs::write(
+        &config,
+        "bwrap = \"/nonexistent/bwrap\"\n[network]\nsocat = \"/nonexistent/socat\"\n",
+    )
+    .expect("write the config");
+    let out = run_check(&["--config", config.to_str().expect("a UTF-8 temp path")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let lines = check_lines(&stdout);
+    assert!(
+        lines.contains(&(
+            "FAIL".into(),
+            "bwrap".into(),
+            "/nonexistent/bwrap not found: apt-get install bubblewrap".into()
+        )),
+        "{stdout}"
+    );
+    assert!(lines.contains(&(
+        "warn".into(),
+        "socat".into(),
+        "/nonexistent/socat not found: apt-get install socat (jobs that may use the network relay through it)".into()
+    )), "{stdout}");
+    assert!(
+        lines
+            .iter()
+            .any(|(mark, name, _)| mark == "FAIL" && name == "jail"),
+        "{stdout}"
+    );
 }
 
 /// README: every job runs with `RLIMIT_NOFILE` 256, `RLIMIT_STACK` 8 MiB and
