@@ -394,14 +394,32 @@ async fn work_dir_is_removed_after_the_job() {
     require_root!();
     let svc = Service::start();
     let name = format!("leftover-{}.txt", pysandbox_tests::random_hex(6));
-    let out = svc
-        .run(json!({
-            "code": "import sys\nname = sys.stdin.read()\nopen(name, 'w').write('x')\nprint('wrote')",
-            "stdin": name,
-        }))
-        .await;
-    assert_eq!(out["stdout"], "wrote\n", "{out}");
+    // The job writes its file, then waits until the host has seen it (and the
+    // jail's processes): the controls without which "gone" below proves nothing.
+    let code = "import os, sys, time\nname = sys.stdin.read()\nopen(name, 'w').write('x')\n\
+                while not os.path.exists(name + '.seen'):\n    time.sleep(0.02)\nprint('wrote')";
     let state_dir = svc.executor.state_dir().to_owned();
+    let host = async {
+        let mut found = None;
+        let seen = wait_until_async(Duration::from_secs(30), || {
+            found = find_file(&state_dir, &name);
+            found.is_some()
+        })
+        .await;
+        assert!(seen, "the running job's file is not visible from the host");
+        assert!(
+            !svc.executor.jail_processes().is_empty(),
+            "the running job's processes are not visible from the host"
+        );
+        let mut marker = found.expect("found").into_os_string();
+        marker.push(".seen");
+        std::fs::write(&marker, "").expect("release the job");
+    };
+    let (out, ()) = tokio::join!(
+        svc.run(json!({ "code": code, "stdin": name, "timeoutMs": 60000 })),
+        host
+    );
+    assert_eq!(out["stdout"], "wrote\n", "{out}");
     let gone = wait_until_async(Duration::from_secs(3), || {
         find_file(&state_dir, &name).is_none()
     })
@@ -411,6 +429,7 @@ async fn work_dir_is_removed_after_the_job() {
         "the job's file is still on the host at {:?}",
         find_file(&state_dir, &name)
     );
+    assert_no_jail_left(&svc).await;
 }
 
 fn find_file(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
