@@ -676,4 +676,89 @@ mod tests {
         assert!(job.is_empty());
         std::mem::forget(job);
     }
+    /// Without swap accounting (v1 without `swapaccount=1`, v2 without
+    /// `memory.swap.max`) there is no swap file to write: the memory limit still
+    /// lands and setting limits does not fail; nothing is made up in place of the
+    /// missing file. README says swap is off only where the kernel accounts it.
+    #[test]
+    fn without_swap_accounting_the_memory_limit_still_lands() {
+        let limits = CgroupLimits {
+            memory_bytes: 256 << 20,
+            max_processes: 32,
+            cpu_percent: None,
+        };
+        let root = tempfile::tempdir().unwrap();
+        let cgroups = fake_v1(root.path());
+        prepopulate(&cgroups, 3, &[("cgroup.procs", "")]);
+        let job = cgroups.create(3, &limits).unwrap();
+        let dir = root.path().join("memory/inst/job-3");
+        assert_eq!(
+            fs::read_to_string(dir.join("memory.limit_in_bytes")).unwrap(),
+            "268435456"
+        );
+        assert!(!dir.join("memory.memsw.limit_in_bytes").exists());
+        std::mem::forget(job);
+
+        let root = tempfile::tempdir().unwrap();
+        let base = root.path().join("inst");
+        fs::create_dir_all(&base).unwrap();
+        let cgroups = Cgroups {
+            version: Version::V2,
+            bases: vec![(base, ALL.to_vec())],
+        };
+        prepopulate(&cgroups, 4, &[("cgroup.procs", "")]);
+        let job = cgroups.create(4, &limits).unwrap();
+        let dir = root.path().join("inst/job-4");
+        assert_eq!(
+            fs::read_to_string(dir.join("memory.max")).unwrap(),
+            "268435456"
+        );
+        assert!(!dir.join("memory.swap.max").exists());
+        std::mem::forget(job);
+    }
+
+    /// `Delegate=yes`: the executor's own cgroup holds processes, and a v2 cgroup
+    /// with processes cannot hand controllers to children ("no internal processes"),
+    /// so it moves them into a `supervisor` leaf first, then enables the
+    /// controllers for its children and for its instance dir.
+    #[test]
+    fn a_delegated_v2_cgroup_moves_its_processes_to_a_supervisor_leaf() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path();
+        fs::write(
+            dir.join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
+        fs::write(dir.join("cgroup.procs"), "4242\n").unwrap();
+        let cgroups = Cgroups::adopt_v2(dir, "inst").unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.join("supervisor/cgroup.procs")).unwrap(),
+            "4242"
+        );
+        let enabled = "+memory +pids +cpu";
+        assert_eq!(
+            fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap(),
+            enabled
+        );
+        assert_eq!(
+            fs::read_to_string(dir.join("inst/cgroup.subtree_control")).unwrap(),
+            enabled
+        );
+        assert_eq!(cgroups.version(), Version::V2);
+        assert!([Controller::Memory, Controller::Pids, Controller::Cpu]
+            .into_iter()
+            .all(|c| cgroups.has(c)));
+
+        // An empty delegated cgroup needs no leaf; one without pids is refused.
+        let root = tempfile::tempdir().unwrap();
+        fs::write(root.path().join("cgroup.controllers"), "memory pids\n").unwrap();
+        let cgroups = Cgroups::adopt_v2(root.path(), "inst").unwrap();
+        assert!(!root.path().join("supervisor").exists());
+        assert!(!cgroups.has(Controller::Cpu));
+        let root = tempfile::tempdir().unwrap();
+        fs::write(root.path().join("cgroup.controllers"), "cpu memory\n").unwrap();
+        let refused = Cgroups::adopt_v2(root.path(), "inst").unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::Unsupported);
+    }
 }

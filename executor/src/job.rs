@@ -415,6 +415,9 @@ impl Runner {
                 },
             warm,
         } = jail;
+        // Which path the job took, for operators and for the tests that prove both
+        // paths run (a warm pass that silently ran cold would prove nothing).
+        info!(jail = if warm { "warm" } else { "cold" }, "job started");
         let cpu_base = cgroup.as_ref().and_then(JobCgroup::cpu_ns).unwrap_or(0);
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
         let input = child.stdin.take();

@@ -109,7 +109,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         allowed_uids,
         stopping: CancellationToken::new(),
     });
-    info!(socket = %config.socket.display(), max_jobs = config.max_jobs, "listening on {}", config.socket.display());
+    info!(socket = %config.socket.display(), max_jobs = config.max_jobs, warm_pool_size = config.warm_pool_size, "listening on {}", config.socket.display());
 
     // Every connection holds one of these: past the cap, new ones wait in the
     // listen backlog instead of costing descriptors and memory.

@@ -235,6 +235,42 @@ impl Executor {
             .collect()
     }
 
+    /// The warm pool size its latest start announced (`warm_pool_size=N` in its
+    /// `listening on` line). Panics if no start announced one within 10 s.
+    #[track_caller]
+    pub fn warm_pool_size(&self) -> u32 {
+        let mut size = None;
+        let announced = crate::wait_until(START_TIMEOUT, || {
+            size = self.log.lines().iter().rev().find_map(|line| {
+                let rest = &line[line.find("warm_pool_size=")? + "warm_pool_size=".len()..];
+                let digits = rest.split(|c: char| !c.is_ascii_digit()).next()?;
+                digits.parse().ok()
+            });
+            size.is_some()
+        });
+        match (announced, size) {
+            (true, Some(size)) => size,
+            _ => panic!(
+                "the executor announced no warm_pool_size; its log:\n{}",
+                self.log.text()
+            ),
+        }
+    }
+
+    /// The jail each job took so far, in order: `"warm"` or `"cold"`, from the
+    /// executor's `job started jail="…"` lines.
+    pub fn jails_started(&self) -> Vec<String> {
+        self.log
+            .lines()
+            .iter()
+            .filter(|line| line.contains("job started"))
+            .filter_map(|line| {
+                let rest = &line[line.find("jail=\"")? + "jail=\"".len()..];
+                Some(rest[..rest.find('"')?].to_owned())
+            })
+            .collect()
+    }
+
     /// Its pid while running.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

@@ -1,6 +1,7 @@
 //! Both daemons together, and an HTTP client that knows the token.
 
 use std::ffi::OsStr;
+use std::io::{Read, Write};
 use std::time::Duration;
 
 use reqwest::header::HeaderMap;
@@ -14,6 +15,11 @@ use crate::{raw_exchange, Executor, ExecutorBuilder, Frontend, Reply};
 /// How long one HTTP request may take before the test fails (longer than any job
 /// the tests run).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(150);
+/// How long a fresh executor may take to fill its warm pool (generous: two cores
+/// shared by the whole suite).
+const POOL_TIMEOUT: Duration = Duration::from_secs(60);
+/// What the executor logs when a warm jail fails to start (its pool never fills).
+const WARM_SETUP_FAILED: &str = "cannot set up a warm jail";
 
 /// Options for a [`Service`].
 #[derive(Debug, Default)]
@@ -60,7 +66,11 @@ impl ServiceBuilder {
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         let frontend = Frontend::start(&executor, &env);
-        Service::new(frontend, executor)
+        let service = Service::new(frontend, executor);
+        // Without this a fresh service's first jobs run cold or warm by chance, and
+        // the CI pass with the pool on would not prove the warm path runs at all.
+        service.wait_for_warm_pool();
+        service
     }
 }
 
@@ -188,6 +198,44 @@ impl Service {
     /// `GET /health` without credentials.
     pub async fn health(&self) -> Reply {
         self.request(Method::GET, "/health", &[], None).await
+    }
+
+    /// Blocks until `/health` reports as many `warmJails` as the executor's pool
+    /// size (at once when it is 0), so that the next job takes a warm jail. Returns
+    /// early if the executor logged that it cannot set one up (tests of broken jails).
+    /// Panics if the pool is not full within [`POOL_TIMEOUT`].
+    #[track_caller]
+    pub fn wait_for_warm_pool(&self) {
+        let size = self.executor.warm_pool_size();
+        let mut warm = None;
+        let full = crate::wait_until(POOL_TIMEOUT, || {
+            warm = self.blocking_health()["warmJails"].as_u64();
+            warm == Some(size.into()) || self.executor.log().contains(WARM_SETUP_FAILED)
+        });
+        assert!(
+            full,
+            "the warm pool did not fill ({warm:?} of {size} jails) within {POOL_TIMEOUT:?}; executor log:\n{}",
+            self.executor.log().text()
+        );
+    }
+
+    /// `GET /health` on a blocking connection (for sync code such as
+    /// [`ServiceBuilder::start`]); `Value::Null` when it cannot be read.
+    fn blocking_health(&self) -> Value {
+        let Ok(mut stream) = std::net::TcpStream::connect(self.frontend.addr()) else {
+            return Value::Null;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let request = format!(
+            "GET /health HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.frontend.addr()
+        );
+        let mut bytes = Vec::new();
+        if stream.write_all(request.as_bytes()).is_err() || stream.read_to_end(&mut bytes).is_err()
+        {
+            return Value::Null;
+        }
+        crate::parse_raw_response(&bytes).map_or(Value::Null, |reply| reply.json)
     }
 
     /// The bytes of a `POST /execute` request with `Connection: close`, the given

@@ -98,6 +98,55 @@ struct State {
     connections: AtomicUsize,
     answered: AtomicUsize,
     stop: AtomicBool,
+    /// Connections whose request arrived and that the stub still serves, by number.
+    in_flight: Mutex<Vec<(usize, TcpStream)>>,
+    max_in_flight: AtomicUsize,
+    arrivals: AtomicUsize,
+}
+
+impl State {
+    /// Counts `stream`'s request as in flight, with every earlier one whose client
+    /// has not closed its connection yet (a client that gave up on a hanging
+    /// request has closed it: the kernel holds its FIN, seen with a peek), and
+    /// keeps the highest count. Returns the entry's number for [`State::done`].
+    fn arrived(&self, stream: &TcpStream) -> usize {
+        let mut open = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        open.retain(|(_, other)| still_open(other));
+        let number = self.arrivals.fetch_add(1, Ordering::SeqCst);
+        if let Ok(copy) = stream.try_clone() {
+            open.push((number, copy));
+        }
+        self.max_in_flight.fetch_max(open.len(), Ordering::SeqCst);
+        number
+    }
+
+    /// The stub is done with request `number`.
+    fn done(&self, number: usize) {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(n, _)| *n != number);
+    }
+}
+
+/// Whether the peer of `stream` has not closed it: a peek that neither finds the
+/// end of the stream nor fails.
+fn still_open(stream: &TcpStream) -> bool {
+    use nix::sys::socket::{recv, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let mut byte = [0u8; 1];
+    match recv(
+        stream.as_raw_fd(),
+        &mut byte,
+        MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+    ) {
+        Ok(0) => false,
+        Ok(_) => true,
+        Err(e) => e == nix::errno::Errno::EAGAIN,
+    }
 }
 
 /// A running stub; stops (and lets hanging requests go) when dropped.
@@ -139,6 +188,12 @@ impl UploadStub {
     /// TCP connections accepted so far.
     pub fn connections(&self) -> usize {
         self.state.connections.load(Ordering::SeqCst)
+    }
+
+    /// The most requests it has held at once: arrived, not yet answered, and with
+    /// their client still connected.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.max_in_flight.load(Ordering::SeqCst)
     }
 
     /// Requests received so far, in the order their headers arrived.
@@ -193,6 +248,22 @@ fn serve(mut stream: TcpStream, state: &State, reply: &StubReply) -> std::io::Re
         }
     };
     let started = Instant::now();
+    let number = state.arrived(&stream);
+    let served = answer_request(&mut stream, buf, head_end, started, state, reply);
+    state.done(number);
+    served
+}
+
+/// Parses and records the request whose head ends at `head_end` in `buf`, reads
+/// its body, and answers it.
+fn answer_request(
+    stream: &mut TcpStream,
+    mut buf: Vec<u8>,
+    head_end: usize,
+    started: Instant,
+    state: &State,
+    reply: &StubReply,
+) -> std::io::Result<()> {
     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
     let mut lines = head.split("\r\n");
     let mut request_line = lines.next().unwrap_or_default().split(' ');
@@ -211,7 +282,7 @@ fn serve(mut stream: TcpStream, state: &State, reply: &StubReply) -> std::io::Re
     let mut body = buf.split_off(head_end + 4);
     if let Some(len) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
         while body.len() < len {
-            if !read_some(&mut stream, &mut body, state)? {
+            if !read_some(stream, &mut body, state)? {
                 return Ok(());
             }
         }
@@ -221,7 +292,7 @@ fn serve(mut stream: TcpStream, state: &State, reply: &StubReply) -> std::io::Re
             if let Some(whole) = dechunk(&body) {
                 break whole;
             }
-            if !read_some(&mut stream, &mut body, state)? {
+            if !read_some(stream, &mut body, state)? {
                 return Ok(());
             }
         };

@@ -1,5 +1,7 @@
 //! Job and daemon lifetimes: timeouts, kills, disconnects, restarts, leftovers.
 
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -400,14 +402,32 @@ async fn work_dir_is_removed_after_the_job() {
     require_root!();
     let svc = Service::start();
     let name = format!("leftover-{}.txt", pysandbox_tests::random_hex(6));
-    let out = svc
-        .run(json!({
-            "code": "import sys\nname = sys.stdin.read()\nopen(name, 'w').write('x')\nprint('wrote')",
-            "stdin": name,
-        }))
-        .await;
-    assert_eq!(out["stdout"], "wrote\n", "{out}");
+    // The job writes its file, then waits until the host has seen it (and the
+    // jail's processes): the controls without which "gone" below proves nothing.
+    let code = "import os, sys, time\nname = sys.stdin.read()\nopen(name, 'w').write('x')\n\
+                while not os.path.exists(name + '.seen'):\n    time.sleep(0.02)\nprint('wrote')";
     let state_dir = svc.executor.state_dir().to_owned();
+    let host = async {
+        let mut found = None;
+        let seen = wait_until_async(Duration::from_secs(30), || {
+            found = find_file(&state_dir, &name);
+            found.is_some()
+        })
+        .await;
+        assert!(seen, "the running job's file is not visible from the host");
+        assert!(
+            !svc.executor.jail_processes().is_empty(),
+            "the running job's processes are not visible from the host"
+        );
+        let mut marker = found.expect("found").into_os_string();
+        marker.push(".seen");
+        std::fs::write(&marker, "").expect("release the job");
+    };
+    let (out, ()) = tokio::join!(
+        svc.run(json!({ "code": code, "stdin": name, "timeoutMs": 60000 })),
+        host
+    );
+    assert_eq!(out["stdout"], "wrote\n", "{out}");
     let gone = wait_until_async(Duration::from_secs(3), || {
         find_file(&state_dir, &name).is_none()
     })
@@ -417,6 +437,7 @@ async fn work_dir_is_removed_after_the_job() {
         "the job's file is still on the host at {:?}",
         find_file(&state_dir, &name)
     );
+    assert_no_jail_left(&svc).await;
 }
 
 fn find_file(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
@@ -457,5 +478,55 @@ async fn frontend_sigterm_lets_the_running_job_finish() {
     assert!(
         status.is_some_and(|s| s.success()),
         "the frontend ended with {status:?} after SIGTERM"
+    );
+}
+
+/// A real executor that cannot set up a jail (its `bwrap` is a script that exits 1
+/// at once) answers 503 with `Retry-After`, and the job's code never runs: not in a
+/// jail, and not unjailed either (it would leave a canary file on the host).
+#[tokio::test]
+async fn a_jail_that_cannot_be_set_up_is_503_and_runs_nothing() {
+    require_root!();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bwrap = dir.path().join("bwrap");
+    let calls = dir.path().join("calls");
+    // bwrap runs as the sandbox uid: it must reach the script and the call log.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod the temp dir");
+    std::fs::write(&calls, "").expect("create the call log");
+    std::fs::set_permissions(&calls, std::fs::Permissions::from_mode(0o666))
+        .expect("chmod the call log");
+    std::fs::write(
+        &bwrap,
+        format!("#!/bin/sh\necho called >> {}\nexit 1\n", calls.display()),
+    )
+    .expect("write the fake bwrap");
+    std::fs::set_permissions(&bwrap, std::fs::Permissions::from_mode(0o755))
+        .expect("chmod the fake bwrap");
+    let svc = Service::builder()
+        .executor_config_toml(&format!("bwrap = {:?}\n", bwrap.display().to_string()))
+        .start();
+    let canary = format!("/tmp/pysandbox-canary-{}", pysandbox_tests::random_hex(8));
+    let code = format!("open({canary:?}, 'w').write('ran')\nprint('ran')");
+    let reply = svc.post_execute(&json!({ "code": code })).await;
+    assert_error(
+        &reply,
+        503,
+        json!({ "error": "sandbox unavailable: could not set up the jail" }),
+    );
+    assert_eq!(reply.header("retry-after"), Some("5"));
+    assert!(
+        !Path::new(&canary).exists(),
+        "the job's code ran outside a jail"
+    );
+    // The fake bwrap was what failed (not something before it).
+    let called = std::fs::read_to_string(&calls).unwrap_or_default();
+    assert!(
+        called.contains("called"),
+        "the executor never called its bwrap"
+    );
+    assert!(
+        svc.executor.log().contains("job did not run"),
+        "the failure was not logged"
     );
 }

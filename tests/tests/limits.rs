@@ -456,7 +456,8 @@ async fn big_writes_to_the_work_dir_and_tmp_stop_at_the_disk_limit() {
             "10 GiB write to {path}: {stdout:?}, host free space dropped by {} KiB",
             dropped / 1024
         );
-        // One file may take the whole 128 MiB (RLIMIT_FSIZE, EFBIG), unless the
+        // One file may take the whole 128 MiB (RLIMIT_FSIZE, EFBIG; its value is
+        // pinned by `rlimits_are_the_documented_values`), unless the
         // tmpfs runs out a little earlier (ENOSPC). The disk limit is well above
         // the host-disk noise of a busy CI machine, so that the check below can
         // tell a file landing on the host from other processes writing.
@@ -1048,51 +1049,262 @@ fn run_check(extra: &[&str]) -> Output {
     exit_output(child, "check", Duration::from_secs(30))
 }
 
-/// The mark (`ok`, `warn`, `FAIL`) of the line for `name` in check's output.
-fn check_mark<'a>(stdout: &'a str, name: &str) -> Option<&'a str> {
-    stdout.lines().find_map(|line| {
-        let mark = line.split_whitespace().next()?;
-        let rest = line[mark.len()..].trim_start();
-        let after = rest.strip_prefix(name)?;
-        after.starts_with(' ').then_some(mark)
-    })
+/// Check's lines as (mark, name, detail): `ok   name             detail`.
+fn check_lines(stdout: &str) -> Vec<(String, String, String)> {
+    stdout
+        .lines()
+        .map(|line| {
+            let field = |range: std::ops::Range<usize>| {
+                line.get(range).unwrap_or_default().trim().to_owned()
+            };
+            (
+                field(0..5),
+                field(5..22),
+                line.get(22..).unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
 }
 
+/// All nine of README's checks pass here, in order, and say what they found.
 #[test]
 fn check_passes_on_this_host() {
     require_root!();
     let out = run_check(&[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("check:\n{stdout}");
-    assert!(
-        out.status.success(),
-        "check exited with {}; stdout:\n{stdout}\nstderr:\n{}",
-        out.status,
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for name in ["bwrap", "python", "cgroups", "jail"] {
-        assert_eq!(
-            check_mark(&stdout, name),
-            Some("ok"),
-            "{name} in:\n{stdout}"
-        );
-    }
+    let lines = check_lines(&stdout);
+    let marks: Vec<(&str, &str)> = lines
+        .iter()
+        .map(|(mark, name, _)| (mark.as_str(), name.as_str()))
+        .collect();
+    let names = [
+        "root",
+        "bwrap",
+        "python",
+        "socat",
+        "user namespaces",
+        "seccomp",
+        "landlock",
+        "cgroups",
+        "jail",
+    ];
+    assert_eq!(marks, names.map(|n| ("ok", n)), "{stdout}");
+    let detail = |name: &str| {
+        lines
+            .iter()
+            .find(|(_, n, _)| n == name)
+            .map(|(_, _, d)| d.as_str())
+            .unwrap_or_default()
+    };
+    assert_eq!(detail("root"), "running as root");
+    assert_eq!(detail("bwrap"), "/usr/bin/bwrap");
+    assert_eq!(detail("python"), "/usr/bin/python3");
+    assert!(detail("landlock").starts_with("ABI "), "{stdout}");
+    assert!(detail("seccomp").starts_with("available ("), "{stdout}");
+    assert!(
+        detail("cgroups").starts_with("v1: memory, pids")
+            || detail("cgroups").starts_with("v2: memory, pids"),
+        "{stdout}"
+    );
+    assert!(
+        detail("jail").starts_with("print(2 + 2) ran as uid 65534 in "),
+        "{stdout}"
+    );
 }
 
+/// A required check that fails makes check exit 1 and names the fix; a missing
+/// socat only warns (only jobs that may use the network need it).
 #[test]
-fn check_fails_without_the_python_interpreter() {
+fn check_fails_and_names_the_fix_for_each_missing_tool() {
     require_root!();
     let out = run_check(&["--python", "/usr/bin/nonexistent-python"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let lines = check_lines(&stdout);
+    assert!(lines.contains(&(
+        "FAIL".into(),
+        "python".into(),
+        "/usr/bin/nonexistent-python not found: install python3, or set `python` to an interpreter under /usr or ro_binds".into()
+    )), "{stdout}");
     assert!(
-        !out.status.success() && out.status.code().is_some(),
-        "check exited with {}; stdout:\n{stdout}",
-        out.status
-    );
-    assert_eq!(check_mark(&stdout, "python"), Some("FAIL"), "{stdout}");
-    assert!(
-        stdout.contains("/usr/bin/nonexistent-python not found"),
+        lines.contains(&("ok".into(), "bwrap".into(), "/usr/bin/bwrap".into())),
         "{stdout}"
     );
-    assert_eq!(check_mark(&stdout, "bwrap"), Some("ok"), "{stdout}");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("executor.toml");
+    fs::write(
+        &config,
+        "bwrap = \"/nonexistent/bwrap\"\n[network]\nsocat = \"/nonexistent/socat\"\n",
+    )
+    .expect("write the config");
+    let out = run_check(&["--config", config.to_str().expect("a UTF-8 temp path")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let lines = check_lines(&stdout);
+    assert!(
+        lines.contains(&(
+            "FAIL".into(),
+            "bwrap".into(),
+            "/nonexistent/bwrap not found: apt-get install bubblewrap".into()
+        )),
+        "{stdout}"
+    );
+    assert!(lines.contains(&(
+        "warn".into(),
+        "socat".into(),
+        "/nonexistent/socat not found: apt-get install socat (jobs that may use the network relay through it)".into()
+    )), "{stdout}");
+    assert!(
+        lines
+            .iter()
+            .any(|(mark, name, _)| mark == "FAIL" && name == "jail"),
+        "{stdout}"
+    );
+}
+
+/// README: every job runs with `RLIMIT_NOFILE` 256, `RLIMIT_STACK` 8 MiB and
+/// `RLIMIT_CORE` 0; `RLIMIT_FSIZE` is the disk limit and `RLIMIT_CPU` the CPU limit
+/// in seconds, rounded up, plus one: the defaults, or the job's own limits.
+#[tokio::test]
+async fn rlimits_are_the_documented_values() {
+    require_root!();
+    let svc = Service::start();
+    let code = r#"
+import json, subprocess, sys
+probe = """
+import json, resource
+names = ["RLIMIT_NOFILE", "RLIMIT_STACK", "RLIMIT_CORE", "RLIMIT_FSIZE", "RLIMIT_CPU"]
+print(json.dumps({n: list(resource.getrlimit(getattr(resource, n))) for n in names}))
+"""
+exec(probe)
+# A child inherits them: the limits hold for every process of the job.
+child = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+sys.stderr.write(child.stdout)
+"#;
+    let mib = 1u64 << 20;
+    let expect = |disk_mb: u64, cpu_s: u64| {
+        json!({
+            "RLIMIT_NOFILE": [256, 256],
+            "RLIMIT_STACK": [8 * mib, 8 * mib],
+            "RLIMIT_CORE": [0, 0],
+            "RLIMIT_FSIZE": [disk_mb * mib, disk_mb * mib],
+            "RLIMIT_CPU": [cpu_s, cpu_s],
+        })
+    };
+    // Defaults (256 MiB of disk, 60000 ms of CPU), then a job's own.
+    for (limits, want) in [
+        (json!(null), expect(256, 61)),
+        (json!({ "diskMb": 10, "cpuMs": 2500 }), expect(10, 4)),
+    ] {
+        let mut body = json!({ "code": code });
+        if !limits.is_null() {
+            body["limits"] = limits;
+        }
+        let out = svc.run(body).await;
+        assert_eq!(out["exitCode"], 0, "{out:#}");
+        assert_eq!(pysandbox_tests::stdout_json(&out), want, "the job's own");
+        let child: Value = serde_json::from_str(stderr_of(&out))
+            .unwrap_or_else(|e| panic!("the child's limits are not JSON ({e}): {out:#}"));
+        assert_eq!(child, want, "its child's");
+    }
+}
+
+/// README's defaults (512 MiB of memory with swap off, 64 processes, one CPU) are
+/// what the kernel holds for a job that asks for nothing: read from its cgroup on
+/// the host while it runs, whichever cgroup version this host has.
+#[tokio::test]
+async fn default_limits_are_in_the_jobs_cgroup() {
+    require_root!();
+    let svc = Service::start();
+    let needle = sleep_needle("321.9");
+    let code = format!(
+        "import subprocess\nsubprocess.run(['sleep', {}])",
+        py_concat(&needle)
+    );
+    let stream = svc
+        .open_execute(&json!({ "code": code, "timeoutMs": 60000 }))
+        .await;
+    let seen = sight(&needle, &svc.executor).await;
+    let read = |name: &str| {
+        seen.cgroups.iter().find_map(|dir| {
+            fs::read_to_string(dir.join(name))
+                .ok()
+                .map(|v| v.trim().to_owned())
+        })
+    };
+    let memory = (512u64 << 20).to_string();
+    let (memory_files, swap_off, cpu) = match read("memory.max") {
+        // v2: swap.max is 0 where swap exists at all.
+        Some(max) => (
+            vec![max],
+            read("memory.swap.max").is_none_or(|swap| swap == "0"),
+            read("cpu.max"),
+        ),
+        // v1: memory+swap equal to memory means no swap, where it is accounted.
+        None => (
+            vec![read("memory.limit_in_bytes").unwrap_or_default()],
+            read("memory.memsw.limit_in_bytes").is_none_or(|memsw| memsw == memory),
+            read("cpu.cfs_quota_us")
+                .zip(read("cpu.cfs_period_us"))
+                .map(|(quota, period)| format!("{quota} {period}")),
+        ),
+    };
+    drop(stream);
+    assert_eq!(memory_files, [memory], "memory limit in {:?}", seen.cgroups);
+    assert!(swap_off, "swap is not off in {:?}", seen.cgroups);
+    assert_eq!(
+        read("pids.max").as_deref(),
+        Some("64"),
+        "{:?}",
+        seen.cgroups
+    );
+    // One CPU: the quota equals the period.
+    assert_eq!(cpu.as_deref(), Some("100000 100000"), "{:?}", seen.cgroups);
+}
+
+/// The default process limit (64) holds for threads too: they fail with EAGAIN
+/// (Python: "can't start new thread") short of 64, and the result says which
+/// limit fired.
+#[tokio::test]
+async fn threads_stop_at_the_default_process_limit() {
+    require_root!();
+    let svc = Service::start();
+    let code = r#"
+import json, threading
+stop = threading.Event()
+started = 0
+try:
+    for _ in range(1000):
+        threading.Thread(target=stop.wait).start()
+        started += 1
+    error = None
+except RuntimeError as e:
+    error = str(e)
+stop.set()
+print(json.dumps([started, error]))
+"#;
+    let out = svc.run_code(code).await;
+    let [started, error] = <[Value; 2]>::try_from(
+        pysandbox_tests::stdout_json(&out)
+            .as_array()
+            .cloned()
+            .unwrap_or_default(),
+    )
+    .unwrap_or_else(|bad| panic!("not [started, error]: {bad:?}; {out:#}"));
+    assert_eq!(error, "can't start new thread", "{out:#}");
+    let started = started.as_u64().unwrap_or_default();
+    // The interpreter itself and the jail's init count too.
+    assert!((48..64).contains(&started), "{started} threads started");
+    assert_eq!(
+        (&out["exitCode"], &out["limitExceeded"]),
+        (&json!(0), &json!("processes")),
+        "{out:#}"
+    );
 }

@@ -7,7 +7,7 @@
 //! the proxy reach the origin on loopback.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pysandbox_tests::{
     assert_error, host_processes_matching, require_root, stdout_json, wait_until_async, Origin,
@@ -666,10 +666,15 @@ held.sendall(b"CONNECT allowed.test:%d HTTP/1.1\r\n\r\n" % PORT)
 established = held.recv(100).decode()
 second = via_connect("a.wild.test", PORT)
 held.close()
-time.sleep(1)
+# The slot comes back once the proxy has seen the close: wait for it, counting
+# the refusals meanwhile (each is one more violation).
+retries = 0
+while via_connect("a.wild.test", PORT)[0] != 200:
+    retries += 1
+    time.sleep(0.02)
 big = via_http("http://allowed.test:%d/big/1000000" % PORT)
 after = via_http("http://allowed.test:%d/small" % PORT)
-print(json.dumps({"established": established, "second": second, "big": big[0], "after": after[0]}))
+print(json.dumps({"established": established, "second": second, "retries": retries, "big": big[0], "after": after[0]}))
 "#;
     let out = probe(&svc, &origin, json!({}), code).await;
     let seen = stdout_json(&out);
@@ -684,77 +689,46 @@ print(json.dumps({"established": established, "second": second, "big": big[0], "
     assert_eq!(seen["big"], "error", "the big download was cut: {out:#}");
     assert_eq!(seen["after"], 403, "{out:#}");
     let bytes = "byte limit of 200000 bytes per job reached";
-    let expected = [
-        (
-            "CONNECT",
-            format!("a.wild.test:{port}"),
-            "too many concurrent connections (limit 1)",
-        ),
-        ("GET", format!("allowed.test:{port}"), bytes),
-        ("GET", format!("allowed.test:{port}"), bytes),
-    ];
+    let refused = (
+        "CONNECT",
+        format!("a.wild.test:{port}"),
+        "too many concurrent connections (limit 1)",
+    );
+    let retries = seen["retries"].as_u64().expect("the retry count") as usize;
+    let mut expected = vec![refused; 1 + retries];
+    expected.push(("GET", format!("allowed.test:{port}"), bytes));
+    expected.push(("GET", format!("allowed.test:{port}"), bytes));
     assert_eq!(out["violations"], violations(&expected), "{out:#}");
     assert_eq!(stderr_of(&out), blocked_lines(&expected), "{out:#}");
 }
 
+/// Fifty requests in a row by each route all get through, each answered by the
+/// origin: a series of failed attempts (a 502, a refused tunnel) cannot hide in an
+/// average. How long they take is a benchmark's business, not a test's.
 #[tokio::test]
-async fn proxied_request_latency_on_loopback() {
+async fn fifty_proxied_requests_in_a_row_all_get_through() {
     require_root!();
     let origin = Origin::start();
     let svc = start(&origin, "");
-    // The direct baseline runs on the host (the jail's landlock rules allow TCP
-    // connects only to the relay), with the same client library.
-    let timing = r#"
-import statistics, time
-def timed(fetch, n=50):
-    fetch()  # warm up
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        fetch()
-        times.append((time.perf_counter() - start) * 1000)
-    return {"median": statistics.median(times), "mean": statistics.mean(times), "max": max(times)}
-"#;
-    let direct_code = format!(
-        "import json, urllib.request\n{timing}\nopener = urllib.request.build_opener(urllib.request.ProxyHandler({{}}))\n\
-         print(json.dumps(timed(lambda: opener.open('http://127.0.0.1:{}/', timeout=20).read())))",
-        origin.port()
-    );
-    let direct = std::process::Command::new("/usr/bin/python3")
-        .args(["-c", &direct_code])
-        .output()
-        .expect("run the host's python3");
-    assert!(direct.status.success(), "{direct:?}");
-    let direct: Value = serde_json::from_slice(&direct.stdout).expect("direct timings");
-    let code = format!(
-        "{timing}\nproxied = timed(lambda: urllib.request.urlopen('http://allowed.test:%d/' % PORT, timeout=20).read())\n\
-         tunnel = timed(lambda: via_connect('allowed.test', PORT, '/'))\n\
-         print(json.dumps({{'proxied': proxied, 'tunnel': tunnel}}))"
-    );
-    let code = code.as_str();
-    let started = Instant::now();
+    let port = origin.port();
+    let code = "plain = [via_http('http://allowed.test:%d/' % PORT) for _ in range(50)]\n\
+                tunnel = [via_connect('allowed.test', PORT, '/') for _ in range(50)]\n\
+                print(json.dumps({'plain': sorted(set(map(json.dumps, plain))), 'tunnel': sorted(set(map(json.dumps, tunnel)))}))";
     let out = probe(&svc, &origin, json!({}), code).await;
-    let mut times = stdout_json(&out);
-    times["direct"] = direct;
-    let ms = |kind: &str, stat: &str| times[kind][stat].as_f64().unwrap_or(f64::NAN);
-    eprintln!(
-        "latency over 50 requests each (ms): direct median {:.2} mean {:.2}; \
-         plain HTTP via proxy median {:.2} mean {:.2} (+{:.2}); \
-         CONNECT tunnel median {:.2} mean {:.2} (+{:.2}); whole job {} ms",
-        ms("direct", "median"),
-        ms("direct", "mean"),
-        ms("proxied", "median"),
-        ms("proxied", "mean"),
-        ms("proxied", "median") - ms("direct", "median"),
-        ms("tunnel", "median"),
-        ms("tunnel", "mean"),
-        ms("tunnel", "median") - ms("direct", "median"),
-        started.elapsed().as_millis(),
+    let one = json!([
+        200,
+        format!("origin saw GET / HTTP/1.1 host allowed.test:{port}")
+    ])
+    .to_string();
+    // Every answer of a route is the same one (after `json.dumps`, Python's spacing).
+    let one = one.replace(",", ", ");
+    assert_eq!(
+        stdout_json(&out),
+        json!({ "plain": [one], "tunnel": [one] }),
+        "{out:#}"
     );
     assert_eq!(out["violations"], json!([]), "{out:#}");
-    // A generous bound for a shared 2-core CI machine: the figure is the point.
-    assert!(ms("proxied", "median") < 500.0, "{times:#}");
-    assert!(ms("tunnel", "median") < 500.0, "{times:#}");
+    assert_eq!(origin.seen().len(), 100, "the origin saw every request");
 }
 
 #[test]
@@ -906,4 +880,145 @@ print("done")
         refused, "too many open connections to the proxy (limit 32); this one was closed",
         "{out:#}"
     );
+}
+
+/// An allowed name whose address refuses connections: 502 with the cause, for
+/// plain HTTP and CONNECT alike, and no violation (the policy allowed it).
+#[tokio::test]
+async fn an_allowed_but_unreachable_target_is_502_not_a_violation() {
+    require_root!();
+    // A port nothing listens on (bound, then freed).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("cannot find a free port")
+        .port();
+    let svc = Service::builder()
+        .executor_config_toml(&network_config(port, ""))
+        .start();
+    let code = format!(
+        "{HELPERS}\nprint(json.dumps([via_http('http://allowed.test:{port}/x'), via_connect('allowed.test', {port})]))"
+    );
+    let out = svc.run(json!({ "code": code, "network": {} })).await;
+    assert_eq!(out["exitCode"], 0, "{out:#}");
+    let why = "127.0.0.1: Connection refused (os error 111)";
+    assert_eq!(
+        stdout_json(&out),
+        json!([
+            [
+                502,
+                format!("pysandbox: cannot reach allowed.test:{port}: {why}\n")
+            ],
+            ["error", "Tunnel connection failed: 502 Bad Gateway"],
+        ]),
+        "{out:#}"
+    );
+    assert_eq!(
+        (stderr_of(&out), &out["violations"]),
+        ("", &json!([])),
+        "{out:#}"
+    );
+}
+
+/// The proxy socket: its directory root's and 0711, the socket the sandbox uid's
+/// and 0700, so another uid cannot even connect (EACCES); and a peer the kernel
+/// lets through anyway (root) is checked by `SO_PEERCRED` and dropped unanswered.
+/// The control: the job itself, afterwards, gets through the same socket.
+#[tokio::test]
+async fn the_proxy_socket_serves_the_sandbox_uid_alone() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    require_root!();
+    let origin = Origin::start();
+    let svc = start(&origin, "");
+    let port = origin.port();
+    let code = "while not os.path.exists('/work/go'):\n    time.sleep(0.02)\nprint(json.dumps(via_connect('allowed.test', PORT)))";
+    let host = async {
+        let mut dirs = Vec::new();
+        let found = wait_until_async(Duration::from_secs(30), || {
+            dirs = proxy_dirs(&svc);
+            !dirs.is_empty()
+        })
+        .await;
+        assert!(found, "no proxy dir while the job ran");
+        let jobs = svc.executor.state_dir().join("jobs");
+        let dir = jobs.join(&dirs[0]);
+        let socket = dir.join("proxy.sock");
+        let ready = wait_until_async(Duration::from_secs(10), || socket.exists()).await;
+        assert!(ready, "no {}", socket.display());
+        let meta = |p: &Path| std::fs::metadata(p).expect("stat the proxy's files");
+        let (d, s) = (meta(&dir), meta(&socket));
+        assert_eq!(
+            (d.uid(), d.permissions().mode() & 0o7777),
+            (0, 0o711),
+            "{}",
+            dir.display()
+        );
+        assert_eq!(
+            (s.uid(), s.permissions().mode() & 0o7777),
+            (65534, 0o700),
+            "{}",
+            socket.display()
+        );
+
+        // Another uid (the frontend's): the socket's mode stops it.
+        let other = tokio::process::Command::new("python3")
+            .args([
+                "-c",
+                "import errno, socket, sys\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect(sys.argv[1])\n    print('connected')\nexcept OSError as e:\n    print(errno.errorcode[e.errno])",
+            ])
+            .arg(&socket)
+            .uid(pysandbox_tests::FRONTEND_UID)
+            .gid(pysandbox_tests::FRONTEND_GID)
+            .output()
+            .await
+            .expect("run python3 as the frontend uid");
+        assert_eq!(
+            String::from_utf8_lossy(&other.stdout),
+            "EACCES\n",
+            "{other:?}"
+        );
+
+        // Root passes the mode; the proxy's peer check drops it without a word.
+        let mut stream = tokio::net::UnixStream::connect(&socket)
+            .await
+            .expect("root connects to the proxy socket");
+        let request =
+            format!("CONNECT allowed.test:{port} HTTP/1.1\r\nHost: allowed.test:{port}\r\n\r\n");
+        let _ = stream.write_all(request.as_bytes()).await;
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer))
+            .await
+            .expect("the proxy kept a foreign peer's connection open");
+        assert!(
+            read.is_err() || answer.is_empty(),
+            "the proxy answered root: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+        let logged = wait_until_async(Duration::from_secs(10), || {
+            svc.executor
+                .log()
+                .contains("proxy connection from another uid refused")
+        })
+        .await;
+        assert!(logged, "the refusal was not logged");
+
+        let id = dirs[0].trim_end_matches(".proxy");
+        std::fs::write(jobs.join(id).join("work/go"), "").expect("release the job");
+    };
+    let body = json!({
+        "code": format!("{HELPERS}\nPORT = {port}\n{code}"),
+        "network": {},
+        "timeoutMs": 60000,
+    });
+    let (out, ()) = tokio::join!(svc.run(body), host);
+    assert_eq!(
+        stdout_json(&out),
+        json!([
+            200,
+            format!("origin saw GET /tunnel HTTP/1.1 host allowed.test:{port}")
+        ]),
+        "{out:#}"
+    );
+    assert_eq!(out["violations"], json!([]), "{out:#}");
 }

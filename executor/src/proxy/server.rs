@@ -547,14 +547,17 @@ mod tests {
                     return;
                 };
                 tokio::spawn(async move {
+                    // The request as framed (head, then the body its Content-Length
+                    // or chunked coding delimits), echoed byte for byte.
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 1024];
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    while framed_len(&buf).is_none() {
                         match stream.read(&mut chunk).await {
                             Ok(0) | Err(_) => return,
                             Ok(n) => buf.extend_from_slice(&chunk[..n]),
                         }
                     }
+                    buf.truncate(framed_len(&buf).unwrap_or(buf.len()));
                     let body = String::from_utf8_lossy(&buf).into_owned();
                     let reply = format!(
                         "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: {}\r\n\r\n{body}",
@@ -566,6 +569,46 @@ mod tests {
             }
         });
         (port, task)
+    }
+
+    /// The length of the first whole request in `buf` (head and body, by its
+    /// framing), or `None` while it is incomplete.
+    fn framed_len(buf: &[u8]) -> Option<usize> {
+        let head = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+        let text = String::from_utf8_lossy(&buf[..head]).to_ascii_lowercase();
+        let header = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+        };
+        let body = &buf[head..];
+        if header("transfer-encoding:").is_some_and(|v| v == "chunked") {
+            return chunked_len(body).map(|len| head + len);
+        }
+        let len: usize = header("content-length:").map_or(Some(0), |v| v.parse().ok())?;
+        (body.len() >= len).then_some(head + len)
+    }
+
+    /// The length of a whole chunked body (its last chunk and trailers included)
+    /// at the start of `body`, or `None` while it is incomplete.
+    fn chunked_len(body: &[u8]) -> Option<usize> {
+        let mut at = 0;
+        loop {
+            let line = body[at..].windows(2).position(|w| w == b"\r\n")?;
+            let size = std::str::from_utf8(&body[at..at + line]).ok()?;
+            let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+            at += line + 2;
+            if size == 0 {
+                let rest = &body[at..];
+                if rest.starts_with(b"\r\n") {
+                    return Some(at + 2);
+                }
+                return Some(at + rest.windows(4).position(|w| w == b"\r\n\r\n")? + 4);
+            }
+            at += size + 2;
+            if body.len() < at {
+                return None;
+            }
+        }
     }
 
     /// Runs one exchange through a proxy connection served by `shared`.
@@ -719,6 +762,33 @@ mod tests {
         let reply = exchange(&shared, &request).await;
         assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
         assert!(!reply.contains("evil"), "{reply}");
+        // What the origin received after the head is the chunked body, exactly.
+        assert!(
+            reply.ends_with("\r\n\r\n3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n"),
+            "{reply}"
+        );
+    }
+
+    #[tokio::test]
+    async fn content_length_bodies_are_forwarded_exactly() {
+        let (port, _origin) = origin().await;
+        let shared = shared(port);
+        // The body holds a blank line and a request line of its own: only its
+        // length says where it ends, and what follows it is never forwarded.
+        let body = "ab\r\n\r\nGET / HTTP/1.1\r\n\u{0}\u{7f}z";
+        let request = format!(
+            "POST http://allowed.test:{port}/ HTTP/1.1\r\nHost: allowed.test:{port}\r\nContent-Length: {}\r\n\r\n{body}GET http://evil.test/ HTTP/1.1\r\n\r\n",
+            body.len()
+        );
+        let reply = exchange(&shared, &request).await;
+        assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
+        assert!(!reply.contains("evil"), "{reply}");
+        let length = format!("\r\nContent-Length: {}\r\n", body.len());
+        let echoed = format!("\r\n\r\n{body}");
+        assert!(
+            reply.ends_with(&echoed) && reply.contains(&length),
+            "{reply:?}"
+        );
     }
 
     /// A job's proxy for the uid running the tests, started from `proxies`, whose
