@@ -27,15 +27,40 @@ def _pysandbox_template():
     saved = os.dup(1), os.dup(2)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
+    failed = None
     for module in sys.argv[2:]:
         try:
             __import__(module)
+        except ModuleNotFoundError as error:
+            # Not installed: preloaded "when importable". Anything else half-imports
+            # a module that every job would then find broken.
+            if error.name != module.split(".")[0]:
+                failed = failed or error
+        except Exception as error:
+            failed = failed or error
+    # A first chart, so that a job's first one finds fonts, the renderer and
+    # pandas' plotting backend loaded, as its second would.
+    if "matplotlib.pyplot" in sys.modules:
+        try:
+            import io
+
+            plt = sys.modules["matplotlib.pyplot"]
+            figure = plt.figure()
+            axes = figure.add_subplot()
+            if "pandas" in sys.modules:
+                sys.modules["pandas"].DataFrame({"y": [0, 1]}).plot(ax=axes)
+            else:
+                axes.plot([0, 1])
+            figure.savefig(io.BytesIO(), format="png")
+            plt.close(figure)
         except Exception:
             pass
     os.dup2(saved[0], 1)
     os.dup2(saved[1], 2)
     for fd in (devnull, *saved):
         os.close(fd)
+    if failed is not None:
+        sys.exit("pysandbox template: cannot preload: %r" % (failed,))
     if "numpy" in sys.modules:
         # numpy's legacy global generator does not reseed itself after fork.
         os.register_at_fork(after_in_child=lambda: sys.modules["numpy"].random.seed())
