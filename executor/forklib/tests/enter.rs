@@ -36,6 +36,8 @@ libc = ctypes.CDLL(None, use_errno=True)
 def raw(rc):
     return [rc, errno.errorcode.get(ctypes.get_errno(), "0") if rc < 0 else "0"]
 status = dict(l.split(":\t", 1) for l in open("/proc/self/status").read().splitlines() if ":\t" in l)
+numpy_marked = hasattr(numpy, "pysandbox_mark")
+numpy.pysandbox_mark = True  # a change the next job must not start from
 with open("/work/out.txt", "w") as f:
     f.write("made by the job")
 print(json.dumps({
@@ -49,6 +51,7 @@ print(json.dumps({
     "ptrace_pid1": raw(libc.ptrace(16, 1, 0, 0)),
     "unshare_user": raw(libc.unshare(0x10000000)),
     "preloaded": "pandas" in sys.modules,
+    "marked_before": numpy_marked,
     "random": [random.random(), uuid.uuid4().hex, next(tempfile._get_candidate_names()),
                ssl.RAND_bytes(8).hex(), float(numpy.random.random())],
 }))
@@ -149,7 +152,7 @@ impl Drop for Template {
     }
 }
 
-fn start_template((uid, gid): (u32, u32)) -> Template {
+fn start_template((uid, gid): (u32, u32), preload: &[&str]) -> Template {
     let (control, theirs) = socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
@@ -224,7 +227,7 @@ fn start_template((uid, gid): (u32, u32)) -> Template {
         TEMPLATE,
         LIBRARY_IN_JAIL,
     ])
-    .args(PRELOAD)
+    .args(preload)
     .stdin(Stdio::null())
     .uid(uid)
     .gid(gid);
@@ -355,7 +358,7 @@ fn forked_jobs_are_jailed_alone_and_leave_nothing() {
         "this test needs root (CI is root)"
     );
     let ids = sandbox_ids();
-    let template = start_template(ids);
+    let template = start_template(ids, PRELOAD);
     let jobs: Vec<Outcome> = ["a", "b"]
         .iter()
         .map(|n| run_job(&template, ids, n, PROBE))
@@ -391,6 +394,10 @@ fn forked_jobs_are_jailed_alone_and_leave_nothing() {
         assert_eq!(probe["ptrace_pid1"], serde_json::json!([-1, "EPERM"]));
         assert_eq!(probe["unshare_user"], serde_json::json!([-1, "EPERM"]));
         assert_eq!(probe["preloaded"], true);
+        assert_eq!(
+            probe["marked_before"], false,
+            "a job starts from the template, not from the last job"
+        );
         randoms.push(probe["random"].as_array().expect("list").clone());
         // The job's file is on the executor's tmpfs; no process is left in its cgroup.
         assert_eq!(job.work, ["out.txt"]);
@@ -409,6 +416,18 @@ fn forked_jobs_are_jailed_alone_and_leave_nothing() {
     assert_eq!(
         (exit3.stdout.as_str(), exit3.status.as_slice()),
         ("bye\n", &b"S\0\0\x03\0"[..])
+    );
+    // A process the job leaves behind, in a session of its own, dies with the
+    // job's pid 1: the job's cgroup is empty once the job has ended.
+    let orphan = run_job(
+        &template,
+        ids,
+        "e",
+        "import subprocess\nsubprocess.Popen(['sleep', '600'], start_new_session=True)\nprint('left')\n",
+    );
+    assert_eq!(
+        (orphan.stdout.as_str(), orphan.cgroup_left.as_str()),
+        ("left\n", "")
     );
     // The preloaded modules work in the job: the typical chart.
     let chart = run_job(&template, ids, "d", CHART);
@@ -430,7 +449,7 @@ df.plot(x='x', y='y')\nplt.savefig('chart.png')\nprint('ok')\n";
 #[ignore]
 fn measure_forked_jobs_against_bare_python() {
     let ids = sandbox_ids();
-    let template = start_template(ids);
+    let template = start_template(ids, PRELOAD);
     let p50 = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
@@ -454,4 +473,10 @@ fn measure_forked_jobs_against_bare_python() {
             forked / bare
         );
     }
+    drop(template);
+    let lean = start_template(ids, &[]);
+    let forked = p50((0..20)
+        .map(|i| run_job(&lean, ids, &format!("l{i}"), "print(2+2)\n").millis)
+        .collect());
+    eprintln!("print(2+2) from a template without preloads: forked p50 {forked:.1} ms");
 }
