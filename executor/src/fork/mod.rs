@@ -7,13 +7,14 @@
 //! to run the job, after the last restriction is in force. Three processes:
 //!
 //! - **C**, the template's child: joins the job's cgroups, enters fresh namespaces,
-//!   mounts the job's directories, forks G and exits with it;
-//! - **G**, pid 1 of the job's pid namespace: mounts `/proc`, forks J, reaps, and
-//!   reports J's wait status; its exit kills whatever the job left running. It
-//!   never runs job code: pid 1 ignores signals it has no handler for;
-//! - **J**, the job: takes its stdio and rlimits, closes everything else, drops
-//!   every capability, then landlock, then seccomp — last, because the filter
-//!   forbids the calls the steps before it make.
+//!   mounts the job's directories, starts G and forks J, waits for J, kills G (and
+//!   with it whatever the job left running) and reports J's wait status;
+//! - **G**, pid 1 of the job's pid namespace: only reaps orphans. It shares C's
+//!   memory (`CLONE_VM`), so a job costs one copy of the template's page tables,
+//!   not two. It never runs job code: pid 1 ignores signals it has no handler for;
+//! - **J**, the job, pid 2: mounts `/proc`, takes its stdio and rlimits, closes
+//!   everything else, drops every capability, then landlock, then seccomp — last,
+//!   because the filter forbids the calls the steps before it make.
 
 pub mod order;
 #[allow(unsafe_code)]
@@ -51,10 +52,10 @@ fn errno(step_name: &'static str) -> impl FnOnce(nix::Error) -> Error {
     move |e| step(step_name)(e.into())
 }
 
-/// G's report on the status descriptor: this byte, then J's wait status (4 bytes,
+/// C's report on the status descriptor: this byte, then J's wait status (4 bytes,
 /// big-endian).
 pub const STATUS_EXITED: u8 = b'S';
-/// A setup failure in C or G: this byte, then the error's text.
+/// A setup failure: this byte, then the error's text.
 pub const STATUS_FAILED: u8 = b'F';
 
 /// Builds the job's jail around the calling process (a fresh child of the
@@ -64,18 +65,18 @@ pub const STATUS_FAILED: u8 = b'F';
 pub fn enter(order: &[u8], fds: &[RawFd]) -> Result<(), Error> {
     let order = Order::parse(order, fds.len()).map_err(Error::Order)?;
     let status_fd = fds[Slot::Status as usize];
-    match in_child(&order, fds) {
-        Ok(()) => {}
-        Err(e) => {
-            report_failure(status_fd, &e);
-            sys::exit(127);
-        }
+    // Both return only in the job's process; a failure is reported to the executor
+    // (in the job, before its descriptors close) and ends the process.
+    let entered = in_child(&order, fds).and_then(|()| in_job(&order, fds));
+    if let Err(e) = &entered {
+        report_failure(status_fd, e);
+        sys::exit(127);
     }
-    in_pid1(status_fd)?;
-    in_job(&order, fds)
+    entered
 }
 
-/// C's part: cgroups, namespaces, mounts; then it waits for G and exits with it.
+/// C's part: cgroups, namespaces, mounts, pid 1 and the job; then it waits for the
+/// job and reports. Returns only in the job.
 fn in_child(order: &Order, fds: &[RawFd]) -> Result<(), Error> {
     // 0. The template ignores SIGCHLD so that the kernel reaps its children; this
     //    process and the job must wait for theirs.
@@ -131,20 +132,11 @@ fn in_child(order: &Order, fds: &[RawFd]) -> Result<(), Error> {
         Some(format!("size={},mode=1777", order.shm_bytes).as_str()),
     )
     .map_err(errno("mount the job's /dev/shm"))?;
-    // 5. The next process is pid 1 of the new pid namespace.
-    let Some(g) = sys::fork().map_err(step("fork the job's pid 1"))? else {
-        return Ok(());
-    };
-    let code = match waitpid(nix::unistd::Pid::from_raw(g), None) {
-        Ok(WaitStatus::Exited(_, code)) => code,
-        _ => 127,
-    };
-    sys::exit(code)
-}
-
-/// G's part: a fresh `/proc`, then J; G reaps until J ends and reports it.
-fn in_pid1(status_fd: RawFd) -> Result<(), Error> {
-    let setup = || -> Result<Option<nix::unistd::Pid>, Error> {
+    // 5. Pid 1 of the new pid namespace: it shares this process's memory (no copy
+    //    of the template's page tables) and only reaps, on a stack of its own.
+    let pid1 = sys::spawn_reaper().map_err(step("start the job's pid 1"))?;
+    // 6. The job: the next child, pid 2 of the namespace, a copy of the template.
+    let Some(job) = sys::fork().map_err(step("fork the job"))? else {
         // Only a process inside the new pid namespace mounts a procfs of it.
         mount(
             Some("proc"),
@@ -154,32 +146,27 @@ fn in_pid1(status_fd: RawFd) -> Result<(), Error> {
             None::<&str>,
         )
         .map_err(errno("mount the job's /proc"))?;
-        let pid = sys::fork().map_err(step("fork the job"))?;
-        Ok(pid.map(nix::unistd::Pid::from_raw))
+        return Ok(());
     };
-    let job = match setup() {
-        Ok(Some(job)) => job,
-        Ok(None) => return Ok(()),
-        Err(e) => {
-            report_failure(status_fd, &e);
-            sys::exit(127);
-        }
-    };
-    // Reap every orphan the job leaves (pid 1's duty) until the job itself ends;
-    // exiting then makes the kernel kill the rest of the namespace.
+    // 7. C waits for the job, then kills pid 1, which makes the kernel kill every
+    //    process the job left in its namespace, and reports the job's status.
+    let job = nix::unistd::Pid::from_raw(job);
     let status = loop {
-        match nix::sys::wait::wait() {
-            Ok(WaitStatus::Exited(pid, code)) if pid == job => break code << 8,
-            Ok(WaitStatus::Signaled(pid, signal, core)) if pid == job => {
+        match waitpid(job, None) {
+            Ok(WaitStatus::Exited(_, code)) => break code << 8,
+            Ok(WaitStatus::Signaled(_, signal, core)) => {
                 break signal as i32 | if core { 0x80 } else { 0 }
             }
             Ok(_) | Err(nix::Error::EINTR) => continue,
             Err(_) => break 127 << 8,
         }
     };
+    let pid1 = nix::unistd::Pid::from_raw(pid1);
+    let _ = nix::sys::signal::kill(pid1, nix::sys::signal::Signal::SIGKILL);
+    let _ = waitpid(pid1, None);
     let mut report = [STATUS_EXITED, 0, 0, 0, 0];
     report[1..].copy_from_slice(&status.to_be_bytes());
-    let _ = write_fd(status_fd, &report);
+    let _ = write_fd(fds[Slot::Status as usize], &report);
     sys::exit(0)
 }
 

@@ -107,3 +107,50 @@ pub fn default_signal(signal: libc::c_int) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Size of pid 1's stack: it calls three libc functions in a loop.
+const REAPER_STACK: usize = 64 << 10;
+
+/// Starts the job's pid 1 (the caller must have unshared its pid namespace): a
+/// process sharing the caller's memory (`CLONE_VM`) that only reaps orphans, on a
+/// stack of its own, until it is killed. Sharing the memory saves copying the
+/// template's page tables once more per job.
+pub fn spawn_reaper() -> io::Result<libc::pid_t> {
+    // Never freed: the caller exits soon after, and pid 1 runs on it until then.
+    let stack: &'static mut [u8] = Vec::leak(vec![0u8; REAPER_STACK]);
+    let top = stack.as_mut_ptr_range().end;
+    let top = top.wrapping_sub(top as usize % 16); // the ABI wants 16-byte alignment
+                                                   // SAFETY: the child runs `reap` on a stack nothing else uses. It shares the
+                                                   // caller's memory and TLS but touches neither: no allocation, no Rust state,
+                                                   // only waitpid/sigwaitinfo/sigprocmask. Those may write the shared `errno`;
+                                                   // the caller checks return values, not errno, to tell failure from success, so
+                                                   // at worst an error of its own is reported with pid 1's errno (ECHILD).
+    let pid = unsafe {
+        libc::clone(
+            reap,
+            top.cast(),
+            libc::CLONE_VM | libc::SIGCHLD,
+            std::ptr::null_mut(),
+        )
+    };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(pid)
+}
+
+/// Pid 1's loop: reap whatever has exited, then sleep until the next SIGCHLD
+/// (blocked, so it stays pending between the two and none is lost).
+extern "C" fn reap(_: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: only async-signal-safe libc calls on locals of this stack.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        loop {
+            while libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) > 0 {}
+            libc::sigwaitinfo(&set, std::ptr::null_mut());
+        }
+    }
+}
