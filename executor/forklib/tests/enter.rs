@@ -423,7 +423,7 @@ fn forked_jobs_are_jailed_alone_and_leave_nothing() {
         &template,
         ids,
         "e",
-        "import subprocess\nsubprocess.Popen(['sleep', '600'], start_new_session=True)\nprint('left')\n",
+        "import subprocess\nsubprocess.Popen(['sleep', '600'], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\nprint('left')\n",
     );
     assert_eq!(
         (orphan.stdout.as_str(), orphan.cgroup_left.as_str()),

@@ -144,6 +144,9 @@ pub fn spawn_reaper() -> io::Result<libc::pid_t> {
 extern "C" fn reap(_: *mut libc::c_void) -> libc::c_int {
     // SAFETY: only async-signal-safe libc calls on locals of this stack.
     unsafe {
+        // It needs no descriptor, and must hold none: a copy of the job's stdout or
+        // status pipe here would keep them open after the job ended.
+        libc::syscall(libc::SYS_close_range, 0, libc::c_uint::MAX, 0);
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGCHLD);
