@@ -52,6 +52,7 @@ print(json.dumps({
     "unshare_user": raw(libc.unshare(0x10000000)),
     "preloaded": "pandas" in sys.modules,
     "marked_before": numpy_marked,
+    "child_status": __import__("subprocess").run(["sh", "-c", "exit 7"]).returncode,
     "random": [random.random(), uuid.uuid4().hex, next(tempfile._get_candidate_names()),
                ssl.RAND_bytes(8).hex(), float(numpy.random.random())],
 }))
@@ -250,6 +251,20 @@ fn start_template((uid, gid): (u32, u32), preload: &[&str]) -> Template {
     Template { child, control }
 }
 
+/// Removes a job's tmpfs and cgroup when the test fails half-way; after a job that
+/// went well both are gone already and this does nothing.
+struct Leftovers {
+    mount: PathBuf,
+    cgroup: PathBuf,
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        let _ = umount2(&self.mount, MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(&self.cgroup);
+    }
+}
+
 struct Outcome {
     stdout: String,
     status: Vec<u8>,
@@ -283,6 +298,10 @@ fn run_job(template: &Template, (uid, gid): (u32, u32), name: &str, code: &str) 
         std::process::id()
     ));
     std::fs::create_dir(&cgroup).expect("pids cgroup (v1)");
+    let _leftovers = Leftovers {
+        mount: dir.to_owned(),
+        cgroup: cgroup.clone(),
+    };
     let procs: OwnedFd = File::options()
         .write(true)
         .open(cgroup.join("cgroup.procs"))
@@ -394,6 +413,9 @@ fn forked_jobs_are_jailed_alone_and_leave_nothing() {
         assert_eq!(probe["ptrace_pid1"], serde_json::json!([-1, "EPERM"]));
         assert_eq!(probe["unshare_user"], serde_json::json!([-1, "EPERM"]));
         assert_eq!(probe["preloaded"], true);
+        // The template ignores SIGCHLD; a job that did too could not wait for its
+        // own children.
+        assert_eq!(probe["child_status"], 7);
         assert_eq!(
             probe["marked_before"], false,
             "a job starts from the template, not from the last job"
