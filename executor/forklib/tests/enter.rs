@@ -251,6 +251,20 @@ fn start_template((uid, gid): (u32, u32), preload: &[&str]) -> Template {
     Template { child, control }
 }
 
+/// Where a pids cgroup is made: the v1 hierarchy, or the unified one.
+fn pids_hierarchy() -> PathBuf {
+    let v1 = Path::new("/sys/fs/cgroup/pids");
+    if v1.is_dir() {
+        return v1.to_owned();
+    }
+    let v2 = Path::new("/sys/fs/cgroup");
+    assert!(
+        v2.join("cgroup.controllers").exists(),
+        "no cgroup hierarchy with pids"
+    );
+    v2.to_owned()
+}
+
 /// Removes a job's tmpfs and cgroup when the test fails half-way; after a job that
 /// went well both are gone already and this does nothing.
 struct Leftovers {
@@ -293,11 +307,8 @@ fn run_job(template: &Template, (uid, gid): (u32, u32), name: &str, code: &str) 
         chown(dir.join(sub), Some(uid), Some(gid)).expect("chown");
     }
     std::fs::write(dir.join("sandbox/main.py"), code).expect("code");
-    let cgroup = PathBuf::from(format!(
-        "/sys/fs/cgroup/pids/pysandbox-forktest-{}-{name}",
-        std::process::id()
-    ));
-    std::fs::create_dir(&cgroup).expect("pids cgroup (v1)");
+    let cgroup = pids_hierarchy().join(format!("pysandbox-forktest-{}-{name}", std::process::id()));
+    std::fs::create_dir(&cgroup).expect("a pids cgroup for the job");
     let _leftovers = Leftovers {
         mount: dir.to_owned(),
         cgroup: cgroup.clone(),
