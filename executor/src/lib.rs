@@ -12,6 +12,7 @@ pub(crate) mod collect;
 pub(crate) mod config;
 pub(crate) mod display;
 pub(crate) mod error;
+pub mod fork;
 pub(crate) mod ids;
 pub(crate) mod inputs;
 pub(crate) mod jail;

@@ -9,7 +9,7 @@
 pub mod bwrap;
 mod etc;
 pub mod init;
-mod landlock;
+pub(crate) mod landlock;
 pub mod seccomp;
 
 use std::ffi::OsString;

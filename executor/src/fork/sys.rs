@@ -1,0 +1,159 @@
+//! The raw calls of a forked job's setup that neither std nor nix wraps safely.
+//! They run in a child of the single-threaded template, so unlike `crate::sys`
+//! they may allocate: no other thread can hold a lock across the fork.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{BorrowedFd, RawFd};
+
+use crate::jail::seccomp::Insn;
+
+/// `fork(2)`: `Some(pid)` in the parent, `None` in the child.
+pub fn fork() -> io::Result<Option<libc::pid_t>> {
+    // SAFETY: the caller is a child of the single-threaded template (or its own
+    // child), so no lock or allocator state is held by another thread.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(None),
+        pid => Ok(Some(pid)),
+    }
+}
+
+/// Ends the process at once: no Python `atexit`, no buffered output of the
+/// template flushed twice.
+pub fn exit(code: i32) -> ! {
+    // SAFETY: _exit never returns and touches no process state that could be torn.
+    unsafe { libc::_exit(code) }
+}
+
+/// Attaches the detached mount `fd` (from the executor's `open_tree`) at `target`.
+pub fn move_mount(fd: RawFd, target: &CStr) -> io::Result<()> {
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+    // SAFETY: both strings are NUL-terminated and live across the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            fd,
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sets soft and hard limit of `resource` to `value`.
+pub fn setrlimit(resource: libc::__rlimit_resource_t, value: u64) -> io::Result<()> {
+    let limit = libc::rlimit {
+        rlim_cur: value,
+        rlim_max: value,
+    };
+    // SAFETY: a pointer to a local rlimit, read by the kernel only.
+    if unsafe { libc::setrlimit(resource, &limit) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Loads `program` as this process's newest seccomp filter (stacked on those it
+/// has). Needs `no_new_privs` or `CAP_SYS_ADMIN`.
+pub fn load_seccomp(program: &[Insn]) -> io::Result<()> {
+    let filter: Vec<libc::sock_filter> = program
+        .iter()
+        .map(|i| libc::sock_filter {
+            code: i.code,
+            jt: i.jt,
+            jf: i.jf,
+            k: i.k,
+        })
+        .collect();
+    let len = u16::try_from(filter.len()).map_err(|_| io::ErrorKind::InvalidInput)?;
+    let prog = libc::sock_fprog {
+        len,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    // SAFETY: prog points to `filter`, alive across the call; the kernel copies it.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Names `fd`, a descriptor of the order that stays open as long as this process
+/// runs, for one call.
+pub fn borrow(fd: RawFd) -> BorrowedFd<'static> {
+    // SAFETY: the order's descriptors are never closed before the process execs
+    // or exits, except by close_range in the job, after the last use.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+/// Restores the default disposition of `signal`.
+pub fn default_signal(signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: SIG_DFL installs no handler, so no code of ours can run in a signal
+    // context.
+    if unsafe { libc::signal(signal, libc::SIG_DFL) } == libc::SIG_ERR {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Size of pid 1's stack: it calls three libc functions in a loop.
+const REAPER_STACK: usize = 64 << 10;
+
+/// Starts the job's pid 1 (the caller must have unshared its pid namespace): a
+/// process sharing the caller's memory (`CLONE_VM`) that only reaps orphans, on a
+/// stack of its own, until it is killed. Sharing the memory saves copying the
+/// template's page tables once more per job.
+pub fn spawn_reaper() -> io::Result<libc::pid_t> {
+    // Never freed: the caller exits soon after, and pid 1 runs on it until then.
+    let stack: &'static mut [u8] = Vec::leak(vec![0u8; REAPER_STACK]);
+    let top = stack.as_mut_ptr_range().end;
+    let top = top.wrapping_sub(top as usize % 16); // the ABI wants 16-byte alignment
+                                                   // SAFETY: the child runs `reap` on a stack nothing else uses. It shares the
+                                                   // caller's memory and TLS but touches neither: no allocation, no Rust state,
+                                                   // only waitpid/sigwaitinfo/sigprocmask. Those may write the shared `errno`;
+                                                   // the caller checks return values, not errno, to tell failure from success, so
+                                                   // at worst an error of its own is reported with pid 1's errno (ECHILD).
+    let pid = unsafe {
+        libc::clone(
+            reap,
+            top.cast(),
+            libc::CLONE_VM | libc::SIGCHLD,
+            std::ptr::null_mut(),
+        )
+    };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(pid)
+}
+
+/// Pid 1's loop: reap whatever has exited, then sleep until the next SIGCHLD
+/// (blocked, so it stays pending between the two and none is lost).
+extern "C" fn reap(_: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: only async-signal-safe libc calls on locals of this stack.
+    unsafe {
+        // It needs no descriptor, and must hold none: a copy of the job's stdout or
+        // status pipe here would keep them open after the job ended.
+        libc::syscall(libc::SYS_close_range, 0, libc::c_uint::MAX, 0);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        loop {
+            while libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) > 0 {}
+            libc::sigwaitinfo(&set, std::ptr::null_mut());
+        }
+    }
+}
