@@ -9,11 +9,11 @@ use pysandbox_shared::files::{
 };
 use pysandbox_shared::job::MAX_NOTES;
 use pysandbox_shared::{
-    Enforcement, ExecutorStatus, FileStart, FilesEnd, Hello, InputFile, JobEnd, JobError,
-    JobLimits, JobSpec, Layer, LimitKind, NetworkRequest, NetworkViolation, OutputChunk,
-    RelativePath, Request, Response, SkipReason, SkippedFile, Started, Stream, Usage,
+    DisplayStart, Enforcement, ExecutorStatus, FileStart, FilesEnd, Hello, InputFile, JobEnd,
+    JobError, JobLimits, JobSpec, Layer, LimitKind, NetworkRequest, NetworkViolation, OutputChunk,
+    RelativePath, Request, Response, SkipReason, SkippedFile, Started, Stream, Truncated, Usage,
     MAX_CHUNK_BYTES, MAX_REQUESTED_DOMAINS, MAX_REQUEST_FRAME_LEN, MAX_RESPONSE_FRAME_LEN,
-    MAX_VIOLATIONS, PROTOCOL_VERSION,
+    MAX_RESULT_BYTES, MAX_VIOLATIONS, PROTOCOL_VERSION,
 };
 
 const MIB: usize = 1 << 20;
@@ -89,7 +89,8 @@ fn every_response_fits_its_frame_limit_at_its_worst() {
                     peak_memory_bytes: Some(u64::MAX),
                 },
                 notes: vec![note; MAX_NOTES],
-                violations: vec![violation; MAX_VIOLATIONS],
+                violations: vec![violation.clone(); MAX_VIOLATIONS],
+                result: Some("\u{10FFFF}".repeat(MAX_RESULT_BYTES / 4)),
             }),
         ),
         (
@@ -98,7 +99,21 @@ fn every_response_fits_its_frame_limit_at_its_worst() {
                 path: "\u{10FFFF}".repeat(MAX_PATH_LEN / 4),
             }),
         ),
-        ("FileData", Response::FileData(vec![0xff; MAX_CHUNK_BYTES])),
+        ("Data", Response::Data(vec![0xff; MAX_CHUNK_BYTES])),
+        (
+            "Truncated",
+            Response::Truncated(Truncated {
+                stream: Stream::Stdout,
+                cap_bytes: u32::MAX,
+            }),
+        ),
+        ("Violation", Response::Violation(violation.clone())),
+        (
+            "Display",
+            Response::Display(DisplayStart {
+                content_type: "image/png".into(),
+            }),
+        ),
         (
             "Finished",
             Response::Finished(FilesEnd {
