@@ -144,7 +144,7 @@ async fn run_job(
     config.state_dir = scratch.to_owned();
     workdir::prepare(&config.state_dir).map_err(|e| chain(&e))?;
     let jail = Jail::new(&config).map_err(|e| chain(&e))?;
-    let runner = Runner::new(&config, jail, cgroups);
+    let runner = Runner::new(&config, jail, cgroups, Default::default());
     let spec = JobSpec {
         request_id: "check".into(),
         code: "print(2 + 2)".into(),

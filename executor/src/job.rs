@@ -6,6 +6,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pysandbox_shared::files::{first_conflict, MAX_INPUT_FILES};
@@ -28,6 +29,7 @@ use crate::error::Error;
 use crate::ids::{Lease, SandboxIds};
 use crate::inputs;
 use crate::jail::{Jail, Started};
+use crate::metrics::Metrics;
 use crate::output::{forward, last_words};
 use crate::proxy::policy::Policy;
 use crate::proxy::{JobProxy, NetworkReport, Proxies};
@@ -124,7 +126,12 @@ impl Prepared {
 }
 
 impl Runner {
-    pub fn new(config: &Config, jail: Jail, cgroups: Option<Cgroups>) -> Runner {
+    pub fn new(
+        config: &Config,
+        jail: Jail,
+        cgroups: Option<Cgroups>,
+        metrics: Arc<Metrics>,
+    ) -> Runner {
         Runner {
             jail,
             cgroups,
@@ -139,7 +146,7 @@ impl Runner {
             stack_mb: config.stack_mb,
             cpu_percent: config.cpu_percent,
             network: config.network.policy.clone(),
-            proxies: Proxies::new(config.network.limits),
+            proxies: Proxies::new(config.network.limits, metrics),
             collect: config.collect,
             displays: config.displays,
             max_input_bytes: config.max_input_bytes,

@@ -17,6 +17,7 @@ pub(crate) mod ids;
 pub(crate) mod inputs;
 pub(crate) mod jail;
 pub(crate) mod job;
+pub(crate) mod metrics;
 pub(crate) mod output;
 pub(crate) mod pool;
 pub(crate) mod privileges;

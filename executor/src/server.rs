@@ -28,6 +28,7 @@ use crate::config::Config;
 use crate::error::{chain, Error};
 use crate::jail::Jail;
 use crate::job::{Frames, Resolved, Runner};
+use crate::metrics::{JobTally, Metrics};
 use crate::pool::Pool;
 use crate::workdir;
 
@@ -55,6 +56,7 @@ struct Executor {
     max_queued: u32,
     queue_timeout: Duration,
     allowed_uids: Vec<u32>,
+    metrics: Arc<Metrics>,
     /// Cancelled when the shutdown grace is over: running jobs are killed and told so.
     stopping: CancellationToken,
 }
@@ -97,8 +99,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let own_uid = nix::unistd::getuid().as_raw();
     let mut allowed_uids = vec![0, own_uid];
     allowed_uids.extend(&config.allow_uids);
+    let metrics = Arc::new(Metrics::default());
     let executor = Arc::new(Executor {
-        runner: Runner::new(&config, jail, cgroups),
+        runner: Runner::new(&config, jail, cgroups, Arc::clone(&metrics)),
         pool: Pool::new(config.warm_pool_size),
         slots: Semaphore::new(config.max_jobs as usize),
         running: AtomicU32::new(0),
@@ -107,6 +110,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         max_queued: config.max_queued_jobs,
         queue_timeout: config.queue_timeout,
         allowed_uids,
+        metrics,
         stopping: CancellationToken::new(),
     });
     info!(socket = %config.socket.display(), max_jobs = config.max_jobs, warm_pool_size = config.warm_pool_size, "listening on {}", config.socket.display());
@@ -254,6 +258,7 @@ impl Executor {
             isolation: self.runner.isolation(),
             warm_jails: self.pool.waiting() as u32,
             queued_jobs: self.queued.load(Ordering::Relaxed),
+            metrics: self.metrics.snapshot(),
         }
     }
 
@@ -264,7 +269,8 @@ impl Executor {
     async fn run(&self, conn: ServerConnection<UnixStream>, spec: JobSpec) -> Result<(), Error> {
         let (sender, mut receiver) = conn.split();
         let (frames, outgoing) = mpsc::channel(FRAME_QUEUE);
-        let mut writer = tokio::spawn(send_all(outgoing, sender));
+        let tally = Arc::new(JobTally::new(Arc::clone(&self.metrics)));
+        let mut writer = tokio::spawn(send_all(outgoing, sender, Arc::clone(&tally)));
         let job = async {
             let frame = match self.job(&spec, &frames).await {
                 Ok(files) => Response::Finished(files),
@@ -278,10 +284,12 @@ impl Executor {
             () = &mut job => {}
             _ = receiver.recv() => {
                 writer.abort();
+                tally.peer_gone();
                 info!("peer went away; job killed");
                 return Ok(());
             }
             sent = &mut writer => {
+                tally.peer_gone();
                 warn!("the peer stopped taking frames; job killed");
                 return sent.map_err(Error::Sender)?;
             }
@@ -435,16 +443,19 @@ impl Drop for Counted<'_> {
 }
 
 /// Sends a job's frames to its peer as they are queued, each within
-/// [`SEND_TIMEOUT`], until the job drops its end of the queue.
+/// [`SEND_TIMEOUT`], until the job drops its end of the queue; `tally` counts the
+/// job's outcome from the frames its peer was sent.
 async fn send_all(
     mut outgoing: mpsc::Receiver<Response>,
     mut sender: ServerSender<UnixStream>,
+    tally: Arc<JobTally>,
 ) -> Result<(), Error> {
     while let Some(frame) = outgoing.recv().await {
         match tokio::time::timeout(SEND_TIMEOUT, sender.send(&frame)).await {
             Ok(sent) => sent?,
             Err(_) => return Err(Error::PeerStalled),
         }
+        tally.sent(&frame);
     }
     Ok(())
 }

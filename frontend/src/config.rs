@@ -24,6 +24,11 @@ pub struct Config {
     #[arg(long, env = "AUTH_TOKEN", hide_env_values = true)]
     pub auth_token: Option<AuthToken>,
 
+    /// Bearer token `GET /metrics` wants; unset, `/metrics` needs none. The job
+    /// token (`AUTH_TOKEN`) never opens it.
+    #[arg(long, env = "METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<AuthToken>,
+
     /// TCP port to listen on; 0 picks a free one.
     #[arg(long, env = "PORT", default_value_t = 8080)]
     pub port: u16,
@@ -127,6 +132,11 @@ impl Config {
         self.auth_token.clone().filter(|t| !t.is_empty())
     }
 
+    /// The `/metrics` token, when one is set and not empty.
+    pub fn metrics_token(&self) -> Option<AuthToken> {
+        self.metrics_token.clone().filter(|t| !t.is_empty())
+    }
+
     /// The connection-level limits.
     pub fn server_limits(&self) -> ServerLimits {
         ServerLimits {
@@ -184,6 +194,7 @@ mod tests {
     fn env_names_flags_and_defaults_match_the_contract() {
         let expected = [
             ("auth_token", "AUTH_TOKEN", None),
+            ("metrics_token", "METRICS_TOKEN", None),
             ("port", "PORT", Some("8080")),
             ("host", "HOST", Some("0.0.0.0")),
             (

@@ -14,6 +14,7 @@ pub mod duplicate_keys;
 pub mod error;
 pub mod executor_client;
 pub mod health;
+pub mod metrics;
 pub mod peers;
 pub mod privileges;
 pub mod request;

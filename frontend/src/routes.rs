@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::executor_client::{ExecutorClient, Ran};
 use crate::health::StatusCache;
+use crate::metrics::{self, Metrics};
 use crate::request::{read_body, ExecuteRequest};
 use crate::response::{render, ExecuteResponse, Skipped};
 use crate::stream;
@@ -61,6 +62,9 @@ struct Inner {
     health: StatusCache,
     uploader: Uploader,
     sse_keepalive: Duration,
+    metrics: Metrics,
+    /// `METRICS_TOKEN`: when set, `/metrics` wants it (and never the job token).
+    metrics_token: Option<AuthToken>,
 }
 
 impl AppState {
@@ -77,25 +81,39 @@ impl AppState {
                 health: StatusCache::new(ExecutorClient::new(config.executor_socket.clone())),
                 uploader: Uploader::new(config.upload()),
                 sse_keepalive: config.sse_keepalive(),
+                metrics: Metrics::default(),
+                metrics_token: config.metrics_token(),
             }),
         }
     }
 }
 
+/// Every route's template, as `pysandbox_http_requests_total` labels it.
+const ROUTES: [&str; 3] = ["/execute", "/health", "/metrics"];
+
 /// The service's routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/execute", post(execute))
-        .route("/health", get(health))
+        .route(ROUTES[0], post(execute))
+        .route(ROUTES[1], get(health))
+        .route(ROUTES[2], get(metrics))
         // Applies to the routes above, so it must come after them.
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .fallback(|| async { ApiError::NotFound })
         // Last, so that it wraps the fallbacks too: every response gets an id.
-        .layer(middleware::from_fn(log_request))
+        .layer(middleware::from_fn_with_state(state.clone(), log_request))
         .with_state(state)
 }
 
 async fn execute(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    let answer = run(&state, request).await;
+    if let Err(error) = &answer {
+        state.inner.metrics.error(error);
+    }
+    answer
+}
+
+async fn run(state: &AppState, request: Request) -> Result<Response, ApiError> {
     let app = &state.inner;
     let (parts, body) = request.into_parts();
     // The contract's order: auth, body size, JSON, admission, executor.
@@ -142,11 +160,14 @@ async fn execute(State(state): State<AppState>, request: Request) -> Result<Resp
     };
     if stream::wanted(&parts.headers) {
         let state = state.clone();
-        let answer = move |ran| async move { after.answer(ran, &state.inner.uploader).await };
+        let answer = move |ran| async move {
+            let app = &state.inner;
+            after.answer(ran, &app.uploader, &app.metrics).await
+        };
         return Ok(stream::respond(running, app.sse_keepalive, answer));
     }
     let ran = running.finish().await?;
-    Ok(after.answer(ran, &app.uploader).await)
+    Ok(after.answer(ran, &app.uploader, &app.metrics).await)
 }
 
 /// What becomes of a job's result once it ran: the same for a streamed call (its
@@ -161,7 +182,7 @@ struct AfterRun {
 
 impl AfterRun {
     /// Uploads what the request asked to, and renders the JSON answer.
-    async fn answer(self, ran: Ran, uploader: &Uploader) -> Response {
+    async fn answer(self, ran: Ran, uploader: &Uploader, metrics: &Metrics) -> Response {
         let mut response = ExecuteResponse::new(ran.end, ran.stdout, ran.stderr);
         let displays = ran.displays.into_files();
         if self.upload.is_none() && !self.return_files {
@@ -173,6 +194,7 @@ impl AfterRun {
             response.uploads = uploader
                 .upload(url, token, self.public, &files, &skipped.skipped_files)
                 .await;
+            metrics.uploads(&response.uploads);
         }
         response.skipped_files = Some(skipped.skipped_files.iter().map(Skipped::from).collect());
         response.skipped_files_unlisted = skipped.skipped_unlisted;
@@ -229,6 +251,17 @@ async fn health(State(app): State<AppState>) -> Json<Health> {
     })
 }
 
+/// `GET /metrics`: without auth unless `METRICS_TOKEN` is set, then with it only.
+async fn metrics(State(app): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    let app = &app.inner;
+    if let Some(token) = &app.metrics_token {
+        token.check(request.headers().get(header::AUTHORIZATION))?;
+    }
+    let status = app.health.status().await;
+    let body = app.metrics.render(status.as_ref());
+    Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response())
+}
+
 /// Identifies one request in the logs of both daemons and in `x-request-id`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestId(String);
@@ -261,7 +294,7 @@ impl fmt::Display for RequestId {
 
 /// Gives the request an id (extension, span, response header) and logs one line
 /// when it ends.
-async fn log_request(mut request: Request, next: Next) -> Response {
+async fn log_request(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
     let id = RequestId::generate();
     let span = info_span!("request", request_id = %id);
     let mut log = RequestLog {
@@ -275,7 +308,15 @@ async fn log_request(mut request: Request, next: Next) -> Response {
     };
     let header = HeaderValue::from_str(id.as_str());
     let health_only = request.extensions().get::<HealthOnly>().is_some();
+    // A template of ours, never the raw path: one series per route.
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .and_then(|matched| ROUTES.iter().find(|r| **r == matched.as_str()))
+        .copied()
+        .unwrap_or(metrics::UNMATCHED_ROUTE);
     let mut response = if health_only && request.uri().path() != "/health" {
+        app.inner.metrics.error(&ApiError::ConnectionsFull);
         ApiError::ConnectionsFull.into_response()
     } else {
         request.extensions_mut().insert(id);
@@ -285,6 +326,7 @@ async fn log_request(mut request: Request, next: Next) -> Response {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
     log.status = Some(response.status());
+    app.inner.metrics.request(route, response.status().as_u16());
     response
 }
 

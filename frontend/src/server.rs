@@ -361,6 +361,7 @@ mod tests {
                     isolation: vec![],
                     warm_jails: 0,
                     queued_jobs: 0,
+                    metrics: Default::default(),
                 }),
                 500,
                 None,
@@ -516,6 +517,7 @@ mod tests {
                 }],
                 warm_jails: 1,
                 queued_jobs: 3,
+                metrics: Default::default(),
             }))
             .await
             .unwrap();

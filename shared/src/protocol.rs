@@ -23,7 +23,7 @@ use crate::job::{JobEnd, JobError, JobSpec};
 use crate::network::NetworkViolation;
 
 /// Bumped on every incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The most bytes one [`Response::Output`] or [`Response::Data`] frame carries.
 pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
@@ -168,6 +168,49 @@ pub struct ExecutorStatus {
     pub warm_jails: u32,
     /// Jobs waiting for a slot.
     pub queued_jobs: u32,
+    /// Counters since the executor started, for the frontend's `/metrics`.
+    pub metrics: ExecutorMetrics,
+}
+
+/// What the executor counted since it started. Every label value is one of a small
+/// fixed set the executor chooses (never code, ids, hosts or addresses), so the
+/// frontend can expose them as Prometheus labels.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutorMetrics {
+    /// Jobs by how they ended: `ok`, `error_exit`, `limit_<kind>`, `setup_failure`,
+    /// `client_gone`, `shutdown`.
+    #[serde(deserialize_with = "bounded::vec::<_, _, 32>")]
+    pub jobs: Vec<Count>,
+    /// Wall-clock time of the jobs that ran, from their start to their end: one
+    /// cumulative count per upper bound, ascending, the last one unbounded.
+    #[serde(deserialize_with = "bounded::vec::<_, _, 32>")]
+    pub duration_buckets: Vec<Bucket>,
+    /// The sum of those durations, in milliseconds.
+    pub duration_sum_ms: u64,
+    /// Requests the egress proxies refused, by the kind of reason (`denied`,
+    /// `not_allowed`, `address`, …).
+    #[serde(deserialize_with = "bounded::vec::<_, _, 32>")]
+    pub violations: Vec<Count>,
+    /// Bytes the egress proxies relayed, both ways, all jobs together.
+    pub proxy_bytes: u64,
+}
+
+/// How many times one thing was counted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Count {
+    /// What was counted, e.g. an outcome; a short identifier.
+    pub label: String,
+    /// How many.
+    pub value: u64,
+}
+
+/// One cumulative bucket of a histogram.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bucket {
+    /// Upper bound in milliseconds, inclusive; `None` for the last, unbounded one.
+    pub le_ms: Option<u64>,
+    /// Observations at or below it.
+    pub count: u64,
 }
 
 /// One isolation layer and what of it this host enforces.
@@ -281,6 +324,31 @@ mod tests {
         }
     }
 
+    fn sample_metrics() -> ExecutorMetrics {
+        ExecutorMetrics {
+            jobs: vec![Count {
+                label: "ok".into(),
+                value: 3,
+            }],
+            duration_buckets: vec![
+                Bucket {
+                    le_ms: Some(100),
+                    count: 2,
+                },
+                Bucket {
+                    le_ms: None,
+                    count: 3,
+                },
+            ],
+            duration_sum_ms: 300,
+            violations: vec![Count {
+                label: "denied".into(),
+                value: 1,
+            }],
+            proxy_bytes: 200,
+        }
+    }
+
     fn all_requests() -> Vec<Request> {
         vec![
             Request::Hello(Hello::CURRENT),
@@ -344,6 +412,7 @@ mod tests {
                 }],
                 warm_jails: 2,
                 queued_jobs: 3,
+                metrics: sample_metrics(),
             }),
         ]
     }
@@ -363,7 +432,7 @@ mod tests {
     #[test]
     fn golden_encodings() {
         let golden: &[(Request, &[u8])] = &[
-            (Request::Hello(Hello { version: 5 }), &[0, 5]),
+            (Request::Hello(Hello { version: 6 }), &[0, 6]),
             (
                 Request::Run(sample_job()),
                 &[
@@ -380,7 +449,7 @@ mod tests {
             assert_eq!(&encode(msg).unwrap()[..], *bytes, "{msg:?}");
         }
         let golden: &[(Response, &[u8])] = &[
-            (Response::Hello(Hello { version: 5 }), &[0, 5]),
+            (Response::Hello(Hello { version: 6 }), &[0, 6]),
             // 30000 as a varint
             (
                 Response::Started(Started { timeout_ms: 30_000 }),
@@ -450,8 +519,16 @@ mod tests {
                     isolation: vec![],
                     warm_jails: 1,
                     queued_jobs: 4,
+                    metrics: sample_metrics(),
                 }),
-                &[8, 1, 2, 0, 0, 1, 4],
+                &[
+                    8, 1, 2, 0, 0, 1, 4, // jobs: ok 3
+                    1, 2, b'o', b'k', 3, // buckets: le 100 → 2, +Inf → 3
+                    2, 1, 100, 2, 0, 3, // sum 300 ms as a varint
+                    0xac, 0x02, // violations: denied 1
+                    1, 6, b'd', b'e', b'n', b'i', b'e', b'd', 1, // proxy bytes 200
+                    0xc8, 0x01,
+                ],
             ),
         ];
         for (msg, bytes) in golden {

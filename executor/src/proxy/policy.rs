@@ -295,6 +295,27 @@ pub enum Refusal {
     Bytes(u64),
 }
 
+impl Refusal {
+    /// The kind of refusal, for metrics: one of [`crate::metrics::REFUSALS`].
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Refusal::BadRequest(_) => "bad_request",
+            Refusal::Malformed(_) => "malformed_target",
+            Refusal::Scheme => "scheme",
+            Refusal::HostMismatch => "host_mismatch",
+            Refusal::Denied => "denied",
+            Refusal::NotAllowed => "not_allowed",
+            Refusal::IpLiteral => "ip_literal",
+            Refusal::Port(_) => "port",
+            Refusal::Address { .. } => "address",
+            Refusal::TooManyConnections(_) => "too_many_connections",
+            Refusal::TooManyClientConnections(_) => "too_many_client_connections",
+            Refusal::ExecutorBusy(_) => "executor_busy",
+            Refusal::Bytes(_) => "bytes",
+        }
+    }
+}
+
 fn address_reason(ip: IpAddr, special: Special, resolved: bool) -> String {
     match resolved {
         true => format!("resolves to {ip}, {} address", special.article()),

@@ -274,6 +274,7 @@ impl Session<'_> {
         let before = shared
             .bytes
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        shared.metrics.relayed(bytes.len() as u64);
         if before + bytes.len() as u64 > max {
             shared.record_once_bytes(&self.attempt, max);
             return Err(io::Error::other("byte limit reached"));

@@ -30,6 +30,7 @@ use super::policy::{Destination, Policy, Refusal, MAX_SHOWN_CHARS};
 use super::relay::{Activity, Session};
 use super::target::Target;
 use crate::error::Error;
+use crate::metrics::Metrics;
 
 /// Bytes read and dropped at a time while a refused client lingers.
 const SINK_SIZE: usize = 16 * 1024;
@@ -82,13 +83,15 @@ pub(crate) type LiveViolations = mpsc::Sender<NetworkViolation>;
 pub struct Proxies {
     limits: ProxyLimits,
     total: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
 }
 
 impl Proxies {
-    pub fn new(limits: ProxyLimits) -> Proxies {
+    pub fn new(limits: ProxyLimits, metrics: Arc<Metrics>) -> Proxies {
         Proxies {
             limits,
             total: Arc::new(Semaphore::new(limits.max_total_connections as usize)),
+            metrics,
         }
     }
 
@@ -127,6 +130,8 @@ pub(super) struct Shared {
     /// Connections from every jail, shared by all the executor's proxies.
     total: Arc<Semaphore>,
     pub(super) bytes: AtomicU64,
+    /// The executor's counters of refusals and relayed bytes, all jobs together.
+    pub(super) metrics: Arc<Metrics>,
     log: Mutex<Log>,
     live: LiveViolations,
 }
@@ -397,6 +402,7 @@ impl Shared {
             clients: Arc::new(Semaphore::new(limits.max_client_connections as usize)),
             total: Arc::clone(&proxies.total),
             bytes: AtomicU64::new(0),
+            metrics: Arc::clone(&proxies.metrics),
             log: Mutex::default(),
             live,
         }
@@ -420,6 +426,7 @@ impl Shared {
     }
 
     fn record(&self, attempt: &Attempt, refusal: &Refusal) {
+        self.metrics.refused(refusal.kind());
         let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
         if log.may_log() {
             info!(method = %attempt.method, target = %attempt.target, reason = %refusal, "egress request refused");
@@ -629,7 +636,7 @@ mod tests {
     }
 
     fn shared_live(port: u16, live: LiveViolations) -> Arc<Shared> {
-        let proxies = Proxies::new(limits());
+        let proxies = Proxies::new(limits(), Arc::default());
         Arc::new(Shared::new(test_policy(port), &proxies, 0, live))
     }
 
@@ -856,7 +863,12 @@ mod tests {
         use std::os::fd::AsRawFd;
         let (port, _origin) = origin().await;
         let jobs = tempfile::tempdir().unwrap();
-        let proxy = job_proxy(jobs.path(), 1, &Proxies::new(limits()), port);
+        let proxy = job_proxy(
+            jobs.path(),
+            1,
+            &Proxies::new(limits(), Arc::default()),
+            port,
+        );
         let client =
             std::os::unix::net::UnixStream::connect(proxy.dir().join(SOCKET_NAME)).unwrap();
         let fds = [client.as_raw_fd()];
@@ -918,7 +930,13 @@ mod tests {
         let (port, _origin) = origin().await;
         let jobs = tempfile::tempdir().unwrap();
         let (live, mut received) = mpsc::channel(MAX_VIOLATIONS);
-        let proxy = job_proxy_live(jobs.path(), 7, &Proxies::new(limits()), port, live);
+        let proxy = job_proxy_live(
+            jobs.path(),
+            7,
+            &Proxies::new(limits(), Arc::default()),
+            port,
+            live,
+        );
         let socket = proxy.dir().join(SOCKET_NAME);
         assert_eq!(proxy.dir(), jobs.path().join("7.proxy"));
         let mut client = UnixStream::connect(&socket).await.unwrap();
@@ -939,7 +957,12 @@ mod tests {
     async fn idle_connections_past_the_job_cap_are_closed_at_once() {
         let (port, _origin) = origin().await;
         let jobs = tempfile::tempdir().unwrap();
-        let proxy = job_proxy(jobs.path(), 1, &Proxies::new(limits()), port);
+        let proxy = job_proxy(
+            jobs.path(),
+            1,
+            &Proxies::new(limits(), Arc::default()),
+            port,
+        );
         let socket = proxy.dir().join(SOCKET_NAME);
         let mut held = Vec::new();
         for _ in 0..limits().max_client_connections {
@@ -962,7 +985,7 @@ mod tests {
     async fn connections_of_all_jobs_share_the_executor_cap() {
         let (port, _origin) = origin().await;
         let jobs = tempfile::tempdir().unwrap();
-        let proxies = Proxies::new(limits());
+        let proxies = Proxies::new(limits(), Arc::default());
         let first = job_proxy(jobs.path(), 1, &proxies, port);
         let second = job_proxy(jobs.path(), 2, &proxies, port);
         let mut held = Vec::new();
