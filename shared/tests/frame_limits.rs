@@ -9,11 +9,12 @@ use pysandbox_shared::files::{
 };
 use pysandbox_shared::job::MAX_NOTES;
 use pysandbox_shared::{
-    DisplayStart, Enforcement, ExecutorStatus, FileStart, FilesEnd, Hello, InputFile, JobEnd,
-    JobError, JobLimits, JobSpec, Layer, LimitKind, NetworkRequest, NetworkViolation, OutputChunk,
-    RelativePath, Request, Response, SkipReason, SkippedFile, Started, Stream, Truncated, Usage,
-    MAX_CHUNK_BYTES, MAX_REQUESTED_DOMAINS, MAX_REQUEST_FRAME_LEN, MAX_RESPONSE_FRAME_LEN,
-    MAX_RESULT_BYTES, MAX_VIOLATIONS, PROTOCOL_VERSION,
+    Bucket, Count, DisplayStart, Enforcement, ExecutorMetrics, ExecutorStatus, FileStart, FilesEnd,
+    Hello, InputFile, JobEnd, JobError, JobLimits, JobSpec, Layer, LimitKind, NetworkRequest,
+    NetworkViolation, OutputChunk, RelativePath, Request, Response, SkipReason, SkippedFile,
+    Started, Stream, Truncated, Usage, MAX_CHUNK_BYTES, MAX_REQUESTED_DOMAINS,
+    MAX_REQUEST_FRAME_LEN, MAX_RESPONSE_FRAME_LEN, MAX_RESULT_BYTES, MAX_VIOLATIONS,
+    PROTOCOL_VERSION,
 };
 
 const MIB: usize = 1 << 20;
@@ -155,6 +156,31 @@ fn every_response_fits_its_frame_limit_at_its_worst() {
                 ],
                 warm_jails: u32::MAX,
                 queued_jobs: u32::MAX,
+                metrics: ExecutorMetrics {
+                    jobs: vec![
+                        Count {
+                            label: "x".repeat(64),
+                            value: u64::MAX,
+                        };
+                        32
+                    ],
+                    duration_buckets: vec![
+                        Bucket {
+                            le_ms: Some(u64::MAX),
+                            count: u64::MAX,
+                        };
+                        32
+                    ],
+                    duration_sum_ms: u64::MAX,
+                    violations: vec![
+                        Count {
+                            label: "x".repeat(64),
+                            value: u64::MAX,
+                        };
+                        32
+                    ],
+                    proxy_bytes: u64::MAX,
+                },
             }),
         ),
     ];
