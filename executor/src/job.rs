@@ -132,11 +132,12 @@ impl Runner {
         cgroups: Option<Cgroups>,
         metrics: Arc<Metrics>,
     ) -> Runner {
+        let (uid, gid) = jail.host_ids((config.sandbox_uid, config.sandbox_gid));
         Runner {
             jail,
             cgroups,
             jobs_dir: jobs_dir(&config.state_dir),
-            ids: SandboxIds::new(config.sandbox_uid, config.sandbox_gid, config.sandbox_ids),
+            ids: SandboxIds::new(uid, gid, config.sandbox_ids),
             default_timeout_ms: config.default_timeout_ms,
             max_timeout_ms: config.max_timeout_ms,
             default_limits: config.default_limits,

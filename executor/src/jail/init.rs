@@ -33,6 +33,7 @@ const RELAY_START: Duration = Duration::from_secs(5);
 pub fn main(args: impl Iterator<Item = OsString>) -> i32 {
     let Parsed {
         rules,
+        landlock,
         relay,
         program,
         args,
@@ -56,9 +57,11 @@ pub fn main(args: impl Iterator<Item = OsString>) -> i32 {
             return 127;
         }
     }
-    if let Err(e) = landlock::apply(&rules) {
-        eprintln!("jail-init: cannot apply landlock rules: {e}");
-        return 127;
+    if landlock {
+        if let Err(e) = landlock::apply(&rules) {
+            eprintln!("jail-init: cannot apply landlock rules: {e}");
+            return 127;
+        }
     }
     if !crate::sys::write_ready_byte(READY_FD) {
         eprintln!("jail-init: the executor is gone");
@@ -95,6 +98,8 @@ pub fn argv(
 #[derive(Debug, PartialEq, Eq)]
 struct Parsed {
     rules: Rules,
+    /// Always true but in a test build told to leave landlock out.
+    landlock: bool,
     relay: Option<OsString>,
     program: OsString,
     args: Vec<OsString>,
@@ -102,6 +107,8 @@ struct Parsed {
 
 fn parse(mut args: impl Iterator<Item = OsString>) -> Result<Parsed, String> {
     let (mut read, mut connect, mut relay) = (Vec::new(), Vec::new(), None);
+    #[allow(unused_mut, reason = "only a test build's switch clears it")]
+    let mut landlock = true;
     loop {
         let arg = args.next().ok_or(
             "usage: jail-init [--ro PATH]... [--connect PORT]... [--egress-relay SOCAT] -- PROGRAM [ARG]...",
@@ -117,6 +124,8 @@ fn parse(mut args: impl Iterator<Item = OsString>) -> Result<Parsed, String> {
                     .ok_or("--connect needs a port number")?;
                 connect.push(port);
             }
+            #[cfg(debug_assertions)]
+            Some(super::drop_layer::NO_LANDLOCK_FLAG) => landlock = false,
             Some(RELAY_FLAG) => {
                 relay = Some(args.next().ok_or("--egress-relay needs socat's path")?)
             }
@@ -126,6 +135,7 @@ fn parse(mut args: impl Iterator<Item = OsString>) -> Result<Parsed, String> {
     let program = args.next().ok_or("no program to run")?;
     Ok(Parsed {
         rules: Rules::for_jail(read, connect),
+        landlock,
         relay,
         program,
         args: args.collect(),
@@ -197,6 +207,7 @@ mod tests {
             parsed,
             Parsed {
                 rules: Rules::for_jail([PathBuf::from("/opt/venv")], vec![3128]),
+                landlock: true,
                 relay: Some("/usr/bin/socat".into()),
                 program: "/usr/bin/python3".into(),
                 args: vec!["/sandbox/main.py".into()],

@@ -7,6 +7,8 @@
 //! are the same, so warm and cold jobs run identically.
 
 pub mod bwrap;
+#[cfg(debug_assertions)]
+mod drop_layer;
 mod etc;
 pub mod init;
 pub(crate) mod landlock;
@@ -46,6 +48,10 @@ pub struct Jail {
     seccomp: Vec<u8>,
     /// What each isolation layer enforces on this host.
     layers: Vec<Layer>,
+    /// A test build's host ids for jails in place of the sandbox user's (see
+    /// `drop_layer`).
+    #[cfg(debug_assertions)]
+    stand_in_ids: Option<(u32, u32)>,
 }
 
 /// The Python program every jail runs (see the file for its protocol).
@@ -99,8 +105,30 @@ impl Jail {
             command.extend(["-c".into(), LAUNCHER.into()]);
             command
         };
-        let command = python_command(&[], None);
-        let command_net = python_command(&[bwrap::PROXY_PORT], Some(&config.network.socat));
+        #[allow(unused_mut, reason = "only a test build's switch edits them")]
+        let (mut command, mut command_net, mut fixed_args) = (
+            python_command(&[], None),
+            python_command(&[bwrap::PROXY_PORT], Some(&config.network.socat)),
+            bwrap::fixed_args(&layout),
+        );
+        #[cfg(debug_assertions)]
+        let stand_in_ids = {
+            let dropped = drop_layer::Dropped::from_env().map_err(Error::Config)?;
+            if dropped.any() {
+                tracing::warn!(
+                    ?dropped,
+                    "TEST BUILD SWITCH {}: jails run WITHOUT these isolation layers; never \
+                     run this outside the tests",
+                    drop_layer::VARIABLE
+                );
+            }
+            dropped.edit_bwrap_args(&mut fixed_args);
+            dropped.edit_command(&mut command);
+            dropped.edit_command(&mut command_net);
+            dropped
+                .stand_in_ids(&config.allow_uids, config.socket_group)
+                .map_err(Error::Config)?
+        };
         let landlock_abi = crate::sys::landlock_abi();
         match landlock_abi {
             Some(abi) => {
@@ -115,9 +143,21 @@ impl Jail {
             bwrap: config.bwrap.clone(),
             command,
             command_net,
-            fixed_args: bwrap::fixed_args(&layout),
+            fixed_args,
             seccomp: seccomp::bytes(),
+            #[cfg(debug_assertions)]
+            stand_in_ids,
         })
+    }
+
+    /// The host ids jails run as: the configured sandbox ids, except in a test build
+    /// told to leave the uid layer out.
+    pub fn host_ids(&self, configured: (u32, u32)) -> (u32, u32) {
+        #[cfg(debug_assertions)]
+        if let Some(ids) = self.stand_in_ids {
+            return ids;
+        }
+        configured
     }
 
     /// What each isolation layer enforces on this host, for `/health`.

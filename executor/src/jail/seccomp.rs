@@ -50,6 +50,11 @@ enum When {
 #[derive(Debug, Clone, Copy)]
 struct Rule {
     nr: libc::c_long,
+    #[allow(
+        dead_code,
+        reason = "read by the test that pins the table to README, not by the compiler"
+    )]
+    name: &'static str,
     when: When,
     action: Action,
     #[allow(
@@ -87,6 +92,7 @@ macro_rules! rule {
     ($nr:ident, $when:expr, $action:expr, $why:literal) => {
         Rule {
             nr: libc::$nr,
+            name: stringify!($nr),
             when: $when,
             action: $action,
             why: $why,
@@ -346,6 +352,8 @@ pub fn bytes() -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     /// A classic-BPF interpreter for the few instructions the compiler emits.
@@ -522,5 +530,149 @@ mod tests {
             assert!(seen.insert(rule.nr), "syscall {} has two rules", rule.nr);
         }
         assert_eq!(bytes().len(), program().len() * 8);
+    }
+
+    /// README's "Layers of isolation", item 3: the promise the table keeps.
+    const README: &str = include_str!("../../../README.md");
+
+    /// The syscall names README's seccomp item lists after `before` and up to `after`:
+    /// `a_b/c` stands for `a_b` and `a_c`, `io_uring_*` for every `io_uring_` rule,
+    /// upper-case words (ioctl requests, socket families) are returned apart.
+    fn readme_list(before: &str, after: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+        const PROSE: &[&str] = &[
+            "and", "the", "new", "API", "with", "any", "flag", "ioctls", "sockets", "other", "than",
+        ];
+        let item = README
+            .split_once("3. **seccomp**")
+            .and_then(|(_, rest)| rest.split_once("4. **landlock**"))
+            .expect("README's layers list has a seccomp item 3 before landlock")
+            .0;
+        let list = item
+            .split_once(before)
+            .and_then(|(_, rest)| rest.split_once(after))
+            .unwrap_or_else(|| panic!("README's seccomp item has {before:?} … {after:?}"))
+            .0;
+        let (mut lower, mut upper) = (BTreeSet::new(), BTreeSet::new());
+        let words = list.split(|c: char| !(c.is_ascii_alphanumeric() || "_*/".contains(c)));
+        for word in words.filter(|w| !w.is_empty()) {
+            let mut parts = word.split('/');
+            let first = parts.next().unwrap_or_default().to_owned();
+            let prefix = first.rfind('_').map_or("", |at| &first[..=at]).to_owned();
+            let names = std::iter::once(first.clone()).chain(parts.map(|part| {
+                if part.contains('_') || prefix.is_empty() || part.chars().any(|c| c.is_uppercase())
+                {
+                    part.to_owned()
+                } else {
+                    format!("{prefix}{part}")
+                }
+            }));
+            for name in names {
+                if PROSE.contains(&name.as_str()) {
+                    continue;
+                }
+                if name.chars().any(|c| c.is_ascii_uppercase()) {
+                    upper.insert(name);
+                } else {
+                    lower.insert(name);
+                }
+            }
+        }
+        (lower, upper)
+    }
+
+    /// Neither the table nor README's list can change alone: every rule is named in
+    /// README with its errno, and every name README gives has its rule, with the
+    /// ioctl requests, socket families and clone flags it names.
+    #[test]
+    fn the_rule_table_is_the_list_readme_promises() {
+        let rule = |name: &str| {
+            RULES
+                .iter()
+                .find(|r| r.name == name)
+                .unwrap_or_else(|| panic!("README names {name}, which has no rule"))
+        };
+        let (eperm, upper) = readme_list("`EPERM` for", "; `ENOSYS` for");
+        let mut promised = BTreeSet::new();
+        for name in &eperm {
+            match name.strip_suffix('*') {
+                Some(prefix) => {
+                    let family: Vec<_> = RULES
+                        .iter()
+                        .filter(|r| r.name.starts_with(&format!("SYS_{prefix}")))
+                        .map(|r| r.name.to_owned())
+                        .collect();
+                    assert!(!family.is_empty(), "README's {name} matches no rule");
+                    promised.extend(family);
+                }
+                None => {
+                    promised.insert(format!("SYS_{name}"));
+                }
+            }
+        }
+        assert_eq!(
+            upper,
+            [
+                "AF_INET",
+                "AF_INET6",
+                "AF_UNIX",
+                "CLONE_NEW*",
+                "TIOCLINUX",
+                "TIOCSTI"
+            ]
+            .map(String::from)
+            .into()
+        );
+        promised.extend(["SYS_ioctl", "SYS_socket"].map(String::from));
+        let denied: BTreeSet<String> = RULES
+            .iter()
+            .filter(|r| r.action == EPERM)
+            .map(|r| r.name.to_owned())
+            .collect();
+        assert_eq!(denied, promised, "rules with EPERM vs README's list");
+        for name in &promised {
+            let rule = rule(name);
+            let expected = match rule.name {
+                "SYS_clone" => When::AnyBit {
+                    arg: 0,
+                    mask: CLONE_NEW_ANY,
+                },
+                "SYS_ioctl" => When::OneOf {
+                    arg: 1,
+                    values: &[libc::TIOCSTI as u32, libc::TIOCLINUX as u32],
+                },
+                "SYS_socket" => When::NoneOf {
+                    arg: 0,
+                    values: &[
+                        libc::AF_UNIX as u32,
+                        libc::AF_INET as u32,
+                        libc::AF_INET6 as u32,
+                    ],
+                },
+                _ => When::Always,
+            };
+            assert_eq!(rule.when, expected, "{name}");
+            // And the compiled program does what the rule says.
+            if rule.when == When::Always {
+                assert_eq!(call(rule.nr, [0; 6]), EPERM, "{name}");
+            }
+        }
+        assert_eq!(
+            CLONE_NEW_ANY, 0x7e02_0080,
+            "every CLONE_NEW* flag, CLONE_NEWTIME too"
+        );
+
+        let (enosys, none) = readme_list("`ENOSYS` for", " (libc");
+        assert_eq!(
+            (enosys, none),
+            (["clone3".to_owned()].into(), BTreeSet::new())
+        );
+        let clone3 = rule("SYS_clone3");
+        assert_eq!((clone3.when, clone3.action), (When::Always, ENOSYS));
+        assert_eq!(call(libc::SYS_clone3, [0; 6]), ENOSYS);
+        assert_eq!(
+            RULES.len(),
+            promised.len() + 1,
+            "no rule README does not name"
+        );
     }
 }

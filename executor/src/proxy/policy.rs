@@ -564,5 +564,7 @@ mod tests {
             policy.narrowed(Some(&many)).unwrap_err(),
             NarrowError::TooMany
         );
+        // The maximum itself is allowed (a mutant moving the bound went unnoticed).
+        assert!(policy.narrowed(Some(&many[1..])).is_ok());
     }
 }
