@@ -236,14 +236,19 @@ impl Executor {
     }
 
     /// The warm pool size its latest start announced (`warm_pool_size=N` in its
-    /// `listening on` line). Panics if no start announced one within 10 s.
+    /// `listening on` line, or `"warm_pool_size":N` with `LOG_FORMAT=json`). Panics
+    /// if no start announced one within 10 s.
     #[track_caller]
     pub fn warm_pool_size(&self) -> u32 {
         let mut size = None;
         let announced = crate::wait_until(START_TIMEOUT, || {
             size = self.log.lines().iter().rev().find_map(|line| {
-                let rest = &line[line.find("warm_pool_size=")? + "warm_pool_size=".len()..];
-                let digits = rest.split(|c: char| !c.is_ascii_digit()).next()?;
+                let (at, key) = ["warm_pool_size=", "\"warm_pool_size\":"]
+                    .iter()
+                    .find_map(|key| Some((line.find(key)?, key.len())))?;
+                let digits = line[at + key..]
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()?;
                 digits.parse().ok()
             });
             size.is_some()
@@ -258,14 +263,17 @@ impl Executor {
     }
 
     /// The jail each job took so far, in order: `"warm"` or `"cold"`, from the
-    /// executor's `job started jail="…"` lines.
+    /// executor's `job started jail="…"` lines (`"jail":"…"` with `LOG_FORMAT=json`).
     pub fn jails_started(&self) -> Vec<String> {
         self.log
             .lines()
             .iter()
             .filter(|line| line.contains("job started"))
             .filter_map(|line| {
-                let rest = &line[line.find("jail=\"")? + "jail=\"".len()..];
+                let (at, key) = ["jail=\"", "\"jail\":\""]
+                    .iter()
+                    .find_map(|key| Some((line.find(key)?, key.len())))?;
+                let rest = &line[at + key..];
                 Some(rest[..rest.find('"')?].to_owned())
             })
             .collect()

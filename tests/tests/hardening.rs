@@ -1273,7 +1273,8 @@ async fn json_logs_carry_the_request_id_and_no_secrets() {
         .to_owned();
 
     let logged = wait_until(Duration::from_secs(5), || {
-        svc.frontend.log().contains("request done") && svc.executor.log().contains("job finished")
+        svc.frontend.log().contains("\"path\":\"/execute\"")
+            && svc.executor.log().contains("job finished")
     });
     assert!(
         logged,
@@ -1284,7 +1285,15 @@ async fn json_logs_carry_the_request_id_and_no_secrets() {
     let frontend = json_lines("frontend", &svc.frontend.log().lines());
     let executor = json_lines("executor", &svc.executor.log().lines());
 
-    let request_done = line_with_message(&frontend, "request done").expect("checked above");
+    // The harness's own /health polls are logged too: take the job's request.
+    let request_done = frontend
+        .iter()
+        .find(|l| {
+            let fields = l.get("fields");
+            fields.and_then(|f| f.get("message")) == Some(&json!("request done"))
+                && fields.and_then(|f| f.get("path")) == Some(&json!("/execute"))
+        })
+        .expect("a request done line for /execute");
     assert!(
         span_has_value(request_done, &id),
         "the frontend's request line does not carry the request id {id:?} as a span field: {request_done:?}"
