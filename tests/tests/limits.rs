@@ -1112,8 +1112,13 @@ fn check_passes_on_this_host() {
             || detail("cgroups").starts_with("v2: memory, pids"),
         "{stdout}"
     );
+    let sandbox_uid = nix::unistd::User::from_name(pysandbox_tests::SANDBOX_USER)
+        .ok()
+        .flatten()
+        .expect("the sandbox user exists")
+        .uid;
     assert!(
-        detail("jail").starts_with("print(2 + 2) ran as uid 65534 in "),
+        detail("jail").starts_with(&format!("print(2 + 2) ran as uid {sandbox_uid} in ")),
         "{stdout}"
     );
 }

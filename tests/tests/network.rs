@@ -965,9 +965,15 @@ async fn the_proxy_socket_serves_the_sandbox_uid_alone() {
             "{}",
             dir.display()
         );
+        let sandbox_uid = nix::unistd::User::from_name(pysandbox_tests::SANDBOX_USER)
+            .ok()
+            .flatten()
+            .expect("the sandbox user exists")
+            .uid
+            .as_raw();
         assert_eq!(
             (s.uid(), s.permissions().mode() & 0o7777),
-            (65534, 0o700),
+            (sandbox_uid, 0o700),
             "{}",
             socket.display()
         );
