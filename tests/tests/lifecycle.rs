@@ -533,8 +533,9 @@ async fn a_jail_that_cannot_be_set_up_is_503_and_runs_nothing() {
         called.contains("called"),
         "the executor never called its bwrap"
     );
-    assert!(
-        svc.executor.log().contains("job did not run"),
-        "the failure was not logged"
-    );
+    // Its log is read as it is written: wait for the line.
+    let logged = pysandbox_tests::wait_until(Duration::from_secs(10), || {
+        svc.executor.log().contains("job did not run")
+    });
+    assert!(logged, "the failure was not logged");
 }
