@@ -19,7 +19,7 @@ use tokio::net::unix::pipe;
 use tokio::process::{Child, ChildStdin};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::cgroup::{CgroupLimits, Cgroups, Controller, JobCgroup, Version};
 use crate::collect::{collect, Caps, Collected, Sink, Stamp};
@@ -423,9 +423,10 @@ impl Runner {
                 },
             warm,
         } = jail;
-        // Which path the job took, for operators and for the tests that prove both
-        // paths run (a warm pass that silently ran cold would prove nothing).
-        info!(jail = if warm { "warm" } else { "cold" }, "job started");
+        // Which path the job took, for the tests that prove both paths run (a warm
+        // pass that silently ran cold would prove nothing). At debug level: the
+        // journal keeps one line per job, "job finished".
+        debug!(jail = if warm { "warm" } else { "cold" }, "job started");
         let cpu_base = cgroup.as_ref().and_then(JobCgroup::cpu_ns).unwrap_or(0);
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
         let input = child.stdin.take();

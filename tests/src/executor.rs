@@ -29,7 +29,9 @@ pub(crate) const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin
 /// The `RUST_LOG` the daemons get: `PYSANDBOX_TEST_LOG` if set, else `info` (the
 /// frontend's `listening on` line is logged at info).
 pub(crate) fn log_filter() -> String {
-    std::env::var("PYSANDBOX_TEST_LOG").unwrap_or_else(|_| "info".to_owned())
+    // The executor says at debug level which jail each job took (warm or cold).
+    std::env::var("PYSANDBOX_TEST_LOG")
+        .unwrap_or_else(|_| "info,pysandbox_executor::job=debug".to_owned())
 }
 
 /// Extra flags and environment for an [`Executor`].
