@@ -2,22 +2,10 @@
 //! from the jail to the HTTP client in bounded chunks (the review's L7: eight small
 //! requests once pushed the root executor to 1.18 GB and the frontend to 769 MB).
 
-use pysandbox_tests::{require_root, Service};
+use pysandbox_tests::{peak_rss, require_root, Service};
 use serde_json::json;
 
 const MIB: u64 = 1 << 20;
-
-/// The peak resident memory of process `pid` (`VmHWM`), in bytes.
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/status: {e}"));
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/<pid>/status");
-    kib * 1024
-}
 
 /// The target: four jobs at once, each returning two 30 MiB files inline
 /// and 4 MiB of invalid UTF-8 on both stdout and stderr: the executor stays within

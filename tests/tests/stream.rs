@@ -7,8 +7,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use pysandbox_tests::{
-    assert_error, host_processes_matching, py_concat, require_root, sleep_needle, wait_until_async,
-    Reply, Service,
+    assert_error, host_processes_matching, peak_rss, py_concat, require_root, sleep_needle,
+    wait_until_async, Reply, Service,
 };
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -344,18 +344,6 @@ async fn an_output_flood_is_cut_once_and_keeps_both_daemons_bounded() {
     );
     assert!(executor <= 128 * MIB, "executor peak RSS {executor} bytes");
     assert!(frontend <= 256 * MIB, "frontend peak RSS {frontend} bytes");
-}
-
-/// The peak resident memory of process `pid` (`VmHWM`), in bytes.
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/status: {e}"));
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/<pid>/status");
-    kib * 1024
 }
 
 /// `POST /execute` asking for a stream, with `authorization` and a raw body.
