@@ -26,6 +26,7 @@ mod origin;
 mod procs;
 mod service;
 mod upload_stub;
+mod venv;
 
 pub use binaries::{binaries, Binaries};
 pub use executor::{ensure_sandbox_user, Executor, ExecutorBuilder, SANDBOX_USER};
@@ -39,6 +40,7 @@ pub use procs::{
 };
 pub use service::{Service, ServiceBuilder};
 pub use upload_stub::{FormPart, Received, StubReply, UploadStub};
+pub use venv::venv_python;
 
 /// The uid and gid the frontend runs as: not root, not the sandbox user's.
 pub const FRONTEND_UID: u32 = 65533;
