@@ -307,6 +307,11 @@ impl JobCgroup {
         self.procs.iter().map(AsRawFd::as_raw_fd).collect()
     }
 
+    /// Copies of the same descriptors, to pass to a forked job's child.
+    pub fn procs_fds_owned(&self) -> std::io::Result<Vec<OwnedFd>> {
+        self.procs.iter().map(OwnedFd::try_clone).collect()
+    }
+
     /// CPU time used so far by every process of the job, dead or alive.
     pub fn cpu_ns(&self) -> Option<u64> {
         match self.version {

@@ -3,6 +3,7 @@
 //! through the same code path as the server, in a state dir of its own.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use pysandbox_shared::{JobLimits, JobSpec, Response, Stream};
 
@@ -144,7 +145,7 @@ async fn run_job(
     config.state_dir = scratch.to_owned();
     workdir::prepare(&config.state_dir).map_err(|e| chain(&e))?;
     let jail = Jail::new(&config).map_err(|e| chain(&e))?;
-    let runner = Runner::new(&config, jail, cgroups, Default::default());
+    let runner = Runner::new(&config, Arc::new(jail), None, cgroups, Default::default());
     let spec = JobSpec {
         request_id: "check".into(),
         code: "print(2 + 2)".into(),

@@ -36,6 +36,11 @@ const DEFAULT_OPEN_FILES: u32 = 256;
 const DEFAULT_STACK_MB: u32 = 8;
 const DEFAULT_CPU_PERCENT: u32 = 100;
 const DEFAULT_WARM_POOL_SIZE: u32 = 2;
+/// What a fork-server template imports: the typical job's modules (those not
+/// installed are skipped).
+const DEFAULT_FORK_PRELOAD: &[&str] = &["numpy", "pandas", "matplotlib.pyplot"];
+/// The fork-server library's file name, looked for beside the executor binary.
+const FORK_LIBRARY_NAME: &str = "libpysandbox_fork.so";
 /// Jobs that may wait for a slot, beyond those running.
 const DEFAULT_MAX_QUEUED_JOBS: u32 = 16;
 /// How long a job may wait for a slot before it is answered "busy".
@@ -153,6 +158,10 @@ pub struct Cli {
     /// Jails kept set up and waiting for a job; 0 turns the pool off [default: 2].
     #[arg(long)]
     pub warm_pool_size: Option<u32>,
+    /// Fork jobs without network from a preloaded template (docs/fork-server.md)
+    /// [default: false].
+    #[arg(long)]
+    pub fork_server: Option<bool>,
 }
 
 /// What to do instead of serving.
@@ -180,6 +189,9 @@ struct FileConfig {
     sandbox_ids: Option<u32>,
     bwrap: Option<PathBuf>,
     warm_pool_size: Option<u32>,
+    fork_server: Option<bool>,
+    fork_preload: Option<Vec<String>>,
+    fork_library: Option<PathBuf>,
     max_queued_jobs: Option<u32>,
     queue_timeout_ms: Option<u32>,
     shutdown_grace_secs: Option<u32>,
@@ -452,6 +464,12 @@ pub struct Config {
     pub cpu_percent: u32,
     /// Jails kept set up and waiting for a job (0: every job starts its own).
     pub warm_pool_size: u32,
+    /// Whether jobs without network are forked from a preloaded template.
+    pub fork_server: bool,
+    /// Modules the template imports.
+    pub fork_preload: Vec<String>,
+    /// The library a template's children call to build their jail.
+    pub fork_library: PathBuf,
     /// Jobs that may wait for a slot; more are answered "busy" at once.
     pub max_queued_jobs: u32,
     /// How long a job may wait for a slot before it is answered "busy".
@@ -517,6 +535,16 @@ impl Config {
                 .warm_pool_size
                 .or(file.warm_pool_size)
                 .unwrap_or(DEFAULT_WARM_POOL_SIZE),
+            fork_server: cli.fork_server.or(file.fork_server).unwrap_or(false),
+            fork_preload: file
+                .fork_preload
+                .unwrap_or_else(|| DEFAULT_FORK_PRELOAD.iter().map(|m| m.to_string()).collect()),
+            fork_library: match file.fork_library {
+                Some(path) => path,
+                None => std::env::current_exe()
+                    .map_err(Error::setup("locate", "/proc/self/exe"))?
+                    .with_file_name(FORK_LIBRARY_NAME),
+            },
             max_queued_jobs: file.max_queued_jobs.unwrap_or(DEFAULT_MAX_QUEUED_JOBS),
             queue_timeout: Duration::from_millis(
                 file.queue_timeout_ms
@@ -561,6 +589,7 @@ impl Config {
             ("state_dir", &self.state_dir),
             ("python", &self.python),
             ("bwrap", &self.bwrap),
+            ("fork_library", &self.fork_library),
         ] {
             if !path.is_absolute() {
                 return invalid(format!("{key}: must be an absolute path, got {path:?}"));
@@ -677,6 +706,9 @@ impl Config {
         };
         if let Some(bad) = self.preload.iter().find(|m| !valid_module(m)) {
             return invalid(format!("preload: {bad:?} is not a module name"));
+        }
+        if let Some(bad) = self.fork_preload.iter().find(|m| !valid_module(m)) {
+            return invalid(format!("fork_preload: {bad:?} is not a module name"));
         }
         if self.warm_pool_size > 64 {
             return invalid("warm_pool_size: must be at most 64".into());

@@ -36,6 +36,9 @@ pub enum Error {
     /// A warm jail did not say in time that its Python waits for a job.
     #[error("a warm jail did not start")]
     WarmJailDidNotStart,
+    /// A fork-server template did not say in time that it is ready.
+    #[error("the fork-server template did not start (its stderr is in the log)")]
+    TemplateDidNotStart,
     /// The jail's output pipes stayed open after it was killed.
     #[error("the jail's output did not close")]
     OutputDidNotClose,

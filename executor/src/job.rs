@@ -14,9 +14,9 @@ use pysandbox_shared::{
     Enforcement, FileStart, FilesEnd, JobEnd, JobError, JobSpec, LimitKind, NetworkViolation,
     Response, Stream, Usage, MAX_VIOLATIONS,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::unix::pipe;
-use tokio::process::{Child, ChildStdin};
+use tokio::process::Child;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -26,6 +26,8 @@ use crate::collect::{collect, Caps, Collected, Sink, Stamp};
 use crate::config::{Config, Limits, MIN_LIMITS};
 use crate::display::{self, DisplayCaps, Shown};
 use crate::error::Error;
+use crate::fork::order::Order;
+use crate::forked;
 use crate::ids::{Lease, SandboxIds};
 use crate::inputs;
 use crate::jail::{Jail, Started};
@@ -33,6 +35,7 @@ use crate::metrics::Metrics;
 use crate::output::{forward, last_words};
 use crate::proxy::policy::Policy;
 use crate::proxy::{JobProxy, NetworkReport, Proxies};
+use crate::template::Templates;
 use crate::workdir::{jobs_dir, DiskLimits, WorkDir};
 
 /// How long output may keep flowing after the jail's processes are gone. The pipes
@@ -60,7 +63,11 @@ pub(crate) type Frames = mpsc::Sender<Response>;
 /// Runs jobs, each in a jail of its own.
 #[derive(Debug)]
 pub struct Runner {
-    jail: Jail,
+    jail: Arc<Jail>,
+    /// The fork server, when it is on: jobs without network are forked from its
+    /// template while one is ready.
+    templates: Option<Arc<Templates>>,
+    shm_bytes: u64,
     cgroups: Option<Cgroups>,
     jobs_dir: PathBuf,
     ids: SandboxIds,
@@ -88,12 +95,58 @@ pub struct Prepared {
     /// The reading end of the job's display channel.
     display: pipe::Receiver,
     cgroup: Option<JobCgroup>,
-    started: Started,
+    started: Launch,
     /// Whether its Python already said it is waiting (so its readiness is known).
     warm: bool,
     /// The host ids it runs as; last, so they are free again only once it is gone.
     ids: Lease,
 }
+
+/// How a prepared job's processes come to be.
+#[derive(Debug)]
+enum Launch {
+    /// A bwrap jail of its own, started and waiting for the hand-off.
+    Jail(Started),
+    /// Forked from the fork server's template at the hand-off.
+    Fork(forked::Pending),
+}
+
+/// The processes of a job that was handed over.
+enum Process {
+    /// bwrap, the jail's outermost process.
+    Jail(Child),
+    /// A forked job: its child reports its status; it is killed through its cgroups.
+    Forked(forked::Running),
+}
+
+impl Process {
+    async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        match self {
+            Process::Jail(child) => child.wait().await,
+            Process::Forked(running) => running.wait().await,
+        }
+    }
+
+    /// Kills the job. Killing bwrap is enough: its pid 1 dies with it
+    /// (`--die-with-parent`) and the kernel then kills every other process of the
+    /// jail's pid namespace. A forked job has no process of the executor's: every
+    /// process in its cgroups is killed.
+    fn start_kill(&mut self, cgroup: Option<&JobCgroup>) -> std::io::Result<()> {
+        match self {
+            Process::Jail(child) => child.start_kill(),
+            Process::Forked(_) => {
+                if let Some(cgroup) = cgroup {
+                    cgroup.kill_all();
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A job's stdio as the executor holds it.
+type Input = Box<dyn AsyncWrite + Unpin + Send>;
+type Output = Box<dyn AsyncRead + Unpin + Send>;
 
 /// A job's limits and network policy once its request has been checked against
 /// the configuration.
@@ -128,13 +181,16 @@ impl Prepared {
 impl Runner {
     pub fn new(
         config: &Config,
-        jail: Jail,
+        jail: Arc<Jail>,
+        templates: Option<Arc<Templates>>,
         cgroups: Option<Cgroups>,
         metrics: Arc<Metrics>,
     ) -> Runner {
         let (uid, gid) = jail.host_ids((config.sandbox_uid, config.sandbox_gid));
         Runner {
             jail,
+            templates,
+            shm_bytes: config.shm_bytes,
             cgroups,
             jobs_dir: jobs_dir(&config.state_dir),
             ids: SandboxIds::new(uid, gid, config.sandbox_ids),
@@ -163,9 +219,24 @@ impl Runner {
         }
     }
 
-    /// What each isolation layer enforces on this host, for `/health`.
+    /// What each isolation layer enforces on this host, for `/health`, and the
+    /// fork server's state when it is on.
     pub fn isolation(&self) -> Vec<pysandbox_shared::Layer> {
-        self.jail.layers().to_vec()
+        let mut layers = self.jail.layers().to_vec();
+        if let Some(templates) = &self.templates {
+            let detail = match templates.ready() {
+                Some(t) => format!(
+                    "ready: template pid {} (generation {}) forks jobs without network",
+                    t.pid, t.generation
+                ),
+                None => "not ready: jobs run in cold jails until a template is".into(),
+            };
+            layers.push(pysandbox_shared::Layer {
+                name: "fork server".into(),
+                detail,
+            });
+        }
+        layers
     }
 
     /// How each limit is enforced on this host, for `/health` and `check`.
@@ -338,8 +409,44 @@ impl Runner {
             dir,
             display,
             cgroup,
-            started,
+            started: Launch::Jail(started),
             warm: false,
+            ids,
+        })
+    }
+
+    /// Sets up a job to fork from `template`, within `limits`: the same tmpfs,
+    /// display channel and cgroups as a jail's (the fork server runs only with
+    /// memory and pids cgroups), and the order its child carries out.
+    fn prepare_forked(
+        &self,
+        template: Arc<crate::template::Template>,
+        limits: &Limits,
+    ) -> Result<Prepared, Error> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let ids = self.ids.take()?;
+        let dir = WorkDir::create(&self.jobs_dir, id, ids.pair(), self.disk(limits))?;
+        let display = display::create(&dir.dirs().tmp, ids.pair())?;
+        let cgroups = self.cgroups.as_ref().ok_or_else(|| {
+            Error::jail("fork a job")(std::io::Error::other("the fork server needs cgroups"))
+        })?;
+        let cgroup = cgroups.create(id, &self.cgroup_limits(limits))?;
+        let order = Order {
+            shm_bytes: self.shm_bytes,
+            rlimits: self
+                .rlimits(limits)
+                .into_iter()
+                .map(|(r, _, v)| (r, v))
+                .collect(),
+            read: self.jail.extra_read().to_vec(),
+        };
+        let pending = forked::Pending::new(template, &order, &dir.dirs(), &cgroup)?;
+        Ok(Prepared {
+            dir,
+            display,
+            cgroup: Some(cgroup),
+            started: Launch::Fork(pending),
+            warm: true,
             ids,
         })
     }
@@ -351,9 +458,13 @@ impl Runner {
         let ids = self.ids.take()?;
         let mut jail = self.prepare(id, ids, &self.max_limits, &self.preload, None)?;
         let mut bytes = [0u8; 2];
-        let confirmed =
-            tokio::time::timeout(WARM_TIMEOUT, jail.started.ready.read_exact(&mut bytes));
-        match confirmed.await {
+        let confirmed = match &mut jail.started {
+            Launch::Jail(started) => {
+                tokio::time::timeout(WARM_TIMEOUT, started.ready.read_exact(&mut bytes)).await
+            }
+            Launch::Fork(_) => return Err(Error::WarmJailDidNotStart),
+        };
+        match confirmed {
             Ok(Ok(_)) if &bytes == b"RW" => {
                 jail.warm = true;
                 Ok(jail)
@@ -380,11 +491,19 @@ impl Runner {
         let mut proxy = None;
         // The proxy's refusals as it records them; closed at once without a proxy.
         let (live, mut violations) = mpsc::channel(MAX_VIOLATIONS);
+        // A job without network forks from the template while one is ready.
+        let template = match &resolved.network {
+            None => self.templates.as_ref().and_then(|t| t.ready()),
+            Some(_) => None,
+        };
         let mut jail = match (jail, &resolved.network) {
             // A warm jail whose Python already uses as much memory as the job may
             // have cannot take the job's limit (cgroup v1 refuses it, v2 would
             // OOM-kill the jail before the job's first line): a cold one can.
             (Some(jail), None) if jail.fits(&limits) => jail,
+            (_, None) if template.is_some() => {
+                self.prepare_forked(template.expect("just checked"), &limits)?
+            }
             (_, network) => {
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);
                 let ids = self.ids.take()?;
@@ -415,21 +534,64 @@ impl Runner {
             dir,
             display,
             cgroup,
-            started:
-                Started {
-                    mut child,
-                    ready,
-                    mut handoff,
-                },
+            started,
             warm,
         } = jail;
-        // Which path the job took, for the tests that prove both paths run (a warm
+        let cpu_base = cgroup.as_ref().and_then(JobCgroup::cpu_ns).unwrap_or(0);
+        // A jail's Python waits for its orders on the hand-off pipe; a forked job
+        // starts the moment its template gets its order, here.
+        let (mut process, stdout, stderr, input, ready, handoff): (
+            Process,
+            Option<Output>,
+            Option<Output>,
+            Option<Input>,
+            Option<pipe::Receiver>,
+            Option<pipe::Sender>,
+        ) = match started {
+            Launch::Jail(Started {
+                mut child,
+                ready,
+                handoff,
+            }) => {
+                let stdout = child.stdout.take().map(|o| Box::new(o) as Output);
+                let stderr = child.stderr.take().map(|o| Box::new(o) as Output);
+                let input = child.stdin.take().map(|i| Box::new(i) as Input);
+                let ready = (!warm).then_some(ready);
+                (
+                    Process::Jail(child),
+                    stdout,
+                    stderr,
+                    input,
+                    ready,
+                    Some(handoff),
+                )
+            }
+            Launch::Fork(pending) => {
+                let (running, ends) = pending.hand_off()?;
+                let forked::Ends {
+                    stdin,
+                    stdout,
+                    stderr,
+                } = ends;
+                (
+                    Process::Forked(running),
+                    Some(Box::new(stdout)),
+                    Some(Box::new(stderr)),
+                    Some(Box::new(stdin)),
+                    None,
+                    None,
+                )
+            }
+        };
+        // Which path the job took, for the tests that prove each path runs (a warm
         // pass that silently ran cold would prove nothing). At debug level: the
         // journal keeps one line per job, "job finished".
-        debug!(jail = if warm { "warm" } else { "cold" }, "job started");
-        let cpu_base = cgroup.as_ref().and_then(JobCgroup::cpu_ns).unwrap_or(0);
-        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-        let input = child.stdin.take();
+        let path = match (&process, warm) {
+            (Process::Forked(_), _) => "forked",
+            (Process::Jail(_), true) => "warm",
+            (Process::Jail(_), false) => "cold",
+        };
+        debug!(jail = path, "job started");
         let cap = limits.output_bytes as usize;
         let timeout = Duration::from_millis(timeout_ms.into());
         let cpu_limit = Duration::from_millis(limits.cpu_ms.into());
@@ -443,10 +605,11 @@ impl Runner {
             tokio::time::sleep(DRAIN_GRACE).await;
         };
         let io = async {
-            // The hand-off starts the job. A jail that died meanwhile shows as
+            // The hand-off starts a jail's job. A jail that died meanwhile shows as
             // "not ready" below; its write error says nothing more.
-            let _ = handoff.write_all(orders.as_bytes()).await;
-            drop(handoff);
+            if let Some(mut handoff) = handoff {
+                let _ = handoff.write_all(orders.as_bytes()).await;
+            }
             let stdin = async {
                 tokio::select! {
                     () = feed(input, spec.stdin.as_deref().unwrap_or_default()) => {}
@@ -456,11 +619,13 @@ impl Runner {
             // Nothing is passed on before jail-init says the jail is set up: what
             // comes out before is bwrap's, a setup failure to log, not job output.
             let output = async {
-                let ready = warm
-                    || tokio::select! {
+                let ready = match ready {
+                    None => true,
+                    Some(ready) => tokio::select! {
                         ready = is_ready(ready) => ready,
                         () = drained() => false,
-                    };
+                    },
+                };
                 if ready {
                     Ok(tokio::join!(
                         forward(stdout, Stream::Stdout, cap, frames, drained()),
@@ -477,7 +642,7 @@ impl Runner {
         };
         let wait = async {
             let cpu = cgroup.as_ref().map(|c| (c, cpu_base, cpu_limit));
-            let waited = wait_or_kill(&mut child, timeout, cpu).await;
+            let waited = wait_or_kill(&mut process, timeout, cpu).await;
             // Whatever is left once bwrap is gone must not hold the output pipes open.
             if let Some(cgroup) = &cgroup {
                 cgroup.kill_all();
@@ -648,12 +813,10 @@ fn check(
     }
 }
 
-/// Waits for the jail to end, killing it at the wall-clock limit or, when its cgroup
-/// accounts CPU time, at the CPU limit. Killing bwrap is enough: its pid 1 dies with
-/// it (`--die-with-parent`) and the kernel then kills every other process of the
-/// jail's pid namespace.
+/// Waits for the job to end, killing it at the wall-clock limit or, when its cgroup
+/// accounts CPU time, at the CPU limit.
 async fn wait_or_kill(
-    child: &mut Child,
+    process: &mut Process,
     timeout: Duration,
     cpu: Option<(&JobCgroup, u64, Duration)>,
 ) -> std::io::Result<(ExitStatus, Option<LimitKind>)> {
@@ -673,15 +836,15 @@ async fn wait_or_kill(
         }
     };
     let killed_by = tokio::select! {
-        status = child.wait() => {
+        status = process.wait() => {
             let status = status?;
             return Ok((status, None));
         }
         () = tokio::time::sleep(timeout) => LimitKind::Time,
         () = cpu_exceeded => LimitKind::Cpu,
     };
-    child.start_kill()?;
-    let status = child.wait().await?;
+    process.start_kill(cpu.map(|(cgroup, ..)| cgroup))?;
+    let status = process.wait().await?;
     Ok((status, Some(killed_by)))
 }
 
@@ -750,7 +913,7 @@ impl Sink for FrameSink {
 
 /// Writes the job's stdin, then closes it so the job reads EOF. A job that exits
 /// without reading it all just ends the write.
-async fn feed(input: Option<ChildStdin>, data: &str) {
+async fn feed(input: Option<Input>, data: &str) {
     if let Some(mut input) = input {
         let _ = input.write_all(data.as_bytes()).await;
     }

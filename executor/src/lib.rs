@@ -13,6 +13,7 @@ pub(crate) mod config;
 pub(crate) mod display;
 pub(crate) mod error;
 pub mod fork;
+pub(crate) mod forked;
 pub(crate) mod ids;
 pub(crate) mod inputs;
 pub(crate) mod jail;
@@ -25,6 +26,7 @@ pub(crate) mod proxy;
 pub(crate) mod server;
 #[allow(unsafe_code)]
 mod sys;
+pub(crate) mod template;
 pub(crate) mod workdir;
 
 pub use check::run as check_host;

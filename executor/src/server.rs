@@ -30,6 +30,7 @@ use crate::jail::Jail;
 use crate::job::{Frames, Resolved, Runner};
 use crate::metrics::{JobTally, Metrics};
 use crate::pool::Pool;
+use crate::template;
 use crate::workdir;
 
 /// How long a peer has to say hello, and then to send its request.
@@ -78,7 +79,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
              RLIMIT_AS and a per-uid RLIMIT_NPROC"
         ),
     }
-    let jail = Jail::new(&config)?;
+    let jail = Arc::new(Jail::new(&config)?);
+    let templates = template::start(&config, cgroups.as_ref(), &jail);
+    // Forked jobs need no warm jails; jobs with network always start cold.
+    let fork_server = templates.is_some();
+    let warm_pool_size = if fork_server {
+        0
+    } else {
+        config.warm_pool_size
+    };
     let activated = crate::sys::activated_listener().map_err(Error::setup(
         "adopt the socket passed in LISTEN_FDS",
         &config.socket,
@@ -101,8 +110,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     allowed_uids.extend(&config.allow_uids);
     let metrics = Arc::new(Metrics::default());
     let executor = Arc::new(Executor {
-        runner: Runner::new(&config, jail, cgroups, Arc::clone(&metrics)),
-        pool: Pool::new(config.warm_pool_size),
+        runner: Runner::new(&config, jail, templates, cgroups, Arc::clone(&metrics)),
+        pool: Pool::new(warm_pool_size),
         slots: Semaphore::new(config.max_jobs as usize),
         running: AtomicU32::new(0),
         queued: AtomicU32::new(0),
@@ -113,7 +122,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         metrics,
         stopping: CancellationToken::new(),
     });
-    info!(socket = %config.socket.display(), max_jobs = config.max_jobs, warm_pool_size = config.warm_pool_size, "listening on {}", config.socket.display());
+    info!(socket = %config.socket.display(), max_jobs = config.max_jobs, warm_pool_size, fork_server, "listening on {}", config.socket.display());
 
     // Every connection holds one of these: past the cap, new ones wait in the
     // listen backlog instead of costing descriptors and memory.

@@ -56,6 +56,9 @@ fn build() -> Result<Binaries, String> {
             "pysandbox-executor",
             "-p",
             "pysandbox-frontend",
+            // The fork server's library, which the executor finds beside itself.
+            "-p",
+            "pysandbox-fork",
         ])
         // Build where the tests were built, whatever --target-dir they were given.
         .env("CARGO_TARGET_DIR", target_dir);

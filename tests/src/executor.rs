@@ -281,6 +281,15 @@ impl Executor {
             .collect()
     }
 
+    /// Whether the executor announced that its fork server is on.
+    pub fn fork_server(&self) -> bool {
+        self.warm_pool_size();
+        let lines = self.log.lines();
+        lines
+            .iter()
+            .any(|l| l.contains("fork_server=true") || l.contains("\"fork_server\":true"))
+    }
+
     /// Its pid while running.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
@@ -372,6 +381,15 @@ impl Executor {
             let sets_pool = self.builder.args.iter().any(|a| a == "--warm-pool-size");
             if let (Ok(size), false) = (std::env::var("PYSANDBOX_TEST_WARM_POOL"), sets_pool) {
                 cmd.arg("--warm-pool-size").arg(size);
+            }
+            // And a third time with PYSANDBOX_TEST_FORK_SERVER=1: every job without
+            // network forked from the fork server's template.
+            let sets_fork = self.builder.args.iter().any(|a| a == "--fork-server");
+            if let (Ok("1"), false) = (
+                std::env::var("PYSANDBOX_TEST_FORK_SERVER").as_deref(),
+                sets_fork,
+            ) {
+                cmd.arg("--fork-server").arg("true");
             }
         }
         if let Some(toml) = &self.builder.config {

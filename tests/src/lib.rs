@@ -38,7 +38,7 @@ pub use procs::{
     exit_output, host_processes_matching, peak_rss, py_concat, random_bytes, random_hex,
     sleep_needle, wait_until, wait_until_async,
 };
-pub use service::{Service, ServiceBuilder};
+pub use service::{template_ready, Service, ServiceBuilder};
 pub use upload_stub::{FormPart, Received, StubReply, UploadStub};
 pub use venv::venv_python;
 

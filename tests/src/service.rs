@@ -201,16 +201,20 @@ impl Service {
     }
 
     /// Blocks until `/health` reports as many `warmJails` as the executor's pool
-    /// size (at once when it is 0), so that the next job takes a warm jail. Returns
-    /// early if the executor logged that it cannot set one up (tests of broken jails).
+    /// size (at once when it is 0) and, with the fork server on, its template
+    /// ready, so that the next job takes a warm jail or a fork. Returns early if
+    /// the executor logged that it cannot set one up (tests of broken jails).
     /// Panics if the pool is not full within [`POOL_TIMEOUT`].
     #[track_caller]
     pub fn wait_for_warm_pool(&self) {
         let size = self.executor.warm_pool_size();
+        let forking = self.executor.fork_server();
         let mut warm = None;
         let full = crate::wait_until(POOL_TIMEOUT, || {
-            warm = self.blocking_health()["warmJails"].as_u64();
-            warm == Some(size.into()) || self.executor.log().contains(WARM_SETUP_FAILED)
+            let health = self.blocking_health();
+            warm = health["warmJails"].as_u64();
+            let forks = !forking || template_ready(&health);
+            (warm == Some(size.into()) && forks) || self.executor.log().contains(WARM_SETUP_FAILED)
         });
         assert!(
             full,
@@ -277,4 +281,11 @@ impl Service {
             .expect("cannot send the request");
         stream
     }
+}
+
+/// Whether `/health` says the fork server's template is ready.
+pub fn template_ready(health: &Value) -> bool {
+    health["isolation"]["fork server"]
+        .as_str()
+        .is_some_and(|detail| detail.starts_with("ready"))
 }

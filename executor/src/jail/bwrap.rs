@@ -73,8 +73,35 @@ pub struct Layout {
     pub shm_bytes: u64,
 }
 
+/// Where a fork-server template finds the library that builds a forked job's jail.
+pub const FORK_LIBRARY_PATH: &str = "/run/pysandbox-fork.so";
+/// The size of a template's own `/tmp`: matplotlib needs a writable config dir to
+/// import. Every forked job covers it with its own.
+const TEMPLATE_TMP_BYTES: u64 = 16 << 20;
+
 /// The argv, without the program name, that stays the same for every job.
 pub fn fixed_args(layout: &Layout) -> Vec<OsString> {
+    common_args(layout, |_| {})
+}
+
+/// The whole argv of a fork-server template (`docs/fork-server.md`): the same
+/// namespaces, ids, environment and read-only binds as a job's jail, plus the
+/// library its children call, a small `/tmp` of its own and no job directory;
+/// then `command`, run directly (not through jail-init: landlock would forbid the
+/// mounts each forked child makes; every child applies it itself).
+pub fn template_args(layout: &Layout, library: &Path, command: &[OsString]) -> Vec<OsString> {
+    let mut args = Args(common_args(layout, |args| {
+        args.push("--ro-bind").push(library).push(FORK_LIBRARY_PATH);
+    }));
+    args.push("--size").push(TEMPLATE_TMP_BYTES.to_string());
+    args.push_all(&["--tmpfs", "/tmp", "--chdir", "/"]);
+    args.0.extend_from_slice(command);
+    args.0
+}
+
+/// The argv shared by jails and templates; `extra` adds binds while the root is
+/// still writable.
+fn common_args(layout: &Layout, extra: impl FnOnce(&mut Args)) -> Vec<OsString> {
     let mut args = Args::default();
     args.push_all(&[
         // A fresh namespace of every kind: the job sees no host process, network,
@@ -114,7 +141,9 @@ pub fn fixed_args(layout: &Layout) -> Vec<OsString> {
     // The proxy dir's mount point exists in every jail, because the root turns
     // read-only before the per-job arguments bind anything.
     args.push_all(&["--dir", WORK_DIR, "--dir", "/tmp", "--dir", "/sandbox"]);
-    args.push_all(&["--dir", PROXY_DIR, "--remount-ro", "/"]);
+    args.push_all(&["--dir", PROXY_DIR]);
+    extra(&mut args);
+    args.push_all(&["--remount-ro", "/"]);
     args.0
 }
 
@@ -266,6 +295,30 @@ mod tests {
                 "PYTHONPATH",
                 "MPLBACKEND"
             ]
+        );
+    }
+
+    #[test]
+    fn a_template_is_a_jail_without_job_dirs_or_jail_init() {
+        let command = [OsString::from("/usr/bin/python3")];
+        let args = joined(&template_args(
+            &layout(),
+            Path::new("/opt/libpysandbox_fork.so"),
+            &command,
+        ));
+        let fixed = joined(&fixed_args(&layout()));
+        let (before_ro, _) = fixed.split_once("--remount-ro / ").unwrap();
+        assert!(args.starts_with(before_ro), "{args}");
+        let library = position(
+            &args,
+            "--ro-bind /opt/libpysandbox_fork.so /run/pysandbox-fork.so",
+        );
+        assert!(library < position(&args, "--remount-ro / "));
+        assert!(args
+            .ends_with("--remount-ro / --size 16777216 --tmpfs /tmp --chdir / /usr/bin/python3"));
+        assert!(
+            !args.contains("--bind "),
+            "no host path is writable: {args}"
         );
     }
 

@@ -48,6 +48,12 @@ pub struct Jail {
     seccomp: Vec<u8>,
     /// What each isolation layer enforces on this host.
     layers: Vec<Layer>,
+    /// A fork-server template's whole bwrap argv and seccomp filter, when the
+    /// fork server is on.
+    template: Option<(Vec<OsString>, Vec<u8>)>,
+    /// Host paths beyond the fixed layout that a jail may read (landlock grants
+    /// them); forked jobs apply the same rules.
+    extra_read: Vec<PathBuf>,
     /// A test build's host ids for jails in place of the sandbox user's (see
     /// `drop_layer`).
     #[cfg(debug_assertions)]
@@ -105,6 +111,17 @@ impl Jail {
             command.extend(["-c".into(), LAUNCHER.into()]);
             command
         };
+        let template = config.fork_server.then(|| {
+            let mut command = vec![config.python.clone().into_os_string()];
+            command.extend(
+                ["-c", LAUNCHER, "--fork-server", bwrap::FORK_LIBRARY_PATH].map(OsString::from),
+            );
+            command.extend(config.fork_preload.iter().map(OsString::from));
+            (
+                bwrap::template_args(&layout, &config.fork_library, &command),
+                seccomp::template_bytes(),
+            )
+        });
         #[allow(unused_mut, reason = "only a test build's switch edits them")]
         let (mut command, mut command_net, mut fixed_args) = (
             python_command(&[], None),
@@ -145,6 +162,8 @@ impl Jail {
             command_net,
             fixed_args,
             seccomp: seccomp::bytes(),
+            template,
+            extra_read,
             #[cfg(debug_assertions)]
             stand_in_ids,
         })
@@ -238,6 +257,62 @@ impl Jail {
             ready,
             handoff,
         })
+    }
+}
+
+impl Jail {
+    /// The host paths a forked job may read beyond the fixed layout.
+    pub fn extra_read(&self) -> &[PathBuf] {
+        &self.extra_read
+    }
+
+    /// Starts a fork-server template as `(uid, gid)`, with `control` (its end of
+    /// the control socket) as its fd 3. Returns the bwrap process, its stderr
+    /// piped, and the pipe on which it says `W` once it is ready. `None` in
+    /// `Jail::template` (the fork server is off) is an error.
+    pub fn spawn_template(
+        &self,
+        (uid, gid): (u32, u32),
+        control: OwnedFd,
+    ) -> Result<(Child, pipe::Receiver), Error> {
+        let Some((args, filter)) = &self.template else {
+            let off = "start a template: the fork server is off";
+            return Err(Error::jail(off)(std::io::ErrorKind::Unsupported.into()));
+        };
+        let pipe_error = |e| Error::jail("create a pipe")(e);
+        let seccomp =
+            memfd(c"pysandbox-seccomp", filter).map_err(Error::jail("stage the seccomp filter"))?;
+        let (ready_tx, ready) = pipe::pipe().map_err(pipe_error)?;
+        let ready_tx = ready_tx.into_blocking_fd().map_err(pipe_error)?;
+        let mut cmd = Command::new(&self.bwrap);
+        cmd.args(args)
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut rlimits = [None; MAX_RLIMITS];
+        rlimits[0] = Some((libc::RLIMIT_CORE, 0));
+        harden_spawn(
+            &mut cmd,
+            SpawnPlan {
+                uid,
+                gid,
+                parent: std::process::id() as libc::pid_t,
+                fds: [
+                    (control.as_raw_fd(), bwrap::HANDOFF_FD),
+                    (ready_tx.as_raw_fd(), bwrap::READY_FD),
+                    (seccomp.as_raw_fd(), bwrap::SECCOMP_FD),
+                ],
+                cgroup_procs: [-1; MAX_CGROUPS],
+                rlimits,
+            },
+        );
+        let child = cmd
+            .spawn()
+            .map_err(Error::jail("start the template's bwrap"))?;
+        drop((control, ready_tx, seccomp));
+        Ok((child, ready))
     }
 }
 

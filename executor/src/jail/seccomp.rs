@@ -268,6 +268,20 @@ fn ret(action: Action) -> Insn {
 /// outright, since rules keyed on x86_64 numbers would not match them; then one block
 /// per rule; everything else is allowed.
 pub fn program() -> Vec<Insn> {
+    compile(RULES.iter())
+}
+
+/// The calls a fork-server template's child makes to build a job's jail (its own
+/// namespaces, the job's mounts, a fresh `/proc`): the only rules a template's
+/// filter leaves out. Each job then stacks the whole [`program`] on it.
+const TEMPLATE_NEEDS: &[libc::c_long] = &[libc::SYS_unshare, libc::SYS_mount, libc::SYS_move_mount];
+
+/// The template's filter: every rule but those in [`TEMPLATE_NEEDS`].
+pub fn template_program() -> Vec<Insn> {
+    compile(RULES.iter().filter(|r| !TEMPLATE_NEEDS.contains(&r.nr)))
+}
+
+fn compile<'a>(rules: impl Iterator<Item = &'a Rule>) -> Vec<Insn> {
     let mut prog = vec![
         ld(OFFSET_ARCH),
         jeq(AUDIT_ARCH, 1, 0),
@@ -285,7 +299,7 @@ pub fn program() -> Vec<Insn> {
             ret(EPERM),
         ]);
     }
-    for rule in RULES {
+    for rule in rules {
         let block = block(rule);
         let skip = u8::try_from(block.len()).expect("a rule's block is short");
         prog.push(jeq(rule.nr as u32, 0, skip));
@@ -337,7 +351,16 @@ fn membership(arg: u8, values: &[u32], matched: Insn, otherwise: Insn) -> Vec<In
 /// The program as the bytes of a `struct sock_filter` array, which is what bwrap
 /// reads from its `--seccomp` descriptor.
 pub fn bytes() -> Vec<u8> {
-    program()
+    as_bytes(&program())
+}
+
+/// [`template_program`] as bytes for bwrap.
+pub fn template_bytes() -> Vec<u8> {
+    as_bytes(&template_program())
+}
+
+fn as_bytes(program: &[Insn]) -> Vec<u8> {
+    program
         .iter()
         .flat_map(|insn| {
             let mut raw = [0u8; 8];
@@ -391,6 +414,32 @@ mod tests {
 
     fn call(nr: libc::c_long, args: [u64; 6]) -> Action {
         run(&program(), nr as u64, AUDIT_ARCH, args)
+    }
+
+    #[test]
+    fn a_template_may_only_build_jails_beyond_what_a_job_may_do() {
+        let template = template_program();
+        let in_template = |nr: libc::c_long| run(&template, nr as u64, AUDIT_ARCH, [0; 6]);
+        for nr in TEMPLATE_NEEDS {
+            assert_eq!(call(*nr, [0; 6]), EPERM);
+            assert_eq!(in_template(*nr), Action::Allow);
+        }
+        for rule in RULES.iter().filter(|r| !TEMPLATE_NEEDS.contains(&r.nr)) {
+            let args = [u64::MAX; 6];
+            assert_eq!(
+                run(&template, rule.nr as u64, AUDIT_ARCH, args),
+                run(&program(), rule.nr as u64, AUDIT_ARCH, args),
+                "{}",
+                rule.name
+            );
+        }
+        assert_eq!(in_template(libc::SYS_ptrace), EPERM);
+        assert_eq!(in_template(libc::SYS_setns), EPERM);
+        assert_eq!(
+            run(&template, libc::SYS_getpid as u64, 0x4000_0003, [0; 6]),
+            EPERM,
+            "another ABI"
+        );
     }
 
     #[test]

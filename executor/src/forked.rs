@@ -1,0 +1,168 @@
+//! A job forked from a fork-server template (`docs/fork-server.md`), seen from the
+//! executor: everything the template's child needs to build the job's jail — the
+//! order and its descriptors: stdio, a status pipe, detached clones of the job's
+//! directories and its cgroups' `cgroup.procs` — then, once the job was handed
+//! over, its wait status as the child reports it.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::ExitStatus;
+use std::sync::Arc;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
+
+use crate::cgroup::JobCgroup;
+use crate::error::Error;
+use crate::fork::order::Order;
+use crate::fork::{STATUS_EXITED, STATUS_FAILED};
+use crate::jail::bwrap::JobDirs;
+use crate::template::Template;
+
+/// The longest report a job's child writes on the status pipe (a setup failure's
+/// text); the rest is not read.
+const MAX_REPORT_BYTES: u64 = 4096;
+
+/// A job ready to be handed to its template: its order and descriptors, in the
+/// places `fork::order::Slot` gives them, and the executor's ends of its pipes.
+#[derive(Debug)]
+pub struct Pending {
+    template: Arc<Template>,
+    order: String,
+    passed: Vec<OwnedFd>,
+    status: pipe::Receiver,
+    ends: Ends,
+}
+
+/// The executor's ends of a forked job's stdio.
+#[derive(Debug)]
+pub struct Ends {
+    pub stdin: pipe::Sender,
+    pub stdout: pipe::Receiver,
+    pub stderr: pipe::Receiver,
+}
+
+/// A job its template forked, until its child reports how it ended.
+#[derive(Debug)]
+pub struct Running {
+    status: pipe::Receiver,
+    /// Held until the job ended: a replaced template retires only after its last
+    /// job, since killing it kills the jobs in its namespaces.
+    _template: Arc<Template>,
+}
+
+impl Pending {
+    /// Prepares the hand-off to `template` of a job whose directories are `dirs`
+    /// and whose cgroups are `cgroup`.
+    pub fn new(
+        template: Arc<Template>,
+        order: &Order,
+        dirs: &JobDirs,
+        cgroup: &JobCgroup,
+    ) -> Result<Pending, Error> {
+        let pipe_error = |e| Error::jail("create a pipe")(e);
+        let (stdin, stdin_theirs) = pipe::pipe().map_err(pipe_error)?;
+        let (stdout_theirs, stdout) = pipe::pipe().map_err(pipe_error)?;
+        let (stderr_theirs, stderr) = pipe::pipe().map_err(pipe_error)?;
+        let (status_theirs, status) = pipe::pipe().map_err(pipe_error)?;
+        let mut passed = vec![
+            stdin_theirs.into_blocking_fd().map_err(pipe_error)?,
+            stdout_theirs.into_blocking_fd().map_err(pipe_error)?,
+            stderr_theirs.into_blocking_fd().map_err(pipe_error)?,
+            status_theirs.into_blocking_fd().map_err(pipe_error)?,
+            clone_mount(&dirs.work, false)?,
+            clone_mount(&dirs.tmp, false)?,
+            clone_mount(&dirs.sandbox, true)?,
+        ];
+        let procs = cgroup.procs_fds_owned();
+        passed.extend(procs.map_err(Error::jail("pass the job's cgroups"))?);
+        Ok(Pending {
+            template,
+            order: order.encode(),
+            passed,
+            status,
+            ends: Ends {
+                stdin,
+                stdout,
+                stderr,
+            },
+        })
+    }
+
+    /// Hands the job to its template, which forks it at once, and returns it with
+    /// the executor's ends of its stdio. Our copies of the passed descriptors close
+    /// here, so the job's pipes end when the job's copies do.
+    pub fn hand_off(self) -> Result<(Running, Ends), Error> {
+        let fds: Vec<RawFd> = self.passed.iter().map(AsRawFd::as_raw_fd).collect();
+        self.template
+            .send(self.order.as_bytes(), &fds)
+            .map_err(Error::jail("hand the job to the fork-server template"))?;
+        let running = Running {
+            status: self.status,
+            _template: self.template,
+        };
+        Ok((running, self.ends))
+    }
+}
+
+impl Running {
+    /// Waits for the child's report: the job's wait status. A child killed before
+    /// it reported (the executor killed the job's cgroup) reads as SIGKILL; one
+    /// that could not build the jail is an error with its reason.
+    pub async fn wait(&mut self) -> io::Result<ExitStatus> {
+        let mut report = Vec::new();
+        (&mut self.status)
+            .take(MAX_REPORT_BYTES)
+            .read_to_end(&mut report)
+            .await?;
+        read_report(&report)
+    }
+}
+
+fn read_report(report: &[u8]) -> io::Result<ExitStatus> {
+    match report.split_first() {
+        Some((&STATUS_EXITED, status)) => {
+            let status: [u8; 4] = status
+                .try_into()
+                .map_err(|_| io::Error::other("a malformed status report"))?;
+            Ok(ExitStatus::from_raw(i32::from_be_bytes(status)))
+        }
+        Some((&STATUS_FAILED, why)) => Err(io::Error::other(format!(
+            "the forked job's jail was not built: {}",
+            pysandbox_shared::text::shown(&String::from_utf8_lossy(why), 500)
+        ))),
+        _ => Ok(ExitStatus::from_raw(libc::SIGKILL)),
+    }
+}
+
+/// A detached clone of the job directory at `path` (read-only if asked).
+fn clone_mount(path: &Path, read_only: bool) -> Result<OwnedFd, Error> {
+    let path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| Error::jail("name a job directory")(io::Error::other(e)))?;
+    crate::sys::clone_mount(&path, read_only)
+        .map_err(Error::jail("clone the job's directory mounts"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_read_as_the_child_wrote_them_and_garbage_as_killed() {
+        let exited = read_report(&[STATUS_EXITED, 0, 0, 3, 0]).unwrap();
+        assert_eq!(exited.code(), Some(3));
+        let signaled = read_report(&[STATUS_EXITED, 0, 0, 0, 9]).unwrap();
+        assert_eq!(signaled.signal(), Some(9));
+        let failed = read_report(b"Fcannot unshare\x1b[2J").unwrap_err();
+        assert!(failed.to_string().contains("cannot unshare"), "{failed}");
+        assert!(!failed.to_string().contains('\x1b'));
+        assert!(read_report(&[STATUS_EXITED, 1]).is_err());
+        for garbage in [&b""[..], b"X", b"\0\0\0\0\0"] {
+            assert_eq!(read_report(garbage).unwrap().signal(), Some(libc::SIGKILL));
+        }
+    }
+}
