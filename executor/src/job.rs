@@ -144,6 +144,50 @@ impl Process {
     }
 }
 
+/// A job's processes and the executor's ends of its pipes.
+struct Begun {
+    process: Process,
+    stdout: Option<Output>,
+    stderr: Option<Output>,
+    input: Option<Input>,
+    /// A cold jail's readiness pipe: its output counts only once it said so.
+    ready: Option<pipe::Receiver>,
+    /// A jail's hand-off pipe, for the launcher's orders.
+    handoff: Option<pipe::Sender>,
+}
+
+impl Launch {
+    /// Takes the job's pipes. A jail's Python then waits for its orders on the
+    /// hand-off pipe; a forked job starts here, when its template gets the order.
+    fn begin(self, warm: bool) -> Result<Begun, Error> {
+        Ok(match self {
+            Launch::Jail(Started {
+                mut child,
+                ready,
+                handoff,
+            }) => Begun {
+                stdout: child.stdout.take().map(|o| Box::new(o) as Output),
+                stderr: child.stderr.take().map(|o| Box::new(o) as Output),
+                input: child.stdin.take().map(|i| Box::new(i) as Input),
+                ready: (!warm).then_some(ready),
+                handoff: Some(handoff),
+                process: Process::Jail(child),
+            },
+            Launch::Fork(pending) => {
+                let (running, ends) = pending.hand_off()?;
+                Begun {
+                    process: Process::Forked(running),
+                    stdout: Some(Box::new(ends.stdout)),
+                    stderr: Some(Box::new(ends.stderr)),
+                    input: Some(Box::new(ends.stdin)),
+                    ready: None,
+                    handoff: None,
+                }
+            }
+        })
+    }
+}
+
 /// A job's stdio as the executor holds it.
 type Input = Box<dyn AsyncWrite + Unpin + Send>;
 type Output = Box<dyn AsyncRead + Unpin + Send>;
@@ -538,51 +582,14 @@ impl Runner {
             warm,
         } = jail;
         let cpu_base = cgroup.as_ref().and_then(JobCgroup::cpu_ns).unwrap_or(0);
-        // A jail's Python waits for its orders on the hand-off pipe; a forked job
-        // starts the moment its template gets its order, here.
-        let (mut process, stdout, stderr, input, ready, handoff): (
-            Process,
-            Option<Output>,
-            Option<Output>,
-            Option<Input>,
-            Option<pipe::Receiver>,
-            Option<pipe::Sender>,
-        ) = match started {
-            Launch::Jail(Started {
-                mut child,
-                ready,
-                handoff,
-            }) => {
-                let stdout = child.stdout.take().map(|o| Box::new(o) as Output);
-                let stderr = child.stderr.take().map(|o| Box::new(o) as Output);
-                let input = child.stdin.take().map(|i| Box::new(i) as Input);
-                let ready = (!warm).then_some(ready);
-                (
-                    Process::Jail(child),
-                    stdout,
-                    stderr,
-                    input,
-                    ready,
-                    Some(handoff),
-                )
-            }
-            Launch::Fork(pending) => {
-                let (running, ends) = pending.hand_off()?;
-                let forked::Ends {
-                    stdin,
-                    stdout,
-                    stderr,
-                } = ends;
-                (
-                    Process::Forked(running),
-                    Some(Box::new(stdout)),
-                    Some(Box::new(stderr)),
-                    Some(Box::new(stdin)),
-                    None,
-                    None,
-                )
-            }
-        };
+        let Begun {
+            mut process,
+            stdout,
+            stderr,
+            input,
+            ready,
+            handoff,
+        } = started.begin(warm)?;
         // Which path the job took, for the tests that prove each path runs (a warm
         // pass that silently ran cold would prove nothing). At debug level: the
         // journal keeps one line per job, "job finished".

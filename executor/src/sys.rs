@@ -270,6 +270,48 @@ pub fn refuse_passed_fds(socket: BorrowedFd<'_>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A detached clone of the mount at `path` (`open_tree(2)` with `OPEN_TREE_CLONE`),
+/// read-only when asked: a forked job's child mounts it where the job expects its
+/// directory. The clone shares the mount's superblock, so the job writes into the
+/// same tmpfs, under the same size limit, that the executor collects from.
+pub fn clone_mount(path: &CStr, read_only: bool) -> std::io::Result<OwnedFd> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const MOUNT_ATTR_RDONLY: u64 = 1;
+    // SAFETY: a NUL-terminated path that outlives the call; no pointer is kept.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: open_tree returned a new descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    if read_only {
+        // struct mount_attr: attr_set, attr_clr, propagation, userns_fd.
+        let attr: [u64; 4] = [MOUNT_ATTR_RDONLY, 0, 0, 0];
+        // SAFETY: mount_setattr reads `attr` (32 bytes) during the call only.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                fd.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_EMPTY_PATH,
+                attr.as_ptr(),
+                std::mem::size_of_val(&attr),
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(fd)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,46 +360,4 @@ mod tests {
         let status = status.wait_with_output().await.unwrap().status;
         assert!(status.success(), "{status:?}");
     }
-}
-
-/// A detached clone of the mount at `path` (`open_tree(2)` with `OPEN_TREE_CLONE`),
-/// read-only when asked: a forked job's child mounts it where the job expects its
-/// directory. The clone shares the mount's superblock, so the job writes into the
-/// same tmpfs, under the same size limit, that the executor collects from.
-pub fn clone_mount(path: &CStr, read_only: bool) -> std::io::Result<OwnedFd> {
-    const OPEN_TREE_CLONE: libc::c_uint = 1;
-    const MOUNT_ATTR_RDONLY: u64 = 1;
-    // SAFETY: a NUL-terminated path that outlives the call; no pointer is kept.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: open_tree returned a new descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-    if read_only {
-        // struct mount_attr: attr_set, attr_clr, propagation, userns_fd.
-        let attr: [u64; 4] = [MOUNT_ATTR_RDONLY, 0, 0, 0];
-        // SAFETY: mount_setattr reads `attr` (32 bytes) during the call only.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_mount_setattr,
-                fd.as_raw_fd(),
-                c"".as_ptr(),
-                libc::AT_EMPTY_PATH,
-                attr.as_ptr(),
-                std::mem::size_of_val(&attr),
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(fd)
 }

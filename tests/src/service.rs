@@ -225,7 +225,7 @@ impl Service {
 
     /// `GET /health` on a blocking connection (for sync code such as
     /// [`ServiceBuilder::start`]); `Value::Null` when it cannot be read.
-    fn blocking_health(&self) -> Value {
+    pub fn blocking_health(&self) -> Value {
         let Ok(mut stream) = std::net::TcpStream::connect(self.frontend.addr()) else {
             return Value::Null;
         };

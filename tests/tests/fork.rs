@@ -1,10 +1,17 @@
 //! The fork server (issue 13, `docs/fork-server.md`): jobs forked from a template
 //! that already imported numpy, pandas and matplotlib, each in fresh namespaces of
-//! its own. What must hold for every forked job is a test here; the whole suite
-//! also runs with every job forked (`PYSANDBOX_TEST_FORK_SERVER=1`, in CI).
+//! its own. Each invariant the issue lists is a test here; the whole black-box
+//! suite also runs with every job forked (`PYSANDBOX_TEST_FORK_SERVER=1`, in CI).
 
-use pysandbox_tests::{require_root, stdout_json, Service};
-use serde_json::json;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use pysandbox_tests::{
+    host_processes_matching, py_concat, require_root, sleep_needle, stdout_json, template_ready,
+    wait_until_async, Service,
+};
+use serde_json::{json, Value};
 
 fn forking() -> Service {
     Service::builder()
@@ -12,13 +19,275 @@ fn forking() -> Service {
         .start()
 }
 
+/// The ready template's host pid and generation, from `/health`.
+fn template(health: &Value) -> Option<(i32, u64)> {
+    if !template_ready(health) {
+        return None;
+    }
+    // "ready: template pid N (generation G) ..."
+    let detail = health["isolation"]["fork server"].as_str()?;
+    let number_after = |key: &str| -> Option<u64> {
+        let rest = &detail[detail.find(key)? + key.len()..];
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((
+        i32::try_from(number_after("pid ")?).ok()?,
+        number_after("generation ")?,
+    ))
+}
+
+/// Polls `/health` (cached for a second) until a template of a generation after
+/// `after` is ready; its pid and generation.
+async fn wait_for_generation(svc: &Service, after: u64) -> (i32, u64) {
+    let mut seen = None;
+    let ready = wait_until_async(Duration::from_secs(120), || {
+        seen = template(&svc.blocking_health()).filter(|&(_, g)| g > after);
+        seen.is_some()
+    })
+    .await;
+    assert!(
+        ready,
+        "no template after generation {after}; executor log:\n{}",
+        svc.executor.log().text()
+    );
+    seen.expect("just seen")
+}
+
 #[tokio::test]
 async fn a_job_is_forked_from_the_template_and_runs_as_a_script_would() {
     require_root!();
     let svc = forking();
-    let out = svc.run_code("import sys\nprint(2 + 2)\nprint('pandas' in sys.modules, file=sys.stderr)\nsys.exit(3)").await;
+    let code = "import sys\nprint(2 + 2)\nprint('pandas' in sys.modules, sys.argv, file=sys.stderr)\nsys.exit(3)";
+    let out = svc.run_code(code).await;
     assert_eq!(out["stdout"], "4\n", "{out:#}");
-    assert_eq!(out["stderr"], "True\n", "{out:#}");
+    assert_eq!(out["stderr"], "True ['/sandbox/main.py']\n", "{out:#}");
     assert_eq!(out["exitCode"], 3, "{out:#}");
-    assert_eq!(svc.executor.jails_started(), ["forked"]);
+    let out = svc.run_code("raise ValueError('boom')").await;
+    assert_eq!(out["exitCode"], 1, "{out:#}");
+    let stderr = out["stderr"].as_str().expect("stderr");
+    assert!(
+        stderr.starts_with("Traceback (most recent call last):\n  File \"/sandbox/main.py\", line 1, in <module>\n"),
+        "{stderr}"
+    );
+    assert!(stderr.ends_with("ValueError: boom\n"), "{stderr}");
+    let out = svc
+        .run_code("import os, signal\nos.kill(os.getpid(), signal.SIGTERM)")
+        .await;
+    assert_eq!(
+        (out["exitCode"].clone(), out["signal"].clone()),
+        (Value::Null, json!("SIGTERM"))
+    );
+    assert_eq!(svc.executor.jails_started(), ["forked", "forked", "forked"]);
+}
+
+/// A forked job is alone: pid 2 of its own pid namespace, no capability, seccomp
+/// and no_new_privs on, only its stdio open, one thread, and neither its pid 1
+/// nor anything of the template within reach.
+#[tokio::test]
+async fn a_forked_job_sees_nothing_of_the_template() {
+    require_root!();
+    let svc = forking();
+    let code = r#"
+import ctypes, errno, json, os, socket, threading
+libc = ctypes.CDLL(None, use_errno=True)
+def err(call):
+    try:
+        call()
+        return "ok"
+    except OSError as e:
+        return errno.errorcode[e.errno]
+status = dict(l.split(":\t", 1) for l in open("/proc/self/status").read().splitlines() if ":\t" in l)
+def abstract():
+    s = socket.socket(socket.AF_UNIX)
+    s.connect("\0pysandbox-template-probe")
+print(json.dumps({
+    "pid": os.getpid(),
+    "procs": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+    "fds": sorted(int(f) for f in os.listdir("/proc/self/fd")),
+    "threads": len(os.listdir("/proc/self/task")),
+    "caps": sorted({status[k].strip() for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")}),
+    "no_new_privs": status["NoNewPrivs"].strip(),
+    "seccomp": status["Seccomp"].strip(),
+    "kill_pid1": err(lambda: os.kill(1, 0)),
+    "ptrace_pid1": libc.ptrace(16, 1, 0, 0),
+    "unshare": libc.unshare(0x10000000),
+    "mount": libc.mount(b"none", b"/tmp", b"tmpfs", 0, None),
+    "abstract": err(abstract),
+    "usr_writable": os.access("/usr/lib", os.W_OK),
+}))
+"#;
+    let out = svc.run_code(code).await;
+    let probe = stdout_json(&out);
+    assert_eq!(probe["pid"], 2, "{probe:#}");
+    assert_eq!(probe["procs"], json!([1, 2]), "{probe:#}");
+    // 0, 1, 2 and the descriptor that lists /proc/self/fd.
+    assert_eq!(probe["fds"], json!([0, 1, 2, 3]), "{probe:#}");
+    assert_eq!(probe["threads"], 1);
+    assert_eq!(probe["caps"], json!(["0000000000000000"]));
+    assert_eq!(probe["no_new_privs"], "1");
+    assert_eq!(probe["seccomp"], "2");
+    assert_eq!(probe["kill_pid1"], "EPERM");
+    assert_eq!(probe["ptrace_pid1"], -1);
+    assert_eq!(probe["unshare"], -1);
+    assert_eq!(probe["mount"], -1);
+    assert_eq!(probe["abstract"], "ECONNREFUSED");
+    assert_eq!(probe["usr_writable"], false);
+}
+
+/// What one job does to its memory, files, IPC and random state, the next job
+/// does not start from; what it leaves running dies with it.
+#[tokio::test]
+async fn jobs_share_nothing_and_leave_nothing() {
+    require_root!();
+    let svc = forking();
+    let needle = sleep_needle("611.5");
+    let marks = format!(
+        r#"
+import json, os, random, ssl, subprocess, sys, sysconfig, tempfile, uuid
+import numpy
+seen = {{
+    "numpy_mark": hasattr(numpy, "pysandbox_mark"),
+    "module_mark": "pysandbox_planted" in sys.modules,
+    "tmp": sorted(os.listdir("/tmp")),
+    "shm": sorted(os.listdir("/dev/shm")),
+    "work": sorted(os.listdir("/work")),
+    "random": [random.random(), float(numpy.random.random()), uuid.uuid4().hex,
+               next(tempfile._get_candidate_names()), ssl.RAND_bytes(8).hex()],
+}}
+numpy.pysandbox_mark = True
+sys.modules["pysandbox_planted"] = sys
+for path in ("/tmp/planted", "/dev/shm/planted", "/work/planted"):
+    open(path, "w").write("x")
+subprocess.Popen(["sleep", {}], start_new_session=True)
+print(json.dumps(seen))
+"#,
+        py_concat(&needle)
+    );
+    let first = stdout_json(&svc.run_code(&marks).await);
+    assert!(
+        host_processes_matching(&needle).is_empty(),
+        "a process of the first job outlived its response"
+    );
+    let second = stdout_json(&svc.run_code(&marks).await);
+    for seen in [&first, &second] {
+        assert_eq!(seen["numpy_mark"], false, "{seen:#}");
+        assert_eq!(seen["module_mark"], false, "{seen:#}");
+        // The display channel the executor makes, and nothing else.
+        assert_eq!(seen["tmp"], json!([".pysandbox-display"]), "{seen:#}");
+        assert_eq!(seen["shm"], json!([]), "{seen:#}");
+        assert_eq!(seen["work"], json!([]), "{seen:#}");
+    }
+    let (a, b) = (
+        first["random"].as_array().unwrap(),
+        second["random"].as_array().unwrap(),
+    );
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert_ne!(x, y, "random source {i} repeats between jobs");
+    }
+    assert!(host_processes_matching(&needle).is_empty());
+    let jobs = svc.executor.state_dir().join("jobs");
+    let gone = wait_until_async(Duration::from_secs(3), || {
+        std::fs::read_dir(&jobs).map_or(true, |d| d.count() == 0)
+    })
+    .await;
+    assert!(gone, "a job's directory is left under {}", jobs.display());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        !mounts.contains(&jobs.display().to_string()),
+        "a job's tmpfs is still mounted"
+    );
+}
+
+/// Pages shared with the template are not the job's: a 48 MiB job runs next to a
+/// template of about 100 MiB; pages it writes are, and hit its limit.
+#[tokio::test]
+async fn memory_limits_count_what_the_job_writes_not_the_template() {
+    require_root!();
+    let svc = forking();
+    let small = svc
+        .run(json!({
+            "code": "import pandas\nprint(pandas.DataFrame({'a': [1, 2]}).a.sum())",
+            "limits": { "memoryMb": 48 },
+        }))
+        .await;
+    assert_eq!(small["stdout"], "3\n", "{small:#}");
+    assert_eq!(small["limitExceeded"], Value::Null);
+    let big = svc
+        .run(json!({
+            "code": "x = bytearray(200 << 20)\nprint('survived')",
+            "limits": { "memoryMb": 48 },
+        }))
+        .await;
+    assert_eq!(big["limitExceeded"], "memory", "{big:#}");
+    assert_eq!(big["stdout"], "");
+}
+
+/// Charts and the last expression's value come back from a forked job as from a
+/// jail of its own.
+#[tokio::test]
+async fn figures_and_the_last_value_come_back() {
+    require_root!();
+    let svc = forking();
+    let out = svc
+        .run_code("import matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()\n6 * 7")
+        .await;
+    assert_eq!(out["result"], "42", "{out:#}");
+    let displays = out["displays"].as_array().expect("displays");
+    assert_eq!(displays.len(), 1, "{out:#}");
+    assert_eq!(displays[0]["contentType"], "image/png");
+}
+
+/// Killing the template leaves the service up: jobs run in cold jails meanwhile,
+/// and a new template (the next generation) takes over.
+#[tokio::test]
+async fn a_killed_template_is_replaced_and_jobs_go_on() {
+    require_root!();
+    let svc = forking();
+    let (pid, generation) = wait_for_generation(&svc, 0).await;
+    kill(Pid::from_raw(pid), Signal::SIGKILL).expect("kill the template's bwrap");
+    let out = svc.run_code("print('still served')").await;
+    assert_eq!(out["stdout"], "still served\n", "{out:#}");
+    let (new_pid, _) = wait_for_generation(&svc, generation).await;
+    assert_ne!(new_pid, pid);
+    let out = svc.run_code("print('forked again')").await;
+    assert_eq!(out["stdout"], "forked again\n", "{out:#}");
+    assert_eq!(
+        svc.executor.jails_started().last().map(String::as_str),
+        Some("forked")
+    );
+}
+
+/// SIGHUP replaces the template without failing the job running in the old one.
+#[tokio::test]
+async fn a_reload_lets_running_jobs_finish() {
+    require_root!();
+    let svc = forking();
+    let (_, generation) = wait_for_generation(&svc, 0).await;
+    let executor = Pid::from_raw(svc.executor.pid().expect("running") as i32);
+    let job = svc.run(json!({ "code": "import time\ntime.sleep(3)\nprint('finished')" }));
+    let reload = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        kill(executor, Signal::SIGHUP).expect("SIGHUP");
+        wait_for_generation(&svc, generation).await
+    };
+    let (out, _) = tokio::join!(job, reload);
+    assert_eq!(out["stdout"], "finished\n", "{out:#}");
+    assert_eq!(out["exitCode"], 0);
+}
+
+/// A job that may use the network takes a jail of its own: its relay must exist
+/// before the job does.
+#[tokio::test]
+async fn a_job_with_network_starts_cold() {
+    require_root!();
+    let svc = Service::builder()
+        .executor_args(["--fork-server", "true"])
+        .executor_config_toml("[network]\nallowed_domains = [\"allowed.test\"]\n")
+        .start();
+    let out = svc.run_code("print('networked')").await;
+    assert_eq!(out["stdout"], "networked\n", "{out:#}");
+    assert_eq!(svc.executor.jails_started(), ["cold"]);
 }
