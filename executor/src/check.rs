@@ -10,7 +10,7 @@ use pysandbox_shared::{JobLimits, JobSpec, Response, Stream};
 use crate::cgroup::{self, Cgroups, Controller, Version};
 use crate::config::Config;
 use crate::error::chain;
-use crate::jail::Jail;
+use crate::jail::{Current, Jail};
 use crate::job::{Resolved, Runner};
 use crate::workdir;
 
@@ -145,7 +145,13 @@ async fn run_job(
     config.state_dir = scratch.to_owned();
     workdir::prepare(&config.state_dir).map_err(|e| chain(&e))?;
     let jail = Jail::new(&config).map_err(|e| chain(&e))?;
-    let runner = Runner::new(&config, Arc::new(jail), None, cgroups, Default::default());
+    let runner = Runner::new(
+        &config,
+        Arc::new(Current::new(jail)),
+        None,
+        cgroups,
+        Default::default(),
+    );
     let spec = JobSpec {
         request_id: "check".into(),
         code: "print(2 + 2)".into(),

@@ -30,12 +30,12 @@ use crate::fork::order::Order;
 use crate::forked;
 use crate::ids::{Lease, SandboxIds};
 use crate::inputs;
-use crate::jail::{Jail, Started};
+use crate::jail::{self, Started};
 use crate::metrics::Metrics;
 use crate::output::{forward, last_words};
 use crate::proxy::policy::Policy;
 use crate::proxy::{JobProxy, NetworkReport, Proxies};
-use crate::template::Templates;
+use crate::template::ForkServer;
 use crate::workdir::{jobs_dir, DiskLimits, WorkDir};
 
 /// How long output may keep flowing after the jail's processes are gone. The pipes
@@ -63,10 +63,10 @@ pub(crate) type Frames = mpsc::Sender<Response>;
 /// Runs jobs, each in a jail of its own.
 #[derive(Debug)]
 pub struct Runner {
-    jail: Arc<Jail>,
+    jail: Arc<jail::Current>,
     /// The fork server, when it is on: jobs without network are forked from its
     /// template while one is ready.
-    templates: Option<Arc<Templates>>,
+    fork_server: Option<Arc<ForkServer>>,
     shm_bytes: u64,
     cgroups: Option<Cgroups>,
     jobs_dir: PathBuf,
@@ -225,15 +225,17 @@ impl Prepared {
 impl Runner {
     pub fn new(
         config: &Config,
-        jail: Arc<Jail>,
-        templates: Option<Arc<Templates>>,
+        jail: Arc<jail::Current>,
+        fork_server: Option<Arc<ForkServer>>,
         cgroups: Option<Cgroups>,
         metrics: Arc<Metrics>,
     ) -> Runner {
-        let (uid, gid) = jail.host_ids((config.sandbox_uid, config.sandbox_gid));
+        let (uid, gid) = jail
+            .get()
+            .host_ids((config.sandbox_uid, config.sandbox_gid));
         Runner {
             jail,
-            templates,
+            fork_server,
             shm_bytes: config.shm_bytes,
             cgroups,
             jobs_dir: jobs_dir(&config.state_dir),
@@ -266,18 +268,11 @@ impl Runner {
     /// What each isolation layer enforces on this host, for `/health`, and the
     /// fork server's state when it is on.
     pub fn isolation(&self) -> Vec<pysandbox_shared::Layer> {
-        let mut layers = self.jail.layers().to_vec();
-        if let Some(templates) = &self.templates {
-            let detail = match templates.ready() {
-                Some(t) => format!(
-                    "ready: template pid {} (generation {}) forks jobs without network",
-                    t.pid, t.generation
-                ),
-                None => "not ready: jobs run in cold jails until a template is".into(),
-            };
+        let mut layers = self.jail.get().layers().to_vec();
+        if let Some(server) = &self.fork_server {
             layers.push(pysandbox_shared::Layer {
                 name: "fork server".into(),
-                detail,
+                detail: server.status(),
             });
         }
         layers
@@ -446,9 +441,10 @@ impl Runner {
         let rlimits = self.rlimits(limits).into_iter().map(|(r, _, v)| (r, v));
         let rlimits: Vec<_> = rlimits.collect();
         let proxy_dir = proxy.map(JobProxy::dir);
-        let started = self
-            .jail
-            .spawn(&dir, ids.pair(), &procs, &rlimits, preload, proxy_dir)?;
+        let started =
+            self.jail
+                .get()
+                .spawn(&dir, ids.pair(), &procs, &rlimits, preload, proxy_dir)?;
         Ok(Prepared {
             dir,
             display,
@@ -482,7 +478,7 @@ impl Runner {
                 .into_iter()
                 .map(|(r, _, v)| (r, v))
                 .collect(),
-            read: self.jail.extra_read().to_vec(),
+            read: self.jail.get().extra_read().to_vec(),
         };
         let pending = forked::Pending::new(template, &order, &dir.dirs(), &cgroup)?;
         Ok(Prepared {
@@ -537,7 +533,10 @@ impl Runner {
         let (live, mut violations) = mpsc::channel(MAX_VIOLATIONS);
         // A job without network forks from the template while one is ready.
         let template = match &resolved.network {
-            None => self.templates.as_ref().and_then(|t| t.ready()),
+            None => self
+                .fork_server
+                .as_ref()
+                .and_then(|f| f.for_code(&spec.code)),
             Some(_) => None,
         };
         let mut jail = match (jail, &resolved.network) {

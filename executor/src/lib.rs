@@ -14,6 +14,7 @@ pub(crate) mod display;
 pub(crate) mod error;
 pub mod fork;
 pub(crate) mod forked;
+pub(crate) mod host_watch;
 pub(crate) mod ids;
 pub(crate) mod inputs;
 pub(crate) mod jail;

@@ -26,7 +26,8 @@ use tracing::{error, info, info_span, warn, Instrument};
 use crate::cgroup::{self, Cgroups};
 use crate::config::Config;
 use crate::error::{chain, Error};
-use crate::jail::Jail;
+use crate::host_watch;
+use crate::jail::{self, Jail};
 use crate::job::{Frames, Resolved, Runner};
 use crate::metrics::{JobTally, Metrics};
 use crate::pool::Pool;
@@ -79,9 +80,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
              RLIMIT_AS and a per-uid RLIMIT_NPROC"
         ),
     }
-    let jail = Arc::new(Jail::new(&config)?);
+    let jail = Arc::new(jail::Current::new(Jail::new(&config)?));
     let templates = template::start(&config, cgroups.as_ref(), &jail);
     // Forked jobs need no warm jails; jobs with network always start cold.
+    tokio::spawn(host_watch::watch(
+        config.clone(),
+        Arc::clone(&jail),
+        templates.clone(),
+    ));
     let fork_server = templates.is_some();
     let warm_pool_size = if fork_server {
         0

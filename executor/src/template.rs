@@ -21,7 +21,7 @@ use tracing::{info, warn};
 use crate::cgroup::{Cgroups, Controller};
 use crate::config::Config;
 use crate::error::Error;
-use crate::jail::Jail;
+use crate::jail::{Current, Jail};
 
 /// How long a template may take to start and import its modules.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -63,12 +63,12 @@ impl Template {
 /// Starts the fork server when the configuration asks for it and the host has
 /// what it needs: memory and pids cgroups (forked jobs are limited and killed
 /// through them) and one sandbox uid (every forked job runs as the template's).
-/// A SIGHUP replaces the template.
+/// A SIGHUP replaces both templates.
 pub fn start(
     config: &Config,
     cgroups: Option<&Cgroups>,
-    jail: &Arc<Jail>,
-) -> Option<Arc<Templates>> {
+    jail: &Arc<Current>,
+) -> Option<Arc<ForkServer>> {
     if !config.fork_server {
         return None;
     }
@@ -77,14 +77,25 @@ pub fn start(
         warn!("the fork server needs memory and pids cgroups: it is off, every job starts its own jail");
         return None;
     }
+    if jail.get().layers_dropped() {
+        warn!("isolation layers are left out (a test build's switch): the fork server is off");
+        return None;
+    }
     if config.sandbox_ids != 1 {
         warn!("the fork server runs every job as one uid: it is off while sandbox_ids is not 1");
         return None;
     }
-    let templates = Arc::new(Templates::default());
-    let ids = jail.host_ids((config.sandbox_uid, config.sandbox_gid));
-    tokio::spawn(Arc::clone(&templates).supervise(Arc::clone(jail), ids));
-    let on_hangup = Arc::clone(&templates);
+    let server = Arc::new(ForkServer {
+        heavy: Arc::new(Templates::new("template", config.fork_preload.clone())),
+        lean: Arc::new(Templates::new("lean template", Vec::new())),
+    });
+    let ids = jail
+        .get()
+        .host_ids((config.sandbox_uid, config.sandbox_gid));
+    for templates in [&server.heavy, &server.lean] {
+        tokio::spawn(Arc::clone(templates).supervise(Arc::clone(jail), ids));
+    }
+    let on_hangup = Arc::clone(&server);
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let Ok(mut hangups) = signal(SignalKind::hangup()) else {
@@ -94,17 +105,91 @@ pub fn start(
             on_hangup.reload();
         }
     });
-    Some(templates)
+    Some(server)
 }
 
-/// The current template, if one is ready, and the supervisor that keeps it so.
-#[derive(Debug, Default)]
+/// Two templates: one with the heavy modules imported, for the jobs that use
+/// them, and a lean one without, for the rest — forking copies the page tables
+/// of the whole template, which a `print(2+2)` should not pay for pandas.
+#[derive(Debug)]
+pub struct ForkServer {
+    heavy: Arc<Templates>,
+    lean: Arc<Templates>,
+}
+
+impl ForkServer {
+    /// The ready template a job of `code` forks from: the heavy one when the code
+    /// names one of its modules (or imports by name at run time), else the lean
+    /// one; the other when that one is not ready. A wrong guess only costs time:
+    /// the job imports what it needs either way.
+    pub fn for_code(&self, code: &str) -> Option<Arc<Template>> {
+        let (first, second) = match self.heavy.wanted_by(code) {
+            true => (&self.heavy, &self.lean),
+            false => (&self.lean, &self.heavy),
+        };
+        first.ready().or_else(|| second.ready())
+    }
+
+    /// Replaces both templates.
+    pub fn reload(&self) {
+        self.heavy.reload();
+        self.lean.reload();
+    }
+
+    /// For `/health`: "ready: …" once both templates are, with their pids and
+    /// generations.
+    pub fn status(&self) -> String {
+        let described = |t: &Templates| {
+            t.ready()
+                .map(|r| format!("{} pid {} (generation {})", t.name, r.pid, r.generation))
+        };
+        match (described(&self.heavy), described(&self.lean)) {
+            (Some(heavy), Some(lean)) => format!(
+                "ready: {heavy} with {}; {lean}; jobs without network fork from one",
+                self.heavy.preload.join(", ")
+            ),
+            (heavy, lean) => format!(
+                "not ready ({} of 2 templates): jobs run in cold jails until one is",
+                usize::from(heavy.is_some()) + usize::from(lean.is_some())
+            ),
+        }
+    }
+}
+
+/// The current template of one kind, if one is ready, and the supervisor that
+/// keeps it so.
+#[derive(Debug)]
 pub struct Templates {
+    /// For logs and `/health`.
+    name: &'static str,
+    /// The modules it imports.
+    preload: Vec<String>,
     current: Mutex<Option<Arc<Template>>>,
     reload: Notify,
 }
 
 impl Templates {
+    fn new(name: &'static str, preload: Vec<String>) -> Templates {
+        Templates {
+            name,
+            preload,
+            current: Mutex::new(None),
+            reload: Notify::new(),
+        }
+    }
+
+    /// Whether `code` names one of this template's modules (its top-level
+    /// package), or imports by a name computed at run time.
+    fn wanted_by(&self, code: &str) -> bool {
+        code.contains("__import__")
+            || code.contains("importlib")
+            || self
+                .preload
+                .iter()
+                .filter_map(|module| module.split('.').next())
+                .any(|package| code.contains(package))
+    }
+
     /// The ready template, if any.
     pub fn ready(&self) -> Option<Arc<Template>> {
         self.current
@@ -124,7 +209,7 @@ impl Templates {
     }
 
     /// Keeps a template ready for as long as the executor runs.
-    pub async fn supervise(self: Arc<Self>, jail: Arc<Jail>, ids: (u32, u32)) {
+    pub async fn supervise(self: Arc<Self>, jail: Arc<Current>, ids: (u32, u32)) {
         let mut backoff = FIRST_BACKOFF;
         let mut generation = 0;
         // The template in service and its bwrap process (dropping it kills the
@@ -132,9 +217,14 @@ impl Templates {
         let mut serving: Option<(Arc<Template>, Child)> = None;
         loop {
             generation += 1;
-            match spawn(&jail, ids, generation).await {
+            match spawn(&jail.get(), ids, &self.preload, generation).await {
                 Ok((template, child)) => {
-                    info!(pid = template.pid, generation, "fork-server template ready");
+                    info!(
+                        pid = template.pid,
+                        generation,
+                        template = self.name,
+                        "fork-server template ready"
+                    );
                     let template = Arc::new(template);
                     self.set(Some(Arc::clone(&template)));
                     if let Some(old) = serving.replace((template, child)) {
@@ -186,7 +276,12 @@ async fn retire((template, mut child): (Arc<Template>, Child)) {
 }
 
 /// Starts a template and waits until it says it is ready.
-async fn spawn(jail: &Jail, ids: (u32, u32), generation: u64) -> Result<(Template, Child), Error> {
+async fn spawn(
+    jail: &Jail,
+    ids: (u32, u32),
+    preload: &[String],
+    generation: u64,
+) -> Result<(Template, Child), Error> {
     let (control, theirs) = socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
@@ -194,7 +289,7 @@ async fn spawn(jail: &Jail, ids: (u32, u32), generation: u64) -> Result<(Templat
         SockFlag::SOCK_CLOEXEC,
     )
     .map_err(|e| Error::jail("create the template's control socket")(e.into()))?;
-    let (mut child, mut ready) = jail.spawn_template(ids, theirs)?;
+    let (mut child, mut ready) = jail.spawn_template(ids, theirs, preload)?;
     if let Some(stderr) = child.stderr.take() {
         tokio::spawn(log_stderr(stderr, generation));
     }
@@ -224,5 +319,29 @@ async fn log_stderr(stderr: tokio::process::ChildStderr, generation: u64) {
             warn!(generation, line = %pysandbox_shared::text::shown(&line, 500), "fork-server template said");
             logged += 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_naming_a_heavy_module_want_the_heavy_template() {
+        let heavy = Templates::new("template", vec!["numpy".into(), "matplotlib.pyplot".into()]);
+        for code in [
+            "import numpy as np",
+            "from matplotlib import pyplot",
+            "import os, matplotlib",
+            "m = __import__('nu' + 'mpy')",
+            "import importlib\nimportlib.import_module(name)",
+        ] {
+            assert!(heavy.wanted_by(code), "{code}");
+        }
+        for code in ["print(2 + 2)", "import json, os\nprint(os.getcwd())", ""] {
+            assert!(!heavy.wanted_by(code), "{code}");
+        }
+        let lean = Templates::new("lean template", Vec::new());
+        assert!(!lean.wanted_by("import numpy"));
     }
 }

@@ -152,6 +152,9 @@ impl ExecutorBuilder {
     }
 }
 
+/// In the command line of a fork-server template (and of its bwrap).
+const TEMPLATE_MARK: &str = "--fork-server /run/pysandbox-fork.so";
+
 /// A running `pysandbox-executor` (as root). Killed (SIGKILL) when dropped.
 #[derive(Debug)]
 pub struct Executor {
@@ -198,12 +201,13 @@ impl Executor {
         &self.log
     }
 
-    /// Host processes whose command line names a path under the state dir (with
-    /// a trailing `/`, which the executor's own `--state-dir` flag lacks): the
-    /// bwrap processes of its jails, which bind their work dirs from there.
+    /// Host processes of its jails: bwrap processes whose command line names a
+    /// path under the state dir (with a trailing `/`, which the executor's own
+    /// `--state-dir` flag lacks), as they bind their work dirs from there, and
+    /// every process forked from one of its fork-server templates.
     ///
-    /// Warm jails waiting for a job are left out (see [`Executor::idle_jail_ids`]):
-    /// the pool keeps them by design.
+    /// Warm jails waiting for a job are left out (see [`Executor::idle_jail_ids`]),
+    /// and so are the templates themselves: the executor keeps both by design.
     pub fn jail_processes(&self) -> Vec<u32> {
         let needle = format!("{}/", self.state_dir.display());
         let own = self.pid();
@@ -212,15 +216,38 @@ impl Executor {
             .iter()
             .map(|id| format!("/jobs/{id}/work"))
             .collect();
-        host_processes_matching(&needle)
-            .into_iter()
-            .filter(|pid| Some(*pid) != own)
-            .filter(|pid| {
-                let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                let cmdline = String::from_utf8_lossy(&cmdline);
-                !idle.iter().any(|dir| cmdline.contains(dir.as_str()))
+        let parents = crate::parent_pids();
+        let ours = |pid: u32| crate::cmdline(pid).contains(needle.as_str());
+        // A template: the Python under its own bwrap, which names our state dir.
+        let templates: Vec<u32> = parents
+            .iter()
+            .filter(|&(&pid, &parent)| {
+                let line = crate::cmdline(pid);
+                line.contains(TEMPLATE_MARK) && !line.contains("bwrap") && ours(parent)
             })
-            .collect()
+            .map(|(&pid, _)| pid)
+            .collect();
+        let forked = |mut pid: u32| loop {
+            match parents.get(&pid) {
+                Some(parent) if templates.contains(parent) => return true,
+                Some(&parent) if parent > 1 => pid = parent,
+                _ => return false,
+            }
+        };
+        let mut pids: Vec<u32> = parents
+            .keys()
+            .copied()
+            .filter(|&pid| Some(pid) != own)
+            .filter(|&pid| {
+                let line = crate::cmdline(pid);
+                let jail = line.contains(needle.as_str())
+                    && !line.contains(TEMPLATE_MARK)
+                    && !idle.iter().any(|dir| line.contains(dir.as_str()));
+                jail || forked(pid)
+            })
+            .collect();
+        pids.sort_unstable();
+        pids
     }
 
     /// Ids (names under `<state dir>/jobs`, and `job-<id>` cgroups) of the warm jails
@@ -383,8 +410,9 @@ impl Executor {
                 cmd.arg("--warm-pool-size").arg(size);
             }
             // And a third time with PYSANDBOX_TEST_FORK_SERVER=1: every job without
-            // network forked from the fork server's template.
-            let sets_fork = self.builder.args.iter().any(|a| a == "--fork-server");
+            // network forked from the fork server's templates (not in the tests
+            // that set up a warm pool: they test the pool).
+            let sets_fork = sets_pool || self.builder.args.iter().any(|a| a == "--fork-server");
             if let (Ok("1"), false) = (
                 std::env::var("PYSANDBOX_TEST_FORK_SERVER").as_deref(),
                 sets_fork,

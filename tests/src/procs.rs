@@ -8,28 +8,41 @@ use std::time::{Duration, Instant};
 /// separators read as spaces, contains `needle`.
 pub fn host_processes_matching(needle: &str) -> Vec<u32> {
     let me = std::process::id();
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut pids: Vec<u32> = entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+    let mut pids: Vec<u32> = host_pids()
         .filter(|&pid| pid != me)
-        .filter(|pid| {
-            // A process may exit between read_dir and this read: skip it.
-            fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|raw| {
-                    let cmdline: Vec<u8> = raw
-                        .into_iter()
-                        .map(|b| if b == 0 { b' ' } else { b })
-                        .collect();
-                    String::from_utf8_lossy(&cmdline).contains(needle)
-                })
-                .unwrap_or(false)
-        })
+        .filter(|&pid| cmdline(pid).contains(needle))
         .collect();
     pids.sort_unstable();
     pids
+}
+
+/// Every pid in the host's `/proc`.
+fn host_pids() -> impl Iterator<Item = u32> {
+    let entries = fs::read_dir("/proc").into_iter().flatten().flatten();
+    entries.filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+}
+
+/// The command line of `pid`, its NUL separators read as spaces; empty once it
+/// is gone (a process may exit between listing and reading).
+pub fn cmdline(pid: u32) -> String {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let spaced: Vec<u8> = raw
+        .into_iter()
+        .map(|b| if b == 0 { b' ' } else { b })
+        .collect();
+    String::from_utf8_lossy(&spaced).into_owned()
+}
+
+/// Host pid → parent pid of every process.
+pub fn parent_pids() -> std::collections::HashMap<u32, u32> {
+    host_pids()
+        .filter_map(|pid| {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // The command name may hold spaces and parentheses: fields follow the last ')'.
+            let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?;
+            Some((pid, ppid.parse().ok()?))
+        })
+        .collect()
 }
 
 const POLL_INTERVAL: Duration = Duration::from_millis(20);

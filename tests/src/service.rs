@@ -20,6 +20,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(150);
 const POOL_TIMEOUT: Duration = Duration::from_secs(60);
 /// What the executor logs when a warm jail fails to start (its pool never fills).
 const WARM_SETUP_FAILED: &str = "cannot set up a warm jail";
+/// And what it logs when a fork-server template does not start.
+const TEMPLATE_FAILED: &str = "fork-server template did not start";
 
 /// Options for a [`Service`].
 #[derive(Debug, Default)]
@@ -214,7 +216,10 @@ impl Service {
             let health = self.blocking_health();
             warm = health["warmJails"].as_u64();
             let forks = !forking || template_ready(&health);
-            (warm == Some(size.into()) && forks) || self.executor.log().contains(WARM_SETUP_FAILED)
+            let log = self.executor.log();
+            (warm == Some(size.into()) && forks)
+                || log.contains(WARM_SETUP_FAILED)
+                || log.contains(TEMPLATE_FAILED)
         });
         assert!(
             full,

@@ -291,3 +291,37 @@ async fn a_job_with_network_starts_cold() {
     assert_eq!(out["stdout"], "networked\n", "{out:#}");
     assert_eq!(svc.executor.jails_started(), ["cold"]);
 }
+
+/// The template follows the host: a change to what jails bind (here an extra
+/// read-only directory, as an upgrade changes the interpreter's packages) makes
+/// a fresh template, whose jobs see the change.
+#[tokio::test]
+async fn a_change_on_the_host_replaces_the_template() {
+    require_root!();
+    // Not under /tmp, which every job's own /tmp covers.
+    let packages = tempfile::Builder::new()
+        .prefix("pysandbox-packages.")
+        .tempdir_in("/var/tmp")
+        .expect("tempdir");
+    std::fs::set_permissions(
+        packages.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let dir = packages.path().display().to_string();
+    let svc = Service::builder()
+        .executor_args(["--fork-server", "true"])
+        .executor_config_toml(&format!("ro_binds = [{dir:?}]\n"))
+        .start();
+    let (_, generation) = wait_for_generation(&svc, 0).await;
+    std::fs::write(packages.path().join("fresh.py"), "VALUE = 42\n").expect("install");
+    let (_, newer) = wait_for_generation(&svc, generation).await;
+    assert!(newer > generation);
+    let out = svc
+        .run_code(&format!(
+            "import sys\nsys.path.insert(0, {dir:?})\nimport fresh\nprint(fresh.VALUE)"
+        ))
+        .await;
+    assert_eq!(out["stdout"], "42\n", "{out:#}");
+    assert_eq!(svc.executor.jails_started(), ["forked"]);
+}

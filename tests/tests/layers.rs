@@ -26,8 +26,15 @@ const DROP_LAYER: &str = "PYSANDBOX_TEST_DROP_LAYER";
 
 /// A service whose jails leave out `dropped` (a comma-separated list of layers, or
 /// empty for none); checks that the executor says so loudly.
+/// A service whose jobs run in jails of their own (bwrap's), with `dropped` left
+/// out of them. The fork server stays off: with layers dropped it would be off
+/// anyway, and the control runs must take the same path as the runs they control
+/// (`fork.rs` proves the layers of forked jobs).
 fn service(dropped: &str) -> Service {
-    let svc = Service::builder().executor_env(DROP_LAYER, dropped).start();
+    let svc = Service::builder()
+        .executor_env(DROP_LAYER, dropped)
+        .executor_args(["--fork-server", "false"])
+        .start();
     assert_eq!(
         svc.executor.log().contains("TEST BUILD SWITCH"),
         !dropped.is_empty(),

@@ -63,10 +63,16 @@ async fn a_full_pool_serves_the_next_job_and_refills_after_it() {
 async fn the_default_pool_has_two_jails_and_the_harness_switch_turns_it_off() {
     require_root!();
     let svc = Service::start();
-    // CI runs the suite twice: with the executor's default pool, and with
-    // PYSANDBOX_TEST_WARM_POOL=0; both passes must take the path they claim.
+    // CI runs the suite three times: with the executor's default pool, with
+    // PYSANDBOX_TEST_WARM_POOL=0, and with PYSANDBOX_TEST_FORK_SERVER=1 (no pool:
+    // jobs fork); each pass must take the path it claims.
     let off = std::env::var("PYSANDBOX_TEST_WARM_POOL").is_ok_and(|v| v == "0");
-    let (size, path) = if off { (0, "cold") } else { (2, "warm") };
+    let forking = std::env::var("PYSANDBOX_TEST_FORK_SERVER").is_ok_and(|v| v == "1");
+    let (size, path) = match (forking, off) {
+        (true, _) => (0, "forked"),
+        (false, true) => (0, "cold"),
+        (false, false) => (2, "warm"),
+    };
     assert_eq!(svc.executor.warm_pool_size(), size);
     assert_eq!(warm_jails(&svc).await, u64::from(size));
     svc.run_code("print(1)").await;

@@ -148,7 +148,9 @@ fn in_child(order: &Order, fds: &[RawFd]) -> Result<(), Error> {
         .map_err(errno("mount the job's /proc"))?;
         return Ok(());
     };
-    // 7. C waits for the job, then kills pid 1, which makes the kernel kill every
+    // 7. C needs no capability from here on: it keeps none, as pid 1 keeps none.
+    drop_capabilities()?;
+    // 8. C waits for the job, then kills pid 1, which makes the kernel kill every
     //    process the job left in its namespace, and reports the job's status.
     let job = nix::unistd::Pid::from_raw(job);
     let status = loop {
@@ -183,8 +185,17 @@ fn in_job(order: &Order, fds: &[RawFd]) -> Result<(), Error> {
     // Nothing of the template or of the order reaches the job: not its control
     // socket, not the status pipe, not the mount clones or cgroup files.
     crate::sys::close_fds_from(3);
-    // The job's user namespace gave this process every capability in it; a job
-    // keeps none, in any set, and cannot regain any through exec.
+    drop_capabilities()?;
+    nix::sys::prctl::set_no_new_privs().map_err(errno("set no_new_privs"))?;
+    landlock::apply(&Rules::for_jail(order.read.iter().cloned(), Vec::new()))
+        .map_err(|e| step("apply landlock")(io::Error::other(e)))?;
+    // Last: the filter refuses unshare, mount and everything above that it needs.
+    sys::load_seccomp(&seccomp::program()).map_err(step("load the seccomp filter"))
+}
+
+/// The job's user namespace gave this process every capability in it; it keeps
+/// none, in any set, and cannot regain any through exec.
+fn drop_capabilities() -> Result<(), Error> {
     for set in [
         caps::CapSet::Ambient,
         caps::CapSet::Inheritable,
@@ -194,11 +205,7 @@ fn in_job(order: &Order, fds: &[RawFd]) -> Result<(), Error> {
     ] {
         caps::clear(None, set).map_err(|e| step("drop capabilities")(io::Error::other(e)))?;
     }
-    nix::sys::prctl::set_no_new_privs().map_err(errno("set no_new_privs"))?;
-    landlock::apply(&Rules::for_jail(order.read.iter().cloned(), Vec::new()))
-        .map_err(|e| step("apply landlock")(io::Error::other(e)))?;
-    // Last: the filter refuses unshare, mount and everything above that it needs.
-    sys::load_seccomp(&seccomp::program()).map_err(step("load the seccomp filter"))
+    Ok(())
 }
 
 fn write_fd(fd: RawFd, bytes: &[u8]) -> io::Result<()> {

@@ -119,12 +119,13 @@ pub fn spawn_reaper() -> io::Result<libc::pid_t> {
     // Never freed: the caller exits soon after, and pid 1 runs on it until then.
     let stack: &'static mut [u8] = Vec::leak(vec![0u8; REAPER_STACK]);
     let top = stack.as_mut_ptr_range().end;
-    let top = top.wrapping_sub(top as usize % 16); // the ABI wants 16-byte alignment
-                                                   // SAFETY: the child runs `reap` on a stack nothing else uses. It shares the
-                                                   // caller's memory and TLS but touches neither: no allocation, no Rust state,
-                                                   // only waitpid/sigwaitinfo/sigprocmask. Those may write the shared `errno`;
-                                                   // the caller checks return values, not errno, to tell failure from success, so
-                                                   // at worst an error of its own is reported with pid 1's errno (ECHILD).
+    // The ABI wants a 16-byte aligned stack top.
+    let top = top.wrapping_sub(top as usize % 16);
+    // SAFETY: the child runs `reap` on a stack nothing else uses. It shares the
+    // caller's memory and TLS but touches neither: no allocation, no Rust state,
+    // only raw syscalls. Those may write the shared `errno`; the caller checks
+    // return values, not errno, to tell failure from success, so at worst an error
+    // of its own is reported with pid 1's errno (ECHILD).
     let pid = unsafe {
         libc::clone(
             reap,
@@ -147,6 +148,8 @@ extern "C" fn reap(_: *mut libc::c_void) -> libc::c_int {
         // It needs no descriptor, and must hold none: a copy of the job's stdout or
         // status pipe here would keep them open after the job ended.
         libc::syscall(libc::SYS_close_range, 0, libc::c_uint::MAX, 0);
+        // Nor any capability, in any set: the job's user namespace gave it all.
+        drop_own_capabilities();
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGCHLD);
@@ -155,5 +158,33 @@ extern "C" fn reap(_: *mut libc::c_void) -> libc::c_int {
             while libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) > 0 {}
             libc::sigwaitinfo(&set, std::ptr::null_mut());
         }
+    }
+}
+
+/// Empties every capability set of the calling thread with raw syscalls only
+/// (pid 1 of a job calls it on a stack of its own, sharing memory with its parent).
+/// What cannot be dropped stays: the caller has no way to report it, and the job
+/// checks its own sets before it runs.
+///
+/// # Safety
+/// Only async-signal-safe syscalls on locals.
+unsafe fn drop_own_capabilities() {
+    /// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit words per set.
+    const VERSION_3: u32 = 0x2008_0522;
+    // SAFETY: prctl and capset read only the locals passed, during the call.
+    unsafe {
+        for cap in 0..64 {
+            libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+        }
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        );
+        let header: [u32; 2] = [VERSION_3, 0];
+        let data: [u32; 6] = [0; 6];
+        libc::syscall(libc::SYS_capset, header.as_ptr(), data.as_ptr());
     }
 }

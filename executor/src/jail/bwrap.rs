@@ -94,7 +94,8 @@ pub fn template_args(layout: &Layout, library: &Path, command: &[OsString]) -> V
         args.push("--ro-bind").push(library).push(FORK_LIBRARY_PATH);
     }));
     args.push("--size").push(TEMPLATE_TMP_BYTES.to_string());
-    args.push_all(&["--tmpfs", "/tmp", "--chdir", "/"]);
+    // The jobs' cwd, covered by each job's own work dir (and `PWD` as a job's).
+    args.push_all(&["--tmpfs", "/tmp", "--chdir", WORK_DIR]);
     args.0.extend_from_slice(command);
     args.0
 }
@@ -307,7 +308,7 @@ mod tests {
             &command,
         ));
         let fixed = joined(&fixed_args(&layout()));
-        let (before_ro, _) = fixed.split_once("--remount-ro / ").unwrap();
+        let before_ro = fixed.strip_suffix("--remount-ro /").unwrap();
         assert!(args.starts_with(before_ro), "{args}");
         let library = position(
             &args,
@@ -315,7 +316,7 @@ mod tests {
         );
         assert!(library < position(&args, "--remount-ro / "));
         assert!(args
-            .ends_with("--remount-ro / --size 16777216 --tmpfs /tmp --chdir / /usr/bin/python3"));
+            .ends_with("--remount-ro / --size 16777216 --tmpfs /tmp --chdir /work /usr/bin/python3"));
         assert!(
             !args.contains("--bind "),
             "no host path is writable: {args}"

@@ -10,7 +10,7 @@ use crate::error::Error;
 /// Host paths bound read-only when they exist: the dynamic loader's cache (faster
 /// start), Debian's alternatives (numpy finds its BLAS through them), TLS roots for
 /// HTTPS, the time zone, fontconfig and Debian's matplotlib defaults.
-const HOST_FILES: &[&str] = &[
+pub(crate) const HOST_FILES: &[&str] = &[
     "/etc/ld.so.cache",
     "/etc/alternatives",
     "/etc/ssl/certs",

@@ -9,7 +9,7 @@
 pub mod bwrap;
 #[cfg(debug_assertions)]
 mod drop_layer;
-mod etc;
+pub(crate) mod etc;
 pub mod init;
 pub(crate) mod landlock;
 pub mod seccomp;
@@ -48,8 +48,8 @@ pub struct Jail {
     seccomp: Vec<u8>,
     /// What each isolation layer enforces on this host.
     layers: Vec<Layer>,
-    /// A fork-server template's whole bwrap argv and seccomp filter, when the
-    /// fork server is on.
+    /// A fork-server template's bwrap argv (its modules to import follow) and
+    /// seccomp filter, when the fork server is on.
     template: Option<(Vec<OsString>, Vec<u8>)>,
     /// Host paths beyond the fixed layout that a jail may read (landlock grants
     /// them); forked jobs apply the same rules.
@@ -58,6 +58,28 @@ pub struct Jail {
     /// `drop_layer`).
     #[cfg(debug_assertions)]
     stand_in_ids: Option<(u32, u32)>,
+    /// Whether a test build leaves layers out (see `drop_layer`).
+    #[cfg(debug_assertions)]
+    layers_dropped: bool,
+}
+
+/// The jail setup in force, replaced as a whole when the host changes under it
+/// (`host_watch`); a job keeps the setup it started with.
+#[derive(Debug)]
+pub struct Current(std::sync::RwLock<std::sync::Arc<Jail>>);
+
+impl Current {
+    pub fn new(jail: Jail) -> Current {
+        Current(std::sync::RwLock::new(std::sync::Arc::new(jail)))
+    }
+
+    pub fn get(&self) -> std::sync::Arc<Jail> {
+        std::sync::Arc::clone(&self.0.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub fn replace(&self, jail: Jail) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(jail);
+    }
 }
 
 /// The Python program every jail runs (see the file for its protocol).
@@ -116,7 +138,6 @@ impl Jail {
             command.extend(
                 ["-c", LAUNCHER, "--fork-server", bwrap::FORK_LIBRARY_PATH].map(OsString::from),
             );
-            command.extend(config.fork_preload.iter().map(OsString::from));
             (
                 bwrap::template_args(&layout, &config.fork_library, &command),
                 seccomp::template_bytes(),
@@ -129,7 +150,7 @@ impl Jail {
             bwrap::fixed_args(&layout),
         );
         #[cfg(debug_assertions)]
-        let stand_in_ids = {
+        let (stand_in_ids, layers_dropped) = {
             let dropped = drop_layer::Dropped::from_env().map_err(Error::Config)?;
             if dropped.any() {
                 tracing::warn!(
@@ -142,9 +163,10 @@ impl Jail {
             dropped.edit_bwrap_args(&mut fixed_args);
             dropped.edit_command(&mut command);
             dropped.edit_command(&mut command_net);
-            dropped
+            let ids = dropped
                 .stand_in_ids(&config.allow_uids, config.socket_group)
-                .map_err(Error::Config)?
+                .map_err(Error::Config)?;
+            (ids, dropped.any())
         };
         let landlock_abi = crate::sys::landlock_abi();
         match landlock_abi {
@@ -166,6 +188,8 @@ impl Jail {
             extra_read,
             #[cfg(debug_assertions)]
             stand_in_ids,
+            #[cfg(debug_assertions)]
+            layers_dropped,
         })
     }
 
@@ -261,19 +285,30 @@ impl Jail {
 }
 
 impl Jail {
+    /// Whether a test build was told to leave isolation layers out of jails
+    /// (`drop_layer`): the fork server then stays off, so that those tests prove
+    /// the layers of a jail of the job's own.
+    pub fn layers_dropped(&self) -> bool {
+        #[cfg(debug_assertions)]
+        return self.layers_dropped;
+        #[cfg(not(debug_assertions))]
+        false
+    }
+
     /// The host paths a forked job may read beyond the fixed layout.
     pub fn extra_read(&self) -> &[PathBuf] {
         &self.extra_read
     }
 
-    /// Starts a fork-server template as `(uid, gid)`, with `control` (its end of
-    /// the control socket) as its fd 3. Returns the bwrap process, its stderr
-    /// piped, and the pipe on which it says `W` once it is ready. `None` in
-    /// `Jail::template` (the fork server is off) is an error.
+    /// Starts a fork-server template that imports `preload`, as `(uid, gid)`,
+    /// with `control` (its end of the control socket) as its fd 3. Returns the
+    /// bwrap process, its stderr piped, and the pipe on which it says `W` once it
+    /// is ready. With the fork server off, this is an error.
     pub fn spawn_template(
         &self,
         (uid, gid): (u32, u32),
         control: OwnedFd,
+        preload: &[String],
     ) -> Result<(Child, pipe::Receiver), Error> {
         let Some((args, filter)) = &self.template else {
             let off = "start a template: the fork server is off";
@@ -286,6 +321,7 @@ impl Jail {
         let ready_tx = ready_tx.into_blocking_fd().map_err(pipe_error)?;
         let mut cmd = Command::new(&self.bwrap);
         cmd.args(args)
+            .args(preload)
             .env_clear()
             .stdin(Stdio::null())
             .stdout(Stdio::null())
