@@ -36,6 +36,12 @@ pub async fn run(config: &Config) -> bool {
         file_line("bwrap", true, &config.bwrap, "apt-get install bubblewrap"),
         file_line("python", true, &config.python, "install python3, or set `python` to an interpreter under /usr or ro_binds"),
         file_line(
+            "fork library",
+            false,
+            &config.fork_library,
+            "install libpysandbox_fork.so (README, Install as a service), or set fork_server = false; without it every job starts a jail of its own",
+        ),
+        file_line(
             "socat",
             config.network.policy.allows_anything(),
             &config.network.socat,

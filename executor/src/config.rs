@@ -159,7 +159,7 @@ pub struct Cli {
     #[arg(long)]
     pub warm_pool_size: Option<u32>,
     /// Fork jobs without network from a preloaded template (docs/fork-server.md)
-    /// [default: false].
+    /// [default: true].
     #[arg(long)]
     pub fork_server: Option<bool>,
 }
@@ -492,6 +492,23 @@ pub struct Config {
     pub network: Network,
 }
 
+/// Where the fork server's library is when the configuration does not say: beside
+/// the executor binary (a build's target dir), else where the install steps put it
+/// (`<prefix>/lib/pysandbox/` for a binary in `<prefix>/bin/`).
+fn default_fork_library() -> Result<PathBuf, Error> {
+    let exe = std::env::current_exe().map_err(Error::setup("locate", "/proc/self/exe"))?;
+    let beside = exe.with_file_name(FORK_LIBRARY_NAME);
+    let installed = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|prefix| prefix.join("lib/pysandbox").join(FORK_LIBRARY_NAME));
+    Ok([Some(beside.clone()), installed]
+        .into_iter()
+        .flatten()
+        .find(|path| path.exists())
+        .unwrap_or(beside))
+}
+
 impl Config {
     /// Merges flags over the file named by `--config` over defaults, and checks the result.
     pub fn load(cli: Cli) -> Result<Config, Error> {
@@ -535,15 +552,13 @@ impl Config {
                 .warm_pool_size
                 .or(file.warm_pool_size)
                 .unwrap_or(DEFAULT_WARM_POOL_SIZE),
-            fork_server: cli.fork_server.or(file.fork_server).unwrap_or(false),
+            fork_server: cli.fork_server.or(file.fork_server).unwrap_or(true),
             fork_preload: file
                 .fork_preload
                 .unwrap_or_else(|| DEFAULT_FORK_PRELOAD.iter().map(|m| m.to_string()).collect()),
             fork_library: match file.fork_library {
                 Some(path) => path,
-                None => std::env::current_exe()
-                    .map_err(Error::setup("locate", "/proc/self/exe"))?
-                    .with_file_name(FORK_LIBRARY_NAME),
+                None => default_fork_library()?,
             },
             max_queued_jobs: file.max_queued_jobs.unwrap_or(DEFAULT_MAX_QUEUED_JOBS),
             queue_timeout: Duration::from_millis(

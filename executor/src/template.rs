@@ -77,6 +77,11 @@ pub fn start(
         warn!("the fork server needs memory and pids cgroups: it is off, every job starts its own jail");
         return None;
     }
+    if !config.fork_library.exists() {
+        warn!(library = %config.fork_library.display(),
+            "the fork server's library is missing (see README, Install as a service): it is off, every job starts its own jail");
+        return None;
+    }
     if jail.get().layers_dropped() {
         warn!("isolation layers are left out (a test build's switch): the fork server is off");
         return None;

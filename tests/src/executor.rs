@@ -403,21 +403,21 @@ impl Executor {
                 .arg(FRONTEND_GID.to_string())
                 .arg("--allow-uid")
                 .arg(FRONTEND_UID.to_string());
-            // CI runs the whole suite twice: with the executor's default warm pool, and
-            // with PYSANDBOX_TEST_WARM_POOL=0 (every job in a cold jail).
+            // CI runs the whole suite three times: with the executor's defaults (jobs
+            // fork from the fork server's templates), with PYSANDBOX_TEST_FORK_SERVER=0
+            // (warm jails from the default pool), and with that and
+            // PYSANDBOX_TEST_WARM_POOL=0 (every job in a cold jail).
             let sets_pool = self.builder.args.iter().any(|a| a == "--warm-pool-size");
             if let (Ok(size), false) = (std::env::var("PYSANDBOX_TEST_WARM_POOL"), sets_pool) {
                 cmd.arg("--warm-pool-size").arg(size);
             }
-            // And a third time with PYSANDBOX_TEST_FORK_SERVER=1: every job without
-            // network forked from the fork server's templates (not in the tests
-            // that set up a warm pool: they test the pool).
-            let sets_fork = sets_pool || self.builder.args.iter().any(|a| a == "--fork-server");
-            if let (Ok("1"), false) = (
-                std::env::var("PYSANDBOX_TEST_FORK_SERVER").as_deref(),
-                sets_fork,
-            ) {
-                cmd.arg("--fork-server").arg("true");
+            // And with PYSANDBOX_TEST_FORK_SERVER=0: the fork server (on by default)
+            // off, so that jobs take warm or cold jails. Tests that set up a warm
+            // pool test the pool: the fork server, which replaces it, is off there.
+            let sets_fork = self.builder.args.iter().any(|a| a == "--fork-server");
+            let fork_off = std::env::var("PYSANDBOX_TEST_FORK_SERVER").is_ok_and(|v| v == "0");
+            if !sets_fork && (sets_pool || fork_off) {
+                cmd.arg("--fork-server").arg("false");
             }
         }
         if let Some(toml) = &self.builder.config {

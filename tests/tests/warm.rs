@@ -59,21 +59,25 @@ async fn a_full_pool_serves_the_next_job_and_refills_after_it() {
     assert_eq!(svc.executor.jails_started(), ["warm", "warm"]);
 }
 
+/// CI runs the suite three times: with the executor's defaults (the fork server,
+/// no pool), with PYSANDBOX_TEST_FORK_SERVER=0 (the default pool of two), and with
+/// PYSANDBOX_TEST_WARM_POOL=0 too (cold jails); each pass takes the path it claims.
 #[tokio::test]
-async fn the_default_pool_has_two_jails_and_the_harness_switch_turns_it_off() {
+async fn each_pass_of_the_suite_takes_the_path_it_claims() {
     require_root!();
     let svc = Service::start();
-    // CI runs the suite three times: with the executor's default pool, with
-    // PYSANDBOX_TEST_WARM_POOL=0, and with PYSANDBOX_TEST_FORK_SERVER=1 (no pool:
-    // jobs fork); each pass must take the path it claims.
-    let off = std::env::var("PYSANDBOX_TEST_WARM_POOL").is_ok_and(|v| v == "0");
-    let forking = std::env::var("PYSANDBOX_TEST_FORK_SERVER").is_ok_and(|v| v == "1");
-    let (size, path) = match (forking, off) {
-        (true, _) => (0, "forked"),
-        (false, true) => (0, "cold"),
-        (false, false) => (2, "warm"),
+    let switch = |name: &str| std::env::var(name).is_ok_and(|v| v == "0");
+    let (fork_off, pool_off) = (
+        switch("PYSANDBOX_TEST_FORK_SERVER"),
+        switch("PYSANDBOX_TEST_WARM_POOL"),
+    );
+    let (size, path) = match (fork_off, pool_off) {
+        (false, _) => (0, "forked"),
+        (true, true) => (0, "cold"),
+        (true, false) => (2, "warm"),
     };
     assert_eq!(svc.executor.warm_pool_size(), size);
+    assert_eq!(svc.executor.fork_server(), !fork_off);
     assert_eq!(warm_jails(&svc).await, u64::from(size));
     svc.run_code("print(1)").await;
     assert_eq!(svc.executor.jails_started(), [path]);

@@ -315,8 +315,9 @@ mod tests {
             "--ro-bind /opt/libpysandbox_fork.so /run/pysandbox-fork.so",
         );
         assert!(library < position(&args, "--remount-ro / "));
-        assert!(args
-            .ends_with("--remount-ro / --size 16777216 --tmpfs /tmp --chdir /work /usr/bin/python3"));
+        assert!(args.ends_with(
+            "--remount-ro / --size 16777216 --tmpfs /tmp --chdir /work /usr/bin/python3"
+        ));
         assert!(
             !args.contains("--bind "),
             "no host path is writable: {args}"
