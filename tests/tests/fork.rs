@@ -99,7 +99,12 @@ def err(call):
         return "ok"
     except OSError as e:
         return errno.errorcode[e.errno]
-status = dict(l.split(":\t", 1) for l in open("/proc/self/status").read().splitlines() if ":\t" in l)
+def status_of(pid):
+    lines = open("/proc/%s/status" % pid).read().splitlines()
+    return dict(l.split(":\t", 1) for l in lines if ":\t" in l)
+status = status_of("self")
+def caps_of(status):
+    return sorted({status[k].strip() for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")})
 def abstract():
     s = socket.socket(socket.AF_UNIX)
     s.connect("\0pysandbox-template-probe")
@@ -108,7 +113,8 @@ print(json.dumps({
     "procs": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
     "fds": sorted(int(f) for f in os.listdir("/proc/self/fd")),
     "threads": len(os.listdir("/proc/self/task")),
-    "caps": sorted({status[k].strip() for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")}),
+    "caps": caps_of(status),
+    "pid1_caps": caps_of(status_of(1)),
     "no_new_privs": status["NoNewPrivs"].strip(),
     "seccomp": status["Seccomp"].strip(),
     "kill_pid1": err(lambda: os.kill(1, 0)),
@@ -127,6 +133,8 @@ print(json.dumps({
     assert_eq!(probe["fds"], json!([0, 1, 2, 3]), "{probe:#}");
     assert_eq!(probe["threads"], 1);
     assert_eq!(probe["caps"], json!(["0000000000000000"]));
+    // Its pid 1, the reaper, holds none either.
+    assert_eq!(probe["pid1_caps"], json!(["0000000000000000"]));
     assert_eq!(probe["no_new_privs"], "1");
     assert_eq!(probe["seccomp"], "2");
     assert_eq!(probe["kill_pid1"], "EPERM");
