@@ -28,7 +28,7 @@ pub use job::{
 pub use limits::{JobLimits, LimitKind, Usage, MAX_OUTPUT_BYTES};
 pub use network::{NetworkRequest, NetworkViolation, MAX_REQUESTED_DOMAINS, MAX_VIOLATIONS};
 pub use protocol::{
-    Bucket, Count, DisplayStart, Enforcement, ExecutorMetrics, ExecutorStatus, FileStart, FilesEnd,
-    Hello, Layer, OutputChunk, Request, Response, Started, Stream, Truncated, MAX_CHUNK_BYTES,
-    PROTOCOL_VERSION,
+    Ask, AskAnswer, AskOutcome, Bucket, Count, DisplayStart, Enforcement, ExecutorMetrics,
+    ExecutorStatus, FileStart, FilesEnd, Hello, Layer, OutputChunk, Request, Response, Started,
+    Stream, Truncated, MAX_CHUNK_BYTES, PROTOCOL_VERSION,
 };
