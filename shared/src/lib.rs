@@ -18,8 +18,8 @@ pub mod protocol;
 pub mod text;
 
 pub use codec::{
-    ClientConnection, Connection, HelloError, ProtocolError, ServerConnection, ServerReceiver,
-    ServerSender, MAX_REQUEST_FRAME_LEN, MAX_RESPONSE_FRAME_LEN,
+    ClientConnection, ClientReceiver, ClientSender, Connection, HelloError, ProtocolError,
+    ServerConnection, ServerReceiver, ServerSender, MAX_REQUEST_FRAME_LEN, MAX_RESPONSE_FRAME_LEN,
 };
 pub use files::{InputFile, PathError, RelativePath, SkipReason, SkippedFile};
 pub use job::{
