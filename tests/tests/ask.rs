@@ -11,8 +11,10 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use pysandbox_shared::{AskAnswer, AskOutcome, ClientConnection, JobSpec, Request, Response};
 use pysandbox_tests::{require_root, stdout_json, Origin, Service};
 use serde_json::{json, Value};
+use tokio::net::UnixStream;
 
 /// How the callback answers questions about one host.
 #[derive(Clone)]
@@ -443,4 +445,85 @@ print(json.dumps([
         "a refused request got through"
     );
     assert_eq!(callback.hosts(), ["localhost", "one.invalid"]);
+}
+
+/// The executor's end, with a frontend played by the test: answers to questions
+/// never asked (made-up ids, a yes for a question already answered) open
+/// nothing, and do not end the job as a stray frame would.
+#[tokio::test]
+async fn stray_answers_open_nothing() {
+    require_root!();
+    let origin = Origin::start();
+    let callback = Callback::start(BTreeMap::new());
+    let svc = start(&origin, &callback, PRIVATE_OK_AND_TOKEN);
+    let code = format!(
+        "{HELPERS}\nprint(json.dumps([via_http('http://asked.test:{0}/'), via_http('http://asked.test:{0}/')]))",
+        origin.port()
+    );
+    let spec = JobSpec {
+        request_id: "stray".into(),
+        code,
+        stdin: None,
+        timeout_ms: Some(60_000),
+        limits: Default::default(),
+        files: vec![],
+        collect_files: false,
+        network: None,
+    };
+    let stream = UnixStream::connect(svc.executor.socket())
+        .await
+        .expect("root may always connect to the executor");
+    let mut conn = ClientConnection::open(stream).await.expect("hello");
+    conn.send(&Request::Run(spec)).await.expect("send the job");
+    let answer = |id, outcome| Request::Answer(AskAnswer { id, outcome });
+    let (mut asks, mut stdout, mut end) = (Vec::new(), Vec::new(), None);
+    let read_all = async {
+        while let Ok(Some(response)) = conn.recv().await {
+            match response {
+                Response::Ask(ask) => {
+                    for stray in [0, ask.id + 1, u32::MAX] {
+                        let _ = conn.send(&answer(stray, AskOutcome::Allowed)).await;
+                    }
+                    let _ = conn.send(&answer(ask.id, AskOutcome::Refused)).await;
+                    let _ = conn.send(&answer(ask.id, AskOutcome::Allowed)).await;
+                    asks.push(ask);
+                }
+                Response::Output(chunk) => stdout.extend_from_slice(&chunk.data),
+                Response::Ended(ended) => end = Some(ended),
+                Response::Finished(_) | Response::Failed(_) => break,
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), read_all)
+        .await
+        .expect("the job ends");
+    let end = end.expect("the job ran to its end");
+    assert_eq!(end.exit_code, Some(0), "{end:?}");
+    assert_eq!(asks.len(), 1, "asked once: {asks:?}");
+    assert_eq!(
+        (
+            asks[0].host.as_str(),
+            asks[0].url.as_str(),
+            asks[0].token.as_deref()
+        ),
+        (
+            "asked.test",
+            callback.url().as_str(),
+            Some("callback-token")
+        )
+    );
+    let stdout: Value = serde_json::from_slice(&stdout).expect("the job printed JSON");
+    let target = asked_target(origin.port());
+    let refusal = json!([
+        403,
+        format!("pysandbox: blocked GET {target} ({REFUSED})\n")
+    ]);
+    assert_eq!(stdout, json!([refusal, refusal]));
+    assert_eq!(end.violations.len(), 2, "{end:?}");
+    assert_eq!(origin.seen(), Vec::<String>::new());
+    assert!(
+        callback.asked().is_empty(),
+        "the executor called nothing itself"
+    );
 }
