@@ -183,7 +183,13 @@ mod tests {
                             break;
                         }
                     }
-                    let _ = seen.send(String::from_utf8_lossy(&request).into_owned());
+                    let text = String::from_utf8_lossy(&request).into_owned();
+                    // Where a followed redirect would land: a yes.
+                    let answer = match text.split(' ').nth(1) {
+                        Some("/yes") => reply("200 OK", "", br#"{"allow": true}"#),
+                        _ => answer,
+                    };
+                    let _ = seen.send(text);
                     tokio::time::sleep(delay).await;
                     let _ = stream.write_all(&answer).await;
                 });
@@ -260,11 +266,8 @@ mod tests {
             reply("200 OK", "", br#"{"allow": true"#),
             reply("200 OK", "", huge.as_bytes()),
             reply("201 Created", "", br#"{"allow": true}"#),
-            reply(
-                "302 Found",
-                "Location: http://127.0.0.1:1/\r\n",
-                br#"{"allow": true}"#,
-            ),
+            reply("302 Found", "Location: /yes\r\n", br#"{"allow": true}"#),
+            reply("307 Temporary Redirect", "Location: /yes\r\n", b""),
             reply("500 Oops", "", br#"{"allow": true}"#),
             b"garbage\r\n\r\n".to_vec(),
         ] {
