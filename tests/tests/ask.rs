@@ -530,3 +530,28 @@ async fn stray_answers_open_nothing() {
         "the executor called nothing itself"
     );
 }
+
+/// With `ask_url` and no allowed domains, jobs get network through the callback
+/// alone; a job asking for no network (`[]`) still gets none, and is never asked
+/// about.
+#[tokio::test]
+async fn the_callback_alone_gives_jobs_network() {
+    require_root!();
+    let origin = Origin::start();
+    let callback = Callback::start(BTreeMap::from([("asked.test", yes())]));
+    let toml = format!(
+        "[network]\nallowed_ports = [{}]\nallow_private_cidrs = [\"127.0.0.0/8\"]\nask_url = \"{}\"\n\n[network.resolve]\n\"asked.test\" = \"127.0.0.1\"\n",
+        origin.port(),
+        callback.url()
+    );
+    let svc = Service::builder().executor_config_toml(&toml).start();
+    let code = r#"print(json.dumps(via_http("http://asked.test:%d/alone" % PORT)))"#;
+    let out = probe(&svc, &origin, json!({}), code).await;
+    let target = asked_target(origin.port());
+    let seen = format!("origin saw GET /alone HTTP/1.1 host {target}");
+    assert_eq!(stdout_json(&out), json!([200, seen]), "{out:#}");
+    let out = probe(&svc, &origin, json!({"allowedDomains": []}), code).await;
+    let failed = stdout_json(&out);
+    assert_eq!(failed[0], "error", "no proxy, no network: {out:#}");
+    assert_eq!(callback.hosts(), ["asked.test"]);
+}
