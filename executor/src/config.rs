@@ -12,12 +12,14 @@ use std::time::Duration;
 use clap::Parser;
 use pysandbox_shared::files::{MAX_FILES, MAX_FILES_BYTES, MAX_INPUT_BYTES};
 use pysandbox_shared::net::Cidr;
+use pysandbox_shared::protocol::MAX_ASK_TEXT;
 use pysandbox_shared::{MAX_DISPLAYS, MAX_DISPLAYS_BYTES};
 use serde::Deserialize;
 
 use crate::collect::Caps;
 use crate::display::DisplayCaps;
 use crate::error::Error;
+use crate::proxy::ask::{AskSettings, Asker};
 use crate::proxy::policy::{DomainPattern, Policy};
 use crate::proxy::target::Host;
 use crate::proxy::ProxyLimits;
@@ -78,6 +80,13 @@ const DEFAULT_MAX_CLIENT_CONNECTIONS: u32 = 32;
 /// systemd's default soft RLIMIT_NOFILE gives the executor.
 const DEFAULT_MAX_TOTAL_CONNECTIONS: u32 = 256;
 const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
+const DEFAULT_ASK_TIMEOUT_MS: u32 = 2_000;
+/// The callback's answer holds the job's request: a minute is past any prompt a
+/// person would sit through while code waits.
+const MAX_ASK_TIMEOUT_MS: u32 = 60_000;
+const DEFAULT_MAX_ASKS_PER_JOB: u32 = 16;
+/// Each question is a frame, an outbound call and a cache entry.
+const MAX_ASKS_PER_JOB: u32 = 1_000;
 
 /// Limits a job gets when it names none.
 const DEFAULT_LIMITS: Limits = Limits {
@@ -244,6 +253,10 @@ struct FileNetwork {
     max_client_connections: Option<u32>,
     max_total_connections: Option<u32>,
     max_bytes: Option<u64>,
+    ask_url: Option<String>,
+    ask_timeout_ms: Option<u32>,
+    ask_token: Option<String>,
+    max_asks_per_job: Option<u32>,
 }
 
 /// One address or a list of them.
@@ -268,6 +281,7 @@ impl FileNetwork {
                 })
                 .collect::<Result<Vec<_>, _>>()
         };
+        let ask = self.ask()?;
         let allowed = patterns("allowed_domains", &self.allowed_domains)?;
         let denied = patterns("denied_domains", &self.denied_domains)?;
         let ports = self
@@ -362,11 +376,82 @@ impl FileNetwork {
                 "network.max_bytes: must be at least 1".into(),
             ));
         }
+        let policy = Policy::new(allowed, denied, ports, private_ok, resolve);
         Ok(Network {
-            policy: Policy::new(allowed, denied, ports, private_ok, resolve),
+            policy: match ask {
+                Some(ask) => policy.with_ask(Asker::new(ask)),
+                None => policy,
+            },
             limits,
             socat: self.socat.unwrap_or(DEFAULT_SOCAT.into()),
         })
+    }
+}
+
+impl FileNetwork {
+    /// The ask callback's keys: none without `ask_url`.
+    fn ask(&self) -> Result<Option<AskSettings>, Error> {
+        let Some(url) = &self.ask_url else {
+            let stray = [
+                ("ask_timeout_ms", self.ask_timeout_ms.is_some()),
+                ("ask_token", self.ask_token.is_some()),
+                ("max_asks_per_job", self.max_asks_per_job.is_some()),
+            ];
+            return match stray.iter().find(|(_, set)| *set) {
+                Some((key, _)) => Err(Error::Config(format!(
+                    "network.{key}: has no effect without network.ask_url"
+                ))),
+                None => Ok(None),
+            };
+        };
+        let bad = |key: &str, why: &str| Err(Error::Config(format!("network.{key}: {why}")));
+        // The frontend parses it again to call it; a URL it cannot call is refused
+        // here, at start, rather than at every question.
+        let max = MAX_ASK_TEXT;
+        match url::Url::parse(url) {
+            Ok(parsed) if !matches!(parsed.scheme(), "http" | "https") => {
+                return bad("ask_url", "must be an http:// or https:// URL")
+            }
+            Ok(parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
+                return bad("ask_url", "must not hold credentials; use ask_token")
+            }
+            Ok(parsed) if parsed.host().is_none() => return bad("ask_url", "must name a host"),
+            Ok(_) if url.len() > max => {
+                return bad("ask_url", &format!("must be at most {max} bytes"))
+            }
+            Ok(_) => {}
+            Err(e) => return bad("ask_url", &format!("is not a URL: {e}")),
+        }
+        if let Some(token) = &self.ask_token {
+            // It goes into a header as it is.
+            if token.is_empty() || token.len() > max || !token.bytes().all(|b| b.is_ascii_graphic())
+            {
+                return bad(
+                    "ask_token",
+                    &format!("must be 1 to {max} printable ASCII characters without spaces"),
+                );
+            }
+        }
+        let timeout_ms = self.ask_timeout_ms.unwrap_or(DEFAULT_ASK_TIMEOUT_MS);
+        if !(1..=MAX_ASK_TIMEOUT_MS).contains(&timeout_ms) {
+            return bad(
+                "ask_timeout_ms",
+                &format!("must be from 1 to {MAX_ASK_TIMEOUT_MS}"),
+            );
+        }
+        let max_per_job = self.max_asks_per_job.unwrap_or(DEFAULT_MAX_ASKS_PER_JOB);
+        if !(1..=MAX_ASKS_PER_JOB).contains(&max_per_job) {
+            return bad(
+                "max_asks_per_job",
+                &format!("must be from 1 to {MAX_ASKS_PER_JOB}"),
+            );
+        }
+        Ok(Some(AskSettings {
+            url: url.clone(),
+            token: self.ask_token.clone(),
+            timeout: Duration::from_millis(timeout_ms.into()),
+            max_per_job,
+        }))
     }
 }
 
@@ -1177,6 +1262,25 @@ mod tests {
             .is_err());
     }
 
+    /// An ask callback alone gives jobs network, through it only; the token stays
+    /// out of the config's debug output.
+    #[test]
+    fn the_ask_callback_keys() {
+        let config = load_file(
+            "[network]\nask_url = \"https://callback.test/ask\"\nask_token = \"s3cret\"\n",
+        )
+        .unwrap();
+        assert!(config.network.policy.allows_anything());
+        assert!(!format!("{config:?}").contains("s3cret"));
+        let narrowed = config.network.policy.narrowed(Some(&[])).unwrap();
+        assert!(
+            !narrowed.allows_anything(),
+            "an empty list still means none"
+        );
+        let config = load_file("[network]\nask_url = \"http://a.io/\"\nmax_asks_per_job = 1000\nask_timeout_ms = 60000").unwrap();
+        assert!(config.network.policy.allows_anything());
+    }
+
     #[test]
     fn malformed_network_entries_are_named() {
         for (toml, needle) in [
@@ -1241,6 +1345,39 @@ mod tests {
             (
                 "allowed_domains = [\"a.io\"]\nsocat = \"/opt/socat\"",
                 "network.socat",
+            ),
+            (
+                "ask_url = \"ftp://a.io/\"",
+                "network.ask_url: must be an http",
+            ),
+            ("ask_url = \"a.io/ask\"", "network.ask_url: is not a URL"),
+            (
+                "ask_url = \"http://u:p@a.io/\"",
+                "network.ask_url: must not hold credentials",
+            ),
+            (
+                "ask_url = \"http://a.io/\"\nask_token = \"a b\"",
+                "network.ask_token: must be 1 to 4096 printable ASCII",
+            ),
+            (
+                "ask_url = \"http://a.io/\"\nask_token = \"a\\r\\nX-Evil: 1\"",
+                "network.ask_token",
+            ),
+            (
+                "ask_url = \"http://a.io/\"\nask_timeout_ms = 0",
+                "network.ask_timeout_ms: must be from 1 to 60000",
+            ),
+            (
+                "ask_url = \"http://a.io/\"\nmax_asks_per_job = 0",
+                "network.max_asks_per_job: must be from 1 to 1000",
+            ),
+            (
+                "ask_token = \"t\"",
+                "network.ask_token: has no effect without network.ask_url",
+            ),
+            (
+                "ask_timeout_ms = 5",
+                "network.ask_timeout_ms: has no effect",
             ),
         ] {
             let err = load_file(&format!("[network]\n{toml}"))

@@ -32,7 +32,7 @@ const DURATION_BOUNDS_MS: [u64; 11] = [
 ];
 
 /// Kinds of egress refusal, as [`crate::proxy`] names them.
-pub(crate) const REFUSALS: [&str; 13] = [
+pub(crate) const REFUSALS: [&str; 17] = [
     "bad_request",
     "malformed_target",
     "scheme",
@@ -46,6 +46,10 @@ pub(crate) const REFUSALS: [&str; 13] = [
     "too_many_client_connections",
     "executor_busy",
     "bytes",
+    "ask_refused",
+    "ask_failed",
+    "ask_timed_out",
+    "ask_limit",
 ];
 
 /// The executor's counters since it started.

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use pysandbox_shared::text::shown;
 use pysandbox_shared::{
-    ExecutorStatus, FilesEnd, JobError, JobSpec, Request, Response, ServerConnection, ServerSender,
-    Started,
+    ExecutorStatus, FilesEnd, JobError, JobSpec, Request, Response, ServerConnection,
+    ServerReceiver, ServerSender, Started,
 };
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, Semaphore, SemaphorePermit};
@@ -31,6 +31,7 @@ use crate::jail::{self, Jail};
 use crate::job::{Frames, Resolved, Runner};
 use crate::metrics::{JobTally, Metrics};
 use crate::pool::Pool;
+use crate::proxy::ask::{Answers, AskLink};
 use crate::template;
 use crate::workdir;
 
@@ -252,9 +253,9 @@ impl Executor {
                 .send(&Response::Status(self.status()))
                 .await
                 .map_err(Error::from),
-            Request::Hello(_) => {
-                warn!("protocol violation: a second hello");
-                let reason = "a second hello".into();
+            Request::Hello(_) | Request::Answer(_) => {
+                warn!(kind = request.kind(), "protocol violation: not a request");
+                let reason = format!("a {} message instead of a request", request.kind());
                 conn.send(&Response::Failed(JobError::Protocol { reason }))
                     .await
                     .map_err(Error::from)
@@ -277,17 +278,20 @@ impl Executor {
         }
     }
 
-    /// Runs one job, sending its frames as they come. Anything arriving from the
-    /// peer meanwhile means it is gone or broken, and so does a frame it does not
-    /// take within [`SEND_TIMEOUT`]: the job is then dropped, which kills its jail
-    /// and removes its work dir.
+    /// Runs one job, sending its frames as they come. Anything but an answer to
+    /// the ask callback's questions arriving from the peer meanwhile means it is
+    /// gone or broken, and so does a frame it does not take within
+    /// [`SEND_TIMEOUT`]: the job is then dropped, which kills its jail and removes
+    /// its work dir.
     async fn run(&self, conn: ServerConnection<UnixStream>, spec: JobSpec) -> Result<(), Error> {
         let (sender, mut receiver) = conn.split();
         let (frames, outgoing) = mpsc::channel(FRAME_QUEUE);
         let tally = Arc::new(JobTally::new(Arc::clone(&self.metrics)));
         let mut writer = tokio::spawn(send_all(outgoing, sender, Arc::clone(&tally)));
+        let answers = Arc::new(Answers::default());
+        let link = AskLink::new(&frames, Arc::clone(&answers));
         let job = async {
-            let frame = match self.job(&spec, &frames).await {
+            let frame = match self.job(&spec, &frames, link).await {
                 Ok(files) => Response::Finished(files),
                 Err(refusal) => Response::Failed(refusal),
             };
@@ -297,7 +301,7 @@ impl Executor {
         tokio::pin!(job);
         tokio::select! {
             () = &mut job => {}
-            _ = receiver.recv() => {
+            () = peer_gone(&mut receiver, &answers) => {
                 writer.abort();
                 tally.peer_gone();
                 info!("peer went away; job killed");
@@ -312,7 +316,7 @@ impl Executor {
         // Everything is queued: wait until it has left, or the peer is gone.
         tokio::select! {
             sent = &mut writer => sent.map_err(Error::Sender)?,
-            _ = receiver.recv() => {
+            () = peer_gone(&mut receiver, &answers) => {
                 writer.abort();
                 Ok(())
             }
@@ -321,8 +325,16 @@ impl Executor {
 
     /// The job's life from the queue to its last file: what comes after its frames
     /// is the last frame, [`Response::Finished`] or [`Response::Failed`].
-    async fn job(&self, spec: &JobSpec, frames: &Frames) -> Result<FilesEnd, JobError> {
-        let resolved = self.runner.resolve(spec)?;
+    async fn job(
+        &self,
+        spec: &JobSpec,
+        frames: &Frames,
+        asks: AskLink,
+    ) -> Result<FilesEnd, JobError> {
+        let mut resolved = self.runner.resolve(spec)?;
+        if let Some(policy) = &mut resolved.network {
+            policy.link_asks(asks);
+        }
         let disk_mb = resolved.limits.disk_mb;
         let slot = self.admit().await?;
         let started = Started {
@@ -454,6 +466,14 @@ impl<'a> Counted<'a> {
 impl Drop for Counted<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Hands the peer's answers to the ask callback's questions to `answers`, and
+/// returns once anything else arrives (or nothing more can): the peer is gone.
+async fn peer_gone(receiver: &mut ServerReceiver<UnixStream>, answers: &Answers) {
+    while let Ok(Some(Request::Answer(answer))) = receiver.recv().await {
+        answers.answer(answer);
     }
 }
 

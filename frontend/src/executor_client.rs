@@ -12,19 +12,28 @@
 //! returns), then its frames are taken one at a time ([`Running::next`]), which a
 //! live stream shows as they come and [`Running::finish`] only gathers: both see
 //! the same [`Ran`].
+//!
+//! While a job runs, its egress proxy may ask about a target (an [`Ask`] frame):
+//! the question is handed to a task of the job's, which calls the ask callback
+//! ([`AskCaller`]) and sends the answer back on the job's connection, while the
+//! job's frames go on being read.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use pysandbox_shared::{
-    ClientConnection, ExecutorStatus, FilesEnd, HelloError, JobEnd, JobError, JobSpec,
-    NetworkViolation, OutputChunk, ProtocolError, Request, Response, Started, Stream, Truncated,
-    MAX_DISPLAYS, MAX_DISPLAYS_BYTES, MAX_OUTPUT_BYTES,
+    Ask, AskAnswer, AskOutcome, ClientConnection, ClientReceiver, ClientSender, ExecutorStatus,
+    FilesEnd, HelloError, JobEnd, JobError, JobSpec, NetworkViolation, OutputChunk, ProtocolError,
+    Request, Response, Started, Stream, Truncated, MAX_DISPLAYS, MAX_DISPLAYS_BYTES,
+    MAX_OUTPUT_BYTES,
 };
 use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{timeout, Instant};
 use tracing::{error, info, warn};
 
+use crate::ask::AskCaller;
 use crate::error::ApiError;
 use crate::spool::{Produced, Spool};
 
@@ -48,10 +57,18 @@ const START_TIMEOUT: Duration = Duration::from_secs(150);
 /// needs time to set up the jail, kill the job, collect its files and clean up.
 const RESULT_GRACE: Duration = Duration::from_secs(30);
 
+/// Questions of one job waiting for their call: the executor sends at most its
+/// `max_asks_per_job`; past this many waiting, a question is left unanswered (the
+/// executor refuses it at its timeout).
+const WAITING_QUESTIONS: usize = 64;
+
 /// Connects to the executor on demand.
 #[derive(Debug, Clone)]
 pub struct ExecutorClient {
     socket: PathBuf,
+    /// Calls the ask callback for running jobs; without it, every question is
+    /// answered [`AskOutcome::Failed`] unasked.
+    asks: Option<AskCaller>,
 }
 
 /// What the executor sent for a job that ran.
@@ -74,7 +91,15 @@ pub struct Ran {
 impl ExecutorClient {
     /// A client for the executor listening on `socket`.
     pub fn new(socket: PathBuf) -> Self {
-        ExecutorClient { socket }
+        ExecutorClient { socket, asks: None }
+    }
+
+    /// The same client, answering jobs' questions with `caller`.
+    pub fn with_asks(self, caller: AskCaller) -> Self {
+        ExecutorClient {
+            asks: Some(caller),
+            ..self
+        }
     }
 
     /// Sends one job and waits until it starts: every refusal (busy, rejected, no
@@ -102,6 +127,7 @@ impl ExecutorClient {
         connect_timeout: Duration,
     ) -> Result<Running, Attempt> {
         let mut conn = self.connect(connect_timeout).await?;
+        let request_id = spec.request_id.clone();
         if let Err(e) = conn.send(&Request::Run(spec)).await {
             warn!("could not send the job to the executor: {e}");
             return Err(ApiError::ExecutorUnavailable.into());
@@ -120,8 +146,18 @@ impl ExecutorClient {
             }
             Ok(other) => return Err(unexpected(other, false).into()),
         };
+        let (sender, conn) = conn.split();
+        let (questions, waiting) = mpsc::channel(WAITING_QUESTIONS);
+        let answering = tokio::spawn(answer_questions(
+            waiting,
+            sender,
+            self.asks.clone(),
+            request_id,
+        ));
         Ok(Running {
             conn,
+            questions,
+            answering,
             deadline: Instant::now() + job_timeout + RESULT_GRACE,
             received: Receiving::default(),
             pending: None,
@@ -196,7 +232,12 @@ impl ExecutorClient {
 /// A job that started: its connection, so dropping this kills the job.
 #[derive(Debug)]
 pub struct Running {
-    conn: ClientConnection<UnixStream>,
+    conn: ClientReceiver<UnixStream>,
+    /// Questions of the job's proxy, for `answering`.
+    questions: mpsc::Sender<Ask>,
+    /// Holds the connection's sending half: aborted with the job, so that the
+    /// connection closes.
+    answering: JoinHandle<()>,
     deadline: Instant,
     received: Receiving,
     /// What closed a display (a frame, the end, an error), taken after the display
@@ -266,6 +307,11 @@ impl Running {
                 Ok(Some(Response::Violation(violation))) if ran.end.is_none() => {
                     return Ok(Progress::Violation(violation))
                 }
+                Ok(Some(Response::Ask(ask))) if ran.end.is_none() => {
+                    if self.questions.try_send(ask).is_err() {
+                        warn!("too many questions of one job waiting for the ask callback; one is left unanswered");
+                    }
+                }
                 Ok(Some(Response::Display(_))) if ran.end.is_none() => {
                     ran.displays.begin("display".into()).map_err(spool_failed)?;
                     self.display_open = true;
@@ -296,6 +342,44 @@ impl Running {
                     })));
                 }
                 other => return Err(unexpected(other, true)),
+            }
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.answering.abort();
+    }
+}
+
+/// Calls the ask callback for each of a job's questions, several at once, and
+/// sends each answer as it comes, until the job is dropped.
+async fn answer_questions(
+    mut questions: mpsc::Receiver<Ask>,
+    mut sender: ClientSender<UnixStream>,
+    caller: Option<AskCaller>,
+    request_id: String,
+) {
+    let mut calls = JoinSet::new();
+    loop {
+        tokio::select! {
+            question = questions.recv() => {
+                let Some(ask) = question else { return };
+                let (caller, request_id) = (caller.clone(), request_id.clone());
+                calls.spawn(async move {
+                    let outcome = match caller {
+                        Some(caller) => caller.call(&ask, &request_id).await,
+                        None => AskOutcome::Failed,
+                    };
+                    AskAnswer { id: ask.id, outcome }
+                });
+            }
+            Some(called) = calls.join_next(), if !calls.is_empty() => {
+                let Ok(answer) = called else { continue };
+                if let Err(e) = sender.send(&Request::Answer(answer)).await {
+                    return warn!("cannot send the ask callback's answer to the executor: {e}");
+                }
             }
         }
     }

@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod admission;
+pub mod ask;
 pub mod auth;
 pub mod body_budget;
 pub mod config;
@@ -63,7 +64,9 @@ pub async fn run(config: Config, token: AuthToken) -> io::Result<()> {
     info!("listening on {}", listener.local_addr()?);
 
     let limits = config.server_limits();
-    let app = routes::router(routes::AppState::new(&config, token));
+    let state = routes::AppState::new(&config, token)
+        .map_err(|e| io::Error::other(format!("cannot build the outbound HTTP client: {e}")))?;
+    let app = routes::router(state);
     server::serve(listener, app, limits, shutdown).await;
     Ok(())
 }

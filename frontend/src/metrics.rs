@@ -8,9 +8,10 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use pysandbox_shared::{Count, ExecutorStatus, PROTOCOL_VERSION};
+use pysandbox_shared::{AskOutcome, Count, ExecutorStatus, PROTOCOL_VERSION};
 
 use crate::error::ApiError;
 use crate::response::Upload;
@@ -37,6 +38,62 @@ pub struct Metrics {
     rejections: [AtomicU64; REJECTIONS.len()],
     uploads_ok: AtomicU64,
     uploads_failed: AtomicU64,
+    /// Shared with the ask callback's caller, which counts its calls.
+    asks: Arc<AskCounters>,
+}
+
+/// Upper bounds of the ask callback's latency histogram, in milliseconds, up to
+/// the largest `ask_timeout_ms`.
+const ASK_BOUNDS_MS: [u64; 9] = [5, 10, 25, 50, 100, 250, 1_000, 5_000, 60_000];
+
+/// Calls of the ask callback: answers by outcome, and how long they took.
+#[derive(Debug, Default)]
+pub struct AskCounters {
+    outcomes: [AtomicU64; AskOutcome::ALL.len()],
+    /// Per bound, not cumulative; the last one is past every bound.
+    latency: [AtomicU64; ASK_BOUNDS_MS.len() + 1],
+    latency_sum_ms: AtomicU64,
+}
+
+impl AskCounters {
+    /// Counts one call that came to `outcome` after `took`.
+    pub fn observe(&self, outcome: AskOutcome, took: Duration) {
+        let at = AskOutcome::ALL.iter().position(|o| *o == outcome);
+        if let Some(i) = at {
+            self.outcomes[i].fetch_add(1, Ordering::Relaxed);
+        }
+        let ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+        let bucket = ASK_BOUNDS_MS
+            .iter()
+            .position(|le| ms <= *le)
+            .unwrap_or(ASK_BOUNDS_MS.len());
+        self.latency[bucket].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_ms.fetch_add(ms, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut Exposition) {
+        let name = "pysandbox_ask_answers_total";
+        out.family(
+            name,
+            "counter",
+            "Calls of the ask callback, by outcome (only allowed opens a target).",
+        );
+        for (outcome, n) in AskOutcome::ALL.iter().zip(&self.outcomes) {
+            let n = n.load(Ordering::Relaxed);
+            out.sample(name, &[("outcome", outcome.as_str())], n);
+        }
+        let name = "pysandbox_ask_duration_seconds";
+        out.family(name, "histogram", "Time the ask callback took to answer.");
+        let mut count = 0;
+        let bounds = ASK_BOUNDS_MS.iter().map(|ms| seconds(*ms));
+        for (le, n) in bounds.chain(["+Inf".to_owned()]).zip(&self.latency) {
+            count += n.load(Ordering::Relaxed);
+            out.sample(&format!("{name}_bucket"), &[("le", &le)], count);
+        }
+        let sum = self.latency_sum_ms.load(Ordering::Relaxed);
+        out.line(&format!("{name}_sum {}", seconds(sum)));
+        out.sample(&format!("{name}_count"), &[], count);
+    }
 }
 
 impl Metrics {
@@ -59,6 +116,11 @@ impl Metrics {
             _ => return,
         };
         self.rejections[reason].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The ask callback's counters, for its caller to count in.
+    pub fn asks(&self) -> Arc<AskCounters> {
+        Arc::clone(&self.asks)
     }
 
     /// Counts the uploads of one job's files by result.
@@ -143,6 +205,7 @@ impl Metrics {
                 n.load(Ordering::Relaxed),
             );
         }
+        self.asks.render(out);
     }
 }
 
@@ -310,6 +373,28 @@ mod tests {
         assert!(text.contains("pysandbox_job_duration_seconds_sum 1.500\n"));
         assert!(text.contains("pysandbox_job_duration_seconds_count 2\n"));
         assert!(text.contains("pysandbox_executor_up 1\n"));
+    }
+
+    #[test]
+    fn ask_answers_and_latency() {
+        let metrics = Metrics::default();
+        let asks = metrics.asks();
+        asks.observe(AskOutcome::Allowed, Duration::from_millis(7));
+        asks.observe(AskOutcome::TimedOut, Duration::from_secs(120));
+        let text = metrics.render(None);
+        for line in [
+            "pysandbox_ask_answers_total{outcome=\"allowed\"} 1\n",
+            "pysandbox_ask_answers_total{outcome=\"refused\"} 0\n",
+            "pysandbox_ask_answers_total{outcome=\"timed_out\"} 1\n",
+            "pysandbox_ask_duration_seconds_bucket{le=\"0.005\"} 0\n",
+            "pysandbox_ask_duration_seconds_bucket{le=\"0.010\"} 1\n",
+            "pysandbox_ask_duration_seconds_bucket{le=\"60.000\"} 1\n",
+            "pysandbox_ask_duration_seconds_bucket{le=\"+Inf\"} 2\n",
+            "pysandbox_ask_duration_seconds_sum 120.007\n",
+            "pysandbox_ask_duration_seconds_count 2\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
     }
 
     #[test]

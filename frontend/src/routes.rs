@@ -20,6 +20,7 @@ use serde::Serialize;
 use tracing::{info, info_span, Instrument, Span};
 
 use crate::admission::{Admission, Slot};
+use crate::ask::AskCaller;
 use crate::auth::AuthToken;
 use crate::body_budget::BodyBudget;
 use crate::config::Config;
@@ -69,22 +70,25 @@ struct Inner {
 
 impl AppState {
     /// State for a service configured by `config`, checking clients against `token`.
-    pub fn new(config: &Config, token: AuthToken) -> Self {
-        AppState {
+    /// Fails only when the outbound HTTP client cannot be built.
+    pub fn new(config: &Config, token: AuthToken) -> reqwest::Result<Self> {
+        let metrics = Metrics::default();
+        let asks = AskCaller::new(metrics.asks())?;
+        Ok(AppState {
             inner: Arc::new(Inner {
                 token,
                 max_body_bytes: config.max_body_bytes.get(),
                 body_budget: BodyBudget::new(config.body_buffer_bytes.get()),
                 body_timeout: config.body_timeout(),
                 admission: Admission::new(config.max_inflight.get(), config.max_queue),
-                executor: ExecutorClient::new(config.executor_socket.clone()),
+                executor: ExecutorClient::new(config.executor_socket.clone()).with_asks(asks),
                 health: StatusCache::new(ExecutorClient::new(config.executor_socket.clone())),
                 uploader: Uploader::new(config.upload()),
                 sse_keepalive: config.sse_keepalive(),
-                metrics: Metrics::default(),
+                metrics,
                 metrics_token: config.metrics_token(),
             }),
-        }
+        })
     }
 }
 
@@ -385,7 +389,7 @@ mod tests {
         ];
         args.extend_from_slice(flags);
         let config = Config::try_parse_from(args).unwrap();
-        AppState::new(&config, config.token().unwrap())
+        AppState::new(&config, config.token().unwrap()).unwrap()
     }
 
     async fn call(

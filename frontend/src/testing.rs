@@ -139,7 +139,7 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let limits = config.server_limits();
-        let app = router(AppState::new(&config, token));
+        let app = router(AppState::new(&config, token).unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(listener, app, limits, async {
             let _ = stopped.await;

@@ -153,11 +153,7 @@ impl Uploader {
         host: &Host<&str>,
         pinned: Option<&[SocketAddr]>,
     ) -> reqwest::Result<reqwest::Client> {
-        let builder = reqwest::Client::builder()
-            .redirect(Policy::none())
-            // A proxy would make the connection, to an address we never checked.
-            .no_proxy()
-            .connect_timeout(self.config.timeout);
+        let builder = outbound_client().connect_timeout(self.config.timeout);
         let builder = match (pinned, host) {
             (None, _) => builder,
             (Some(addrs), Host::Domain(name)) => builder
@@ -233,17 +229,9 @@ impl Uploader {
             .header(reqwest::header::ACCEPT, "application/json")
             .multipart(form);
         let exchange = async {
-            let mut response = request.send().await?;
+            let response = request.send().await?;
             let status = response.status();
-            // `None`: the answer is larger than it may be (never buffered past it).
-            let mut answer = Some(Vec::new());
-            while let Some(chunk) = response.chunk().await? {
-                answer = answer.filter(|a| a.len() + chunk.len() <= MAX_ANSWER_BYTES);
-                match answer.as_mut() {
-                    Some(answer) => answer.extend_from_slice(&chunk),
-                    None => break,
-                }
-            }
+            let answer = read_capped(response, MAX_ANSWER_BYTES).await?;
             Ok::<_, reqwest::Error>((status, answer))
         };
         let (status, answer) = match tokio::time::timeout(limit, exchange).await {
@@ -305,6 +293,32 @@ impl Uploader {
             self.config.budget.as_millis()
         )
     }
+}
+
+/// The start of every outbound HTTP client of the frontend (uploads, the ask
+/// callback): it follows no redirect, since a redirect could send the request (and
+/// its bearer token) where nobody checked, and uses no proxy from the environment.
+pub(crate) fn outbound_client() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .redirect(Policy::none())
+        // A proxy would make the connection, to an address we never checked.
+        .no_proxy()
+}
+
+/// The body of `response`, or `None` when it is larger than `max` bytes (never
+/// buffered past them).
+pub(crate) async fn read_capped(
+    mut response: reqwest::Response,
+    max: usize,
+) -> reqwest::Result<Option<Vec<u8>>> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > max {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
 }
 
 /// A resolver that resolves nothing: the client may only connect to addresses set

@@ -29,6 +29,58 @@ where
     deserializer.deserialize_option(Optional::<T, N>(PhantomData))
 }
 
+/// Decodes a string of at most `N` bytes; a longer one is a decode error, refused
+/// before it is copied.
+pub fn string<'de, D, const N: usize>(deserializer: D) -> Result<String, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    deserializer.deserialize_str(BoundedStr::<N>)
+}
+
+/// [`string`] for an optional string.
+pub fn option_string<'de, D, const N: usize>(deserializer: D) -> Result<Option<String>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    deserializer.deserialize_option(OptionalStr::<N>)
+}
+
+struct BoundedStr<const N: usize>;
+
+impl<const N: usize> Visitor<'_> for BoundedStr<N> {
+    type Value = String;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a string of at most {N} bytes")
+    }
+
+    fn visit_str<E: Error>(self, text: &str) -> Result<String, E> {
+        if text.len() > N {
+            return Err(E::custom(format_args!("a string longer than {N} bytes")));
+        }
+        Ok(text.to_owned())
+    }
+}
+
+struct OptionalStr<const N: usize>;
+
+impl<'de, const N: usize> Visitor<'de> for OptionalStr<N> {
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "nothing, or a string of at most {N} bytes")
+    }
+
+    fn visit_none<E: Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        string::<D, N>(deserializer).map(Some)
+    }
+}
+
 struct Bounded<T, const N: usize>(PhantomData<T>);
 
 impl<'de, T: Deserialize<'de>, const N: usize> Visitor<'de> for Bounded<T, N> {
@@ -83,6 +135,47 @@ mod tests {
         items: Vec<String>,
         #[serde(deserialize_with = "super::option_vec::<_, _, 2>")]
         maybe: Option<Vec<u8>>,
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Short {
+        #[serde(deserialize_with = "super::string::<_, 4>")]
+        text: String,
+        #[serde(deserialize_with = "super::option_string::<_, 2>")]
+        maybe: Option<String>,
+    }
+
+    #[test]
+    fn strings_decode_up_to_their_bound_only() {
+        let fits = Short {
+            text: "abcd".into(),
+            maybe: Some("ab".into()),
+        };
+        assert_eq!(decode::<Short>(&encode(&fits).unwrap()).unwrap(), fits);
+        let none = Short {
+            text: String::new(),
+            maybe: None,
+        };
+        assert_eq!(decode::<Short>(&encode(&none).unwrap()).unwrap(), none);
+        for over in [
+            Short {
+                text: "abcde".into(),
+                maybe: None,
+            },
+            Short {
+                text: String::new(),
+                maybe: Some("abc".into()),
+            },
+        ] {
+            assert!(
+                decode::<Short>(&encode(&over).unwrap()).is_err(),
+                "{over:?}"
+            );
+        }
+        // A declared length of ten million with four bytes behind it, and invalid
+        // UTF-8 within the bound: errors, never a panic.
+        assert!(decode::<Short>(&[0x80, 0xad, 0xe2, 0x04, b'a', b'b', b'c', b'd', 0]).is_err());
+        assert!(decode::<Short>(&[2, 0xff, 0xfe, 0]).is_err());
     }
 
     #[test]

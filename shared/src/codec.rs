@@ -224,6 +224,40 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientConnection<S> {
     pub async fn recv(&mut self) -> Result<Option<Response>, ProtocolError> {
         self.0.recv().await
     }
+
+    /// Splits the connection, so that answers to a job's questions can be sent
+    /// while its frames are read. The connection closes once both halves are gone.
+    pub fn split(self) -> (ClientSender<S>, ClientReceiver<S>) {
+        let (sink, stream) = self.0.framed.split();
+        (ClientSender(sink), ClientReceiver(stream))
+    }
+}
+
+/// The sending half of a [`ClientConnection`].
+#[derive(Debug)]
+pub struct ClientSender<S>(SplitSink<Framed<S, FrameCodec>, Bytes>);
+
+impl<S: AsyncRead + AsyncWrite + Unpin> ClientSender<S> {
+    /// Sends one request.
+    pub async fn send(&mut self, request: &Request) -> Result<(), ProtocolError> {
+        self.0.send(encode(request)?).await?;
+        Ok(())
+    }
+}
+
+/// The receiving half of a [`ClientConnection`].
+#[derive(Debug)]
+pub struct ClientReceiver<S>(SplitStream<Framed<S, FrameCodec>>);
+
+impl<S: AsyncRead + AsyncWrite + Unpin> ClientReceiver<S> {
+    /// Receives the next response; `None` when the executor closed the connection.
+    /// Cancel-safe.
+    pub async fn recv(&mut self) -> Result<Option<Response>, ProtocolError> {
+        match self.0.next().await {
+            None => Ok(None),
+            Some(frame) => decode(&frame?).map(Some),
+        }
+    }
 }
 
 /// The executor's end of a connection: receives [`Request`]s, sends [`Response`]s.

@@ -18,8 +18,8 @@ pub mod protocol;
 pub mod text;
 
 pub use codec::{
-    ClientConnection, Connection, HelloError, ProtocolError, ServerConnection, ServerReceiver,
-    ServerSender, MAX_REQUEST_FRAME_LEN, MAX_RESPONSE_FRAME_LEN,
+    ClientConnection, ClientReceiver, ClientSender, Connection, HelloError, ProtocolError,
+    ServerConnection, ServerReceiver, ServerSender, MAX_REQUEST_FRAME_LEN, MAX_RESPONSE_FRAME_LEN,
 };
 pub use files::{InputFile, PathError, RelativePath, SkipReason, SkippedFile};
 pub use job::{
@@ -28,7 +28,7 @@ pub use job::{
 pub use limits::{JobLimits, LimitKind, Usage, MAX_OUTPUT_BYTES};
 pub use network::{NetworkRequest, NetworkViolation, MAX_REQUESTED_DOMAINS, MAX_VIOLATIONS};
 pub use protocol::{
-    Bucket, Count, DisplayStart, Enforcement, ExecutorMetrics, ExecutorStatus, FileStart, FilesEnd,
-    Hello, Layer, OutputChunk, Request, Response, Started, Stream, Truncated, MAX_CHUNK_BYTES,
-    PROTOCOL_VERSION,
+    Ask, AskAnswer, AskOutcome, Bucket, Count, DisplayStart, Enforcement, ExecutorMetrics,
+    ExecutorStatus, FileStart, FilesEnd, Hello, Layer, OutputChunk, Request, Response, Started,
+    Stream, Truncated, MAX_CHUNK_BYTES, PROTOCOL_VERSION,
 };

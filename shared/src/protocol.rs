@@ -11,6 +11,11 @@
 //!                                         executor stopped before the job ended
 //! ```
 //!
+//! While a job runs (between `Started` and `Ended`), the executor may also send
+//! [`Response::Ask`]: its egress proxy wants the ask callback's word on a host no
+//! list covers. The frontend, which makes that call, answers on the same
+//! connection with [`Request::Answer`]; it is the only request it sends mid-job.
+//!
 //! postcard encodes an enum by its variant index, so variants are only ever
 //! appended, never reordered or removed; the golden tests below fail on any
 //! accidental change of the wire format.
@@ -23,7 +28,7 @@ use crate::job::{JobEnd, JobError, JobSpec};
 use crate::network::NetworkViolation;
 
 /// Bumped on every incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The most bytes one [`Response::Output`] or [`Response::Data`] frame carries.
 pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
@@ -53,6 +58,8 @@ pub enum Request {
     Run(JobSpec),
     /// Answer with [`Response::Status`].
     Status,
+    /// The ask callback's word on the [`Response::Ask`] of the same id.
+    Answer(AskAnswer),
 }
 
 /// Executor → frontend.
@@ -87,6 +94,78 @@ pub enum Response {
     /// The job's egress proxy refused a request, as it happened; one of the first
     /// [`crate::MAX_VIOLATIONS`], which [`JobEnd::violations`] lists again.
     Violation(NetworkViolation),
+    /// The job's egress proxy wants the ask callback's word on a target: the
+    /// frontend POSTs it to the callback and answers with [`Request::Answer`].
+    Ask(Ask),
+}
+
+/// The most characters of an ask callback's URL or token on the wire.
+pub const MAX_ASK_TEXT: usize = 4096;
+
+/// A question for the ask callback, about one `host:port` of one job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ask {
+    /// Names the question within its job; the answer carries it back.
+    pub id: u32,
+    /// The target's host, normalized: a lower-case ASCII name or an IP address.
+    #[serde(deserialize_with = "bounded::string::<_, MAX_ASK_TEXT>")]
+    pub host: String,
+    /// The target's port.
+    pub port: u16,
+    /// The job's request method, `CONNECT`, `GET`, ….
+    #[serde(deserialize_with = "bounded::string::<_, MAX_ASK_TEXT>")]
+    pub method: String,
+    /// The callback: the executor's `network.ask_url`.
+    #[serde(deserialize_with = "bounded::string::<_, MAX_ASK_TEXT>")]
+    pub url: String,
+    /// The bearer token for the callback, when configured.
+    #[serde(deserialize_with = "bounded::option_string::<_, MAX_ASK_TEXT>")]
+    pub token: Option<String>,
+    /// How long the callback may take, in milliseconds.
+    pub timeout_ms: u32,
+}
+
+/// The ask callback's word on one question.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AskAnswer {
+    /// The [`Ask::id`] answered.
+    pub id: u32,
+    /// What came of the call.
+    pub outcome: AskOutcome,
+}
+
+/// What came of one call to the ask callback. Only [`AskOutcome::Allowed`] opens
+/// the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AskOutcome {
+    /// `200` with JSON `{"allow": true}`.
+    Allowed,
+    /// `200` with JSON `{"allow": false}`.
+    Refused,
+    /// Anything else: an error, another status, a redirect, a malformed answer.
+    Failed,
+    /// No answer within the timeout.
+    TimedOut,
+}
+
+impl AskOutcome {
+    /// Every outcome, for metrics.
+    pub const ALL: [AskOutcome; 4] = [
+        AskOutcome::Allowed,
+        AskOutcome::Refused,
+        AskOutcome::Failed,
+        AskOutcome::TimedOut,
+    ];
+
+    /// A short identifier, for logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AskOutcome::Allowed => "allowed",
+            AskOutcome::Refused => "refused",
+            AskOutcome::Failed => "failed",
+            AskOutcome::TimedOut => "timed_out",
+        }
+    }
 }
 
 /// Where a job's output started being dropped.
@@ -247,6 +326,7 @@ impl Response {
             Response::Display(_) => "Display",
             Response::Truncated(_) => "Truncated",
             Response::Violation(_) => "Violation",
+            Response::Ask(_) => "Ask",
         }
     }
 }
@@ -258,6 +338,7 @@ impl Request {
             Request::Hello(_) => "Hello",
             Request::Run(_) => "Run",
             Request::Status => "Status",
+            Request::Answer(_) => "Answer",
         }
     }
 }
@@ -349,17 +430,36 @@ mod tests {
         }
     }
 
+    fn sample_ask() -> Ask {
+        Ask {
+            id: 1,
+            host: "a.io".into(),
+            port: 443,
+            method: "GET".into(),
+            url: "http://c".into(),
+            token: Some("t".into()),
+            timeout_ms: 2000,
+        }
+    }
+
     fn all_requests() -> Vec<Request> {
-        vec![
+        let mut all = vec![
             Request::Hello(Hello::CURRENT),
             Request::Run(sample_job()),
             Request::Status,
-        ]
+        ];
+        all.extend(AskOutcome::ALL.map(|outcome| Request::Answer(AskAnswer { id: 7, outcome })));
+        all
     }
 
     fn all_responses() -> Vec<Response> {
         vec![
             Response::Hello(Hello::CURRENT),
+            Response::Ask(sample_ask()),
+            Response::Ask(Ask {
+                token: None,
+                ..sample_ask()
+            }),
             Response::Started(Started { timeout_ms: 30_000 }),
             Response::Output(OutputChunk {
                 stream: Stream::Stderr,
@@ -432,7 +532,7 @@ mod tests {
     #[test]
     fn golden_encodings() {
         let golden: &[(Request, &[u8])] = &[
-            (Request::Hello(Hello { version: 6 }), &[0, 6]),
+            (Request::Hello(Hello { version: 7 }), &[0, 7]),
             (
                 Request::Run(sample_job()),
                 &[
@@ -444,12 +544,35 @@ mod tests {
                 ],
             ),
             (Request::Status, &[2]),
+            // id 7, then the outcome's index
+            (
+                Request::Answer(AskAnswer {
+                    id: 7,
+                    outcome: AskOutcome::Allowed,
+                }),
+                &[3, 7, 0],
+            ),
+            (
+                Request::Answer(AskAnswer {
+                    id: 300,
+                    outcome: AskOutcome::TimedOut,
+                }),
+                &[3, 0xac, 0x02, 3],
+            ),
         ];
         for (msg, bytes) in golden {
             assert_eq!(&encode(msg).unwrap()[..], *bytes, "{msg:?}");
         }
         let golden: &[(Response, &[u8])] = &[
-            (Response::Hello(Hello { version: 6 }), &[0, 6]),
+            (Response::Hello(Hello { version: 7 }), &[0, 7]),
+            // id 1, "a.io", port 443, "GET", "http://c", token "t", 2000 ms
+            (
+                Response::Ask(sample_ask()),
+                &[
+                    12, 1, 4, b'a', b'.', b'i', b'o', 0xbb, 0x03, 3, b'G', b'E', b'T', 8, b'h',
+                    b't', b't', b'p', b':', b'/', b'/', b'c', 1, 1, b't', 0xd0, 0x0f,
+                ],
+            ),
             // 30000 as a varint
             (
                 Response::Started(Started { timeout_ms: 30_000 }),
@@ -534,6 +657,49 @@ mod tests {
         for (msg, bytes) in golden {
             assert_eq!(&encode(msg).unwrap()[..], *bytes, "{msg:?}");
         }
+    }
+
+    /// Hostile bytes in place of an answer or a question: truncated, an unknown
+    /// outcome, a string past its bound, trailing bytes. Each is an error, none a
+    /// panic.
+    #[test]
+    fn hostile_ask_frames_are_refused() {
+        for bytes in [
+            &[3][..],
+            &[3, 7],
+            &[3, 7, 4],
+            &[3, 0xff, 0xff, 0xff, 0xff, 0xff, 0],
+            &[3, 7, 0, 0],
+        ] {
+            assert!(decode::<Request>(bytes).is_err(), "{bytes:?}");
+        }
+        let long = "x".repeat(MAX_ASK_TEXT + 1);
+        for ask in [
+            Ask {
+                host: long.clone(),
+                ..sample_ask()
+            },
+            Ask {
+                method: long.clone(),
+                ..sample_ask()
+            },
+            Ask {
+                url: long.clone(),
+                ..sample_ask()
+            },
+            Ask {
+                token: Some(long.clone()),
+                ..sample_ask()
+            },
+        ] {
+            assert!(decode::<Response>(&encode(&Response::Ask(ask)).unwrap()).is_err());
+        }
+        let good = encode(&Response::Ask(sample_ask())).unwrap();
+        for cut in 1..good.len() {
+            assert!(decode::<Response>(&good[..cut]).is_err(), "cut at {cut}");
+        }
+        // A string that declares four billion bytes.
+        assert!(decode::<Response>(&[12, 1, 0xff, 0xff, 0xff, 0xff, 0x0f, b'a']).is_err());
     }
 
     /// A hello from a future version must still decode, so the mismatch can be reported.

@@ -8,11 +8,12 @@ use pysandbox_shared::files::{
     MAX_SKIPPED_LISTED,
 };
 use pysandbox_shared::job::MAX_NOTES;
+use pysandbox_shared::protocol::MAX_ASK_TEXT;
 use pysandbox_shared::{
-    Bucket, Count, DisplayStart, Enforcement, ExecutorMetrics, ExecutorStatus, FileStart, FilesEnd,
-    Hello, InputFile, JobEnd, JobError, JobLimits, JobSpec, Layer, LimitKind, NetworkRequest,
-    NetworkViolation, OutputChunk, RelativePath, Request, Response, SkipReason, SkippedFile,
-    Started, Stream, Truncated, Usage, MAX_CHUNK_BYTES, MAX_REQUESTED_DOMAINS,
+    Ask, Bucket, Count, DisplayStart, Enforcement, ExecutorMetrics, ExecutorStatus, FileStart,
+    FilesEnd, Hello, InputFile, JobEnd, JobError, JobLimits, JobSpec, Layer, LimitKind,
+    NetworkRequest, NetworkViolation, OutputChunk, RelativePath, Request, Response, SkipReason,
+    SkippedFile, Started, Stream, Truncated, Usage, MAX_CHUNK_BYTES, MAX_REQUESTED_DOMAINS,
     MAX_REQUEST_FRAME_LEN, MAX_RESPONSE_FRAME_LEN, MAX_RESULT_BYTES, MAX_VIOLATIONS,
     PROTOCOL_VERSION,
 };
@@ -109,6 +110,18 @@ fn every_response_fits_its_frame_limit_at_its_worst() {
             }),
         ),
         ("Violation", Response::Violation(violation.clone())),
+        (
+            "Ask",
+            Response::Ask(Ask {
+                id: u32::MAX,
+                host: "x".repeat(MAX_ASK_TEXT),
+                port: u16::MAX,
+                method: "x".repeat(MAX_ASK_TEXT),
+                url: "x".repeat(MAX_ASK_TEXT),
+                token: Some("x".repeat(MAX_ASK_TEXT)),
+                timeout_ms: u32::MAX,
+            }),
+        ),
         (
             "Display",
             Response::Display(DisplayStart {

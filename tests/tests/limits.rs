@@ -1087,6 +1087,7 @@ fn check_passes_on_this_host() {
         "root",
         "bwrap",
         "python",
+        "fork library",
         "socat",
         "user namespaces",
         "seccomp",

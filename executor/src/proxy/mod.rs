@@ -8,12 +8,14 @@
 //! connects only where the job's [`policy::Policy`] allows, to the address it
 //! checked.
 //!
+//! - [`ask`]: the ask callback, which decides targets neither list covers.
 //! - [`target`]: strict parsing and normalization of `host:port`.
 //! - [`policy`]: domain patterns, allow/deny lists, ports, address classes.
 //! - `server`: the per-job socket, its accept loop, and each request's answer.
 //! - `http`: HTTP/1 heads and chunk sizes as the proxy parses and writes them.
 //! - `relay`: the bytes of a served request, counted and timed.
 
+pub mod ask;
 mod http;
 pub mod policy;
 mod relay;

@@ -15,6 +15,7 @@ use pysandbox_shared::net::{classify, Cidr, Special};
 use pysandbox_shared::text::shown;
 use pysandbox_shared::MAX_REQUESTED_DOMAINS;
 
+use super::ask::{AskLink, Asker};
 use super::target::{DomainName, Host, Malformed, Target};
 
 /// The most characters of a client's text quoted in a message.
@@ -131,6 +132,8 @@ pub struct Policy {
     ports: Vec<u16>,
     private_ok: Vec<Cidr>,
     resolve: BTreeMap<DomainName, Vec<IpAddr>>,
+    /// The ask callback, which decides targets neither list covers.
+    ask: Option<Asker>,
 }
 
 /// What the proxy must do to reach an allowed target.
@@ -158,17 +161,41 @@ impl Policy {
             ports,
             private_ok,
             resolve,
+            ask: None,
         }
     }
 
-    /// Whether any target at all may be reached; if not, a job gets no proxy.
+    /// The same policy, with the ask callback deciding targets neither list covers.
+    pub fn with_ask(self, ask: Asker) -> Policy {
+        Policy {
+            ask: Some(ask),
+            ..self
+        }
+    }
+
+    /// Links the ask callback, if any, to the job's connection, where its questions
+    /// go and its answers come back.
+    pub fn link_asks(&mut self, link: AskLink) {
+        if let Some(ask) = &mut self.ask {
+            *ask = ask.linked(link);
+        }
+    }
+
+    /// The ask callback, when targets no list covers may be asked about.
+    pub(super) fn asker(&self) -> Option<&Asker> {
+        self.ask.as_ref()
+    }
+
+    /// Whether any target at all may be reached (through the allow list or the ask
+    /// callback); if not, a job gets no proxy.
     pub fn allows_anything(&self) -> bool {
-        !self.allowed.is_empty()
+        !self.allowed.is_empty() || self.ask.is_some()
     }
 
     /// The policy for a job that asks for `requested` (`None`: the whole allow
     /// list). Each entry must be covered by the configured allow list; the deny list,
-    /// ports and address rules stay as configured.
+    /// ports and address rules stay as configured. A job that narrows the list has
+    /// said what it needs: the ask callback is never asked about anything else.
     pub fn narrowed(&self, requested: Option<&[String]>) -> Result<Policy, NarrowError> {
         let Some(requested) = requested else {
             return Ok(self.clone());
@@ -191,6 +218,7 @@ impl Policy {
         }
         Ok(Policy {
             allowed,
+            ask: None,
             ..self.clone()
         })
     }
@@ -208,10 +236,17 @@ impl Policy {
                 Host::Name(_) => Refusal::NotAllowed,
             });
         }
+        self.destination(target)
+    }
+
+    /// Checks a target's port and, for an IP literal or a name with fixed
+    /// addresses, those addresses: everything but the lists. What the ask callback
+    /// allows must pass this too.
+    pub fn destination(&self, target: &Target) -> Result<Destination, Refusal> {
         if !self.ports.contains(&target.port) {
             return Err(Refusal::Port(target.port));
         }
-        match host {
+        match &target.host {
             Host::Ip(ip) => {
                 self.check_address(*ip, false)?;
                 Ok(Destination::Addresses(vec![*ip]))
@@ -293,6 +328,14 @@ pub enum Refusal {
     ExecutorBusy(u32),
     #[error("byte limit of {0} bytes per job reached")]
     Bytes(u64),
+    #[error("not in allowed domains, and refused by the ask callback")]
+    AskRefused,
+    #[error("not in allowed domains, and the ask callback gave no valid answer")]
+    AskFailed,
+    #[error("not in allowed domains, and the ask callback did not answer within {0} ms")]
+    AskTimedOut(u64),
+    #[error("not in allowed domains, and this job asked the ask callback {0} questions already")]
+    AskLimit(u32),
 }
 
 impl Refusal {
@@ -312,6 +355,10 @@ impl Refusal {
             Refusal::TooManyClientConnections(_) => "too_many_client_connections",
             Refusal::ExecutorBusy(_) => "executor_busy",
             Refusal::Bytes(_) => "bytes",
+            Refusal::AskRefused => "ask_refused",
+            Refusal::AskFailed => "ask_failed",
+            Refusal::AskTimedOut(_) => "ask_timed_out",
+            Refusal::AskLimit(_) => "ask_limit",
         }
     }
 }
@@ -512,6 +559,37 @@ mod tests {
         let listed_but_special = check("192.0.2.7:80").unwrap_err();
         assert_eq!(
             listed_but_special.to_string(),
+            "192.0.2.7 is a documentation address"
+        );
+    }
+
+    /// A job that narrows the list is never asked about anything else; one that
+    /// does not keeps the callback, and the callback alone is network enough.
+    #[test]
+    fn narrowing_drops_the_ask_callback() {
+        let asker = Asker::new(super::super::ask::AskSettings {
+            url: "http://c.test/".into(),
+            token: None,
+            timeout: std::time::Duration::from_secs(1),
+            max_per_job: 1,
+        });
+        let policy = policy().with_ask(asker.clone());
+        assert!(policy.narrowed(None).unwrap().asker().is_some());
+        let narrowed = policy.narrowed(Some(&["allowed.test".to_owned()])).unwrap();
+        assert!(narrowed.asker().is_none());
+        let only_asks = Policy::default().with_ask(asker);
+        assert!(only_asks.allows_anything());
+        assert!(!only_asks.narrowed(Some(&[])).unwrap().allows_anything());
+        // The checks an answer cannot lift, made before asking.
+        assert_eq!(
+            policy.destination(&target("unlisted.test:22")),
+            Err(Refusal::Port(22))
+        );
+        assert_eq!(
+            policy
+                .destination(&target("192.0.2.7:80"))
+                .unwrap_err()
+                .to_string(),
             "192.0.2.7 is a documentation address"
         );
     }

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
+use super::ask::JobAsks;
 use super::http::{parse_request, Attempt, Parsed, Request};
 use super::policy::{Destination, Policy, Refusal, MAX_SHOWN_CHARS};
 use super::relay::{Activity, Session};
@@ -134,6 +135,8 @@ pub(super) struct Shared {
     pub(super) metrics: Arc<Metrics>,
     log: Mutex<Log>,
     live: LiveViolations,
+    /// The job's questions to the ask callback, when the policy has one.
+    asks: Option<JobAsks>,
 }
 
 #[derive(Debug, Default)]
@@ -335,11 +338,21 @@ impl Session<'_> {
     async fn open(&self, target: &Target) -> Result<(TcpStream, OwnedSemaphorePermit), Opened> {
         let shared = self.shared;
         let limits = &shared.limits;
+        let destination = match (shared.policy.check_target(target), &shared.asks) {
+            // Only a target no list covers is asked about (the deny list is checked
+            // first and never asked), and only once it passed everything else that
+            // can be checked without a lookup: the callback decides the lists only.
+            (Err(Refusal::NotAllowed | Refusal::IpLiteral), Some(asks)) => {
+                let destination = shared.policy.destination(target);
+                let destination = destination.map_err(Opened::Refused)?;
+                let method = &self.attempt.method;
+                asks.decide(target, method).await.map_err(Opened::Refused)?;
+                destination
+            }
+            (checked, _) => checked.map_err(Opened::Refused)?,
+        };
+        // After the question: its wait is not the connection's.
         let deadline = tokio::time::Instant::now() + limits.connect_timeout;
-        let destination = shared
-            .policy
-            .check_target(target)
-            .map_err(Opened::Refused)?;
         if shared.bytes.load(Ordering::Relaxed) >= limits.max_bytes {
             return Err(Opened::Refused(Refusal::Bytes(limits.max_bytes)));
         }
@@ -395,7 +408,6 @@ impl Shared {
     fn new(policy: Policy, proxies: &Proxies, peer_uid: u32, live: LiveViolations) -> Shared {
         let limits = proxies.limits;
         Shared {
-            policy,
             limits,
             peer_uid,
             connections: Arc::new(Semaphore::new(limits.max_connections as usize)),
@@ -405,6 +417,8 @@ impl Shared {
             metrics: Arc::clone(&proxies.metrics),
             log: Mutex::default(),
             live,
+            asks: policy.asker().cloned().map(JobAsks::new),
+            policy,
         }
     }
 
