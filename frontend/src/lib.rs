@@ -15,6 +15,7 @@ pub mod error;
 pub mod executor_client;
 pub mod health;
 pub mod metrics;
+pub mod openapi;
 pub mod peers;
 pub mod privileges;
 pub mod request;

@@ -27,6 +27,7 @@ use crate::error::ApiError;
 use crate::executor_client::{ExecutorClient, Ran};
 use crate::health::StatusCache;
 use crate::metrics::{self, Metrics};
+use crate::openapi::{self, ErrorBody, ExecuteBody, ExecuteResult, StreamEvent};
 use crate::request::{read_body, ExecuteRequest};
 use crate::response::{render, ExecuteResponse, Skipped};
 use crate::stream;
@@ -89,7 +90,7 @@ impl AppState {
 }
 
 /// Every route's template, as `pysandbox_http_requests_total` labels it.
-const ROUTES: [&str; 3] = ["/execute", "/health", "/metrics"];
+pub(crate) const ROUTES: [&str; 4] = ["/execute", "/health", "/metrics", "/openapi.json"];
 
 /// The service's routes.
 pub fn router(state: AppState) -> Router {
@@ -97,6 +98,7 @@ pub fn router(state: AppState) -> Router {
         .route(ROUTES[0], post(execute))
         .route(ROUTES[1], get(health))
         .route(ROUTES[2], get(metrics))
+        .route(ROUTES[3], get(openapi::openapi_json))
         // Applies to the routes above, so it must come after them.
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .fallback(|| async { ApiError::NotFound })
@@ -105,7 +107,36 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn execute(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+/// Runs Python in a fresh sandbox. With `Accept: text/event-stream`, the answer is
+/// a stream of events ending with the same body.
+#[utoipa::path(
+    post,
+    path = "/execute",
+    tag = "jobs",
+    operation_id = "execute",
+    security(("jobToken" = [])),
+    request_body(content = ExecuteBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The job ran (even if the Python failed).", content(
+            (ExecuteResult = "application/json"),
+            (StreamEvent = "text/event-stream"),
+        )),
+        (status = 400, description = "Body not JSON or not an object, a field missing or invalid, or over the executor's maximum.", body = ErrorBody),
+        (status = 401, description = "No `Authorization` header, or not `Bearer <token>`.", body = ErrorBody),
+        (status = 403, description = "Wrong token.", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within `BODY_TIMEOUT_MS`.", body = ErrorBody),
+        (status = 413, description = "The body is over `MAX_BODY_BYTES`.", body = ErrorBody),
+        (status = 429, description = "`MAX_INFLIGHT` jobs running and `MAX_QUEUE` waiting.", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait before trying again."))),
+        (status = 503, description = "The executor is busy, restarting, unreachable or could not set up a jail; or the frontend is out of connections or body buffer. Nothing ran, or the executor was lost mid-job.", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait before trying again."))),
+        (status = 500, description = "A bug; the cause is in the log.", body = ErrorBody),
+    )
+)]
+pub(crate) async fn execute(
+    State(state): State<AppState>,
+    request: Request,
+) -> Result<Response, ApiError> {
     let answer = run(&state, request).await;
     if let Err(error) = &answer {
         state.inner.metrics.error(error);
@@ -204,13 +235,18 @@ impl AfterRun {
 }
 
 /// The `/health` body; the counts only when the executor is up.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct Health {
+pub(crate) struct Health {
+    /// Always `true`: the frontend answers.
     ok: bool,
+    /// `up` or `down`: whether the executor answered.
+    #[schema(value_type = String, pattern = "^(up|down)$")]
     executor: &'static str,
+    /// Jobs running now.
     #[serde(skip_serializing_if = "Option::is_none")]
     running_jobs: Option<u32>,
+    /// Jobs that may run at once.
     #[serde(skip_serializing_if = "Option::is_none")]
     max_jobs: Option<u32>,
     /// Jobs waiting at the executor for a slot.
@@ -221,13 +257,24 @@ struct Health {
     warm_jails: Option<u32>,
     /// How each limit is enforced on the executor's host.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<std::collections::BTreeMap<String, String>>)]
     limits: Option<serde_json::Map<String, serde_json::Value>>,
     /// The isolation layers in force there (landlock ABI, seccomp, …).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<std::collections::BTreeMap<String, String>>)]
     isolation: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
-async fn health(State(app): State<AppState>) -> Json<Health> {
+/// Whether the service and its executor are up; no secret in it.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    operation_id = "health",
+    security(()),
+    responses((status = 200, description = "Always, even when the executor is down.", body = Health))
+)]
+pub(crate) async fn health(State(app): State<AppState>) -> Json<Health> {
     let status = app.inner.health.status().await;
     Json(Health {
         ok: true,
@@ -252,7 +299,23 @@ async fn health(State(app): State<AppState>) -> Json<Health> {
 }
 
 /// `GET /metrics`: without auth unless `METRICS_TOKEN` is set, then with it only.
-async fn metrics(State(app): State<AppState>, request: Request) -> Result<Response, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    operation_id = "metrics",
+    description = "Prometheus text exposition (format 0.0.4). No auth unless `METRICS_TOKEN` is set; the job token never opens it.",
+    security((), ("metricsToken" = [])),
+    responses(
+        (status = 200, description = "The exposition.", body = String, content_type = "text/plain; version=0.0.4; charset=utf-8"),
+        (status = 401, description = "`METRICS_TOKEN` is set and no `Bearer` token came.", body = ErrorBody),
+        (status = 403, description = "`METRICS_TOKEN` is set and another token came.", body = ErrorBody),
+    )
+)]
+pub(crate) async fn metrics(
+    State(app): State<AppState>,
+    request: Request,
+) -> Result<Response, ApiError> {
     let app = &app.inner;
     if let Some(token) = &app.metrics_token {
         token.check(request.headers().get(header::AUTHORIZATION))?;
