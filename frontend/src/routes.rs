@@ -66,6 +66,8 @@ struct Inner {
     metrics: Metrics,
     /// `METRICS_TOKEN`: when set, `/metrics` wants it (and never the job token).
     metrics_token: Option<AuthToken>,
+    /// `METRICS_ADDR` is set: `/metrics` is served there, not by [`router`].
+    metrics_apart: bool,
 }
 
 impl AppState {
@@ -84,6 +86,7 @@ impl AppState {
                 sse_keepalive: config.sse_keepalive(),
                 metrics: Metrics::default(),
                 metrics_token: config.metrics_token(),
+                metrics_apart: config.metrics_addr.is_some(),
             }),
         }
     }
@@ -92,13 +95,26 @@ impl AppState {
 /// Every route's template, as `pysandbox_http_requests_total` labels it.
 pub(crate) const ROUTES: [&str; 4] = ["/execute", "/health", "/metrics", "/openapi.json"];
 
-/// The service's routes.
+/// The service's routes; `/metrics` only when it is not served on its own address.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let mut routes = Router::new()
         .route(ROUTES[0], post(execute))
         .route(ROUTES[1], get(health))
-        .route(ROUTES[2], get(metrics))
-        .route(ROUTES[3], get(openapi::openapi_json))
+        .route(ROUTES[3], get(openapi::openapi_json));
+    if !state.inner.metrics_apart {
+        routes = routes.route(ROUTES[2], get(metrics));
+    }
+    finish(routes, state)
+}
+
+/// The routes of `METRICS_ADDR`: `/metrics` and nothing else.
+pub fn metrics_router(state: AppState) -> Router {
+    finish(Router::new().route(ROUTES[2], get(metrics)), state)
+}
+
+/// `routes` with JSON 404/405 answers, and request ids and logging around it all.
+fn finish(routes: Router<AppState>, state: AppState) -> Router {
+    routes
         // Applies to the routes above, so it must come after them.
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .fallback(|| async { ApiError::NotFound })
@@ -304,7 +320,7 @@ pub(crate) async fn health(State(app): State<AppState>) -> Json<Health> {
     path = "/metrics",
     tag = "operations",
     operation_id = "metrics",
-    description = "Prometheus text exposition (format 0.0.4). No auth unless `METRICS_TOKEN` is set; the job token never opens it.",
+    description = "Prometheus text exposition (format 0.0.4). No auth unless `METRICS_TOKEN` is set; the job token never opens it. With `METRICS_ADDR` set it is served on that address instead, and answered 404 here.",
     security((), ("metricsToken" = [])),
     responses(
         (status = 200, description = "The exposition.", body = String, content_type = "text/plain; version=0.0.4; charset=utf-8"),
@@ -595,6 +611,34 @@ mod tests {
             (status, body),
             (200, json!({"ok": true, "executor": "down"}))
         );
+    }
+
+    #[tokio::test]
+    async fn metrics_apart_leave_the_main_port_and_nothing_else_comes_along() {
+        let apart = state(&["--metrics-addr", "127.0.0.1:0"]);
+        let auth = Some("Bearer tok");
+        let (status, body) = call(&apart, "GET", "/metrics", None, "").await;
+        assert_eq!((status, body), (404, json!({"error": "not found"})));
+        let metrics_only =
+            |request: axum::http::Request<Body>| metrics_router(apart.clone()).oneshot(request);
+        let get = |path: &str| {
+            axum::http::Request::builder()
+                .uri(path)
+                .header(header::AUTHORIZATION, "Bearer tok")
+                .body(Body::empty())
+                .unwrap()
+        };
+        let response = metrics_only(get("/metrics")).await.unwrap();
+        assert_eq!(response.status(), 200);
+        for path in ["/health", "/execute", "/openapi.json"] {
+            let response = metrics_only(get(path)).await.unwrap();
+            assert_eq!(response.status(), 404, "{path}");
+        }
+        let (status, _) = call(&apart, "GET", "/health", auth, "").await;
+        assert_eq!(status, 200);
+        // Without METRICS_ADDR, the main port serves it.
+        let response = router(state(&[])).oneshot(get("/metrics")).await.unwrap();
+        assert_eq!(response.status(), 200);
     }
 
     #[test]
