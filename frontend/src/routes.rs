@@ -241,7 +241,12 @@ impl AfterRun {
             response.uploads = uploader
                 .upload(url, token, self.public, &files, &skipped.skipped_files)
                 .await;
-            metrics.uploads(&response.uploads);
+            // One entry per file, then one per skipped entry.
+            let (uploaded, _) = response
+                .uploads
+                .split_at(files.len().min(response.uploads.len()));
+            let not_uploaded = skipped.skipped_files.len() + skipped.skipped_unlisted as usize;
+            metrics.uploads(uploaded, not_uploaded);
         }
         response.skipped_files = Some(skipped.skipped_files.iter().map(Skipped::from).collect());
         response.skipped_files_unlisted = skipped.skipped_unlisted;

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use pysandbox_tests::{require_root, wait_until, Service};
+use pysandbox_tests::{require_root, wait_until, Service, StubReply, UploadStub};
 use serde_json::{json, Value};
 
 /// The samples of an exposition as the Prometheus client parsed them, keyed by
@@ -274,4 +274,34 @@ async fn metrics_addr_moves_metrics_there_and_nothing_else_comes_along() {
         .await
         .expect("POST /execute");
     assert_eq!(reply.status(), 404);
+}
+
+#[tokio::test]
+async fn uploads_are_counted_by_result_and_skipped_entries_apart() {
+    require_root!();
+    let svc = Service::builder()
+        .frontend_env("UPLOAD_ALLOWED_HOSTS", "127.0.0.1")
+        .start();
+    let stub = UploadStub::start(StubReply::Url);
+    let code = "import os\nopen('a.txt', 'w').write('a')\nos.symlink('/etc/passwd', 'link')";
+    let out = svc
+        .run(json!({"code": code, "fileUploadUrl": stub.url("/u"), "uploadToken": "t"}))
+        .await;
+    assert_eq!(
+        out["uploads"],
+        json!([
+            {"filename": "a.txt", "url": "http://files.test/0/a.txt", "status": 200},
+            {"filename": "link", "status": 0, "error": "skipped: symlink"},
+        ]),
+        "{out:#}"
+    );
+    let samples = scrape_until(&svc, |s| {
+        get(s, "pysandbox_uploads_total", &[("result", "ok")]) == Some(1.0)
+    })
+    .await;
+    let uploads = |result| get(&samples, "pysandbox_uploads_total", &[("result", result)]);
+    assert_eq!(
+        (uploads("ok"), uploads("failed"), uploads("skipped")),
+        (Some(1.0), Some(0.0), Some(1.0))
+    );
 }
