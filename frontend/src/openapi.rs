@@ -150,7 +150,11 @@ fn document() -> &'static [u8] {
     tag = "operations",
     operation_id = "openapi",
     security(()),
-    responses((status = 200, description = "This document.", content_type = "application/json"))
+    responses(
+        (status = 200, description = "This document.", content_type = "application/json"),
+        (status = 503, description = "Every connection slot is taken.", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait before trying again."))),
+    )
 )]
 pub(crate) async fn openapi_json() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], document()).into_response()
@@ -481,6 +485,27 @@ mod tests {
     }
 
     #[test]
+    fn every_429_and_503_says_retry_after() {
+        let doc = doc();
+        let mut seen = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                for status in ["429", "503"] {
+                    let response = &operation["responses"][status];
+                    if !response.is_null() {
+                        seen += 1;
+                        assert!(
+                            response["headers"]["Retry-After"].is_object(),
+                            "{method} {path} {status}"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(seen >= 4, "{seen}");
+    }
+
+    #[test]
     fn bounds_are_the_parsers() {
         let request = schema("ExecuteRequest");
         assert_eq!(request["required"], json!(["code"]));
@@ -520,11 +545,22 @@ mod tests {
             let field = field_error(&body);
             assert!(field.starts_with(&key), "{key}: the parser named {field}");
         }
+        // Unknown keys are refused in these two, so a good value must pass.
         for key in properties("LimitsBody") {
+            let good = json!({"code": "x", "limits": {&key: 1}});
+            assert!(
+                ExecuteRequest::parse(good.to_string().as_bytes()).is_ok(),
+                "{key}"
+            );
             let body = json!({"code": "x", "limits": {&key: 0}});
             assert_eq!(field_error(&body), format!("limits.{key}"));
         }
         for key in properties("NetworkBody") {
+            let good = json!({"code": "x", "network": {&key: []}});
+            assert!(
+                ExecuteRequest::parse(good.to_string().as_bytes()).is_ok(),
+                "{key}"
+            );
             let body = json!({"code": "x", "network": {&key: 7}});
             assert_eq!(field_error(&body), format!("network.{key}"));
         }

@@ -331,6 +331,9 @@ pub(crate) async fn health(State(app): State<AppState>) -> Json<Health> {
         (status = 200, description = "The exposition.", body = String, content_type = "text/plain; version=0.0.4; charset=utf-8"),
         (status = 401, description = "`METRICS_TOKEN` is set and no `Bearer` token came.", body = ErrorBody),
         (status = 403, description = "`METRICS_TOKEN` is set and another token came.", body = ErrorBody),
+        (status = 404, description = "`METRICS_ADDR` is set: it is served there.", body = ErrorBody),
+        (status = 503, description = "Every connection slot is taken.", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait before trying again."))),
     )
 )]
 pub(crate) async fn metrics(
