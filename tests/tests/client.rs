@@ -94,10 +94,14 @@ async fn the_client_passes_its_tests_against_the_service() {
         .output()
         .expect("run pytest");
     assert_ok("pytest clients/python/tests", &out);
+    // Every test ran and passed: none skipped, none lost to a collection error.
+    let tests = std::fs::read_to_string(client.path().join("tests/test_client.py"))
+        .expect("the client's tests");
+    let count = tests.matches("\ndef test_").count();
     let summary = String::from_utf8_lossy(&out.stdout);
     assert!(
-        summary.contains(" passed") && !summary.contains("skipped"),
-        "{summary}"
+        summary.contains(&format!("{count} passed")) && !summary.contains("skipped"),
+        "{count} tests expected: {summary}"
     );
 }
 
