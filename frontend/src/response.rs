@@ -20,6 +20,10 @@ use crate::spool::Produced;
 /// appear when they apply; [`render`] appends `displays` and `files`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(
+    description = "How the job ended and what it printed; `skippedFiles` only when \
+                        files were collected, `skippedFilesUnlisted` only when some were."
+)]
 pub struct ExecuteResponse {
     /// The interpreter's exit status; `null` when a signal ended it.
     #[schema(required = true)]
