@@ -1,6 +1,7 @@
 //! Command line and environment. Every option has a flag and an environment
 //! variable; the flag wins. Names and defaults are fixed by the HTTP contract.
 
+use std::net::SocketAddr;
 use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -28,6 +29,12 @@ pub struct Config {
     /// token (`AUTH_TOKEN`) never opens it.
     #[arg(long, env = "METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<AuthToken>,
+
+    /// Address (`ip:port`) on which to serve `GET /metrics` instead of on the main
+    /// port, e.g. an interface only the Prometheus scraper reaches; port 0 picks a
+    /// free one. Unset: `/metrics` is served on the main port.
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
 
     /// TCP port to listen on; 0 picks a free one.
     #[arg(long, env = "PORT", default_value_t = 8080)]
@@ -195,6 +202,7 @@ mod tests {
         let expected = [
             ("auth_token", "AUTH_TOKEN", None),
             ("metrics_token", "METRICS_TOKEN", None),
+            ("metrics_addr", "METRICS_ADDR", None),
             ("port", "PORT", Some("8080")),
             ("host", "HOST", Some("0.0.0.0")),
             (
@@ -279,6 +287,7 @@ mod tests {
         ])
         .unwrap();
         assert!(config.token().is_some());
+        assert_eq!(config.metrics_addr, None);
         assert_eq!(config.port, 0);
         assert_eq!(config.host, "127.0.0.1");
         assert_eq!(config.executor_socket, PathBuf::from("/tmp/x.sock"));
@@ -312,10 +321,19 @@ mod tests {
             ("--upload-concurrency", "0"),
             ("--upload-timeout-ms", "0"),
             ("--upload-allowed-hosts", "not a host"),
+            ("--metrics-addr", "localhost:9100"),
+            ("--metrics-addr", "9100"),
         ] {
             let parsed = Config::try_parse_from(["pysandbox-frontend", flag, value]);
             assert!(parsed.is_err(), "{flag} {value}");
         }
+    }
+
+    #[test]
+    fn the_metrics_address_is_an_ip_and_port() {
+        let config =
+            Config::try_parse_from(["pysandbox-frontend", "--metrics-addr", "[::1]:9100"]).unwrap();
+        assert_eq!(config.metrics_addr, Some("[::1]:9100".parse().unwrap()));
     }
 
     #[test]

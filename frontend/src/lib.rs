@@ -16,6 +16,7 @@ pub mod error;
 pub mod executor_client;
 pub mod health;
 pub mod metrics;
+pub mod openapi;
 pub mod peers;
 pub mod privileges;
 pub mod request;
@@ -32,6 +33,7 @@ mod testing;
 
 use std::io;
 
+use futures::FutureExt;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
@@ -63,10 +65,32 @@ pub async fn run(config: Config, token: AuthToken) -> io::Result<()> {
         })?;
     info!("listening on {}", listener.local_addr()?);
 
-    let limits = config.server_limits();
     let state = routes::AppState::new(&config, token)
         .map_err(|e| io::Error::other(format!("cannot build the outbound HTTP client: {e}")))?;
-    let app = routes::router(state);
-    server::serve(listener, app, limits, shutdown).await;
+    let app = routes::router(state.clone());
+    let limits = config.server_limits();
+    let Some(metrics_addr) = config.metrics_addr else {
+        server::serve(listener, app, limits, shutdown).await;
+        return Ok(());
+    };
+    // Bound after the main listener: its line is the first "listening on" one.
+    let metrics_listener = TcpListener::bind(metrics_addr).await.map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot listen on METRICS_ADDR {metrics_addr}: {e}"),
+        )
+    })?;
+    info!("metrics: listening on {}", metrics_listener.local_addr()?);
+    // One signal stops both listeners.
+    let shutdown = shutdown.boxed().shared();
+    tokio::join!(
+        server::serve(listener, app, limits.clone(), shutdown.clone()),
+        server::serve(
+            metrics_listener,
+            routes::metrics_router(state),
+            limits,
+            shutdown
+        ),
+    );
     Ok(())
 }

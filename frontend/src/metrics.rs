@@ -38,6 +38,9 @@ pub struct Metrics {
     rejections: [AtomicU64; REJECTIONS.len()],
     uploads_ok: AtomicU64,
     uploads_failed: AtomicU64,
+    /// Work-dir entries not uploaded because collection skipped them (symlinks,
+    /// over a cap, …): not failures of the upload service.
+    uploads_skipped: AtomicU64,
     /// Shared with the ask callback's caller, which counts its calls.
     asks: Arc<AskCounters>,
 }
@@ -123,8 +126,11 @@ impl Metrics {
         Arc::clone(&self.asks)
     }
 
-    /// Counts the uploads of one job's files by result.
-    pub fn uploads(&self, uploads: &[Upload]) {
+    /// Counts the uploads of one job's files by result, and the `skipped` work-dir
+    /// entries that were not uploaded.
+    pub fn uploads(&self, uploads: &[Upload], skipped: usize) {
+        self.uploads_skipped
+            .fetch_add(skipped as u64, Ordering::Relaxed);
         for upload in uploads {
             let counter = match upload.error {
                 None => &self.uploads_ok,
@@ -196,9 +202,13 @@ impl Metrics {
         out.family(
             "pysandbox_uploads_total",
             "counter",
-            "Uploads of produced files, by result.",
+            "Uploads of produced files, by result; skipped: work-dir entries not collected.",
         );
-        for (result, n) in [("ok", &self.uploads_ok), ("failed", &self.uploads_failed)] {
+        for (result, n) in [
+            ("ok", &self.uploads_ok),
+            ("failed", &self.uploads_failed),
+            ("skipped", &self.uploads_skipped),
+        ] {
             out.sample(
                 "pysandbox_uploads_total",
                 &[("result", result)],
@@ -408,5 +418,21 @@ mod tests {
         assert!(text.contains("pysandbox_admission_rejections_total{reason=\"executor_busy\"} 0\n"));
         assert!(text.contains("pysandbox_executor_up 0\n"));
         assert!(!text.contains("pysandbox_jobs_total"));
+    }
+
+    #[test]
+    fn skipped_entries_are_not_failed_uploads() {
+        let metrics = Metrics::default();
+        let upload = |error: Option<&str>| Upload {
+            filename: "f".into(),
+            url: None,
+            status: 200,
+            error: error.map(Into::into),
+        };
+        metrics.uploads(&[upload(None), upload(Some("upload timed out"))], 3);
+        let text = metrics.render(None);
+        assert!(text.contains("pysandbox_uploads_total{result=\"ok\"} 1\n"));
+        assert!(text.contains("pysandbox_uploads_total{result=\"failed\"} 1\n"));
+        assert!(text.contains("pysandbox_uploads_total{result=\"skipped\"} 3\n"));
     }
 }

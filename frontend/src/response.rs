@@ -11,18 +11,25 @@ use bytes::Bytes;
 use futures::{stream, Stream, StreamExt, TryStreamExt};
 use pysandbox_shared::{JobEnd, LimitKind, NetworkViolation, SkippedFile, Usage};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::spool::Produced;
 
 /// What a job that ran produced. Fields serialize in declaration order, which is
 /// the order the contract lists; `skippedFiles` and `skippedFilesUnlisted` only
-/// appear when they apply, and `files` is appended by [`with_files`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// appear when they apply; [`render`] appends `displays` and `files`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(
+    description = "How the job ended and what it printed; `skippedFiles` only when \
+                        files were collected, `skippedFilesUnlisted` only when some were."
+)]
 pub struct ExecuteResponse {
     /// The interpreter's exit status; `null` when a signal ended it.
+    #[schema(required = true)]
     pub exit_code: Option<i32>,
     /// The signal that ended it, e.g. `"SIGKILL"`.
+    #[schema(required = true)]
     pub signal: Option<String>,
     /// What the job printed on standard output (the kept head).
     pub stdout: String,
@@ -43,6 +50,7 @@ pub struct ExecuteResponse {
     /// The limit that stopped or cut the job (`"memory"`, `"time"`, `"cpu"`,
     /// `"processes"`, `"disk"`, `"output"`), or `null`. Unlike the `[sandbox]` lines
     /// in `stderr`, which the job could print itself, this is authoritative.
+    #[schema(required = true, value_type = Option<crate::openapi::LimitName>)]
     pub limit_exceeded: Option<&'static str>,
     /// What the job used.
     pub usage: UsageBody,
@@ -50,6 +58,7 @@ pub struct ExecuteResponse {
     pub violations: Vec<ViolationBody>,
     /// The `repr()` of the value of the code's last top-level statement when it is
     /// an expression whose value is not `None`, as a REPL would echo it.
+    #[schema(required = true)]
     pub result: Option<String>,
     /// Work-dir entries that were not collected and why, when files were collected
     /// (for uploads or `returnFiles`).
@@ -192,7 +201,7 @@ fn piece(bytes: Vec<u8>) -> impl Stream<Item = std::io::Result<Bytes>> + Send {
 }
 
 /// A work-dir entry that was not collected.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Skipped {
     /// Its path relative to the work dir (invalid bytes shown as U+FFFD).
     pub path: String,
@@ -210,7 +219,7 @@ impl From<&SkippedFile> for Skipped {
 }
 
 /// One entry of `violations`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct ViolationBody {
     /// `CONNECT`, `GET`, …, or `-` when the request could not be read.
     pub method: String,
@@ -231,14 +240,16 @@ impl From<NetworkViolation> for ViolationBody {
 }
 
 /// The `usage` object; a figure is `null` where the executor's host cannot measure it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UsageBody {
     /// Wall-clock time of the job.
     pub wall_ms: u64,
     /// CPU time of all its processes.
+    #[schema(required = true)]
     pub cpu_ms: Option<u64>,
     /// The peak memory of all its processes together.
+    #[schema(required = true)]
     pub peak_memory_bytes: Option<u64>,
 }
 
@@ -254,7 +265,7 @@ impl From<Usage> for UsageBody {
 
 /// The outcome of uploading one produced file, in the seed's entry shape; a skipped
 /// work-dir entry is one too, with `error` saying why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Upload {
     /// The file's path relative to the job's work dir.
     pub filename: String,

@@ -28,6 +28,7 @@ use crate::error::ApiError;
 use crate::executor_client::{ExecutorClient, Ran};
 use crate::health::StatusCache;
 use crate::metrics::{self, Metrics};
+use crate::openapi::{self, ErrorBody, ExecuteBody, ExecuteResult, StreamEvent};
 use crate::request::{read_body, ExecuteRequest};
 use crate::response::{render, ExecuteResponse, Skipped};
 use crate::stream;
@@ -66,6 +67,8 @@ struct Inner {
     metrics: Metrics,
     /// `METRICS_TOKEN`: when set, `/metrics` wants it (and never the job token).
     metrics_token: Option<AuthToken>,
+    /// `METRICS_ADDR` is set: `/metrics` is served there, not by [`router`].
+    metrics_apart: bool,
 }
 
 impl AppState {
@@ -87,20 +90,35 @@ impl AppState {
                 sse_keepalive: config.sse_keepalive(),
                 metrics,
                 metrics_token: config.metrics_token(),
+                metrics_apart: config.metrics_addr.is_some(),
             }),
         })
     }
 }
 
 /// Every route's template, as `pysandbox_http_requests_total` labels it.
-const ROUTES: [&str; 3] = ["/execute", "/health", "/metrics"];
+pub(crate) const ROUTES: [&str; 4] = ["/execute", "/health", "/metrics", "/openapi.json"];
 
-/// The service's routes.
+/// The service's routes; `/metrics` only when it is not served on its own address.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let mut routes = Router::new()
         .route(ROUTES[0], post(execute))
         .route(ROUTES[1], get(health))
-        .route(ROUTES[2], get(metrics))
+        .route(ROUTES[3], get(openapi::openapi_json));
+    if !state.inner.metrics_apart {
+        routes = routes.route(ROUTES[2], get(metrics));
+    }
+    finish(routes, state)
+}
+
+/// The routes of `METRICS_ADDR`: `/metrics` and nothing else.
+pub fn metrics_router(state: AppState) -> Router {
+    finish(Router::new().route(ROUTES[2], get(metrics)), state)
+}
+
+/// `routes` with JSON 404/405 answers, and request ids and logging around it all.
+fn finish(routes: Router<AppState>, state: AppState) -> Router {
+    routes
         // Applies to the routes above, so it must come after them.
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .fallback(|| async { ApiError::NotFound })
@@ -109,7 +127,36 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn execute(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+/// Runs Python in a fresh sandbox. With `Accept: text/event-stream`, the answer is
+/// a stream of events ending with the same body.
+#[utoipa::path(
+    post,
+    path = "/execute",
+    tag = "jobs",
+    operation_id = "execute",
+    security(("jobToken" = [])),
+    request_body(content = ExecuteBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The job ran (even if the Python failed).", content(
+            (ExecuteResult = "application/json"),
+            (StreamEvent = "text/event-stream"),
+        )),
+        (status = 400, description = "Body not JSON or not an object, a field missing or invalid, or over the executor's maximum.", body = ErrorBody),
+        (status = 401, description = "No `Authorization` header, or not `Bearer <token>`.", body = ErrorBody),
+        (status = 403, description = "Wrong token.", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within `BODY_TIMEOUT_MS`.", body = ErrorBody),
+        (status = 413, description = "The body is over `MAX_BODY_BYTES`.", body = ErrorBody),
+        (status = 429, description = "`MAX_INFLIGHT` jobs running and `MAX_QUEUE` waiting.", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait before trying again."))),
+        (status = 503, description = "The executor is busy, restarting, unreachable or could not set up a jail; or the frontend is out of connections or body buffer. Nothing ran, or the executor was lost mid-job.", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait before trying again."))),
+        (status = 500, description = "A bug; the cause is in the log.", body = ErrorBody),
+    )
+)]
+pub(crate) async fn execute(
+    State(state): State<AppState>,
+    request: Request,
+) -> Result<Response, ApiError> {
     let answer = run(&state, request).await;
     if let Err(error) = &answer {
         state.inner.metrics.error(error);
@@ -198,7 +245,12 @@ impl AfterRun {
             response.uploads = uploader
                 .upload(url, token, self.public, &files, &skipped.skipped_files)
                 .await;
-            metrics.uploads(&response.uploads);
+            // One entry per file, then one per skipped entry.
+            let (uploaded, _) = response
+                .uploads
+                .split_at(files.len().min(response.uploads.len()));
+            let not_uploaded = skipped.skipped_files.len() + skipped.skipped_unlisted as usize;
+            metrics.uploads(uploaded, not_uploaded);
         }
         response.skipped_files = Some(skipped.skipped_files.iter().map(Skipped::from).collect());
         response.skipped_files_unlisted = skipped.skipped_unlisted;
@@ -208,13 +260,18 @@ impl AfterRun {
 }
 
 /// The `/health` body; the counts only when the executor is up.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct Health {
+pub(crate) struct Health {
+    /// Always `true`: the frontend answers.
     ok: bool,
+    /// `up` or `down`: whether the executor answered.
+    #[schema(value_type = String, pattern = "^(up|down)$")]
     executor: &'static str,
+    /// Jobs running now.
     #[serde(skip_serializing_if = "Option::is_none")]
     running_jobs: Option<u32>,
+    /// Jobs that may run at once.
     #[serde(skip_serializing_if = "Option::is_none")]
     max_jobs: Option<u32>,
     /// Jobs waiting at the executor for a slot.
@@ -225,13 +282,24 @@ struct Health {
     warm_jails: Option<u32>,
     /// How each limit is enforced on the executor's host.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<std::collections::BTreeMap<String, String>>)]
     limits: Option<serde_json::Map<String, serde_json::Value>>,
     /// The isolation layers in force there (landlock ABI, seccomp, …).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<std::collections::BTreeMap<String, String>>)]
     isolation: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
-async fn health(State(app): State<AppState>) -> Json<Health> {
+/// Whether the service and its executor are up; no secret in it.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    operation_id = "health",
+    security(()),
+    responses((status = 200, description = "Always, even when the executor is down.", body = Health))
+)]
+pub(crate) async fn health(State(app): State<AppState>) -> Json<Health> {
     let status = app.inner.health.status().await;
     Json(Health {
         ok: true,
@@ -256,7 +324,26 @@ async fn health(State(app): State<AppState>) -> Json<Health> {
 }
 
 /// `GET /metrics`: without auth unless `METRICS_TOKEN` is set, then with it only.
-async fn metrics(State(app): State<AppState>, request: Request) -> Result<Response, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    operation_id = "metrics",
+    description = "Prometheus text exposition (format 0.0.4). No auth unless `METRICS_TOKEN` is set; the job token never opens it. With `METRICS_ADDR` set it is served on that address instead, and answered 404 here.",
+    security((), ("metricsToken" = [])),
+    responses(
+        (status = 200, description = "The exposition.", body = String, content_type = "text/plain; version=0.0.4; charset=utf-8"),
+        (status = 401, description = "`METRICS_TOKEN` is set and no `Bearer` token came.", body = ErrorBody),
+        (status = 403, description = "`METRICS_TOKEN` is set and another token came.", body = ErrorBody),
+        (status = 404, description = "`METRICS_ADDR` is set: it is served there.", body = ErrorBody),
+        (status = 503, description = "Every connection slot is taken.", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait before trying again."))),
+    )
+)]
+pub(crate) async fn metrics(
+    State(app): State<AppState>,
+    request: Request,
+) -> Result<Response, ApiError> {
     let app = &app.inner;
     if let Some(token) = &app.metrics_token {
         token.check(request.headers().get(header::AUTHORIZATION))?;
@@ -536,6 +623,34 @@ mod tests {
             (status, body),
             (200, json!({"ok": true, "executor": "down"}))
         );
+    }
+
+    #[tokio::test]
+    async fn metrics_apart_leave_the_main_port_and_nothing_else_comes_along() {
+        let apart = state(&["--metrics-addr", "127.0.0.1:0"]);
+        let auth = Some("Bearer tok");
+        let (status, body) = call(&apart, "GET", "/metrics", None, "").await;
+        assert_eq!((status, body), (404, json!({"error": "not found"})));
+        let metrics_only =
+            |request: axum::http::Request<Body>| metrics_router(apart.clone()).oneshot(request);
+        let get = |path: &str| {
+            axum::http::Request::builder()
+                .uri(path)
+                .header(header::AUTHORIZATION, "Bearer tok")
+                .body(Body::empty())
+                .unwrap()
+        };
+        let response = metrics_only(get("/metrics")).await.unwrap();
+        assert_eq!(response.status(), 200);
+        for path in ["/health", "/execute", "/openapi.json"] {
+            let response = metrics_only(get(path)).await.unwrap();
+            assert_eq!(response.status(), 404, "{path}");
+        }
+        let (status, _) = call(&apart, "GET", "/health", auth, "").await;
+        assert_eq!(status, 200);
+        // Without METRICS_ADDR, the main port serves it.
+        let response = router(state(&[])).oneshot(get("/metrics")).await.unwrap();
+        assert_eq!(response.status(), 200);
     }
 
     #[test]

@@ -34,6 +34,7 @@ use futures::stream::{self, BoxStream};
 use futures::{StreamExt, TryStreamExt};
 use pysandbox_shared::{OutputChunk, Stream, Truncated};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::executor_client::{Progress, Ran, Running};
 use crate::response::ViolationBody;
@@ -227,20 +228,28 @@ fn piece(bytes: Vec<u8>) -> Event {
     stream::once(async { Ok(Bytes::from(bytes)) }).boxed()
 }
 
-#[derive(Serialize)]
-struct TextData {
+/// The data of a `stdout` or `stderr` event.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct TextData {
+    /// The chunk's text (up to 64 KiB), UTF-8 decoded across chunks.
     text: String,
 }
 
-#[derive(Serialize)]
-struct ErrorData {
+/// The data of an `error` event.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ErrorData {
+    /// Why the job failed after the stream began.
     error: String,
 }
 
-#[derive(Serialize)]
+/// The data of a `truncated` event.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct TruncatedData {
+pub(crate) struct TruncatedData {
+    /// `stdout` or `stderr`.
+    #[schema(value_type = String, pattern = "^std(out|err)$")]
     stream: &'static str,
+    /// The cap it passed, in bytes.
     cap_bytes: u32,
 }
 

@@ -3,12 +3,23 @@
 //! `tests/python/requirements.txt`. Made on first use, so `cargo test --workspace`
 //! on a fresh machine needs nothing more than PyPI.
 
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// Where the virtualenv lives: outside the target dir, shared by every test binary.
-const VENV: &str = "/var/tmp/pysandbox-test-venv";
+/// The requirements the virtualenv is made from.
+const REQUIREMENTS: &str = include_str!("../python/requirements.txt");
+
+/// Where the virtualenv lives: outside the target dir, shared by every test binary,
+/// one per set of requirements, so that checkouts with different requirements
+/// (branches, worktrees) testing at once do not remake each other's venv under
+/// their feet.
+fn venv_dir() -> String {
+    let mut hasher = DefaultHasher::new();
+    REQUIREMENTS.hash(&mut hasher);
+    format!("/var/tmp/pysandbox-test-venv-{:016x}", hasher.finish())
+}
 
 /// The virtualenv's `python`, after making the venv if it is missing or older than
 /// the requirements. Panics with pip's output if that fails.
@@ -16,8 +27,9 @@ pub fn venv_python() -> PathBuf {
     static MADE: OnceLock<PathBuf> = OnceLock::new();
     MADE.get_or_init(|| {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/make-venv");
+        let venv = venv_dir();
         let out = Command::new("flock")
-            .args([&format!("{VENV}.lock"), script, VENV])
+            .args([&format!("{venv}.lock"), script, &venv])
             .output()
             .expect("run flock (util-linux)");
         assert!(
@@ -26,7 +38,7 @@ pub fn venv_python() -> PathBuf {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        PathBuf::from(VENV).join("bin/python")
+        PathBuf::from(venv).join("bin/python")
     })
     .clone()
 }

@@ -1,13 +1,15 @@
 //! `GET /metrics`, read by the official Prometheus client's parser: the job
 //! counters move by exactly the jobs run, labels are route templates and fixed
-//! identifiers, and `METRICS_TOKEN` closes it to everyone else (the job token too).
+//! identifiers, `METRICS_TOKEN` closes it to everyone else (the job token too), and
+//! `METRICS_ADDR` moves it to an address of its own.
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use pysandbox_tests::{require_root, Service};
+use pysandbox_tests::{require_root, wait_until, Service, StubReply, UploadStub};
 use serde_json::{json, Value};
 
 /// The samples of an exposition as the Prometheus client parsed them, keyed by
@@ -16,15 +18,20 @@ type Samples = BTreeMap<(String, BTreeMap<String, String>), f64>;
 
 /// `GET /metrics` with `authorization`, if any: its status, content type and body.
 async fn scrape(svc: &Service, authorization: Option<&str>) -> (u16, String, String) {
+    fetch(&svc.url("/metrics"), authorization).await
+}
+
+/// `GET url` with `authorization`, if any: its status, content type and body.
+async fn fetch(url: &str, authorization: Option<&str>) -> (u16, String, String) {
     let client = reqwest::Client::builder()
         .no_proxy()
         .build()
         .expect("HTTP client");
-    let mut request = client.get(svc.url("/metrics"));
+    let mut request = client.get(url);
     if let Some(auth) = authorization {
         request = request.header("authorization", auth);
     }
-    let response = request.send().await.expect("GET /metrics");
+    let response = request.send().await.expect("GET");
     let status = response.status().as_u16();
     let content_type = response
         .headers()
@@ -205,4 +212,96 @@ async fn metrics_token_is_its_own_and_the_job_token_does_not_open_it() {
     let (status, _, body) = scrape(&svc, Some("Bearer metrics-only-token")).await;
     assert_eq!(status, 200);
     assert!(parse(&body).contains_key(&("pysandbox_executor_up".to_owned(), BTreeMap::new())));
+}
+
+#[tokio::test]
+async fn metrics_addr_moves_metrics_there_and_nothing_else_comes_along() {
+    require_root!();
+    let svc = Service::builder()
+        .frontend_env("METRICS_ADDR", "127.0.0.1:0")
+        .frontend_env("METRICS_TOKEN", "metrics-only-token")
+        .start();
+    let needle = "metrics: listening on ";
+    let log = svc.frontend.log();
+    assert!(
+        wait_until(Duration::from_secs(30), || log.contains(needle)),
+        "no `{needle}` line"
+    );
+    let text = log.text();
+    let rest = &text[text.find(needle).expect("the line") + needle.len()..];
+    let addr: SocketAddr = rest
+        .split_whitespace()
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address after `{needle}`: {rest}"));
+    assert_ne!(addr, svc.frontend.addr());
+
+    // Gone from the main port, with or without a token.
+    let not_found = (404, json!({"error": "not found"}));
+    for auth in [None, Some("Bearer metrics-only-token")] {
+        let (status, _, body) = scrape(&svc, auth).await;
+        assert_eq!(
+            (status, serde_json::from_str::<Value>(&body).unwrap()),
+            not_found
+        );
+    }
+    // There, behind its token as before.
+    let metrics = format!("http://{addr}/metrics");
+    let (status, _, _) = fetch(&metrics, None).await;
+    assert_eq!(status, 401);
+    let (status, content_type, body) = fetch(&metrics, Some("Bearer metrics-only-token")).await;
+    assert_eq!(status, 200);
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    assert!(parse(&body).contains_key(&("pysandbox_executor_up".to_owned(), BTreeMap::new())));
+    // And the job API is not reachable through it.
+    let job_token = format!("Bearer {}", svc.token());
+    for path in ["/health", "/openapi.json", "/execute"] {
+        let (status, _, body) = fetch(&format!("http://{addr}{path}"), Some(&job_token)).await;
+        assert_eq!(
+            (status, serde_json::from_str::<Value>(&body).unwrap()),
+            not_found,
+            "{path}"
+        );
+    }
+    let reply = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("HTTP client")
+        .post(format!("http://{addr}/execute"))
+        .header("authorization", &job_token)
+        .json(&json!({"code": "print(1)"}))
+        .send()
+        .await
+        .expect("POST /execute");
+    assert_eq!(reply.status(), 404);
+}
+
+#[tokio::test]
+async fn uploads_are_counted_by_result_and_skipped_entries_apart() {
+    require_root!();
+    let svc = Service::builder()
+        .frontend_env("UPLOAD_ALLOWED_HOSTS", "127.0.0.1")
+        .start();
+    let stub = UploadStub::start(StubReply::Url);
+    let code = "import os\nopen('a.txt', 'w').write('a')\nos.symlink('/etc/passwd', 'link')";
+    let out = svc
+        .run(json!({"code": code, "fileUploadUrl": stub.url("/u"), "uploadToken": "t"}))
+        .await;
+    assert_eq!(
+        out["uploads"],
+        json!([
+            {"filename": "a.txt", "url": "http://files.test/0/a.txt", "status": 200},
+            {"filename": "link", "status": 0, "error": "skipped: symlink"},
+        ]),
+        "{out:#}"
+    );
+    let samples = scrape_until(&svc, |s| {
+        get(s, "pysandbox_uploads_total", &[("result", "ok")]) == Some(1.0)
+    })
+    .await;
+    let uploads = |result| get(&samples, "pysandbox_uploads_total", &[("result", result)]);
+    assert_eq!(
+        (uploads("ok"), uploads("failed"), uploads("skipped")),
+        (Some(1.0), Some(0.0), Some(1.0))
+    );
 }
