@@ -130,7 +130,10 @@ async fn job_counters_move_by_exactly_the_jobs_run() {
         get(
             &before,
             "pysandbox_build_info",
-            &[("version", "0.1.0"), ("protocol", "6")]
+            &[
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("protocol", &pysandbox_shared::PROTOCOL_VERSION.to_string())
+            ]
         ),
         Some(1.0)
     );
