@@ -103,6 +103,9 @@ impl Service {
         let client = reqwest::Client::builder()
             .no_proxy()
             .timeout(REQUEST_TIMEOUT)
+            // The frontend closes an idle connection after 5 s (HEADER_TIMEOUT_MS):
+            // reusing one it is closing would fail a request with IncompleteMessage.
+            .pool_idle_timeout(Duration::from_secs(2))
             .build()
             .expect("cannot build the HTTP client");
         Service {
