@@ -352,3 +352,49 @@ async fn hostile_bodies_get_a_json_rpc_error_or_a_4xx() {
     assert_eq!(ok.status, 200, "{}", ok.text);
     assert_eq!(ok.json["result"]["structuredContent"]["stdout"], "42\n");
 }
+
+/// `runningJobs` as `/health` says, once it is `n`; panics after 20 s.
+async fn until_running(svc: &Service, n: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let health = svc.health().await;
+        if health.json["runningJobs"].as_u64() == Some(n) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "runningJobs never became {n}: {}",
+            health.text
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The SDK runs a tool call in a task of its own; a client that goes away must
+/// still take its job down with it, as on `/execute`.
+#[tokio::test]
+async fn a_client_that_goes_away_takes_its_job_down() {
+    require_root!();
+    let svc = Service::start();
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+        "name": "run_python",
+        "arguments": {"code": "import time\ntime.sleep(60)", "timeoutMs": 90000}}})
+    .to_string();
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n{call}",
+        svc.frontend.addr(),
+        svc.token(),
+        call.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(svc.frontend.addr())
+        .await
+        .expect("connect");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send the call");
+    until_running(&svc, 1).await;
+    drop(stream);
+    // Well before the job's own 60 s.
+    until_running(&svc, 0).await;
+}
