@@ -404,8 +404,8 @@ fn tool() -> Tool {
             ToolAnnotations::default()
                 .read_only(false)
                 .destructive(false)
-                .idempotent(false)
-                .open_world(false),
+                // No `openWorldHint`: it depends on the operator's network policy.
+                .idempotent(false),
         )
 }
 
@@ -471,4 +471,84 @@ fn input_schema() -> Value {
         },
         "required": ["code"]
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(value: Value) -> Map<String, Value> {
+        match value {
+            Value::Object(map) => map,
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    #[test]
+    fn the_summary_says_how_it_ended_what_it_printed_and_what_was_refused() {
+        let killed = object(json!({
+            "exitCode": null, "signal": "SIGKILL", "limitExceeded": "memory",
+            "stdout": "partial", "stdoutTruncated": true,
+            "stderr": "[sandbox] killed: memory limit\n", "stderrTruncated": false,
+            "violations": [{"method": "CONNECT", "target": "evil.com:443", "reason": "not in allowed domains"}],
+            "result": null
+        }));
+        assert_eq!(
+            summary(&killed),
+            "killed by signal SIGKILL\nlimit exceeded: memory\n--- stdout (truncated) ---\npartial\n\
+             --- stderr ---\n[sandbox] killed: memory limit\n\
+             --- network requests refused ---\nCONNECT evil.com:443: not in allowed domains\n"
+        );
+        let value = object(json!({"exitCode": 0, "stdout": "", "stderr": "", "result": "42"}));
+        assert_eq!(
+            summary(&value),
+            "exit status: 0\n--- stdout ---\n--- stderr ---\n--- value of the last expression ---\n42\n"
+        );
+    }
+
+    #[test]
+    fn file_uris_encode_every_segment() {
+        assert_eq!(
+            file_uri("out/a b?#%.txt").as_deref(),
+            Some("sandbox:///work/out/a%20b%3F%23%25.txt")
+        );
+    }
+
+    #[test]
+    fn text_files_are_text_and_the_rest_base64() {
+        let file = |content_type: &str, bytes: &[u8]| json!({"path": "f", "contentType": content_type, "contentBase64": BASE64.encode(bytes)});
+        assert!(matches!(
+            resource(&file("text/csv", b"a,b\n")),
+            Some(ResourceContents::TextResourceContents { text, .. }) if text == "a,b\n"
+        ));
+        // Text by its name, but not UTF-8: the bytes go back unchanged.
+        assert!(matches!(
+            resource(&file("text/plain", b"\xff")),
+            Some(ResourceContents::BlobResourceContents { blob, .. }) if blob == "/w=="
+        ));
+        assert!(matches!(
+            resource(&file("image/png", b"\x89PNG")),
+            Some(ResourceContents::BlobResourceContents { blob, .. }) if blob == "iVBORw=="
+        ));
+    }
+
+    #[test]
+    fn arguments_are_execute_bodies_that_return_files_by_default() {
+        let mut arguments = object(json!({"code": "1"}));
+        assert!(parse(&mut arguments, None).unwrap().return_files);
+        let mut arguments = object(json!({"code": "1", "returnFiles": false}));
+        assert!(!parse(&mut arguments, None).unwrap().return_files);
+        let mut arguments = object(json!({"code": "1", "returnFiles": "yes"}));
+        assert_eq!(
+            parse(&mut arguments, None).unwrap_err().to_string(),
+            "returnFiles: must be a boolean"
+        );
+        let duplicate = DuplicateArgument("limits.cpuMs".into());
+        assert_eq!(
+            parse(&mut object(json!({"code": "1"})), Some(&duplicate))
+                .unwrap_err()
+                .to_string(),
+            "limits.cpuMs: appears more than once"
+        );
+    }
 }

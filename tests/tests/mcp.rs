@@ -280,6 +280,40 @@ async fn hostile_bodies_get_a_json_rpc_error_or_a_4xx() {
         400,
         json!({"error": "request body is not valid JSON"}),
     );
+    // What the SDK refuses itself comes as JSON too.
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).to_string();
+    let json_only = svc
+        .post_raw(
+            "/mcp",
+            &[
+                ("authorization", token.as_str()),
+                ("content-type", "application/json"),
+                ("accept", "application/json"),
+            ],
+            initialize.clone(),
+        )
+        .await;
+    assert_error(
+        &json_only,
+        406,
+        json!({"error": "Not Acceptable: Client must accept both application/json and text/event-stream"}),
+    );
+    let text = svc
+        .post_raw(
+            "/mcp",
+            &[
+                ("authorization", token.as_str()),
+                ("content-type", "text/plain"),
+                ("accept", "application/json, text/event-stream"),
+            ],
+            initialize,
+        )
+        .await;
+    assert_error(
+        &text,
+        415,
+        json!({"error": "Unsupported Media Type: Content-Type must be application/json"}),
+    );
     // JSON, but no JSON-RPC message: the SDK's refusal, as JSON.
     let empty = post_mcp(&svc, auth, "{}").await;
     assert_eq!(empty.status, 415, "{}", empty.text);
