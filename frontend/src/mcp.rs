@@ -9,13 +9,14 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use axum::body::Body;
+use axum::body::{Body, BodyDataStream};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{post, MethodRouter};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
+use futures::StreamExt;
 use rmcp::handler::server::ServerHandler;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
@@ -64,8 +65,12 @@ pub(crate) fn route(state: AppState) -> MethodRouter<AppState> {
     post(move |State(state): State<AppState>, request: Request| {
         let service = service.clone();
         async move {
-            match gate(&state, request).await {
-                Ok(request) => plain_errors(service.handle(request).await.map(Body::new)).await,
+            let until_sent = UntilSent::default();
+            match gate(&state, request, &until_sent).await {
+                Ok(request) => {
+                    let answer = service.handle(request).await.map(Body::new);
+                    until_sent.attach(plain_errors(answer).await)
+                }
                 Err(error) => {
                     state.count_error(&error);
                     refusal(error)
@@ -78,7 +83,11 @@ pub(crate) fn route(state: AppState) -> MethodRouter<AppState> {
 /// The checks `/execute` makes before it parses a body, in its order: the token,
 /// then the body's size, time and budget. The body is read whole here, so the SDK
 /// never reads an unbounded one.
-async fn gate(state: &AppState, request: Request) -> Result<Request, ApiError> {
+async fn gate(
+    state: &AppState,
+    request: Request,
+    until_sent: &UntilSent,
+) -> Result<Request, ApiError> {
     let (mut parts, body) = request.into_parts();
     state.check_token(&parts.headers)?;
     let (body, reservation) = state.read_body(body).await?;
@@ -107,6 +116,7 @@ async fn gate(state: &AppState, request: Request) -> Result<Request, ApiError> {
     parts
         .extensions
         .insert(HeldBody(Arc::new(Mutex::new(Some(reservation)))));
+    parts.extensions.insert(until_sent.clone());
     Ok(Request::from_parts(parts, Body::from(body)))
 }
 
@@ -151,6 +161,42 @@ async fn plain_errors(response: Response) -> Response {
 /// The body's budget reservation, carried to the tool in the request's extensions.
 #[derive(Debug, Clone)]
 struct HeldBody(Arc<Mutex<Option<Reservation>>>);
+
+/// What a call's job holds until the call's answer is sent: the rendered result,
+/// with the job's admission slot inside. As on `/execute`, the slot bounds how
+/// many results the frontend holds, also for clients that read them slowly.
+#[derive(Debug, Clone, Default)]
+struct UntilSent(Arc<Mutex<Option<BodyDataStream>>>);
+
+impl UntilSent {
+    fn hold(&self, rendered: BodyDataStream) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(rendered);
+    }
+
+    /// `answer`, whose body lets go of what is held once it is sent or dropped.
+    fn attach(self, answer: Response) -> Response {
+        let (parts, body) = answer.into_parts();
+        let guard = ReleaseOnDrop(self);
+        let body = body.into_data_stream().map(move |chunk| {
+            let _ = &guard;
+            chunk
+        });
+        Response::from_parts(parts, Body::from_stream(body))
+    }
+}
+
+/// Empties an [`UntilSent`] when dropped, even if the SDK's task still has a copy.
+struct ReleaseOnDrop(UntilSent);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        (self.0)
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+    }
+}
 
 /// The path inside `arguments` of a key that appears twice there.
 #[derive(Debug, Clone)]
@@ -231,7 +277,7 @@ async fn run_python(
         Err(error) => Err(error),
     };
     match answer {
-        Ok(response) => ran(response).await,
+        Ok(response) => ran(response, extensions.get::<UntilSent>()).await,
         Err(error) => {
             state.count_error(&error);
             refused(error).await
@@ -259,17 +305,24 @@ fn parse(
     ExecuteRequest::parse(&body)
 }
 
-/// The tool result of a job that ran, from `/execute`'s `200` body.
-async fn ran(response: Response) -> CallToolResult {
-    // The body is bounded by the executor's output, display and file caps, which
-    // the admission slot held by it accounts for.
-    let body = match axum::body::to_bytes(response.into_body(), usize::MAX).await {
-        Ok(body) => body,
-        Err(e) => {
-            warn!("reading a job's rendered result failed: {e}");
-            return refused(ApiError::Internal).await;
+/// The tool result of a job that ran, from `/execute`'s `200` body; what the
+/// body holds (the admission slot) goes to `until_sent`.
+async fn ran(response: Response, until_sent: Option<&UntilSent>) -> CallToolResult {
+    // The body is bounded by the executor's output, display and file caps.
+    let mut rendered = response.into_body().into_data_stream();
+    let mut body = Vec::new();
+    while let Some(chunk) = rendered.next().await {
+        match chunk {
+            Ok(chunk) => body.extend_from_slice(&chunk),
+            Err(e) => {
+                warn!("reading a job's rendered result failed: {e}");
+                return refused(ApiError::Internal).await;
+            }
         }
-    };
+    }
+    if let Some(until_sent) = until_sent {
+        until_sent.hold(rendered);
+    }
     let Ok(Value::Object(answer)) = serde_json::from_slice::<Value>(&body) else {
         warn!("a job's rendered result is not a JSON object");
         return refused(ApiError::Internal).await;

@@ -10,7 +10,7 @@ use base64::Engine;
 use pysandbox_tests::{assert_error, require_root, venv_python, Reply, Service};
 use reqwest::Method;
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
 /// What the stock client saw: `{"serverInfo", "tools", "results"}` after calling
@@ -431,4 +431,58 @@ async fn a_client_that_goes_away_takes_its_job_down() {
     drop(stream);
     // Well before the job's own 60 s.
     until_running(&svc, 0).await;
+}
+
+/// A result waits in memory until its client reads it; like `/execute`'s, it keeps
+/// its job's admission slot until then, so slow readers cannot pile results up.
+#[tokio::test]
+async fn an_unread_result_keeps_its_admission_slot() {
+    require_root!();
+    let svc = Service::builder()
+        .frontend_env("MAX_INFLIGHT", "1")
+        .frontend_env("MAX_QUEUE", "0")
+        .start();
+    // 16 MiB of noise: the answer (base64, twice) is far more than socket buffers hold.
+    let code = "import os\nopen('noise.bin', 'wb').write(os.urandom(16 << 20))";
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+        "name": "run_python", "arguments": {"code": code}}})
+    .to_string();
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n{call}",
+        svc.frontend.addr(),
+        svc.token(),
+        call.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(svc.frontend.addr())
+        .await
+        .expect("connect");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send the call");
+    // The status line: the answer is being sent, the job long over.
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).await.expect("the status line");
+    assert_eq!(&head, b"HTTP/1.1 200");
+
+    let refused = svc.post_execute(&json!({"code": "print(1)"})).await;
+    assert_error(
+        &refused,
+        429,
+        json!({"error": "too many jobs in flight; retry later"}),
+    );
+    drop(stream);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let reply = svc.post_execute(&json!({"code": "print(1)"})).await;
+        if reply.status == 200 {
+            break;
+        }
+        assert_eq!(reply.status, 429, "{}", reply.text);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
