@@ -17,6 +17,7 @@ use axum::routing::{post, MethodRouter};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use futures::StreamExt;
+use pysandbox_shared::text::shown;
 use rmcp::handler::server::ServerHandler;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
@@ -34,7 +35,7 @@ use crate::body_budget::Reservation;
 use crate::duplicate_keys::first_duplicate_key;
 use crate::error::ApiError;
 use crate::request::ExecuteRequest;
-use crate::routes::{AppState, RequestId};
+use crate::routes::{AppState, RequestId, MAX_LOGGED_CHARS};
 
 /// The one tool.
 const RUN_PYTHON: &str = "run_python";
@@ -100,13 +101,15 @@ async fn gate(
     if let Some(path) = first_duplicate_key(&body) {
         // A duplicate inside the arguments is the tool's request error, as
         // `/execute` reports it; anywhere else the message itself is ambiguous.
+        // The key is the client's: shown as `/execute` shows it, short and inert.
         match path.strip_prefix("params.arguments.") {
             Some(field) => {
-                parts.extensions.insert(DuplicateArgument(field.to_owned()));
+                let field = shown(field, MAX_LOGGED_CHARS);
+                parts.extensions.insert(DuplicateArgument(field));
             }
             None => {
                 return Err(ApiError::InvalidField {
-                    field: path,
+                    field: shown(&path, MAX_LOGGED_CHARS),
                     reason: "appears more than once".into(),
                 })
             }

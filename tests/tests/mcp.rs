@@ -358,6 +358,38 @@ async fn hostile_bodies_get_a_json_rpc_error_or_a_4xx() {
         twice.json["result"]["structuredContent"],
         json!({"error": "code: appears more than once", "field": "code"})
     );
+    // The client's key comes back short and inert, as from `/execute`.
+    let long = serde_json::to_string(&format!("\u{202e}{}", "k".repeat(5000))).expect("JSON");
+    let arguments = format!(r#"{{"code":"1",{long}:1,{long}:2}}"#);
+    let call = format!(
+        r#"{{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{{"name":"run_python","arguments":{arguments}}}}}"#
+    );
+    let twice = post_mcp(&svc, auth, call).await;
+    let execute = svc
+        .post_raw(
+            "/execute",
+            &[
+                ("authorization", token.as_str()),
+                ("content-type", "application/json"),
+            ],
+            arguments,
+        )
+        .await;
+    assert_eq!(execute.status, 400, "{}", execute.text);
+    assert_eq!(
+        twice.json["result"]["structuredContent"], execute.json,
+        "{}",
+        twice.text
+    );
+    let shown = format!("\\u{{202e}}{}…[4801 more chars]", "k".repeat(199));
+    assert_eq!(execute.json["field"], shown);
+    let envelope = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/list",{long}:1,{long}:2}}"#);
+    let envelope = post_mcp(&svc, auth, envelope).await;
+    assert_error(
+        &envelope,
+        400,
+        json!({"error": format!("{shown}: appears more than once"), "field": shown}),
+    );
     let envelope = r#"{"jsonrpc":"2.0","id":1,"id":2,"method":"tools/list"}"#;
     let envelope = post_mcp(&svc, auth, envelope).await;
     assert_error(
