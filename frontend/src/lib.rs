@@ -15,6 +15,7 @@ pub mod duplicate_keys;
 pub mod error;
 pub mod executor_client;
 pub mod health;
+mod mcp;
 pub mod metrics;
 pub mod openapi;
 pub mod peers;

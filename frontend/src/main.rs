@@ -25,8 +25,10 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         // Colour codes only for a person at a terminal, not in journald or test logs.
         .with_ansi(std::io::stderr().is_terminal())
+        // The MCP SDK logs three info lines per request (session start, end of
+        // input, end of serving); the request's own line says what matters.
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rmcp=warn")),
         );
     match config.log_format {
         LogFormat::Text => logs.init(),

@@ -72,20 +72,18 @@ impl Modify for Security {
 
 /// `POST /mcp`, the Model Context Protocol endpoint.
 ///
-/// MARKED SPOT for the `/mcp` route: its handler is being written apart (issue 17);
-/// when it lands, this modifier gives way to a `#[utoipa::path]` on that handler,
-/// listed in `paths(...)` above. Until then the entry says only what is settled:
-/// JSON-RPC 2.0 over streamable HTTP, stateless, the job token.
+/// Built by hand: the route is the MCP SDK's service behind `/execute`'s gate
+/// (`crate::mcp`), no handler a `#[utoipa::path]` could sit on. JSON-RPC 2.0 over
+/// streamable HTTP, stateless, the job token.
 struct Mcp;
 
 impl Modify for Mcp {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let json_rpc = || {
             ContentBuilder::new()
-                .schema(Some(
-                    ObjectBuilder::new()
-                        .description(Some("A JSON-RPC 2.0 message (or batch) of MCP.")),
-                ))
+                .schema(Some(ObjectBuilder::new().description(Some(
+                    "A JSON-RPC 2.0 message of MCP (one object: batches are refused).",
+                ))))
                 .build()
         };
         let operation = OperationBuilder::new()
@@ -108,8 +106,15 @@ impl Modify for Mcp {
                     .content("application/json", json_rpc())
                     .content("text/event-stream", ContentBuilder::new().build()),
             )
-            .response("401", error_response("No `Authorization: Bearer` header."))
-            .response("403", error_response("Wrong token."))
+            .response(
+                "400",
+                error_response("Not JSON, not one object (a batch), or a key twice outside the tool's arguments."),
+            )
+            .response(
+                "401",
+                error_response("No `Authorization: Bearer` header, or a wrong token (MCP wants 401 for both); with `WWW-Authenticate: Bearer`."),
+            )
+            .response("413", error_response("The body is over `MAX_BODY_BYTES`."))
             .security(SecurityRequirement::new(JOB_TOKEN, Vec::<String>::new()))
             .build();
         openapi.paths.paths.insert(
@@ -458,9 +463,7 @@ mod tests {
             .keys()
             .map(String::as_str)
             .collect();
-        let mut served: BTreeSet<&str> = crate::routes::ROUTES.into_iter().collect();
-        // The marked spot of the route being written apart (see `Mcp`).
-        served.insert("/mcp");
+        let served: BTreeSet<&str> = crate::routes::ROUTES.into_iter().collect();
         assert_eq!(documented, served);
     }
 

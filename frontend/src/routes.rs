@@ -8,12 +8,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use bytes::Bytes;
 use pysandbox_shared::text::shown;
 use pysandbox_shared::JobSpec;
 use serde::Serialize;
@@ -22,11 +24,12 @@ use tracing::{info, info_span, Instrument, Span};
 use crate::admission::{Admission, Slot};
 use crate::ask::AskCaller;
 use crate::auth::AuthToken;
-use crate::body_budget::BodyBudget;
+use crate::body_budget::{BodyBudget, Reservation};
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::executor_client::{ExecutorClient, Ran};
+use crate::executor_client::{ExecutorClient, Ran, Running};
 use crate::health::StatusCache;
+use crate::mcp;
 use crate::metrics::{self, Metrics};
 use crate::openapi::{self, ErrorBody, ExecuteBody, ExecuteResult, StreamEvent};
 use crate::request::{read_body, ExecuteRequest};
@@ -97,14 +100,15 @@ impl AppState {
 }
 
 /// Every route's template, as `pysandbox_http_requests_total` labels it.
-pub(crate) const ROUTES: [&str; 4] = ["/execute", "/health", "/metrics", "/openapi.json"];
+pub(crate) const ROUTES: [&str; 5] = ["/execute", "/health", "/metrics", "/openapi.json", "/mcp"];
 
 /// The service's routes; `/metrics` only when it is not served on its own address.
 pub fn router(state: AppState) -> Router {
     let mut routes = Router::new()
         .route(ROUTES[0], post(execute))
         .route(ROUTES[1], get(health))
-        .route(ROUTES[3], get(openapi::openapi_json));
+        .route(ROUTES[3], get(openapi::openapi_json))
+        .route(ROUTES[4], mcp::route(state.clone()));
     if !state.inner.metrics_apart {
         routes = routes.route(ROUTES[2], get(metrics));
     }
@@ -159,7 +163,7 @@ pub(crate) async fn execute(
 ) -> Result<Response, ApiError> {
     let answer = run(&state, request).await;
     if let Err(error) = &answer {
-        state.inner.metrics.error(error);
+        state.count_error(error);
     }
     answer
 }
@@ -168,47 +172,18 @@ async fn run(state: &AppState, request: Request) -> Result<Response, ApiError> {
     let app = &state.inner;
     let (parts, body) = request.into_parts();
     // The contract's order: auth, body size, JSON, admission, executor.
-    app.token.check(parts.headers.get(header::AUTHORIZATION))?;
-    let (body, reservation) =
-        read_body(body, app.max_body_bytes, &app.body_budget, app.body_timeout).await?;
+    state.check_token(&parts.headers)?;
+    let (body, reservation) = state.read_body(body).await?;
     let job = ExecuteRequest::parse(&body)?;
     // From here on, admission bounds what requests hold.
     drop((body, reservation));
-    if let Some(target) = &job.file_upload_url {
-        app.uploader.allowed_hosts().check(target)?;
-    }
-    let upload = job
-        .upload_target()
-        .map(|(target, token)| (target.url.clone(), token.to_owned()));
-    let collect_files = upload.is_some() || job.return_files;
-
-    // Held until the response body is sent, uploads included: the slot bounds how
-    // many results (output in memory, files in the spool) the frontend holds.
-    let slot = app.admission.enter()?.slot().await?;
     let request_id = parts
         .extensions
         .get::<RequestId>()
         .cloned()
         .unwrap_or_else(RequestId::generate);
-    let spec = JobSpec {
-        request_id: request_id.0,
-        code: job.code,
-        stdin: job.stdin,
-        // The executor owns the default: it says which limit it applied.
-        timeout_ms: job.timeout_ms,
-        limits: job.limits,
-        files: job.files,
-        collect_files,
-        network: job.network,
-    };
     // Every refusal comes before the job starts, as a JSON error, streamed or not.
-    let running = app.executor.start(spec).await?;
-    let after = AfterRun {
-        upload,
-        public: job.public,
-        return_files: job.return_files,
-        slot,
-    };
+    let (running, after) = state.start(job, request_id).await?;
     if stream::wanted(&parts.headers) {
         let state = state.clone();
         let answer = move |ran| async move {
@@ -219,6 +194,78 @@ async fn run(state: &AppState, request: Request) -> Result<Response, ApiError> {
     }
     let ran = running.finish().await?;
     Ok(after.answer(ran, &app.uploader, &app.metrics).await)
+}
+
+impl AppState {
+    /// Checks the service token in `headers`, as every job route does.
+    pub(crate) fn check_token(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        self.inner.token.check(headers.get(header::AUTHORIZATION))
+    }
+
+    /// Reads a job route's body within the configured size, time and budget.
+    pub(crate) async fn read_body(&self, body: Body) -> Result<(Bytes, Reservation), ApiError> {
+        let app = &self.inner;
+        read_body(body, app.max_body_bytes, &app.body_budget, app.body_timeout).await
+    }
+
+    /// Counts a request that failed, as `/metrics` reports it.
+    pub(crate) fn count_error(&self, error: &ApiError) {
+        self.inner.metrics.error(error);
+    }
+
+    /// Runs `job` to its end, as `POST /execute` without streaming does, and
+    /// answers with that route's `200` response.
+    pub(crate) async fn execute(
+        &self,
+        job: ExecuteRequest,
+        request_id: RequestId,
+    ) -> Result<Response, ApiError> {
+        let app = &self.inner;
+        let (running, after) = self.start(job, request_id).await?;
+        let ran = running.finish().await?;
+        Ok(after.answer(ran, &app.uploader, &app.metrics).await)
+    }
+
+    /// Admits `job` and starts it at the executor: the one way in for every route
+    /// that runs code, so the upload policy, admission and the job spec are the same
+    /// for all of them.
+    async fn start(
+        &self,
+        job: ExecuteRequest,
+        request_id: RequestId,
+    ) -> Result<(Running, AfterRun), ApiError> {
+        let app = &self.inner;
+        if let Some(target) = &job.file_upload_url {
+            app.uploader.allowed_hosts().check(target)?;
+        }
+        let upload = job
+            .upload_target()
+            .map(|(target, token)| (target.url.clone(), token.to_owned()));
+        let collect_files = upload.is_some() || job.return_files;
+
+        // Held until the response body is sent, uploads included: the slot bounds how
+        // many results (output in memory, files in the spool) the frontend holds.
+        let slot = app.admission.enter()?.slot().await?;
+        let spec = JobSpec {
+            request_id: request_id.0,
+            code: job.code,
+            stdin: job.stdin,
+            // The executor owns the default: it says which limit it applied.
+            timeout_ms: job.timeout_ms,
+            limits: job.limits,
+            files: job.files,
+            collect_files,
+            network: job.network,
+        };
+        let running = app.executor.start(spec).await?;
+        let after = AfterRun {
+            upload,
+            public: job.public,
+            return_files: job.return_files,
+            slot,
+        };
+        Ok((running, after))
+    }
 }
 
 /// What becomes of a job's result once it ran: the same for a streamed call (its
