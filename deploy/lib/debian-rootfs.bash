@@ -34,13 +34,14 @@ debian_rootfs() {
             echo "debootstrap failed (log: $cache_dir/debootstrap.log)" >&2
             return 1
         fi
-        # No package lists, apt caches or downloaded .debs: they only take space.
-        rm -rf "$tmp"/var/lib/apt/lists/* "$tmp"/var/cache/apt/*.bin "$tmp"/var/cache/apt/archives/*.deb
         # Called plainly, not in an `||` list, so that errexit stops it at its first
         # failing command (a failed tree stays as rootfs-*.tmp.PID, never published).
+        # It still sees the archive's Release file in /var/lib/apt/lists.
         if [[ -n $customize ]]; then
             "$customize" "$tmp"
         fi
+        # No package lists, apt caches or downloaded .debs: they only take space.
+        rm -rf "$tmp"/var/lib/apt/lists/* "$tmp"/var/cache/apt/*.bin "$tmp"/var/cache/apt/archives/*.deb
         touch "$tmp/.complete"
         # Another run may have finished first: then keep its copy.
         mv -T "$tmp" "$rootfs" 2>/dev/null || rm -rf "$tmp"
