@@ -1,9 +1,9 @@
-//! The fork server's template, seen from the executor (`docs/fork-server.md`): a
-//! long-lived, jailed Python that already imported the heavy modules and forks one
-//! child per job. This module starts it, keeps one ready, replaces it when it dies
-//! or when asked ([`Templates::reload`]), and hands it jobs. While none is ready,
-//! jobs take the cold path: a job never waits for a template, and never runs
-//! anywhere but in a jail.
+//! The fork server's templates, seen from the executor (`docs/fork-server.md`):
+//! long-lived, jailed Pythons — one that already imported the heavy modules, one
+//! lean — that fork one child per job. This module starts them, keeps them ready,
+//! replaces one when it dies or when asked ([`ForkServer::reload`]), and hands them
+//! jobs. While none is ready, jobs take the cold path: a job never waits for a
+//! template, and never runs anywhere but in a jail.
 
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};

@@ -219,6 +219,15 @@ impl Metrics {
     }
 }
 
+/// Whether the executor says its fork-server templates are ready: its status
+/// lists the fork server among the isolation layers, its detail starting "ready".
+fn fork_server_ready(status: &ExecutorStatus) -> bool {
+    status
+        .isolation
+        .iter()
+        .any(|layer| layer.name == "fork server" && layer.detail.starts_with("ready"))
+}
+
 fn render_executor(out: &mut Exposition, status: &ExecutorStatus) {
     let gauges = [
         (
@@ -240,6 +249,11 @@ fn render_executor(out: &mut Exposition, status: &ExecutorStatus) {
             "pysandbox_warm_jails",
             "Warm jails ready for a job.",
             status.warm_jails,
+        ),
+        (
+            "pysandbox_fork_server_ready",
+            "1 while the fork server's templates are ready to fork jobs, else 0.",
+            u32::from(fork_server_ready(status)),
         ),
     ];
     for (name, help, value) in gauges {

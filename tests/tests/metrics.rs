@@ -124,7 +124,14 @@ async fn job_counters_move_by_exactly_the_jobs_run() {
         (status, content_type.as_str()),
         (200, "text/plain; version=0.0.4; charset=utf-8")
     );
-    let before = scrape_until(&svc, |s| get(s, "pysandbox_executor_up", &[]) == Some(1.0)).await;
+    // The templates are ready (the harness waited for them) when the fork server is
+    // on, the default; the warm and cold passes of CI run with it off.
+    let forking = if svc.executor.fork_server() { 1.0 } else { 0.0 };
+    let before = scrape_until(&svc, |s| {
+        get(s, "pysandbox_executor_up", &[]) == Some(1.0)
+            && get(s, "pysandbox_fork_server_ready", &[]) == Some(forking)
+    })
+    .await;
     assert_eq!(all_jobs(&before), 0.0);
     assert_eq!(
         get(

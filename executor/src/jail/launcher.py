@@ -279,6 +279,12 @@ def serve(library_path):
     import socket
     import sys
 
+    # What the job half imports, once here instead of in every job.
+    import ast  # noqa: F401
+    import atexit  # noqa: F401
+    import importlib.machinery  # noqa: F401
+    import traceback  # noqa: F401
+
     library = ctypes.CDLL(library_path)
     enter = library.pysandbox_job_enter
     enter.restype = ctypes.c_int
