@@ -6,7 +6,7 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{IoSlice, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::chown;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -18,7 +18,8 @@ use nix::sys::socket::{
     sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType,
 };
 
-const TEMPLATE: &str = include_str!("../../src/fork/template.py");
+/// The template is the launcher every jail runs, in its fork-server mode.
+const TEMPLATE: &str = include_str!("../../src/jail/launcher.py");
 const LIBRARY_IN_JAIL: &str = "/run/pysandbox-fork.so";
 const PRELOAD: &[&str] = &["numpy", "pandas", "matplotlib.pyplot"];
 
@@ -102,43 +103,10 @@ fn library() -> PathBuf {
     lib
 }
 
-/// A detached clone of the mount at `path` (open_tree(2)), read-only if asked.
+/// A detached clone of the mount at `path`, as the executor makes it.
 fn clone_mount(path: &Path, read_only: bool) -> OwnedFd {
-    const OPEN_TREE_CLONE: libc::c_uint = 1;
-    const MOUNT_ATTR_RDONLY: u64 = 1;
     let path = CString::new(path.as_os_str().as_encoded_bytes()).expect("no NUL");
-    // SAFETY: a NUL-terminated path that outlives the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
-        )
-    };
-    assert!(fd >= 0, "open_tree: {}", std::io::Error::last_os_error());
-    // SAFETY: open_tree returned a new descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-    if read_only {
-        let attr: [u64; 4] = [MOUNT_ATTR_RDONLY, 0, 0, 0];
-        // SAFETY: mount_setattr reads `attr` (struct mount_attr, 32 bytes).
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_mount_setattr,
-                fd.as_raw_fd(),
-                c"".as_ptr(),
-                libc::AT_EMPTY_PATH,
-                attr.as_ptr(),
-                std::mem::size_of_val(&attr),
-            )
-        };
-        assert!(
-            rc == 0,
-            "mount_setattr: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    fd
+    pysandbox_executor::fork::clone_mount(&path, read_only).expect("open_tree")
 }
 
 struct Template {
@@ -226,6 +194,7 @@ fn start_template((uid, gid): (u32, u32), preload: &[&str]) -> Template {
         "/usr/bin/python3",
         "-c",
         TEMPLATE,
+        "--fork-server",
         LIBRARY_IN_JAIL,
     ])
     .args(preload)

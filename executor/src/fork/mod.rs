@@ -31,6 +31,10 @@ use crate::jail::landlock::{self, Rules};
 use crate::jail::seccomp;
 use order::{BadOrder, Order, Slot};
 
+/// What the executor passes a forked job's child for its directories (also used
+/// by the library's own tests).
+pub use crate::sys::clone_mount;
+
 /// What went wrong on the way into a forked job's jail.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
