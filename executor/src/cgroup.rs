@@ -76,9 +76,10 @@ pub struct Cgroups {
 pub struct Report {
     pub cpu_ns: Option<u64>,
     pub peak_memory_bytes: Option<u64>,
-    pub oom_killed: bool,
-    /// A fork or clone failed at `pids.max`.
-    pub pids_limited: bool,
+    /// Processes the kernel's OOM killer killed, since the cgroup was made.
+    pub oom_kills: u64,
+    /// Forks or clones that failed at `pids.max`, since the cgroup was made.
+    pub pids_refused: u64,
 }
 
 /// CPU bandwidth period: 100 ms, the kernel's default.
@@ -329,11 +330,29 @@ impl JobCgroup {
 
     /// Memory the job's processes use now (and the page cache charged to them).
     pub fn memory_bytes(&self) -> Option<u64> {
+        read_number(&self.memory_file()?)
+    }
+
+    /// The host pids of the job's processes now.
+    pub fn pids(&self) -> Vec<i32> {
+        let Some((dir, _)) = self.dirs.first() else {
+            return Vec::new();
+        };
+        let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        procs
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
+
+    /// The file [`JobCgroup::memory_bytes`] reads, for a reader that must not hold
+    /// the cgroup (a session's state): once the cgroup is gone, it reads nothing.
+    pub fn memory_file(&self) -> Option<PathBuf> {
         let current = match self.version {
             Version::V2 => "memory.current",
             Version::V1 => "memory.usage_in_bytes",
         };
-        self.read(Controller::Memory, current)?.trim().parse().ok()
+        Some(self.dir(Controller::Memory)?.join(current))
     }
 
     /// Kills every process left in the job's cgroups: the jail's pid namespace takes
@@ -363,14 +382,14 @@ impl JobCgroup {
             peak_memory_bytes: self
                 .read(Controller::Memory, peak)
                 .and_then(|p| p.trim().parse().ok()),
-            oom_killed: self
+            oom_kills: self
                 .read(Controller::Memory, events)
                 .and_then(|e| keyed(&e, "oom_kill"))
-                .is_some_and(|n| n > 0),
-            pids_limited: self
+                .unwrap_or(0),
+            pids_refused: self
                 .read(Controller::Pids, "pids.events")
                 .and_then(|e| keyed(&e, "max"))
-                .is_some_and(|n| n > 0),
+                .unwrap_or(0),
         }
     }
 }
@@ -381,6 +400,11 @@ impl Drop for JobCgroup {
             kill_and_remove(dir, self.version);
         }
     }
+}
+
+/// The number in the cgroup file at `path`.
+pub fn read_number(path: &Path) -> Option<u64> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 /// Kills every process in the cgroup at `dir`.
@@ -633,8 +657,8 @@ mod tests {
             Report {
                 cpu_ns: Some(2_500_000),
                 peak_memory_bytes: Some(1_048_576),
-                oom_killed: true,
-                pids_limited: false,
+                oom_kills: 1,
+                pids_refused: 0,
             }
         );
         let procs = job.procs[0].try_clone().unwrap();
@@ -677,7 +701,7 @@ mod tests {
         assert_eq!(read("cpu.max"), "100000 100000");
         let report = job.report();
         assert_eq!(report.cpu_ns, Some(1_500_000));
-        assert!(!report.oom_killed && report.pids_limited);
+        assert_eq!((report.oom_kills, report.pids_refused), (0, 2));
         assert!(job.is_empty());
         std::mem::forget(job);
     }

@@ -21,9 +21,10 @@
 //!   total caps, listing what it skipped and why;
 //! - never writes, chowns or chmods anything.
 //!
-//! No job process is alive while this runs (the job's cgroup is empty, or its pid
-//! namespace is gone), so nothing can swap an entry between the checks above; they
-//! hold even if something could.
+//! For a job, no job process is alive while this runs (the job's cgroup is empty, or
+//! its pid namespace is gone), so nothing can swap an entry between the checks
+//! above. A session's processes live on between its calls; the checks hold while
+//! something swaps entries too, and every read is bounded by the size checked.
 
 use std::ffi::{CStr, CString};
 use std::io::Read;
@@ -90,18 +91,22 @@ pub struct Collected {
 }
 
 /// Passes the regular files under `work` to `sink`, in path order, within `caps`,
-/// leaving out the input files whose stamps are in `inputs`. Only a failure to open
-/// `work` itself is an error; an entry that cannot be read is skipped as unreadable.
+/// leaving out the input files whose stamps are in `inputs`, and, with `since` (a
+/// session's call: seconds and nanoseconds of the kernel's coarse clock), the files
+/// that did not change since then. Only a failure to open `work` itself is an
+/// error; an entry that cannot be read is skipped as unreadable.
 pub(crate) fn collect(
     work: &Path,
     caps: Caps,
     inputs: &[Stamp],
+    since: Option<(i64, i64)>,
     sink: &mut dyn Sink,
 ) -> std::io::Result<Collected> {
     let root = Dir::from(open_dir(work)?)?;
     let mut walk = Walk {
         caps,
         inputs,
+        since,
         sink,
         files: 0,
         total_bytes: 0,
@@ -115,6 +120,7 @@ pub(crate) fn collect(
 struct Walk<'a> {
     caps: Caps,
     inputs: &'a [Stamp],
+    since: Option<(i64, i64)>,
     sink: &'a mut dyn Sink,
     files: u32,
     total_bytes: u64,
@@ -188,7 +194,11 @@ impl Walk<'_> {
         if st.st_nlink > 1 {
             return self.skip(path, SkipReason::HardLink);
         }
-        if self.inputs.contains(&Stamp::of(st)) {
+        // The job cannot set a change time: only the kernel does, on every write.
+        let unchanged = self
+            .since
+            .is_some_and(|since| (st.st_ctime, st.st_ctime_nsec) < since);
+        if unchanged || self.inputs.contains(&Stamp::of(st)) {
             return;
         }
         let size = u64::try_from(st.st_size).unwrap_or(u64::MAX);
@@ -361,7 +371,7 @@ mod tests {
         let Collected {
             skipped,
             skipped_unlisted,
-        } = collect(work, caps, inputs, &mut files)?;
+        } = collect(work, caps, inputs, None, &mut files)?;
         Ok(Gathered {
             files,
             skipped,
@@ -421,7 +431,7 @@ mod tests {
             }
         }
         let mut deaf = Deaf(0);
-        collect(&work, CAPS, &[], &mut deaf).unwrap();
+        collect(&work, CAPS, &[], None, &mut deaf).unwrap();
         assert_eq!(
             deaf.0, 1,
             "the walk went on after the sink stopped listening"
@@ -602,5 +612,21 @@ mod tests {
         let link = dir.path().join("link");
         symlink(&work, &link).unwrap();
         assert!(gather(&link, CAPS, &[]).is_err());
+    }
+
+    #[test]
+    fn a_session_call_collects_only_what_changed_since_it_began() {
+        let (_dir, work) = tree();
+        write(&work, "before.txt", b"old");
+        write(&work, "rewritten.txt", b"old");
+        // Past the coarse clock's tick, so that "before" is strictly before.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let since = crate::sys::coarse_now();
+        write(&work, "new.txt", b"new");
+        std::fs::write(work.join("rewritten.txt"), b"new!").unwrap();
+        let mut files = Vec::new();
+        collect(&work, CAPS, &[], Some(since), &mut files).unwrap();
+        let got: Vec<&str> = files.iter().map(|f: &Got| f.path.as_str()).collect();
+        assert_eq!(got, ["new.txt", "rewritten.txt"]);
     }
 }

@@ -54,6 +54,14 @@ const MAX_QUEUE_TIMEOUT_MS: u32 = 120_000;
 const DEFAULT_SHUTDOWN_GRACE_SECS: u32 = 20;
 /// Frontend connections served at once; more wait in the listen backlog.
 const DEFAULT_MAX_PEER_CONNECTIONS: u32 = 256;
+/// Sessions open at once, and the memory limits of all of them together.
+const DEFAULT_SESSION_MAX: u32 = 16;
+const DEFAULT_SESSION_MEMORY_MB: u64 = 8192;
+/// How long a session may sit unused, by default and at most.
+const DEFAULT_SESSION_IDLE_TIMEOUT_MS: u32 = 600_000;
+const DEFAULT_SESSION_MAX_IDLE_TIMEOUT_MS: u32 = 3_600_000;
+/// How long an ended session's id answers "ended" before it is forgotten.
+const DEFAULT_SESSION_ENDED_KEEP_MS: u32 = 600_000;
 
 /// How many and how large a job's displays may be unless configured otherwise.
 const DEFAULT_DISPLAYS: DisplayCaps = DisplayCaps {
@@ -223,6 +231,12 @@ struct FileConfig {
     max_displays: Option<u32>,
     max_display_bytes: Option<u64>,
     max_displays_bytes: Option<u64>,
+    session_max: Option<u32>,
+    session_memory_mb: Option<u64>,
+    session_idle_timeout_ms: Option<u32>,
+    session_max_idle_timeout_ms: Option<u32>,
+    session_ended_keep_ms: Option<u32>,
+    session_route: Option<String>,
     #[serde(default)]
     default_limits: PartialLimits,
     #[serde(default)]
@@ -512,6 +526,24 @@ pub struct Network {
     pub socat: PathBuf,
 }
 
+/// How many sessions may be open, how long they live, and how their ids route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSettings {
+    /// Sessions open at once.
+    pub max: u32,
+    /// The memory limits of all open sessions together, in MiB.
+    pub memory_mb: u64,
+    /// Idle timeout of a session that names none.
+    pub idle_timeout_ms: u32,
+    /// The longest idle timeout a session may ask for.
+    pub max_idle_timeout_ms: u32,
+    /// How long an ended session's id answers "ended" before it is forgotten.
+    pub ended_keep_ms: u32,
+    /// The first part of every session id: names this executor to a load balancer
+    /// that routes each session's requests to the instance that holds it.
+    pub route: String,
+}
+
 /// The checked configuration the executor runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -573,6 +605,8 @@ pub struct Config {
     pub max_input_bytes: u64,
     /// How many and how large the figures a job shows may be.
     pub displays: DisplayCaps,
+    /// The `session_*` keys.
+    pub sessions: SessionSettings,
     /// The `[network]` table.
     pub network: Network,
 }
@@ -592,6 +626,24 @@ fn default_fork_library() -> Result<PathBuf, Error> {
         .flatten()
         .find(|path| path.exists())
         .unwrap_or(beside))
+}
+
+/// The host name as a routing key: lower case, characters other than letters,
+/// digits and `-` dropped, at most 63 of them; `pysandbox` when nothing is left.
+fn default_route() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let key: String = host
+        .trim()
+        .to_ascii_lowercase()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(63)
+        .collect();
+    if key.is_empty() {
+        "pysandbox".into()
+    } else {
+        key
+    }
 }
 
 impl Config {
@@ -675,6 +727,23 @@ impl Config {
                 max_total_bytes: file
                     .max_displays_bytes
                     .unwrap_or(DEFAULT_DISPLAYS.max_total_bytes),
+            },
+            sessions: SessionSettings {
+                max: file.session_max.unwrap_or(DEFAULT_SESSION_MAX),
+                memory_mb: file.session_memory_mb.unwrap_or(DEFAULT_SESSION_MEMORY_MB),
+                idle_timeout_ms: file
+                    .session_idle_timeout_ms
+                    .unwrap_or(DEFAULT_SESSION_IDLE_TIMEOUT_MS),
+                max_idle_timeout_ms: file
+                    .session_max_idle_timeout_ms
+                    .unwrap_or(DEFAULT_SESSION_MAX_IDLE_TIMEOUT_MS),
+                ended_keep_ms: file
+                    .session_ended_keep_ms
+                    .unwrap_or(DEFAULT_SESSION_ENDED_KEEP_MS),
+                route: match file.session_route {
+                    Some(route) => route,
+                    None => default_route(),
+                },
             },
             network: file.network.parse()?,
         };
@@ -812,6 +881,22 @@ impl Config {
         }
         if self.warm_pool_size > 64 {
             return invalid("warm_pool_size: must be at most 64".into());
+        }
+        let sessions = &self.sessions;
+        let route_ok = (1..=63).contains(&sessions.route.len())
+            && sessions
+                .route
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !route_ok {
+            return invalid("session_route: must be 1 to 63 of a-z, 0-9 and -".into());
+        }
+        if sessions.max_idle_timeout_ms < 1000
+            || !(1000..=sessions.max_idle_timeout_ms).contains(&sessions.idle_timeout_ms)
+        {
+            return invalid(
+                "session_idle_timeout_ms: must be from 1000 to session_max_idle_timeout_ms".into(),
+            );
         }
         if self.max_queued_jobs > 4096 {
             return invalid("max_queued_jobs: must be at most 4096".into());

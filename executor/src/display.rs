@@ -36,6 +36,17 @@ pub struct DisplayCaps {
     pub max_total_bytes: u64,
 }
 
+/// How a session's cell ended, as its `E` record says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CellEnd {
+    /// It ran to its end.
+    Ok,
+    /// An uncaught exception; its traceback is on stderr.
+    Raised,
+    /// The executor's SIGINT interrupted it.
+    Interrupted,
+}
+
 /// What a job showed, beyond the PNGs already sent on.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Shown {
@@ -47,6 +58,8 @@ pub struct Shown {
     pub dropped: u32,
     /// Whether the channel carried something that was not a record.
     pub malformed: bool,
+    /// A session's cell: how it ended, once its `E` record came.
+    pub cell_end: Option<CellEnd>,
 }
 
 /// Makes the channel in the job's `tmp` dir, owned by the sandbox `owner`, and
@@ -67,12 +80,14 @@ pub(crate) fn create(tmp: &Path, owner: (u32, u32)) -> Result<pipe::Receiver, Er
 
 /// Reads the channel until the job is `gone` and everything it wrote is read,
 /// sending PNGs to `frames` as [`Response::Display`] and [`Response::Data`]
-/// frames within `caps`.
+/// frames within `caps`. In a session (`cell`), the `E` record that ends a cell
+/// ends the read too; anywhere else it is as malformed as an unknown kind.
 pub(crate) async fn read(
-    channel: pipe::Receiver,
+    channel: &mut pipe::Receiver,
     caps: DisplayCaps,
     frames: &Frames,
     gone: &CancellationToken,
+    cell: bool,
 ) -> Shown {
     let mut reader = Reader {
         channel,
@@ -121,6 +136,20 @@ pub(crate) async fn read(
                 read
             }
             b'R' => reader.skip(len).await,
+            b'E' if cell && len == 1 => {
+                let mut status = [0u8];
+                let read = matches!(reader.fill(&mut status).await, Fill::Full);
+                shown.cell_end = match status[0] {
+                    b'0' => Some(CellEnd::Ok),
+                    b'1' => Some(CellEnd::Raised),
+                    b'I' => Some(CellEnd::Interrupted),
+                    _ => None,
+                };
+                if read && shown.cell_end.is_some() {
+                    return shown;
+                }
+                false
+            }
             _ => false,
         };
         if !whole {
@@ -146,10 +175,38 @@ enum Fill {
     Partial,
 }
 
+/// Reads a session's first record, `P` and the pid (in its own pid namespace) of
+/// the interpreter that runs its cells; `None` if anything else comes first, or
+/// nothing before the session is `gone`.
+pub(crate) async fn read_pid(
+    channel: &mut pipe::Receiver,
+    gone: &CancellationToken,
+) -> Option<i32> {
+    let mut reader = Reader {
+        channel,
+        gone,
+        over: false,
+    };
+    let mut head = [0u8; 5];
+    if !matches!(reader.fill(&mut head).await, Fill::Full) || head[0] != b'P' {
+        return None;
+    }
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    let mut digits = [0u8; 10];
+    if len > digits.len() || !matches!(reader.fill(&mut digits[..len]).await, Fill::Full) {
+        return None;
+    }
+    std::str::from_utf8(&digits[..len])
+        .ok()?
+        .parse()
+        .ok()
+        .filter(|&pid| pid > 0)
+}
+
 /// The channel, read while the job lives and drained without waiting once it is
 /// gone (the executor holds a writing end itself, so it never reads EOF).
 struct Reader<'a> {
-    channel: pipe::Receiver,
+    channel: &'a mut pipe::Receiver,
     gone: &'a CancellationToken,
     over: bool,
 }
@@ -265,12 +322,17 @@ mod tests {
     /// Writes `bytes` into a real FIFO made by [`create`], ends the job, and returns
     /// what was read and the PNGs as they arrived whole.
     async fn read_all(bytes: Vec<u8>) -> (Shown, Vec<Vec<u8>>) {
+        read_as(bytes, false).await
+    }
+
+    /// [`read_all`] as a session's cell (`cell`) or a job.
+    async fn read_as(bytes: Vec<u8>, cell: bool) -> (Shown, Vec<Vec<u8>>) {
         let dir = tempfile::tempdir().unwrap();
         let me = (
             nix::unistd::getuid().as_raw(),
             nix::unistd::getgid().as_raw(),
         );
-        let channel = create(dir.path(), me).unwrap();
+        let mut channel = create(dir.path(), me).unwrap();
         let mut writer = pipe::OpenOptions::new()
             .open_sender(dir.path().join(CHANNEL))
             .unwrap();
@@ -281,7 +343,7 @@ mod tests {
             drop(writer);
             gone.cancel();
         };
-        let (shown, ()) = tokio::join!(read(channel, CAPS, &tx, &gone), writing);
+        let (shown, ()) = tokio::join!(read(&mut channel, CAPS, &tx, &gone, cell), writing);
         drop(tx);
         let mut pngs: Vec<Vec<u8>> = Vec::new();
         while let Some(frame) = rx.recv().await {
@@ -318,7 +380,8 @@ mod tests {
                 result: Some("42".into()),
                 displays: 2,
                 dropped: 0,
-                malformed: false
+                malformed: false,
+                cell_end: None,
             }
         );
     }
@@ -361,5 +424,47 @@ mod tests {
     #[tokio::test]
     async fn nothing_shown_is_nothing() {
         assert_eq!(read_all(Vec::new()).await, (Shown::default(), vec![]));
+    }
+
+    #[tokio::test]
+    async fn a_cell_ends_at_its_end_record_and_a_job_may_not_send_one() {
+        let mut bytes = record(b'R', b"1");
+        bytes.extend(record(b'E', b"I"));
+        bytes.extend(record(b'R', b"next cell"));
+        let (shown, _) = read_as(bytes.clone(), true).await;
+        assert_eq!(shown.cell_end, Some(CellEnd::Interrupted));
+        assert_eq!(shown.result.as_deref(), Some("1"));
+        let (shown, _) = read_as(bytes, false).await;
+        assert!(shown.malformed && shown.cell_end.is_none());
+        for forged in [record(b'E', b"X"), record(b'E', b"00"), record(b'P', b"2")] {
+            let (shown, _) = read_as(forged, true).await;
+            assert!(shown.malformed && shown.cell_end.is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_names_its_interpreter_first_or_not_at_all() {
+        for (bytes, pid) in [
+            (record(b'P', b"2"), Some(2)),
+            (record(b'P', b"0"), None),
+            (record(b'P', b"-3"), None),
+            (record(b'P', b"12345678901"), None),
+            (record(b'D', b"2"), None),
+            (b"P\0\0".to_vec(), None),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let me = (
+                nix::unistd::getuid().as_raw(),
+                nix::unistd::getgid().as_raw(),
+            );
+            let mut channel = create(dir.path(), me).unwrap();
+            let mut writer = pipe::OpenOptions::new()
+                .open_sender(dir.path().join(CHANNEL))
+                .unwrap();
+            writer.write_all(&bytes).await.unwrap();
+            let gone = CancellationToken::new();
+            gone.cancel();
+            assert_eq!(read_pid(&mut channel, &gone).await, pid, "{bytes:?}");
+        }
     }
 }

@@ -36,6 +36,12 @@ pub enum Error {
     /// A warm jail did not say in time that its Python waits for a job.
     #[error("a warm jail did not start")]
     WarmJailDidNotStart,
+    /// A session's interpreter did not say in time that it waits for cells.
+    #[error("the session's interpreter did not start")]
+    SessionDidNotStart,
+    /// Sessions hold their limits through cgroups, which this host lacks.
+    #[error("sessions need memory and pids cgroups, which this host does not provide")]
+    SessionsNeedCgroups,
     /// A fork-server template did not say in time that it is ready.
     #[error("the fork-server template did not start (its stderr is in the log)")]
     TemplateDidNotStart,

@@ -25,7 +25,7 @@ use crate::template::Template;
 
 /// The longest report a job's child writes on the status pipe (a setup failure's
 /// text); the rest is not read.
-const MAX_REPORT_BYTES: u64 = 4096;
+const MAX_REPORT_BYTES: usize = 4096;
 
 /// A job ready to be handed to its template: its order and descriptors, in the
 /// places `fork::order::Slot` gives them, and the executor's ends of its pipes.
@@ -50,6 +50,9 @@ pub struct Ends {
 #[derive(Debug)]
 pub struct Running {
     status: pipe::Receiver,
+    /// What the child reported so far: kept here, so that a wait given up halfway
+    /// (a session's call ends while its interpreter lives on) loses nothing.
+    report: Vec<u8>,
     /// Held until the job ended: a replaced template retires only after its last
     /// job, since killing it kills the jobs in its namespaces.
     _template: Arc<Template>,
@@ -103,6 +106,7 @@ impl Pending {
             .map_err(Error::jail("hand the job to the fork-server template"))?;
         let running = Running {
             status: self.status,
+            report: Vec::new(),
             _template: self.template,
         };
         Ok((running, self.ends))
@@ -114,12 +118,15 @@ impl Running {
     /// it reported (the executor killed the job's cgroup) reads as SIGKILL; one
     /// that could not build the jail is an error with its reason.
     pub async fn wait(&mut self) -> io::Result<ExitStatus> {
-        let mut report = Vec::new();
-        (&mut self.status)
-            .take(MAX_REPORT_BYTES)
-            .read_to_end(&mut report)
-            .await?;
-        read_report(&report)
+        let mut chunk = [0u8; 512];
+        loop {
+            let n = self.status.read(&mut chunk).await?;
+            if n == 0 {
+                return read_report(&self.report);
+            }
+            let room = MAX_REPORT_BYTES.saturating_sub(self.report.len());
+            self.report.extend_from_slice(&chunk[..n.min(room)]);
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use pysandbox_shared::{
     Enforcement, FileStart, FilesEnd, JobEnd, JobError, JobSpec, LimitKind, NetworkViolation,
     Response, Stream, Usage, MAX_VIOLATIONS,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::process::Child;
 use tokio::sync::mpsc;
@@ -91,20 +91,20 @@ pub struct Runner {
 /// A jail set up and waiting for its job.
 #[derive(Debug)]
 pub struct Prepared {
-    dir: WorkDir,
+    pub(crate) dir: WorkDir,
     /// The reading end of the job's display channel.
-    display: pipe::Receiver,
-    cgroup: Option<JobCgroup>,
-    started: Launch,
+    pub(crate) display: pipe::Receiver,
+    pub(crate) cgroup: Option<JobCgroup>,
+    pub(crate) started: Launch,
     /// Whether its Python already said it is waiting (so its readiness is known).
-    warm: bool,
+    pub(crate) warm: bool,
     /// The host ids it runs as; last, so they are free again only once it is gone.
-    ids: Lease,
+    pub(crate) ids: Lease,
 }
 
 /// How a prepared job's processes come to be.
 #[derive(Debug)]
-enum Launch {
+pub(crate) enum Launch {
     /// A bwrap jail of its own, started and waiting for the hand-off.
     Jail(Started),
     /// Forked from the fork server's template at the hand-off.
@@ -112,7 +112,8 @@ enum Launch {
 }
 
 /// The processes of a job that was handed over.
-enum Process {
+#[derive(Debug)]
+pub(crate) enum Process {
     /// bwrap, the jail's outermost process.
     Jail(Child),
     /// A forked job: its child reports its status; it is killed through its cgroups.
@@ -120,7 +121,7 @@ enum Process {
 }
 
 impl Process {
-    async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+    pub(crate) async fn wait(&mut self) -> std::io::Result<ExitStatus> {
         match self {
             Process::Jail(child) => child.wait().await,
             Process::Forked(running) => running.wait().await,
@@ -145,41 +146,52 @@ impl Process {
 }
 
 /// A job's processes and the executor's ends of its pipes.
-struct Begun {
-    process: Process,
-    stdout: Option<Output>,
-    stderr: Option<Output>,
-    input: Option<Input>,
+pub(crate) struct Begun {
+    pub(crate) process: Process,
+    pub(crate) stdout: pipe::Receiver,
+    pub(crate) stderr: pipe::Receiver,
+    pub(crate) input: pipe::Sender,
     /// A cold jail's readiness pipe: its output counts only once it said so.
-    ready: Option<pipe::Receiver>,
+    pub(crate) ready: Option<pipe::Receiver>,
     /// A jail's hand-off pipe, for the launcher's orders.
-    handoff: Option<pipe::Sender>,
+    pub(crate) handoff: Option<pipe::Sender>,
 }
 
 impl Launch {
     /// Takes the job's pipes. A jail's Python then waits for its orders on the
     /// hand-off pipe; a forked job starts here, when its template gets the order.
-    fn begin(self, warm: bool) -> Result<Begun, Error> {
+    pub(crate) fn begin(self, warm: bool) -> Result<Begun, Error> {
         Ok(match self {
             Launch::Jail(Started {
                 mut child,
                 ready,
                 handoff,
-            }) => Begun {
-                stdout: child.stdout.take().map(|o| Box::new(o) as Output),
-                stderr: child.stderr.take().map(|o| Box::new(o) as Output),
-                input: child.stdin.take().map(|i| Box::new(i) as Input),
-                ready: (!warm).then_some(ready),
-                handoff: Some(handoff),
-                process: Process::Jail(child),
-            },
+            }) => {
+                let stdio = |e: std::io::Error| Error::jail("take the jail's stdio")(e);
+                let missing = || stdio(std::io::ErrorKind::NotFound.into());
+                let stdout = child.stdout.take().ok_or_else(missing)?;
+                let stderr = child.stderr.take().ok_or_else(missing)?;
+                let stdin = child.stdin.take().ok_or_else(missing)?;
+                // Plain pipe ends: a session reads what is left in them without waiting.
+                let stdout = stdout.into_owned_fd().map_err(stdio)?;
+                let stderr = stderr.into_owned_fd().map_err(stdio)?;
+                let stdin = stdin.into_owned_fd().map_err(stdio)?;
+                Begun {
+                    stdout: pipe::Receiver::from_owned_fd(stdout).map_err(stdio)?,
+                    stderr: pipe::Receiver::from_owned_fd(stderr).map_err(stdio)?,
+                    input: pipe::Sender::from_owned_fd(stdin).map_err(stdio)?,
+                    ready: (!warm).then_some(ready),
+                    handoff: Some(handoff),
+                    process: Process::Jail(child),
+                }
+            }
             Launch::Fork(pending) => {
                 let (running, ends) = pending.hand_off()?;
                 Begun {
                     process: Process::Forked(running),
-                    stdout: Some(Box::new(ends.stdout)),
-                    stderr: Some(Box::new(ends.stderr)),
-                    input: Some(Box::new(ends.stdin)),
+                    stdout: ends.stdout,
+                    stderr: ends.stderr,
+                    input: ends.stdin,
                     ready: None,
                     handoff: None,
                 }
@@ -187,10 +199,6 @@ impl Launch {
         })
     }
 }
-
-/// A job's stdio as the executor holds it.
-type Input = Box<dyn AsyncWrite + Unpin + Send>;
-type Output = Box<dyn AsyncRead + Unpin + Send>;
 
 /// A job's limits and network policy once its request has been checked against
 /// the configuration.
@@ -202,16 +210,20 @@ pub struct Resolved {
     pub network: Option<Policy>,
 }
 
-/// What the executor observed about a finished jail, before it becomes a result.
+/// What the executor observed about a finished jail (or a session's call), before
+/// it becomes a result.
 #[derive(Debug, Default)]
-struct Observed {
-    status: Option<ExitStatus>,
-    killed_by: Option<LimitKind>,
-    oom_killed: bool,
-    pids_limited: bool,
-    disk_full: bool,
-    usage: Usage,
-    network: NetworkReport,
+pub(crate) struct Observed {
+    pub(crate) status: Option<ExitStatus>,
+    pub(crate) killed_by: Option<LimitKind>,
+    /// Whether `killed_by` interrupted a session's call (SIGINT) rather than
+    /// killing it: its status is then the job's own.
+    pub(crate) interrupted: bool,
+    pub(crate) oom_killed: bool,
+    pub(crate) pids_limited: bool,
+    pub(crate) disk_full: bool,
+    pub(crate) usage: Usage,
+    pub(crate) network: NetworkReport,
 }
 
 impl Prepared {
@@ -491,6 +503,46 @@ impl Runner {
         })
     }
 
+    /// Sets up a session's jail within `limits`, which hold for its whole life, and
+    /// the orders a cold jail's launcher takes at its hand-off. It forks from a
+    /// template while one is ready, else it is a cold jail; either way its launcher
+    /// serves cells (`/sandbox/session`). Sessions need memory and pids cgroups:
+    /// their limits hold for every process of the session, not per process.
+    pub(crate) fn prepare_session(&self, limits: &Limits) -> Result<(Prepared, String), Error> {
+        let cgroups = self.cgroups.as_ref();
+        if !cgroups.is_some_and(|g| g.has(Controller::Memory) && g.has(Controller::Pids)) {
+            return Err(Error::SessionsNeedCgroups);
+        }
+        // CPU time is counted per call, through the cgroup: the per-process backstop
+        // would end a long session's interpreter for the CPU of all its calls.
+        let lifelong = Limits {
+            cpu_ms: u32::MAX,
+            ..*limits
+        };
+        let template = self.fork_server.as_ref().and_then(|f| f.for_session());
+        let jail = match template {
+            Some(template) => self.prepare_forked(template, &lifelong)?,
+            None => {
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                let ids = self.ids.take()?;
+                self.prepare(id, ids, &lifelong, &[], None)?
+            }
+        };
+        jail.dir.write_sandbox("session", b"")?;
+        jail.dir.write_sandbox("stdin", b"")?;
+        Ok((jail, self.orders(&lifelong)))
+    }
+
+    /// How many and how large the displays of one job may be.
+    pub(crate) fn display_caps(&self) -> DisplayCaps {
+        self.displays
+    }
+
+    /// How much of a work dir one job's collection takes.
+    pub(crate) fn collect_caps(&self) -> Caps {
+        self.collect
+    }
+
     /// Sets up a warm jail for the pool: at the maxima, with the configured modules
     /// imported, and confirmed waiting (its Python said so) before it is returned.
     pub async fn prepare_warm(&self) -> Result<Prepared, Error> {
@@ -569,13 +621,13 @@ impl Runner {
         }
         // Input files, then the code: the launcher reads nothing before the hand-off
         // below, so the job never sees them half-written.
-        let inputs = inputs::write(&jail.dir.dirs().work, &spec.files, jail.ids.pair())?;
+        let inputs = inputs::write(&jail.dir.dirs().work, &spec.files, jail.ids.pair(), false)?;
         jail.dir.write_code(&spec.code)?;
         // The ids first, so that they are dropped last, after the jail is gone.
         let Prepared {
             ids: _ids,
             dir,
-            display,
+            mut display,
             cgroup,
             started,
             warm,
@@ -634,14 +686,14 @@ impl Runner {
                 };
                 if ready {
                     Ok(tokio::join!(
-                        forward(stdout, Stream::Stdout, cap, frames, drained()),
-                        forward(stderr, Stream::Stderr, cap, frames, drained()),
+                        forward(Some(stdout), Stream::Stdout, cap, frames, drained()),
+                        forward(Some(stderr), Stream::Stderr, cap, frames, drained()),
                     ))
                 } else {
-                    Err(last_words(stderr, LAST_WORDS_BYTES, drained()).await)
+                    Err(last_words(Some(stderr), LAST_WORDS_BYTES, drained()).await)
                 }
             };
-            let shown = display::read(display, self.displays, frames, &gone);
+            let shown = display::read(&mut display, self.displays, frames, &gone, false);
             let refused = pass_violations(&mut violations, frames, &gone);
             let (output, (), shown, ()) = tokio::join!(output, stdin, shown, refused);
             output.map(|truncated| (truncated, shown))
@@ -690,8 +742,8 @@ impl Runner {
         if let Some(cgroup) = &cgroup {
             wait_until_empty(cgroup).await;
             let report = cgroup.report();
-            observed.oom_killed = report.oom_killed;
-            observed.pids_limited = report.pids_limited;
+            observed.oom_killed = report.oom_kills > 0;
+            observed.pids_limited = report.pids_refused > 0;
             observed.usage.cpu_ms = report
                 .cpu_ns
                 .map(|ns| ns.saturating_sub(cpu_base) / 1_000_000);
@@ -721,7 +773,7 @@ impl Runner {
             return Ok(FilesEnd::default());
         }
         let collected =
-            collect_files(dir.dirs().work, self.collect, inputs, frames.clone()).await?;
+            collect_files(dir.dirs().work, self.collect, inputs, None, frames.clone()).await?;
         Ok(FilesEnd {
             skipped_files: collected.skipped,
             skipped_unlisted: collected.skipped_unlisted,
@@ -827,18 +879,9 @@ async fn wait_or_kill(
     cpu: Option<(&JobCgroup, u64, Duration)>,
 ) -> std::io::Result<(ExitStatus, Option<LimitKind>)> {
     let cpu_exceeded = async {
-        let Some((cgroup, base_ns, limit)) = cpu else {
-            return std::future::pending().await;
-        };
-        let limit_ns = limit.as_nanos() as u64;
-        loop {
-            tokio::time::sleep(CPU_POLL).await;
-            if cgroup
-                .cpu_ns()
-                .is_some_and(|ns| ns.saturating_sub(base_ns) > limit_ns)
-            {
-                return;
-            }
+        match cpu {
+            Some((cgroup, base_ns, limit)) => cpu_spent(cgroup, base_ns, limit).await,
+            None => std::future::pending().await,
         }
     };
     let killed_by = tokio::select! {
@@ -854,9 +897,24 @@ async fn wait_or_kill(
     Ok((status, Some(killed_by)))
 }
 
+/// Resolves once the processes in `cgroup` used more than `limit` of CPU time
+/// since its counter read `base_ns`.
+pub(crate) async fn cpu_spent(cgroup: &JobCgroup, base_ns: u64, limit: Duration) {
+    let limit_ns = limit.as_nanos() as u64;
+    loop {
+        tokio::time::sleep(CPU_POLL).await;
+        if cgroup
+            .cpu_ns()
+            .is_some_and(|ns| ns.saturating_sub(base_ns) > limit_ns)
+        {
+            return;
+        }
+    }
+}
+
 /// Waits until the last process of a killed jail has left its cgroup, so that the
 /// usage figures are final and nothing of the job outlives its response.
-async fn wait_until_empty(cgroup: &JobCgroup) {
+pub(crate) async fn wait_until_empty(cgroup: &JobCgroup) {
     let deadline = Instant::now() + EMPTY_WAIT;
     while !cgroup.is_empty() && Instant::now() < deadline {
         // Dying processes leave within a millisecond or two: poll finely, since the
@@ -888,18 +946,22 @@ async fn pass_violations(
     }
 }
 
-/// Streams the files of the work dir at `work` to `frames` from a blocking thread:
-/// reading up to the caps' worth of files must not stall the runtime's other jobs.
-async fn collect_files(
+/// Streams the files of the work dir at `work` (those changed `since`, when given)
+/// to `frames` from a blocking thread: reading up to the caps' worth of files must
+/// not stall the runtime's other jobs.
+pub(crate) async fn collect_files(
     work: PathBuf,
     caps: Caps,
     inputs: Vec<Stamp>,
+    since: Option<(i64, i64)>,
     frames: Frames,
 ) -> Result<Collected, Error> {
-    tokio::task::spawn_blocking(move || collect(&work, caps, &inputs, &mut FrameSink(frames)))
-        .await
-        .map_err(|e| Error::Collect(std::io::Error::other(e)))?
-        .map_err(Error::Collect)
+    tokio::task::spawn_blocking(move || {
+        collect(&work, caps, &inputs, since, &mut FrameSink(frames))
+    })
+    .await
+    .map_err(|e| Error::Collect(std::io::Error::other(e)))?
+    .map_err(Error::Collect)
 }
 
 /// Collected files on their way to the frontend, a chunk at a time: the queue is
@@ -919,14 +981,12 @@ impl Sink for FrameSink {
 
 /// Writes the job's stdin, then closes it so the job reads EOF. A job that exits
 /// without reading it all just ends the write.
-async fn feed(input: Option<Input>, data: &str) {
-    if let Some(mut input) = input {
-        let _ = input.write_all(data.as_bytes()).await;
-    }
+async fn feed(mut input: pipe::Sender, data: &str) {
+    let _ = input.write_all(data.as_bytes()).await;
 }
 
 /// Whether jail-init reported the jail set up before the pipe closed.
-async fn is_ready(mut ready: pipe::Receiver) -> bool {
+pub(crate) async fn is_ready(mut ready: pipe::Receiver) -> bool {
     let mut byte = [0u8; 1];
     matches!(ready.read(&mut byte).await, Ok(1))
 }
@@ -946,7 +1006,7 @@ async fn is_ready(mut ready: pipe::Receiver) -> bool {
 /// - processes: the pids cgroup's `max` event counter (a refused fork or clone);
 /// - disk: the tmpfs has almost no space or inodes left once the job is over;
 /// - output: the executor's capture saw more than it keeps.
-fn assemble(
+pub(crate) fn assemble(
     observed: Observed,
     resolved: &Resolved,
     truncated: (bool, bool),
@@ -955,7 +1015,13 @@ fn assemble(
     let Resolved {
         timeout_ms, limits, ..
     } = resolved;
-    let (exit_code, signal) = exit_of(observed.status, observed.killed_by.is_some());
+    let killed = observed.killed_by.is_some() && !observed.interrupted;
+    let (exit_code, signal) = exit_of(observed.status, killed);
+    let ended = if observed.interrupted {
+        "interrupted"
+    } else {
+        "killed"
+    };
     let (stdout_truncated, stderr_truncated) = truncated;
     let cpu_spent = observed
         .usage
@@ -965,7 +1031,7 @@ fn assemble(
         (
             observed.killed_by == Some(LimitKind::Time),
             LimitKind::Time,
-            format!("killed: wall-clock timeout of {timeout_ms} ms exceeded"),
+            format!("{ended}: wall-clock timeout of {timeout_ms} ms exceeded"),
         ),
         (
             observed.oom_killed,
@@ -975,7 +1041,7 @@ fn assemble(
         (
             observed.killed_by == Some(LimitKind::Cpu) || cpu_spent,
             LimitKind::Cpu,
-            format!("killed: CPU time limit of {} ms exceeded", limits.cpu_ms),
+            format!("{ended}: CPU time limit of {} ms exceeded", limits.cpu_ms),
         ),
         (
             observed.pids_limited,

@@ -25,6 +25,7 @@ pub(crate) mod pool;
 pub(crate) mod privileges;
 pub(crate) mod proxy;
 pub(crate) mod server;
+pub(crate) mod session;
 #[allow(unsafe_code)]
 mod sys;
 pub(crate) mod template;

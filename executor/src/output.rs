@@ -5,10 +5,17 @@
 //! stream passes its cap is a frame of its own, for clients that watch live.
 
 use std::future::Future;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
 
 use pysandbox_shared::{OutputChunk, Response, Stream, Truncated, MAX_CHUNK_BYTES};
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
+
+/// How long a session's stream is drained, at most, once its cell ended: what the
+/// cell wrote is in the pipe by then, but a background process may keep writing.
+const DRAIN_BUDGET: Duration = Duration::from_millis(100);
 
 /// Reads `stream` to its end, or until `until` resolves, and sends its first `cap`
 /// bytes to `frames`, then one [`Response::Truncated`] when it first drops
@@ -25,35 +32,99 @@ pub(crate) async fn forward<R: AsyncRead + Unpin>(
     let Some(mut stream) = stream else {
         return false;
     };
+    let mut passer = Passer::new(which, cap, frames);
     let mut chunk = vec![0u8; MAX_CHUNK_BYTES];
-    let (mut sent, mut truncated, mut listening) = (0usize, false, true);
     let mut until = std::pin::pin!(until);
     loop {
         let read = tokio::select! {
             read = stream.read(&mut chunk) => read,
-            () = &mut until => return truncated,
+            () = &mut until => return passer.truncated,
         };
-        let n = match read {
-            Ok(0) | Err(_) => return truncated,
-            Ok(n) => n,
-        };
-        let kept = n.min(cap - sent);
-        if kept > 0 && listening {
-            sent += kept;
-            let frame = Response::Output(OutputChunk {
-                stream: which,
-                data: chunk[..kept].to_vec(),
-            });
-            listening = frames.send(frame).await.is_ok();
+        match read {
+            Ok(0) | Err(_) => return passer.truncated,
+            Ok(n) => passer.pass(&chunk[..n]).await,
         }
-        if kept < n && !truncated {
-            truncated = true;
-            if listening {
+    }
+}
+
+/// [`forward`] for one call of a session, whose pipes outlive it: reads `stream`
+/// until `until` resolves (the cell ended), then what is in the pipe already,
+/// without waiting, for at most [`DRAIN_BUDGET`]. Returns whether anything was
+/// dropped past the cap.
+pub(crate) async fn forward_call(
+    stream: &mut pipe::Receiver,
+    which: Stream,
+    cap: usize,
+    frames: &mpsc::Sender<Response>,
+    until: impl Future<Output = ()>,
+) -> bool {
+    let mut passer = Passer::new(which, cap, frames);
+    let mut chunk = vec![0u8; MAX_CHUNK_BYTES];
+    let mut until = std::pin::pin!(until);
+    loop {
+        let read = tokio::select! {
+            read = stream.read(&mut chunk) => read,
+            () = &mut until => break,
+        };
+        match read {
+            Ok(0) | Err(_) => return passer.truncated,
+            Ok(n) => passer.pass(&chunk[..n]).await,
+        }
+    }
+    // A plain non-blocking read: tokio's cached readiness may not know yet of what
+    // the cell wrote just before it ended.
+    let deadline = Instant::now() + DRAIN_BUDGET;
+    while Instant::now() < deadline {
+        match nix::unistd::read(stream.as_raw_fd(), &mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => passer.pass(&chunk[..n]).await,
+        }
+    }
+    passer.truncated
+}
+
+/// One stream on its way to the frontend: its first `cap` bytes, then one
+/// [`Response::Truncated`] frame when it first drops something.
+struct Passer<'a> {
+    which: Stream,
+    cap: usize,
+    frames: &'a mpsc::Sender<Response>,
+    sent: usize,
+    truncated: bool,
+    /// Whether anyone still receives the frames.
+    listening: bool,
+}
+
+impl<'a> Passer<'a> {
+    fn new(which: Stream, cap: usize, frames: &'a mpsc::Sender<Response>) -> Self {
+        Passer {
+            which,
+            cap,
+            frames,
+            sent: 0,
+            truncated: false,
+            listening: true,
+        }
+    }
+
+    async fn pass(&mut self, data: &[u8]) {
+        let kept = data.len().min(self.cap - self.sent);
+        if kept > 0 && self.listening {
+            self.sent += kept;
+            let frame = Response::Output(OutputChunk {
+                stream: self.which,
+                data: data[..kept].to_vec(),
+            });
+            self.listening = self.frames.send(frame).await.is_ok();
+        }
+        if kept < data.len() && !self.truncated {
+            self.truncated = true;
+            if self.listening {
                 let frame = Response::Truncated(Truncated {
-                    stream: which,
-                    cap_bytes: u32::try_from(cap).unwrap_or(u32::MAX),
+                    stream: self.which,
+                    cap_bytes: u32::try_from(self.cap).unwrap_or(u32::MAX),
                 });
-                listening = frames.send(frame).await.is_ok();
+                self.listening = self.frames.send(frame).await.is_ok();
             }
         }
     }

@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use pysandbox_shared::text::shown;
 use pysandbox_shared::{
-    ExecutorStatus, FilesEnd, JobError, JobSpec, Request, Response, ServerConnection,
-    ServerReceiver, ServerSender, Started,
+    is_session_id, ExecutorStatus, FilesEnd, JobError, JobSpec, Request, Response,
+    ServerConnection, ServerReceiver, ServerSender, SessionCall, SessionSpec, SessionState,
+    Started,
 };
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, Semaphore, SemaphorePermit};
@@ -32,6 +33,7 @@ use crate::job::{Frames, Resolved, Runner};
 use crate::metrics::{JobTally, Metrics};
 use crate::pool::Pool;
 use crate::proxy::ask::{Answers, AskLink};
+use crate::session::{Live, Sessions};
 use crate::template;
 use crate::workdir;
 
@@ -49,8 +51,9 @@ const FRAME_QUEUE: usize = 8;
 /// Shared state of the serving executor.
 #[derive(Debug)]
 struct Executor {
-    runner: Runner,
+    runner: Arc<Runner>,
     pool: Pool,
+    sessions: Arc<Sessions>,
     /// Job slots; closed at shutdown, which turns away every job still waiting.
     slots: Semaphore,
     running: AtomicU32,
@@ -117,8 +120,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     allowed_uids.extend(&config.allow_uids);
     let metrics = Arc::new(Metrics::default());
     let executor = Arc::new(Executor {
-        runner: Runner::new(&config, jail, templates, cgroups, Arc::clone(&metrics)),
+        runner: Arc::new(Runner::new(
+            &config,
+            jail,
+            templates,
+            cgroups,
+            Arc::clone(&metrics),
+        )),
         pool: Pool::new(warm_pool_size),
+        sessions: Arc::new(Sessions::new(config.sessions.clone())),
         slots: Semaphore::new(config.max_jobs as usize),
         running: AtomicU32::new(0),
         queued: AtomicU32::new(0),
@@ -244,15 +254,39 @@ impl Executor {
             Ok(Ok(None)) | Err(_) => return,
             Ok(Err(e)) => return warn!(error = %chain(&e), uid, "unreadable request"),
         };
+        let answer = |answer: Result<Response, JobError>| answer.unwrap_or_else(Response::Failed);
         let served = match request {
             Request::Run(spec) => {
                 let span = info_span!("job", request_id = %shown(&spec.request_id, 64));
-                self.run(conn, spec).instrument(span).await
+                self.run(conn, Work::Job(spec)).instrument(span).await
+            }
+            Request::RunInSession(call) => {
+                let span = info_span!("call", request_id = %shown(&call.spec.request_id, 64));
+                self.run(conn, Work::Call(call)).instrument(span).await
             }
             Request::Status => conn
                 .send(&Response::Status(self.status()))
                 .await
                 .map_err(Error::from),
+            Request::OpenSession(spec) => {
+                let span = info_span!("session", request_id = %shown(&spec.request_id, 64));
+                let opened = self.open_session(&spec).instrument(span).await;
+                let response = answer(opened.map(Response::Session));
+                conn.send(&response).await.map_err(Error::from)
+            }
+            Request::DescribeSession(id) => {
+                let state = self.known(&id).and_then(|()| self.sessions.describe(&id));
+                let response = answer(state.map(Response::Session));
+                conn.send(&response).await.map_err(Error::from)
+            }
+            Request::CloseSession(id) => {
+                let closed = match self.known(&id) {
+                    Ok(()) => self.sessions.close(&id).await,
+                    Err(e) => Err(e),
+                };
+                let response = answer(closed.map(|()| Response::SessionClosed));
+                conn.send(&response).await.map_err(Error::from)
+            }
             Request::Hello(_) | Request::Answer(_) => {
                 warn!(kind = request.kind(), "protocol violation: not a request");
                 let reason = format!("a {} message instead of a request", request.kind());
@@ -274,6 +308,7 @@ impl Executor {
             isolation: self.runner.isolation(),
             warm_jails: self.pool.waiting() as u32,
             queued_jobs: self.queued.load(Ordering::Relaxed),
+            sessions: self.sessions.open_count(),
             metrics: self.metrics.snapshot(),
         }
     }
@@ -283,7 +318,7 @@ impl Executor {
     /// gone or broken, and so does a frame it does not take within
     /// [`SEND_TIMEOUT`]: the job is then dropped, which kills its jail and removes
     /// its work dir.
-    async fn run(&self, conn: ServerConnection<UnixStream>, spec: JobSpec) -> Result<(), Error> {
+    async fn run(&self, conn: ServerConnection<UnixStream>, work: Work) -> Result<(), Error> {
         let (sender, mut receiver) = conn.split();
         let (frames, outgoing) = mpsc::channel(FRAME_QUEUE);
         let tally = Arc::new(JobTally::new(Arc::clone(&self.metrics)));
@@ -291,7 +326,11 @@ impl Executor {
         let answers = Arc::new(Answers::default());
         let link = AskLink::new(&frames, Arc::clone(&answers));
         let job = async {
-            let frame = match self.job(&spec, &frames, link).await {
+            let ran = match work {
+                Work::Job(spec) => self.job(&spec, &frames, link).await,
+                Work::Call(call) => self.call(call, &frames).await,
+            };
+            let frame = match ran {
                 Ok(files) => Response::Finished(files),
                 Err(refusal) => Response::Failed(refusal),
             };
@@ -366,6 +405,51 @@ impl Executor {
         }
     }
 
+    /// A call in a session, from the queue to its last file, as [`Executor::job`].
+    async fn call(&self, call: SessionCall, frames: &Frames) -> Result<FilesEnd, JobError> {
+        self.known(&call.session_id)?;
+        let admitted =
+            self.sessions
+                .admit(&self.runner, &call.session_id, call.spec, frames.clone())?;
+        let _slot = self.admit().await?;
+        let started = Started {
+            timeout_ms: admitted.timeout_ms(),
+        };
+        if frames.send(Response::Started(started)).await.is_err() {
+            return Err(JobError::ShuttingDown);
+        }
+        tokio::select! {
+            ran = admitted.run() => ran,
+            () = self.stopping.cancelled() => Err(JobError::ShuttingDown),
+        }
+    }
+
+    /// Starts a session: its jail set up like a job's, within a job slot, and its
+    /// interpreter waiting for its first call.
+    async fn open_session(&self, spec: &SessionSpec) -> Result<SessionState, JobError> {
+        let (limits, idle_timeout) = self.sessions.resolve(&self.runner, spec)?;
+        let reservation = self.sessions.reserve(limits.memory_mb)?;
+        let _slot = self.admit().await?;
+        let started = tokio::select! {
+            started = Live::start(&self.runner, &limits) => started,
+            () = self.stopping.cancelled() => return Err(JobError::ShuttingDown),
+        };
+        let live = started.map_err(|e| {
+            error!(error = %chain(&e), "session did not start");
+            JobError::JailSetup { reason: chain(&e) }
+        })?;
+        Ok(reservation.open(Arc::clone(&self.runner), live, limits, idle_timeout))
+    }
+
+    /// Refuses an id no session could have, before it reaches a map or a log.
+    fn known(&self, id: &str) -> Result<(), JobError> {
+        if is_session_id(id) {
+            Ok(())
+        } else {
+            Err(JobError::SessionNotFound)
+        }
+    }
+
     async fn start(
         &self,
         spec: &JobSpec,
@@ -431,6 +515,12 @@ impl Executor {
             self.pool.wake.notified().await;
         }
     }
+}
+
+/// What a connection runs: a job of its own, or a call in a session.
+enum Work {
+    Job(JobSpec),
+    Call(SessionCall),
 }
 
 /// A running job's hold on its slot. However the job ends — normally, killed, or

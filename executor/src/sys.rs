@@ -312,6 +312,64 @@ pub fn clone_mount(path: &CStr, read_only: bool) -> std::io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// The realtime clock as the kernel stamps file times with it (`CLOCK_REALTIME_COARSE`,
+/// seconds and nanoseconds): a file changed from now on has a change time at or after
+/// it, which the finer `SystemTime::now()` does not promise.
+pub fn coarse_now() -> (i64, i64) {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into `now` during the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut now) };
+    (now.tv_sec, now.tv_nsec)
+}
+
+/// Fills `buf` from the kernel's random generator (`getrandom(2)`, which blocks
+/// only until the pool is first seeded, early at boot).
+pub fn random_bytes(buf: &mut [u8]) {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: getrandom writes at most `rest.len()` bytes into `rest`.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n > 0 {
+            filled += n as usize;
+        }
+    }
+}
+
+/// A descriptor of the process `pid` (`pidfd_open(2)`): signals sent through it reach
+/// that process or nobody, never a later one that got its number.
+pub fn pidfd_open(pid: libc::pid_t) -> std::io::Result<OwnedFd> {
+    // SAFETY: no pointer is passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pidfd_open returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Sends `signal` to the process behind `pidfd`.
+pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: a null siginfo is allowed (the kernel fills in a kill()'s); no other
+    // pointer is passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

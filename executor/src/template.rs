@@ -135,6 +135,12 @@ impl ForkServer {
         first.ready().or_else(|| second.ready())
     }
 
+    /// The template a session forks from: the heavy one while it is ready, since a
+    /// session's later cells may import anything.
+    pub fn for_session(&self) -> Option<Arc<Template>> {
+        self.heavy.ready().or_else(|| self.lean.ready())
+    }
+
     /// Replaces both templates.
     pub fn reload(&self) {
         self.heavy.reload();

@@ -157,8 +157,15 @@ impl WorkDir {
     /// Writes the job's code where the jail expects it, readable but not writable
     /// by the job.
     pub fn write_code(&self, code: &str) -> Result<(), Error> {
-        let path = self.root.join("sandbox/main.py");
-        std::fs::write(&path, code).map_err(Error::setup("write", &path))?;
+        self.write_sandbox("main.py", code.as_bytes())
+    }
+
+    /// Writes `data` to `/sandbox/<name>` in the jail, readable but not writable by
+    /// the job: a session's orders (the cell's code and stdin), which the job cannot
+    /// swap since the directory is root's.
+    pub fn write_sandbox(&self, name: &str, data: &[u8]) -> Result<(), Error> {
+        let path = self.root.join("sandbox").join(name);
+        std::fs::write(&path, data).map_err(Error::setup("write", &path))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
             .map_err(Error::setup("chmod", &path))
     }

@@ -83,6 +83,26 @@ pub enum ApiError {
     /// A bug on our side (or in the executor); the cause is in the log.
     #[error("internal error")]
     Internal,
+    /// No session has that id (any more).
+    #[error("session not found")]
+    SessionNotFound,
+    /// The session's interpreter is gone.
+    #[error("session ended: {reason}")]
+    SessionEnded {
+        /// What ended it.
+        reason: String,
+    },
+    /// The session runs another call.
+    #[error("session is busy with another call")]
+    SessionBusy,
+    /// As many sessions are open, or hold as much memory, as the executor allows.
+    #[error("too many sessions: {reason}")]
+    SessionsFull {
+        /// Which cap was reached.
+        reason: String,
+        /// Seconds until a retry has a fair chance.
+        retry_after: u32,
+    },
 }
 
 impl ApiError {
@@ -97,7 +117,7 @@ impl ApiError {
             | ApiError::InvalidJson
             | ApiError::NotAnObject
             | ApiError::InvalidField { .. } => StatusCode::BAD_REQUEST,
-            ApiError::Saturated => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Saturated | ApiError::SessionsFull { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::ExecutorUnavailable
             | ApiError::ExecutorLost
             | ApiError::Busy { .. }
@@ -105,7 +125,9 @@ impl ApiError {
             | ApiError::SandboxUnavailable
             | ApiError::ConnectionsFull
             | ApiError::BodiesBusy => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::SessionNotFound => StatusCode::NOT_FOUND,
+            ApiError::SessionEnded { .. } => StatusCode::GONE,
+            ApiError::SessionBusy => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -116,7 +138,9 @@ impl ApiError {
         match self {
             // A slot frees as soon as one job ends, so come back soon.
             ApiError::Saturated | ApiError::ConnectionsFull | ApiError::BodiesBusy => Some(1),
-            ApiError::Busy { retry_after } => Some(*retry_after),
+            ApiError::Busy { retry_after } | ApiError::SessionsFull { retry_after, .. } => {
+                Some(*retry_after)
+            }
             // An executor restart (socket-activated) takes a few seconds.
             ApiError::ExecutorUnavailable
             | ApiError::ExecutorLost
@@ -184,6 +208,35 @@ mod tests {
     #[tokio::test]
     async fn every_error_has_its_contract_status_body_and_retry_after() {
         let cases: Vec<(ApiError, u16, Option<&str>, &str)> = vec![
+            (
+                ApiError::SessionNotFound,
+                404,
+                None,
+                r#"{"error":"session not found"}"#,
+            ),
+            (
+                ApiError::SessionEnded {
+                    reason: "the interpreter exited with code 3".into(),
+                },
+                410,
+                None,
+                r#"{"error":"session ended: the interpreter exited with code 3"}"#,
+            ),
+            (
+                ApiError::SessionBusy,
+                409,
+                None,
+                r#"{"error":"session is busy with another call"}"#,
+            ),
+            (
+                ApiError::SessionsFull {
+                    reason: "16 are open, the most allowed".into(),
+                    retry_after: 5,
+                },
+                429,
+                Some("5"),
+                r#"{"error":"too many sessions: 16 are open, the most allowed"}"#,
+            ),
             (
                 ApiError::MissingAuth,
                 401,

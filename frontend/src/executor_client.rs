@@ -24,7 +24,7 @@ use std::time::Duration;
 use pysandbox_shared::{
     Ask, AskAnswer, AskOutcome, ClientConnection, ClientReceiver, ClientSender, ExecutorStatus,
     FilesEnd, HelloError, JobEnd, JobError, JobSpec, NetworkViolation, OutputChunk, ProtocolError,
-    Request, Response, Started, Stream, Truncated, MAX_DISPLAYS, MAX_DISPLAYS_BYTES,
+    Request, Response, SessionCall, Started, Stream, Truncated, MAX_DISPLAYS, MAX_DISPLAYS_BYTES,
     MAX_OUTPUT_BYTES,
 };
 use tokio::net::UnixStream;
@@ -88,6 +88,15 @@ pub struct Ran {
     pub skipped: FilesEnd,
 }
 
+/// What [`ExecutorClient::start`] runs.
+#[derive(Debug, Clone)]
+pub enum Job {
+    /// A job in a fresh jail.
+    Fresh(JobSpec),
+    /// A call in a session.
+    InSession(SessionCall),
+}
+
 impl ExecutorClient {
     /// A client for the executor listening on `socket`.
     pub fn new(socket: PathBuf) -> Self {
@@ -106,11 +115,11 @@ impl ExecutorClient {
     /// executor) is the error. A job the executor turned away before it started,
     /// because it was shutting down, is sent once more on a new connection: with
     /// socket activation that one waits for the next executor.
-    pub async fn start(&self, spec: JobSpec) -> Result<Running, ApiError> {
-        match self.start_once(spec.clone(), CONNECT_TIMEOUT).await {
+    pub async fn start(&self, job: Job) -> Result<Running, ApiError> {
+        match self.start_once(job.clone(), CONNECT_TIMEOUT).await {
             Err(Attempt::NotStarted) => {
                 info!("the executor was shutting down before the job started; sending it again");
-                let again = self.start_once(spec, RESTART_TIMEOUT).await;
+                let again = self.start_once(job, RESTART_TIMEOUT).await;
                 again.map_err(|attempt| match attempt {
                     Attempt::NotStarted => ApiError::ExecutorRestarting,
                     Attempt::Failed(e) => e,
@@ -121,14 +130,13 @@ impl ExecutorClient {
         }
     }
 
-    async fn start_once(
-        &self,
-        spec: JobSpec,
-        connect_timeout: Duration,
-    ) -> Result<Running, Attempt> {
+    async fn start_once(&self, job: Job, connect_timeout: Duration) -> Result<Running, Attempt> {
         let mut conn = self.connect(connect_timeout).await?;
-        let request_id = spec.request_id.clone();
-        if let Err(e) = conn.send(&Request::Run(spec)).await {
+        let (request_id, request) = match job {
+            Job::Fresh(spec) => (spec.request_id.clone(), Request::Run(spec)),
+            Job::InSession(call) => (call.spec.request_id.clone(), Request::RunInSession(call)),
+        };
+        if let Err(e) = conn.send(&request).await {
             warn!("could not send the job to the executor: {e}");
             return Err(ApiError::ExecutorUnavailable.into());
         }
@@ -162,6 +170,30 @@ impl ExecutorClient {
             received: Receiving::default(),
             pending: None,
             display_open: false,
+        })
+    }
+
+    /// Sends one of the session requests that the executor answers with one frame:
+    /// open, describe, close. Refusals are the error.
+    pub async fn session(&self, request: Request) -> Result<Response, ApiError> {
+        let exchange = async {
+            let mut conn = self.connect(CONNECT_TIMEOUT).await?;
+            if let Err(e) = conn.send(&request).await {
+                warn!("could not send the session request to the executor: {e}");
+                return Err(ApiError::ExecutorUnavailable);
+            }
+            match conn.recv().await {
+                Ok(Some(Response::Failed(e))) => Err(job_error(e)),
+                Ok(Some(response @ (Response::Session(_) | Response::SessionClosed))) => {
+                    Ok(response)
+                }
+                other => Err(unexpected(other, false)),
+            }
+        };
+        // Opening one may wait for a job slot, then start a jail.
+        timeout(START_TIMEOUT, exchange).await.unwrap_or_else(|_| {
+            warn!("the executor did not answer a session request within {START_TIMEOUT:?}");
+            Err(ApiError::ExecutorLost)
         })
     }
 
@@ -493,6 +525,16 @@ fn job_error(e: JobError) -> ApiError {
             error!("executor says we broke the protocol: {reason}");
             ApiError::Internal
         }
+        JobError::SessionNotFound => ApiError::SessionNotFound,
+        JobError::SessionEnded { reason } => ApiError::SessionEnded { reason },
+        JobError::SessionBusy => ApiError::SessionBusy,
+        JobError::SessionsFull {
+            reason,
+            retry_after_secs,
+        } => ApiError::SessionsFull {
+            reason,
+            retry_after: retry_after_secs.clamp(1, 60),
+        },
     }
 }
 

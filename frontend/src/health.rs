@@ -67,6 +67,7 @@ mod tests {
             isolation: Vec::new(),
             warm_jails: 0,
             queued_jobs: 0,
+            sessions: 0,
             metrics: Default::default(),
         }
     }

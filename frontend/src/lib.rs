@@ -24,6 +24,7 @@ pub mod request;
 pub mod response;
 pub mod routes;
 pub mod server;
+mod sessions;
 pub mod spool;
 pub mod stream;
 pub mod upload;

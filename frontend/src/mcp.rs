@@ -276,7 +276,7 @@ async fn run_python(
         .cloned()
         .unwrap_or_else(RequestId::generate);
     let answer = match parsed {
-        Ok(job) => state.execute(job, request_id).await,
+        Ok(job) => state.execute(job, request_id, None).await,
         Err(error) => Err(error),
     };
     match answer {

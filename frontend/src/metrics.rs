@@ -251,6 +251,11 @@ fn render_executor(out: &mut Exposition, status: &ExecutorStatus) {
             status.warm_jails,
         ),
         (
+            "pysandbox_sessions_active",
+            "Sessions open now.",
+            status.sessions,
+        ),
+        (
             "pysandbox_fork_server_ready",
             "1 while the fork server's templates are ready to fork jobs, else 0.",
             u32::from(fork_server_ready(status)),
@@ -370,6 +375,7 @@ mod tests {
             isolation: Vec::new(),
             warm_jails: 0,
             queued_jobs: 0,
+            sessions: 0,
             metrics: ExecutorMetrics {
                 jobs: vec![Count {
                     label: "a\"b\\c\nd".into(),

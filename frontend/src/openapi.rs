@@ -20,7 +20,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 use crate::response::{ExecuteResponse, ViolationBody};
 use crate::stream::{ErrorData, TextData, TruncatedData};
 
-/// The document: every route there is (sessions do not exist yet).
+/// The document: every route there is.
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -32,12 +32,17 @@ use crate::stream::{ErrorData, TextData, TruncatedData};
         crate::routes::execute,
         crate::routes::health,
         crate::routes::metrics,
-        openapi_json
+        openapi_json,
+        crate::sessions::create,
+        crate::sessions::describe,
+        crate::sessions::close,
+        crate::sessions::execute
     ),
     components(schemas(StreamEvent, LimitName, ErrorBody)),
     modifiers(&Security, &Mcp),
     tags(
         (name = "jobs", description = "Running Python"),
+        (name = "sessions", description = "An interpreter that keeps its variables and files across calls"),
         (name = "operations", description = "Health, metrics and this document")
     )
 )]
@@ -268,6 +273,26 @@ pub(crate) struct LimitsBody {
     /// Bytes of stdout and of stderr kept, each.
     #[schema(minimum = 1, maximum = 4294967295.0)]
     output_bytes: Option<u32>,
+}
+
+/// `POST /sessions`: every field optional, the body too. `limits` and `network`
+/// follow `/execute`'s rules; memory, processes and disk hold for the whole
+/// session, CPU time and output are each call's default. Sessions have no network:
+/// `allowedDomains` may only be empty.
+#[derive(ToSchema)]
+#[schema(as = OpenSessionRequest)]
+#[serde(rename_all = "camelCase")]
+#[allow(
+    dead_code,
+    reason = "exists for its schema only; the parser is request.rs"
+)]
+pub(crate) struct OpenSessionBody {
+    /// How long the session may sit unused before it ends; default and maximum are
+    /// the executor's `session_idle_timeout_ms` and `session_max_idle_timeout_ms`.
+    #[schema(minimum = 1000)]
+    idle_timeout_ms: Option<u32>,
+    limits: Option<LimitsBody>,
+    network: Option<NetworkBody>,
 }
 
 /// Network access for one job.

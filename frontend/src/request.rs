@@ -197,6 +197,58 @@ impl ExecuteRequest {
     }
 }
 
+/// A validated `POST /sessions` request: every field is optional, and so is the body.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenSessionRequest {
+    /// How long the session may sit unused; the executor checks its range.
+    pub idle_timeout_ms: Option<u32>,
+    /// Limits for the whole session, as `/execute` takes them.
+    pub limits: JobLimits,
+    /// Network asked for, as `/execute` takes it.
+    pub network: Option<NetworkRequest>,
+}
+
+impl OpenSessionRequest {
+    /// Parses a request body, empty or a JSON object, with `/execute`'s rules for
+    /// the fields they share.
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OpenSessionRequest::default());
+        }
+        let value: Value = serde_json::from_slice(body).map_err(|_| ApiError::InvalidJson)?;
+        let Value::Object(fields) = value else {
+            return Err(ApiError::NotAnObject);
+        };
+        if let Some(key) = first_duplicate_key(body) {
+            return Err(invalid(
+                &shown(&key, MAX_LOGGED_CHARS),
+                "appears more than once",
+            ));
+        }
+        let fields = Fields(&fields);
+        let idle_timeout_ms = fields
+            .get(&["idleTimeoutMs"])
+            .map(|(key, v)| {
+                integer(v, u32::MAX).ok_or_else(|| invalid(key, "must be a positive integer"))
+            })
+            .transpose()?;
+        let limits = fields
+            .get(&["limits"])
+            .map(|(_, v)| limits(v))
+            .transpose()?
+            .unwrap_or_default();
+        let network = fields
+            .get(&["network"])
+            .map(|(_, v)| network(v))
+            .transpose()?;
+        Ok(OpenSessionRequest {
+            idle_timeout_ms,
+            limits,
+            network,
+        })
+    }
+}
+
 /// The body's top-level object.
 struct Fields<'a>(&'a Map<String, Value>);
 
@@ -859,5 +911,35 @@ mod tests {
             parse(r#"{"code":"x","language":"python","extra":{"a":[1]}}"#),
             Ok(minimal("x"))
         );
+    }
+
+    #[test]
+    fn a_session_request_may_be_empty_and_shares_the_job_rules() {
+        for empty in ["", "  \n", "{}"] {
+            assert_eq!(
+                OpenSessionRequest::parse(empty.as_bytes()).unwrap(),
+                OpenSessionRequest::default()
+            );
+        }
+        let full = br#"{"idleTimeoutMs": 5000, "limits": {"memoryMb": 64}, "network": {"allowedDomains": []}}"#;
+        let parsed = OpenSessionRequest::parse(full).unwrap();
+        assert_eq!(parsed.idle_timeout_ms, Some(5000));
+        assert_eq!(parsed.limits.memory_mb, Some(64));
+        assert!(parsed.network.is_some());
+        let field = |body: &str| match OpenSessionRequest::parse(body.as_bytes()) {
+            Err(ApiError::InvalidField { field, .. }) => field,
+            other => panic!("{body}: {other:?}"),
+        };
+        assert_eq!(field(r#"{"idleTimeoutMs": 0}"#), "idleTimeoutMs");
+        assert_eq!(field(r#"{"idleTimeoutMs": "5"}"#), "idleTimeoutMs");
+        assert_eq!(field(r#"{"limits": {"memMb": 1}}"#), "limits.memMb");
+        assert!(matches!(
+            OpenSessionRequest::parse(b"[]"),
+            Err(ApiError::NotAnObject)
+        ));
+        assert!(matches!(
+            OpenSessionRequest::parse(b"{"),
+            Err(ApiError::InvalidJson)
+        ));
     }
 }

@@ -17,7 +17,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use pysandbox_shared::text::shown;
-use pysandbox_shared::JobSpec;
+use pysandbox_shared::{JobSpec, SessionCall};
 use serde::Serialize;
 use tracing::{info, info_span, Instrument, Span};
 
@@ -27,13 +27,14 @@ use crate::auth::AuthToken;
 use crate::body_budget::{BodyBudget, Reservation};
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::executor_client::{ExecutorClient, Ran, Running};
+use crate::executor_client::{ExecutorClient, Job, Ran, Running};
 use crate::health::StatusCache;
 use crate::mcp;
 use crate::metrics::{self, Metrics};
 use crate::openapi::{self, ErrorBody, ExecuteBody, ExecuteResult, StreamEvent};
 use crate::request::{read_body, ExecuteRequest};
 use crate::response::{render, ExecuteResponse, Skipped};
+use crate::sessions;
 use crate::stream;
 use crate::upload::Uploader;
 
@@ -100,7 +101,16 @@ impl AppState {
 }
 
 /// Every route's template, as `pysandbox_http_requests_total` labels it.
-pub(crate) const ROUTES: [&str; 5] = ["/execute", "/health", "/metrics", "/openapi.json", "/mcp"];
+pub(crate) const ROUTES: [&str; 8] = [
+    "/execute",
+    "/health",
+    "/metrics",
+    "/openapi.json",
+    "/mcp",
+    "/sessions",
+    "/sessions/{sessionId}",
+    "/sessions/{sessionId}/execute",
+];
 
 /// The service's routes; `/metrics` only when it is not served on its own address.
 pub fn router(state: AppState) -> Router {
@@ -108,7 +118,10 @@ pub fn router(state: AppState) -> Router {
         .route(ROUTES[0], post(execute))
         .route(ROUTES[1], get(health))
         .route(ROUTES[3], get(openapi::openapi_json))
-        .route(ROUTES[4], mcp::route(state.clone()));
+        .route(ROUTES[4], mcp::route(state.clone()))
+        .route(ROUTES[5], post(sessions::create))
+        .route(ROUTES[6], get(sessions::describe).delete(sessions::close))
+        .route(ROUTES[7], post(sessions::execute));
     if !state.inner.metrics_apart {
         routes = routes.route(ROUTES[2], get(metrics));
     }
@@ -161,14 +174,20 @@ pub(crate) async fn execute(
     State(state): State<AppState>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let answer = run(&state, request).await;
+    let answer = run(&state, request, None).await;
     if let Err(error) = &answer {
         state.count_error(error);
     }
     answer
 }
 
-async fn run(state: &AppState, request: Request) -> Result<Response, ApiError> {
+/// `POST /execute`, or in the session `session` its `execute` route: the same body,
+/// the same answers.
+pub(crate) async fn run(
+    state: &AppState,
+    request: Request,
+    session: Option<String>,
+) -> Result<Response, ApiError> {
     let app = &state.inner;
     let (parts, body) = request.into_parts();
     // The contract's order: auth, body size, JSON, admission, executor.
@@ -183,7 +202,7 @@ async fn run(state: &AppState, request: Request) -> Result<Response, ApiError> {
         .cloned()
         .unwrap_or_else(RequestId::generate);
     // Every refusal comes before the job starts, as a JSON error, streamed or not.
-    let (running, after) = state.start(job, request_id).await?;
+    let (running, after) = state.start(job, request_id, session).await?;
     if stream::wanted(&parts.headers) {
         let state = state.clone();
         let answer = move |ran| async move {
@@ -197,6 +216,11 @@ async fn run(state: &AppState, request: Request) -> Result<Response, ApiError> {
 }
 
 impl AppState {
+    /// The executor, for the routes that ask it something else than a job.
+    pub(crate) fn executor(&self) -> &ExecutorClient {
+        &self.inner.executor
+    }
+
     /// Checks the service token in `headers`, as every job route does.
     pub(crate) fn check_token(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         self.inner.token.check(headers.get(header::AUTHORIZATION))
@@ -213,26 +237,28 @@ impl AppState {
         self.inner.metrics.error(error);
     }
 
-    /// Runs `job` to its end, as `POST /execute` without streaming does, and
-    /// answers with that route's `200` response.
+    /// Runs `job` to its end (in `session`, when given), as `POST /execute`
+    /// without streaming does, and answers with that route's `200` response.
     pub(crate) async fn execute(
         &self,
         job: ExecuteRequest,
         request_id: RequestId,
+        session: Option<String>,
     ) -> Result<Response, ApiError> {
         let app = &self.inner;
-        let (running, after) = self.start(job, request_id).await?;
+        let (running, after) = self.start(job, request_id, session).await?;
         let ran = running.finish().await?;
         Ok(after.answer(ran, &app.uploader, &app.metrics).await)
     }
 
-    /// Admits `job` and starts it at the executor: the one way in for every route
-    /// that runs code, so the upload policy, admission and the job spec are the same
-    /// for all of them.
+    /// Admits `job` and starts it at the executor (in `session`, when given): the
+    /// one way in for every route that runs code, so the upload policy, admission
+    /// and the job spec are the same for all of them.
     async fn start(
         &self,
         job: ExecuteRequest,
         request_id: RequestId,
+        session: Option<String>,
     ) -> Result<(Running, AfterRun), ApiError> {
         let app = &self.inner;
         if let Some(target) = &job.file_upload_url {
@@ -257,7 +283,11 @@ impl AppState {
             collect_files,
             network: job.network,
         };
-        let running = app.executor.start(spec).await?;
+        let work = match session {
+            None => Job::Fresh(spec),
+            Some(session_id) => Job::InSession(SessionCall { session_id, spec }),
+        };
+        let running = app.executor.start(work).await?;
         let after = AfterRun {
             upload,
             public: job.public,
@@ -327,6 +357,9 @@ pub(crate) struct Health {
     /// Warm jails waiting for a job.
     #[serde(skip_serializing_if = "Option::is_none")]
     warm_jails: Option<u32>,
+    /// Sessions open now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sessions: Option<u32>,
     /// How each limit is enforced on the executor's host.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<std::collections::BTreeMap<String, String>>)]
@@ -355,6 +388,7 @@ pub(crate) async fn health(State(app): State<AppState>) -> Json<Health> {
         max_jobs: status.as_ref().map(|s| s.max_jobs),
         queued_jobs: status.as_ref().map(|s| s.queued_jobs),
         warm_jails: status.as_ref().map(|s| s.warm_jails),
+        sessions: status.as_ref().map(|s| s.sessions),
         limits: status.as_ref().map(|s| {
             s.enforcement
                 .iter()

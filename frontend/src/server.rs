@@ -361,6 +361,7 @@ mod tests {
                     isolation: vec![],
                     warm_jails: 0,
                     queued_jobs: 0,
+                    sessions: 0,
                     metrics: Default::default(),
                 }),
                 500,
@@ -517,6 +518,7 @@ mod tests {
                 }],
                 warm_jails: 1,
                 queued_jobs: 3,
+                sessions: 2,
                 metrics: Default::default(),
             }))
             .await
@@ -528,7 +530,7 @@ mod tests {
         assert!(header(&response, "x-request-id").is_some());
         assert_eq!(
             response.text().await.unwrap(),
-            r#"{"ok":true,"executor":"up","runningJobs":2,"maxJobs":4,"queuedJobs":3,"warmJails":1,"limits":{"memory":"cgroup v2"},"isolation":{"landlock":"ABI 6"}}"#
+            r#"{"ok":true,"executor":"up","runningJobs":2,"maxJobs":4,"queuedJobs":3,"warmJails":1,"sessions":2,"limits":{"memory":"cgroup v2"},"isolation":{"landlock":"ABI 6"}}"#
         );
 
         let dir = tempfile::tempdir().unwrap();

@@ -121,4 +121,26 @@ pub enum JobError {
         /// When a retry has a fair chance, in seconds.
         retry_after_secs: u32,
     },
+    /// No session has that id: it never existed, was closed, expired, or ended
+    /// long enough ago to be forgotten.
+    #[error("session not found")]
+    SessionNotFound,
+    /// The session's interpreter is gone: it exited, a limit killed it, or it
+    /// ignored an interrupt.
+    #[error("session ended: {reason}")]
+    SessionEnded {
+        /// What ended it, in words for the client.
+        reason: String,
+    },
+    /// The session is running another call.
+    #[error("session is busy with another call")]
+    SessionBusy,
+    /// As many sessions are open, or hold as much memory, as the executor allows.
+    #[error("too many sessions: {reason}")]
+    SessionsFull {
+        /// Which cap was reached.
+        reason: String,
+        /// When a retry has a fair chance, in seconds.
+        retry_after_secs: u32,
+    },
 }

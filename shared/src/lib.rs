@@ -15,6 +15,7 @@ pub mod limits;
 pub mod net;
 pub mod network;
 pub mod protocol;
+pub mod session;
 pub mod text;
 
 pub use codec::{
@@ -32,3 +33,4 @@ pub use protocol::{
     ExecutorStatus, FileStart, FilesEnd, Hello, Layer, OutputChunk, Request, Response, Started,
     Stream, Truncated, MAX_CHUNK_BYTES, PROTOCOL_VERSION,
 };
+pub use session::{is_session_id, SessionCall, SessionSpec, SessionState, MAX_SESSION_ID_LEN};

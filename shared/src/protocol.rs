@@ -26,9 +26,10 @@ use crate::bounded;
 use crate::files::SkippedFile;
 use crate::job::{JobEnd, JobError, JobSpec};
 use crate::network::NetworkViolation;
+use crate::session::{SessionCall, SessionSpec, SessionState, MAX_SESSION_ID_LEN};
 
 /// Bumped on every incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// The most bytes one [`Response::Output`] or [`Response::Data`] frame carries.
 pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
@@ -60,6 +61,17 @@ pub enum Request {
     Status,
     /// The ask callback's word on the [`Response::Ask`] of the same id.
     Answer(AskAnswer),
+    /// Start a session: answer with [`Response::Session`] once its interpreter
+    /// waits for its first call.
+    OpenSession(SessionSpec),
+    /// Run a job in a session; the answer's frames are those of [`Request::Run`].
+    /// Closing the connection before [`Response::Finished`] interrupts the call.
+    RunInSession(SessionCall),
+    /// Answer with the session's [`Response::Session`].
+    DescribeSession(#[serde(deserialize_with = "bounded::string::<_, MAX_SESSION_ID_LEN>")] String),
+    /// End a session: answer [`Response::SessionClosed`] once every process, mount,
+    /// cgroup and file of it is gone.
+    CloseSession(#[serde(deserialize_with = "bounded::string::<_, MAX_SESSION_ID_LEN>")] String),
 }
 
 /// Executor → frontend.
@@ -97,6 +109,11 @@ pub enum Response {
     /// The job's egress proxy wants the ask callback's word on a target: the
     /// frontend POSTs it to the callback and answers with [`Request::Answer`].
     Ask(Ask),
+    /// A session's state: the answer to [`Request::OpenSession`] and
+    /// [`Request::DescribeSession`].
+    Session(SessionState),
+    /// The session is gone, everything of it removed.
+    SessionClosed,
 }
 
 /// The most characters of an ask callback's URL or token on the wire.
@@ -247,6 +264,8 @@ pub struct ExecutorStatus {
     pub warm_jails: u32,
     /// Jobs waiting for a slot.
     pub queued_jobs: u32,
+    /// Sessions open now.
+    pub sessions: u32,
     /// Counters since the executor started, for the frontend's `/metrics`.
     pub metrics: ExecutorMetrics,
 }
@@ -327,6 +346,8 @@ impl Response {
             Response::Truncated(_) => "Truncated",
             Response::Violation(_) => "Violation",
             Response::Ask(_) => "Ask",
+            Response::Session(_) => "Session",
+            Response::SessionClosed => "SessionClosed",
         }
     }
 }
@@ -339,6 +360,10 @@ impl Request {
             Request::Run(_) => "Run",
             Request::Status => "Status",
             Request::Answer(_) => "Answer",
+            Request::OpenSession(_) => "OpenSession",
+            Request::RunInSession(_) => "RunInSession",
+            Request::DescribeSession(_) => "DescribeSession",
+            Request::CloseSession(_) => "CloseSession",
         }
     }
 }
@@ -447,6 +472,18 @@ mod tests {
             Request::Hello(Hello::CURRENT),
             Request::Run(sample_job()),
             Request::Status,
+            Request::OpenSession(SessionSpec {
+                request_id: "r2".into(),
+                idle_timeout_ms: Some(5000),
+                limits: JobLimits::default(),
+                network: None,
+            }),
+            Request::RunInSession(SessionCall {
+                session_id: "h.0f".into(),
+                spec: sample_job(),
+            }),
+            Request::DescribeSession("h.0f".into()),
+            Request::CloseSession("h.0f".into()),
         ];
         all.extend(AskOutcome::ALL.map(|outcome| Request::Answer(AskAnswer { id: 7, outcome })));
         all
@@ -512,9 +549,37 @@ mod tests {
                 }],
                 warm_jails: 2,
                 queued_jobs: 3,
+                sessions: 1,
                 metrics: sample_metrics(),
             }),
+            Response::Session(sample_session()),
+            Response::SessionClosed,
+            Response::Failed(JobError::SessionNotFound),
+            Response::Failed(JobError::SessionEnded {
+                reason: "the interpreter exited with code 3".into(),
+            }),
+            Response::Failed(JobError::SessionBusy),
+            Response::Failed(JobError::SessionsFull {
+                reason: "16 are open".into(),
+                retry_after_secs: 5,
+            }),
         ]
+    }
+
+    fn sample_session() -> SessionState {
+        SessionState {
+            session_id: "host-1.00ff".into(),
+            created_ms: 1,
+            last_used_ms: 2,
+            expires_ms: 3,
+            idle_timeout_ms: 1000,
+            calls: 4,
+            busy: true,
+            memory_bytes: Some(5),
+            memory_mb: 6,
+            max_processes: 7,
+            disk_mb: 8,
+        }
     }
 
     #[test]
@@ -558,6 +623,14 @@ mod tests {
                     outcome: AskOutcome::TimedOut,
                 }),
                 &[3, 0xac, 0x02, 3],
+            ),
+            (
+                Request::DescribeSession("h.0f".into()),
+                &[6, 4, b'h', b'.', b'0', b'f'],
+            ),
+            (
+                Request::CloseSession("h.0f".into()),
+                &[7, 4, b'h', b'.', b'0', b'f'],
             ),
         ];
         for (msg, bytes) in golden {
@@ -628,6 +701,15 @@ mod tests {
                 &[6, 1, 1, b'l', 6, 5, 2],
             ),
             (Response::Failed(JobError::ShuttingDown), &[7, 3]),
+            (Response::Failed(JobError::SessionBusy), &[7, 8]),
+            (Response::SessionClosed, &[14]),
+            (
+                Response::Session(sample_session()),
+                &[
+                    13, 11, b'h', b'o', b's', b't', b'-', b'1', b'.', b'0', b'0', b'f', b'f', 1, 2,
+                    3, 0xe8, 0x07, 4, 1, 1, 5, 6, 7, 8,
+                ],
+            ),
             (
                 Response::Failed(JobError::Busy {
                     retry_after_secs: 3,
@@ -642,10 +724,11 @@ mod tests {
                     isolation: vec![],
                     warm_jails: 1,
                     queued_jobs: 4,
+                    sessions: 2,
                     metrics: sample_metrics(),
                 }),
                 &[
-                    8, 1, 2, 0, 0, 1, 4, // jobs: ok 3
+                    8, 1, 2, 0, 0, 1, 4, 2, // jobs: ok 3
                     1, 2, b'o', b'k', 3, // buckets: le 100 → 2, +Inf → 3
                     2, 1, 100, 2, 0, 3, // sum 300 ms as a varint
                     0xac, 0x02, // violations: denied 1

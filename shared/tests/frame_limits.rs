@@ -17,6 +17,7 @@ use pysandbox_shared::{
     MAX_REQUEST_FRAME_LEN, MAX_RESPONSE_FRAME_LEN, MAX_RESULT_BYTES, MAX_VIOLATIONS,
     PROTOCOL_VERSION,
 };
+use pysandbox_shared::{SessionCall, SessionState, MAX_SESSION_ID_LEN};
 
 const MIB: usize = 1 << 20;
 
@@ -169,6 +170,7 @@ fn every_response_fits_its_frame_limit_at_its_worst() {
                 ],
                 warm_jails: u32::MAX,
                 queued_jobs: u32::MAX,
+                sessions: u32::MAX,
                 metrics: ExecutorMetrics {
                     jobs: vec![
                         Count {
@@ -197,6 +199,20 @@ fn every_response_fits_its_frame_limit_at_its_worst() {
             }),
         ),
     ];
+    let session = Response::Session(SessionState {
+        session_id: "x".repeat(MAX_SESSION_ID_LEN),
+        created_ms: u64::MAX,
+        last_used_ms: u64::MAX,
+        expires_ms: u64::MAX,
+        idle_timeout_ms: u32::MAX,
+        calls: u64::MAX,
+        busy: true,
+        memory_bytes: Some(u64::MAX),
+        memory_mb: u32::MAX,
+        max_processes: u32::MAX,
+        disk_mb: u32::MAX,
+    });
+    fits("Session", encode(&session).unwrap().len(), 512);
     for (what, response) in &responses {
         let len = encode(response).expect("encodes").len();
         fits(what, len, MAX_RESPONSE_FRAME_LEN);
@@ -242,7 +258,16 @@ fn the_largest_job_fits_the_request_frame_limit() {
             allowed_domains: Some(vec![domain; MAX_REQUESTED_DOMAINS]),
         }),
     };
-    let len = encode(&Request::Run(job)).expect("encodes").len();
+    let len = encode(&Request::Run(job.clone())).expect("encodes").len();
     fits("Run", len, MAX_REQUEST_FRAME_LEN);
+    let call = Request::RunInSession(SessionCall {
+        session_id: "x".repeat(MAX_SESSION_ID_LEN),
+        spec: job,
+    });
+    fits(
+        "RunInSession",
+        encode(&call).expect("encodes").len(),
+        MAX_REQUEST_FRAME_LEN,
+    );
     fits("Status", encode(&Request::Status).unwrap().len(), 64);
 }

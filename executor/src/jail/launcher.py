@@ -18,6 +18,9 @@
 # value is not None, as a REPL would echo it (never printed: stdout stays what
 # `python3 main.py` prints).
 #
+# In a session (`/sandbox/session` exists), it runs cells instead of one script:
+# see serve_session.
+#
 # As a fork-server template (`--fork-server LIBRARY MODULE...`, docs/fork-server.md)
 # it imports the modules once and then, instead of one hand-off, serves: fd 3 is a
 # SOCK_SEQPACKET socket on which each message is one job's order with its
@@ -193,8 +196,6 @@ def _pysandbox_launch():
             resource.setrlimit(getattr(resource, name), (value, value))
 
     path = "/sandbox/main.py"
-    with open(path, "rb") as f:
-        source = f.read()
     import importlib.machinery
 
     main = type(sys)("__main__")
@@ -204,6 +205,32 @@ def _pysandbox_launch():
     main.__builtins__ = __builtins__
     sys.modules["__main__"] = main
     sys.argv[:] = [path]
+    if os.path.exists("/sandbox/session"):
+        serve_session(main, emit, show_figure)  # returns only when the executor left
+        return
+    with open(path, "rb") as f:
+        source = f.read()
+    try:
+        error = _pysandbox_run(main, source, path, emit)
+    except SystemExit:
+        show_open_figures(show_figure)
+        raise
+    show_open_figures(show_figure)
+    if error is not None:
+        if isinstance(error, KeyboardInterrupt):
+            import signal
+
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
+        sys.exit(1)
+
+
+def _pysandbox_run(main, source, path, emit):
+    # Runs `source` in `main`'s namespace as `python3 path` would run it, and
+    # returns the exception it raised (its traceback printed as the interpreter
+    # would print it), or None. SystemExit goes through.
+    import sys
+
     try:
         code = compile(source, path, "exec")
         # The last statement, when an expression, is evaluated on its own so that
@@ -228,24 +255,90 @@ def _pysandbox_launch():
         else:
             exec(code, main.__dict__)
     except SystemExit:
-        show_open_figures(show_figure)
         raise
     except BaseException as error:
         # Print as the interpreter would, minus this launcher's frame.
         tb = error.__traceback__
-        if tb is not None and tb.tb_frame.f_code.co_name == "_pysandbox_launch":
+        if tb is not None and tb.tb_frame.f_code.co_name == "_pysandbox_run":
             tb = tb.tb_next
         # The traceback printed is the exception's own, so cut it there too.
         error = error.with_traceback(tb)
         sys.excepthook(type(error), error, tb)
-        show_open_figures(show_figure)
-        if isinstance(error, KeyboardInterrupt):
-            import signal
+        return error
+    return None
 
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGINT)
-        sys.exit(1)
-    show_open_figures(show_figure)
+
+def serve_session(main, emit, show_figure):
+    # A session (`/sandbox/session` exists): cells run one after another in the one
+    # `main` namespace, as in a notebook. The executor writes a cell to
+    # /sandbox/main.py and its stdin to /sandbox/stdin, then sends a line on fd 0;
+    # the end of each cell is an `E` record on the display channel with its status:
+    # `0`, `1` (an uncaught exception, its traceback printed) or `I` (interrupted:
+    # the executor sent SIGINT at the call's time or CPU limit). A SystemExit ends
+    # the session as it would end a script. The first record, `P`, is this
+    # process's pid, which the executor interrupts.
+    import io
+    import linecache
+    import os
+    import signal
+    import sys
+
+    # The orders' pipe moves out of the job's way: its stdin is each cell's own.
+    orders = os.fdopen(os.dup(0), "rb", buffering=0)
+    null = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    # Only a cell is interrupted: a SIGINT that arrives between cells is late, and
+    # ignored. Python's own handler (no frame of ours in the traceback) runs cells.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    emit(b"P", str(os.getpid()).encode())
+    cells = 0
+    while True:
+        if not orders.readline(64):
+            return  # the executor closed the session
+        cells += 1
+        with open("/sandbox/main.py", "rb") as f:
+            source = f.read()
+        with open("/sandbox/stdin", "rb") as f:
+            sys.stdin = io.TextIOWrapper(io.BytesIO(f.read()), encoding="utf-8")
+        # Each cell's source under a name of its own, kept for tracebacks that show
+        # a function defined in an earlier cell.
+        name = "<cell %d>" % cells
+        text = source.decode("utf-8", "replace")
+        linecache.cache[name] = (len(text), None, text.splitlines(True), name)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            error = _pysandbox_run(main, source, name, emit)
+        except SystemExit:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            show_open_figures(show_figure)
+            raise
+        finally:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        status = b"0" if error is None else b"1"
+        if isinstance(error, KeyboardInterrupt):
+            status = b"I"
+        show_open_figures(show_figure)
+        close_figures()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except BaseException:
+                pass
+        emit(b"E", status)
+
+
+def close_figures():
+    # As a notebook does once a cell's figures were shown: the next cell starts
+    # with none open.
+    import sys
+
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is not None:
+        try:
+            plt.close("all")
+        except BaseException:
+            pass
 
 
 def warm_up_charts():

@@ -1,0 +1,885 @@
+//! Sessions (README "Sessions"): one interpreter that keeps its variables, imports
+//! and files between calls, as a notebook's kernel does.
+//!
+//! A session is a job that lives longer: the same jail (forked from a template, or
+//! cold), the same cgroup and tmpfs, for its whole life. Its launcher serves cells
+//! (`serve_session` in `launcher.py`): for each call the executor writes the code
+//! and stdin into the session's read-only `/sandbox`, sends a line on the
+//! interpreter's stdin pipe, passes the output on as it comes, and ends the call at
+//! the cell's `E` record on the display channel. Each session is served by a task
+//! of its own, which owns its processes and takes one command at a time: a call, or
+//! the order to close. The task also notices the interpreter's death and the idle
+//! timeout while no call runs.
+//!
+//! A call's time and CPU limits interrupt the cell (SIGINT, through a pidfd so
+//! that it never reaches another process); a cell that does not stop within
+//! [`INTERRUPT_GRACE`] ends the session. So do `sys.exit`, a memory-limit kill and
+//! anything else that ends the interpreter: the session's id then answers "ended"
+//! for a while, and "not found" after.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use pysandbox_shared::{
+    FilesEnd, JobError, JobSpec, LimitKind, Response, SessionSpec, SessionState, Stream, Usage,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::pipe;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tracing::{info, warn};
+
+use crate::cgroup::{read_number, JobCgroup};
+use crate::config::{Limits, SessionSettings};
+use crate::display::{self, CellEnd};
+use crate::error::Error;
+use crate::ids::Lease;
+use crate::inputs;
+use crate::job::{
+    assemble, collect_files, cpu_spent, is_ready, wait_until_empty, Begun, Frames, Observed,
+    Prepared, Process, Resolved, Runner,
+};
+use crate::output::forward_call;
+use crate::workdir::WorkDir;
+
+/// How long a session's interpreter may take to start and say it waits for cells.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an interrupted cell has to stop before its session is killed.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(2);
+/// Ended sessions remembered at most (to answer "ended" rather than "not found").
+const MAX_ENDED: usize = 1024;
+
+/// The open sessions of this executor, and those that ended lately.
+#[derive(Debug)]
+pub struct Sessions {
+    settings: SessionSettings,
+    entries: Mutex<HashMap<String, Entry>>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    shared: Arc<Shared>,
+    /// The session's task; `None` once it ended.
+    commands: Option<mpsc::Sender<Command>>,
+}
+
+/// What both the session's task and its callers see of it.
+#[derive(Debug)]
+struct Shared {
+    id: String,
+    created: SystemTime,
+    idle_timeout: Duration,
+    limits: Limits,
+    /// Its cgroup's memory figure; unreadable once the cgroup is gone.
+    memory_file: Option<PathBuf>,
+    busy: AtomicBool,
+    calls: AtomicU64,
+    /// When the last call ended (or the session began), on both clocks.
+    last_used: Mutex<(SystemTime, Instant)>,
+    /// Why it ended, and when, once it did.
+    ended: Mutex<Option<(String, Instant)>>,
+}
+
+/// What a session's task is asked to do.
+enum Command {
+    Call(Box<Call>),
+    /// End the session; answered once everything of it is gone.
+    Close(oneshot::Sender<()>),
+}
+
+/// One call, from the connection that asked for it.
+struct Call {
+    spec: JobSpec,
+    resolved: Resolved,
+    frames: Frames,
+    /// Cancelled when the caller is gone: the cell is interrupted.
+    gone: CancellationToken,
+    done: oneshot::Sender<Result<FilesEnd, Error>>,
+    /// Marks the session busy until the call is over.
+    _busy: Busy,
+}
+
+/// Holds a session's busy flag for one call.
+struct Busy(Arc<Shared>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.store(false, Ordering::Release);
+    }
+}
+
+/// A call let in: its command is sent and its caller awaits the answer.
+pub struct Admitted {
+    commands: mpsc::Sender<Command>,
+    call: Call,
+    done: oneshot::Receiver<Result<FilesEnd, Error>>,
+    _gone: DropGuard,
+}
+
+impl Admitted {
+    /// The call's wall-clock limit in milliseconds.
+    pub fn timeout_ms(&self) -> u32 {
+        self.call.resolved.timeout_ms
+    }
+
+    /// Runs the call in its session, which sends its frames; the answer is what
+    /// collection left out. Dropping the future interrupts the call.
+    pub async fn run(self) -> Result<FilesEnd, JobError> {
+        let Admitted {
+            commands,
+            call,
+            done,
+            _gone,
+        } = self;
+        let shared = Arc::clone(&call._busy.0);
+        if commands.send(Command::Call(Box::new(call))).await.is_err() {
+            return Err(ended_error(&shared));
+        }
+        match done.await {
+            Ok(Ok(files)) => Ok(files),
+            Ok(Err(Error::InputsDoNotFit)) => Err(JobError::Rejected {
+                field: "files".into(),
+                reason: format!(
+                    "do not fit in the session's disk limit of {} MiB (limits.diskMb)",
+                    shared.limits.disk_mb
+                ),
+            }),
+            Ok(Err(e)) => Err(JobError::JailSetup {
+                reason: crate::error::chain(&e),
+            }),
+            Err(_) => Err(ended_error(&shared)),
+        }
+    }
+}
+
+fn ended_error(shared: &Shared) -> JobError {
+    match &*shared.ended.lock().expect("not poisoned") {
+        Some((reason, _)) => JobError::SessionEnded {
+            reason: reason.clone(),
+        },
+        None => JobError::SessionNotFound,
+    }
+}
+
+impl Sessions {
+    pub fn new(settings: SessionSettings) -> Sessions {
+        Sessions {
+            settings,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Sessions open now.
+    pub fn open_count(&self) -> u32 {
+        let entries = self.entries.lock().expect("not poisoned");
+        entries.values().filter(|e| e.commands.is_some()).count() as u32
+    }
+
+    /// The session's limits and idle timeout, or why the request asks for more
+    /// than is allowed. Limits follow a job's rules; sessions have no network.
+    pub fn resolve(
+        &self,
+        runner: &Runner,
+        spec: &SessionSpec,
+    ) -> Result<(Limits, Duration), JobError> {
+        let rejected = |field: &str, reason: String| JobError::Rejected {
+            field: field.into(),
+            reason,
+        };
+        let wants_network = spec
+            .network
+            .as_ref()
+            .and_then(|n| n.allowed_domains.as_ref())
+            .is_some_and(|domains| !domains.is_empty());
+        if wants_network {
+            return Err(rejected(
+                "network.allowedDomains",
+                "sessions have no network: use /execute for jobs that need it".into(),
+            ));
+        }
+        let as_job = JobSpec {
+            request_id: spec.request_id.clone(),
+            code: String::new(),
+            stdin: None,
+            timeout_ms: None,
+            limits: spec.limits,
+            files: Vec::new(),
+            collect_files: false,
+            network: None,
+        };
+        let limits = runner.resolve(&as_job)?.limits;
+        let (min, max) = (1000, self.settings.max_idle_timeout_ms);
+        let idle = match spec.idle_timeout_ms {
+            None => self.settings.idle_timeout_ms,
+            Some(ms) if (min..=max).contains(&ms) => ms,
+            Some(_) => {
+                return Err(rejected(
+                    "idleTimeoutMs",
+                    format!("must be from {min} to {max}"),
+                ))
+            }
+        };
+        Ok((limits, Duration::from_millis(idle.into())))
+    }
+
+    /// Holds room for one more session of `memory_mb`, or says which cap is reached.
+    pub fn reserve(self: &Arc<Self>, memory_mb: u32) -> Result<Reservation, JobError> {
+        let mut entries = self.entries.lock().expect("not poisoned");
+        self.prune(&mut entries);
+        let open = entries.values().filter(|e| e.commands.is_some());
+        let (count, held_mb) = open.fold((0u32, 0u64), |(n, mb), e| {
+            (n + 1, mb + u64::from(e.shared.limits.memory_mb))
+        });
+        let full = |reason: String| JobError::SessionsFull {
+            reason,
+            retry_after_secs: 5,
+        };
+        if count >= self.settings.max {
+            return Err(full(format!("{count} are open, the most allowed")));
+        }
+        if held_mb + u64::from(memory_mb) > self.settings.memory_mb {
+            return Err(full(format!(
+                "open sessions hold {held_mb} MiB of the {} MiB allowed to all together",
+                self.settings.memory_mb
+            )));
+        }
+        // A placeholder entry counts against the caps while the jail starts.
+        let id = self.new_id();
+        let shared = Arc::new(Shared {
+            id: id.clone(),
+            created: SystemTime::now(),
+            idle_timeout: Duration::ZERO,
+            limits: Limits {
+                memory_mb,
+                ..crate::config::MIN_LIMITS
+            },
+            memory_file: None,
+            busy: AtomicBool::new(true),
+            calls: AtomicU64::new(0),
+            last_used: Mutex::new((SystemTime::now(), Instant::now())),
+            ended: Mutex::new(None),
+        });
+        let (placeholder, _) = mpsc::channel(1);
+        entries.insert(
+            id.clone(),
+            Entry {
+                shared,
+                commands: Some(placeholder),
+            },
+        );
+        Ok(Reservation {
+            sessions: Arc::clone(self),
+            id: Some(id),
+        })
+    }
+
+    /// A fresh id: the routing key, a dot, 128 random bits in hex.
+    fn new_id(&self) -> String {
+        let mut bytes = [0u8; 16];
+        crate::sys::random_bytes(&mut bytes);
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}.{hex}", self.settings.route)
+    }
+
+    /// Forgets sessions that ended longer ago than they are remembered, and the
+    /// oldest past [`MAX_ENDED`].
+    fn prune(&self, entries: &mut HashMap<String, Entry>) {
+        let keep = Duration::from_millis(self.settings.ended_keep_ms.into());
+        let ended_at = |e: &Entry| {
+            e.shared
+                .ended
+                .lock()
+                .expect("not poisoned")
+                .as_ref()
+                .map(|(_, at)| *at)
+        };
+        entries.retain(|_, e| ended_at(e).is_none_or(|at| at.elapsed() < keep));
+        let mut ended: Vec<(Instant, String)> = entries
+            .iter()
+            .filter_map(|(id, e)| Some((ended_at(e)?, id.clone())))
+            .collect();
+        if ended.len() > MAX_ENDED {
+            ended.sort();
+            for (_, id) in &ended[..ended.len() - MAX_ENDED] {
+                entries.remove(id);
+            }
+        }
+    }
+
+    fn lookup(&self, id: &str) -> Result<(Arc<Shared>, mpsc::Sender<Command>), JobError> {
+        let mut entries = self.entries.lock().expect("not poisoned");
+        self.prune(&mut entries);
+        let entry = entries.get(id).ok_or(JobError::SessionNotFound)?;
+        match &entry.commands {
+            Some(commands) if entry.shared.ended.lock().expect("not poisoned").is_none() => {
+                Ok((Arc::clone(&entry.shared), commands.clone()))
+            }
+            _ => Err(ended_error(&entry.shared)),
+        }
+    }
+
+    /// What the session is and holds now.
+    pub fn describe(&self, id: &str) -> Result<SessionState, JobError> {
+        let (shared, _) = self.lookup(id)?;
+        if shared.idle_timeout.is_zero() {
+            // A placeholder: its jail is still starting.
+            return Err(JobError::SessionNotFound);
+        }
+        Ok(shared.state())
+    }
+
+    /// Lets one call into the session, unless another one runs there.
+    pub fn admit(
+        &self,
+        runner: &Runner,
+        id: &str,
+        spec: JobSpec,
+        frames: Frames,
+    ) -> Result<Admitted, JobError> {
+        let (shared, commands) = self.lookup(id)?;
+        let resolved = resolve_call(runner, &spec, &shared.limits)?;
+        if shared.busy.swap(true, Ordering::AcqRel) {
+            return Err(JobError::SessionBusy);
+        }
+        let busy = Busy(shared);
+        let gone = CancellationToken::new();
+        let (done, answer) = oneshot::channel();
+        Ok(Admitted {
+            commands,
+            call: Call {
+                spec,
+                resolved,
+                frames,
+                gone: gone.clone(),
+                done,
+                _busy: busy,
+            },
+            done: answer,
+            _gone: gone.drop_guard(),
+        })
+    }
+
+    /// Ends the session; returns once everything of it is gone.
+    pub async fn close(&self, id: &str) -> Result<(), JobError> {
+        let commands = {
+            let entries = self.entries.lock().expect("not poisoned");
+            let entry = entries.get(id).ok_or(JobError::SessionNotFound)?;
+            if entry.shared.idle_timeout.is_zero() {
+                return Err(JobError::SessionNotFound);
+            }
+            entry.commands.clone()
+        };
+        if let Some(commands) = commands {
+            let (closed, wait) = oneshot::channel();
+            if commands.send(Command::Close(closed)).await.is_ok() {
+                let _ = wait.await;
+            }
+        }
+        // Gone from the map whether it was open or had ended: closed means forgotten.
+        self.entries.lock().expect("not poisoned").remove(id);
+        Ok(())
+    }
+
+    /// The session's task ended; `reason`, unless it was closed or expired.
+    fn ended(&self, shared: &Shared, reason: Option<String>) {
+        let mut entries = self.entries.lock().expect("not poisoned");
+        match reason {
+            Some(reason) => {
+                shared.end(reason);
+                if let Some(entry) = entries.get_mut(&shared.id) {
+                    entry.commands = None;
+                }
+            }
+            None => {
+                entries.remove(&shared.id);
+            }
+        }
+    }
+}
+
+/// Room held for a session whose jail is being set up; given back if it does not
+/// start.
+pub struct Reservation {
+    sessions: Arc<Sessions>,
+    id: Option<String>,
+}
+
+impl Reservation {
+    /// Starts the session's task on `live` and returns its state.
+    pub fn open(
+        mut self,
+        runner: Arc<Runner>,
+        live: Live,
+        limits: Limits,
+        idle_timeout: Duration,
+    ) -> SessionState {
+        let id = self.id.take().expect("a reservation opens once");
+        let shared = Arc::new(Shared {
+            id: id.clone(),
+            created: SystemTime::now(),
+            idle_timeout,
+            limits,
+            memory_file: live.cgroup.memory_file(),
+            busy: AtomicBool::new(false),
+            calls: AtomicU64::new(0),
+            last_used: Mutex::new((SystemTime::now(), Instant::now())),
+            ended: Mutex::new(None),
+        });
+        let (commands, received) = mpsc::channel(1);
+        self.sessions.entries.lock().expect("not poisoned").insert(
+            id,
+            Entry {
+                shared: Arc::clone(&shared),
+                commands: Some(commands),
+            },
+        );
+        let state = shared.state();
+        let sessions = Arc::clone(&self.sessions);
+        tokio::spawn(serve(sessions, runner, live, shared, received));
+        state
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.sessions
+                .entries
+                .lock()
+                .expect("not poisoned")
+                .remove(&id);
+        }
+    }
+}
+
+impl Shared {
+    fn state(&self) -> SessionState {
+        let (last_used, _) = *self.last_used.lock().expect("not poisoned");
+        let ms = |t: SystemTime| {
+            t.duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64)
+        };
+        SessionState {
+            session_id: self.id.clone(),
+            created_ms: ms(self.created),
+            last_used_ms: ms(last_used),
+            expires_ms: ms(last_used + self.idle_timeout),
+            idle_timeout_ms: self.idle_timeout.as_millis() as u32,
+            calls: self.calls.load(Ordering::Relaxed),
+            busy: self.busy.load(Ordering::Acquire),
+            memory_bytes: self.memory_file.as_deref().and_then(read_number),
+            memory_mb: self.limits.memory_mb,
+            max_processes: self.limits.max_processes,
+            disk_mb: self.limits.disk_mb,
+        }
+    }
+
+    fn idle_deadline(&self) -> Instant {
+        let (_, at) = *self.last_used.lock().expect("not poisoned");
+        at + self.idle_timeout
+    }
+
+    fn used(&self) {
+        *self.last_used.lock().expect("not poisoned") = (SystemTime::now(), Instant::now());
+        self.calls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn end(&self, reason: String) {
+        *self.ended.lock().expect("not poisoned") = Some((reason, Instant::now()));
+    }
+}
+
+/// A call's limits: its own time, CPU and output; the session's memory, processes
+/// and disk, which a call may not ask for.
+fn resolve_call(runner: &Runner, spec: &JobSpec, session: &Limits) -> Result<Resolved, JobError> {
+    let theirs = [
+        ("limits.memoryMb", spec.limits.memory_mb.is_some()),
+        ("limits.maxProcesses", spec.limits.max_processes.is_some()),
+        ("limits.diskMb", spec.limits.disk_mb.is_some()),
+        ("network", spec.network.is_some()),
+    ];
+    if let Some((field, _)) = theirs.iter().find(|(_, asked)| *asked) {
+        return Err(JobError::Rejected {
+            field: (*field).into(),
+            reason: "is the session's: set it when the session is created".into(),
+        });
+    }
+    let mut resolved = runner.resolve(spec)?;
+    resolved.limits = Limits {
+        memory_mb: session.memory_mb,
+        max_processes: session.max_processes,
+        disk_mb: session.disk_mb,
+        ..resolved.limits
+    };
+    resolved.network = None;
+    Ok(resolved)
+}
+
+/// A session's processes and everything the executor holds of them. Dropping it
+/// kills them all and removes the session's cgroup and tmpfs, in that order.
+#[derive(Debug)]
+pub struct Live {
+    process: Process,
+    /// Where a cell's orders go: the interpreter's stdin.
+    orders: pipe::Sender,
+    stdout: pipe::Receiver,
+    stderr: pipe::Receiver,
+    display: pipe::Receiver,
+    /// The interpreter, for interrupts.
+    interpreter: OwnedFd,
+    cgroup: JobCgroup,
+    dir: WorkDir,
+    /// Last, so that the ids are free again only once everything else is gone.
+    ids: Lease,
+}
+
+impl Live {
+    /// Starts a session's jail within `limits` and waits until its interpreter
+    /// waits for cells.
+    pub async fn start(runner: &Runner, limits: &Limits) -> Result<Live, Error> {
+        let (prepared, orders) = runner.prepare_session(limits)?;
+        let Prepared {
+            dir,
+            mut display,
+            cgroup,
+            started,
+            warm,
+            ids,
+        } = prepared;
+        let cgroup = cgroup.ok_or(Error::SessionsNeedCgroups)?;
+        let Begun {
+            mut process,
+            stdout,
+            stderr,
+            input,
+            ready,
+            handoff,
+        } = started.begin(warm)?;
+        let gone = CancellationToken::new();
+        let pid = async {
+            if let Some(mut handoff) = handoff {
+                let _ = handoff.write_all(orders.as_bytes()).await;
+            }
+            if let Some(ready) = ready {
+                if !is_ready(ready).await {
+                    return None;
+                }
+            }
+            display::read_pid(&mut display, &gone).await
+        };
+        let pid = tokio::select! {
+            pid = tokio::time::timeout(START_TIMEOUT, pid) => pid.ok().flatten(),
+            _ = process.wait() => None,
+        };
+        let pid = pid.ok_or(Error::SessionDidNotStart)?;
+        let host_pid = host_pid(&cgroup, pid).ok_or(Error::SessionDidNotStart)?;
+        let interpreter = crate::sys::pidfd_open(host_pid)
+            .map_err(Error::jail("open the session interpreter's pidfd"))?;
+        Ok(Live {
+            process,
+            orders: input,
+            stdout,
+            stderr,
+            display,
+            interpreter,
+            cgroup,
+            dir,
+            ids,
+        })
+    }
+
+    /// Runs one call to its end: its output and displays sent as they come, then
+    /// [`Response::Ended`], then the files it changed; the answer is what collection
+    /// left out. When the call ended the interpreter too, `ended` says why.
+    async fn call(
+        &mut self,
+        runner: &Runner,
+        call: &Call,
+        ended: &mut Option<String>,
+    ) -> Result<FilesEnd, Error> {
+        let Call {
+            spec,
+            resolved,
+            frames,
+            gone: caller_gone,
+            ..
+        } = call;
+        let limits = resolved.limits;
+        let Live {
+            process,
+            orders,
+            stdout,
+            stderr,
+            display,
+            interpreter,
+            cgroup,
+            dir,
+            ids,
+        } = self;
+        let work = dir.dirs().work;
+        let inputs = inputs::write(&work, &spec.files, ids.pair(), true)?;
+        dir.write_code(&spec.code)?;
+        dir.write_sandbox(
+            "stdin",
+            spec.stdin.as_deref().unwrap_or_default().as_bytes(),
+        )?;
+        let since = crate::sys::coarse_now();
+        let before = cgroup.report();
+        let cpu_base = before.cpu_ns.unwrap_or(0);
+        cgroup.reset_peak();
+        let started_at = Instant::now();
+        // A dead interpreter shows below, as the process's end.
+        let _ = orders.write_all(b"run\n").await;
+        // Cancelled when the cell ended, or the interpreter did.
+        let over = CancellationToken::new();
+        // Cancelled when the interpreter is gone: the display channel is drained.
+        let dead = CancellationToken::new();
+        let cap = limits.output_bytes as usize;
+        let io = async {
+            let shown = async {
+                let shown =
+                    display::read(display, runner.display_caps(), frames, &dead, true).await;
+                over.cancel();
+                shown
+            };
+            let (out, err, shown) = tokio::join!(
+                forward_call(stdout, Stream::Stdout, cap, frames, over.cancelled()),
+                forward_call(stderr, Stream::Stderr, cap, frames, over.cancelled()),
+                shown,
+            );
+            ((out, err), shown)
+        };
+        let timeout = Duration::from_millis(resolved.timeout_ms.into());
+        let cpu = Duration::from_millis(limits.cpu_ms.into());
+        let watch = async {
+            let watched = watch(
+                process,
+                cgroup,
+                interpreter,
+                timeout,
+                (cpu_base, cpu),
+                caller_gone,
+                &over,
+            )
+            .await;
+            if !matches!(watched, Ok(Watched::CellEnded | Watched::Interrupted(_))) {
+                dead.cancel();
+            }
+            over.cancel();
+            watched
+        };
+        let (watched, (truncated, shown)) = tokio::join!(watch, io);
+        let watched = watched.map_err(Error::jail("wait for the session's interpreter"))?;
+        let cell = |end: Option<CellEnd>| match end {
+            Some(CellEnd::Ok) => ExitStatus::from_raw(0),
+            _ => ExitStatus::from_raw(1 << 8),
+        };
+        let interrupted = ExitStatus::from_raw(libc::SIGINT);
+        let (status, killed_by, was_interrupted) = match watched {
+            // The channel carried something else than the cell's end: the job wrote
+            // into it, and the session can no longer tell where a cell ends.
+            Watched::CellEnded if shown.cell_end.is_none() => {
+                *ended = Some("the session wrote into its own control channel".into());
+                (cell(None), None, false)
+            }
+            Watched::CellEnded => (cell(shown.cell_end), None, false),
+            Watched::Interrupted(why) => (interrupted, why, true),
+            Watched::Died(status) => {
+                *ended = Some(end_reason(
+                    status,
+                    cgroup.report().oom_kills > before.oom_kills,
+                ));
+                (status, None, false)
+            }
+            Watched::Killed(why, status) => {
+                *ended = Some("a call did not stop when interrupted at its limit".into());
+                (status, why, false)
+            }
+        };
+        if ended.is_some() {
+            cgroup.kill_all();
+            wait_until_empty(cgroup).await;
+        }
+        let report = cgroup.report();
+        let observed = Observed {
+            status: Some(status),
+            killed_by,
+            interrupted: was_interrupted,
+            oom_killed: report.oom_kills > before.oom_kills,
+            pids_limited: report.pids_refused > before.pids_refused,
+            disk_full: dir.is_full(),
+            usage: Usage {
+                wall_ms: started_at.elapsed().as_millis() as u64,
+                cpu_ms: report
+                    .cpu_ns
+                    .map(|ns| ns.saturating_sub(cpu_base) / 1_000_000),
+                peak_memory_bytes: report.peak_memory_bytes,
+            },
+            network: Default::default(),
+        };
+        let end = assemble(observed, resolved, truncated, shown);
+        info!(
+            exit_code = end.exit_code,
+            signal = end.signal.as_deref(),
+            limit = end.limit_exceeded.map(LimitKind::as_str),
+            wall_ms = end.usage.wall_ms,
+            "session call finished"
+        );
+        if frames.send(Response::Ended(end)).await.is_err() || !spec.collect_files {
+            return Ok(FilesEnd::default());
+        }
+        let collected = collect_files(
+            work,
+            runner.collect_caps(),
+            inputs,
+            Some(since),
+            frames.clone(),
+        )
+        .await?;
+        Ok(FilesEnd {
+            skipped_files: collected.skipped,
+            skipped_unlisted: collected.skipped_unlisted,
+        })
+    }
+}
+
+/// How a call's wait ended.
+enum Watched {
+    /// The cell ran to its end (or raised).
+    CellEnded,
+    /// The cell stopped when interrupted: at its time or CPU limit, or because its
+    /// caller left (`None`).
+    Interrupted(Option<LimitKind>),
+    /// The interpreter ended.
+    Died(ExitStatus),
+    /// The cell did not stop when interrupted; the session was killed.
+    Killed(Option<LimitKind>, ExitStatus),
+}
+
+/// Waits for the cell to end (`over`) or the interpreter to die; at the call's time
+/// or CPU limit, or when its caller is gone, interrupts the cell and gives it
+/// [`INTERRUPT_GRACE`] to stop before everything of the session is killed.
+async fn watch(
+    process: &mut Process,
+    cgroup: &JobCgroup,
+    interpreter: &OwnedFd,
+    timeout: Duration,
+    (cpu_base, cpu_limit): (u64, Duration),
+    caller_gone: &CancellationToken,
+    over: &CancellationToken,
+) -> std::io::Result<Watched> {
+    let why = tokio::select! {
+        biased;
+        () = over.cancelled() => return Ok(Watched::CellEnded),
+        status = process.wait() => return Ok(Watched::Died(status?)),
+        () = tokio::time::sleep(timeout) => Some(LimitKind::Time),
+        () = cpu_spent(cgroup, cpu_base, cpu_limit) => Some(LimitKind::Cpu),
+        () = caller_gone.cancelled() => None,
+    };
+    if let Err(e) = crate::sys::pidfd_send_signal(interpreter.as_fd(), libc::SIGINT) {
+        warn!(error = %e, "cannot interrupt the session's interpreter");
+    }
+    tokio::select! {
+        biased;
+        () = over.cancelled() => Ok(Watched::Interrupted(why)),
+        status = process.wait() => Ok(Watched::Died(status?)),
+        () = tokio::time::sleep(INTERRUPT_GRACE) => {
+            cgroup.kill_all();
+            let status = process.wait().await?;
+            Ok(Watched::Killed(why, status))
+        }
+    }
+}
+
+/// Why a session whose interpreter ended with `status` is over, in words for its
+/// client.
+fn end_reason(status: ExitStatus, oom_killed: bool) -> String {
+    if oom_killed {
+        return "the memory limit was exceeded".into();
+    }
+    match (status.code(), status.signal()) {
+        (Some(code), _) if code > 128 => {
+            format!("the interpreter was killed by signal {}", code - 128)
+        }
+        (Some(code), _) => format!("the interpreter exited with code {code}"),
+        (None, Some(signal)) => format!("the interpreter was killed by signal {signal}"),
+        (None, None) => "the interpreter ended".into(),
+    }
+}
+
+/// The host pid of the session's interpreter, whose pid in its own namespace is
+/// `pid`: the process of the session's cgroup whose innermost `NSpid` it is.
+fn host_pid(cgroup: &JobCgroup, pid: i32) -> Option<i32> {
+    cgroup.pids().into_iter().find(|host| {
+        let status = std::fs::read_to_string(format!("/proc/{host}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("NSpid:"))
+            .and_then(|ids| ids.split_whitespace().last())
+            .and_then(|inner| inner.parse::<i32>().ok())
+            == Some(pid)
+    })
+}
+
+/// A session's task: runs its calls one at a time, and ends it when it is closed,
+/// its interpreter dies, or it sits idle past its timeout.
+async fn serve(
+    sessions: Arc<Sessions>,
+    runner: Arc<Runner>,
+    mut live: Live,
+    shared: Arc<Shared>,
+    mut commands: mpsc::Receiver<Command>,
+) {
+    info!(session = %shared.id, "session opened");
+    let reason = loop {
+        let idle = tokio::time::Instant::from_std(shared.idle_deadline());
+        tokio::select! {
+            command = commands.recv() => match command {
+                Some(Command::Call(call)) => {
+                    let mut ended = None;
+                    let answer = live.call(&runner, &call, &mut ended).await;
+                    shared.used();
+                    if let Some(reason) = &ended {
+                        // Before the answer: the caller's next request sees it.
+                        shared.end(reason.clone());
+                    }
+                    let _ = call.done.send(answer);
+                    if ended.is_some() {
+                        break ended;
+                    }
+                }
+                Some(Command::Close(closed)) => {
+                    drop(live);
+                    sessions.ended(&shared, None);
+                    info!(session = %shared.id, "session closed");
+                    let _ = closed.send(());
+                    return;
+                }
+                // The executor is shutting down.
+                None => break None,
+            },
+            status = live.process.wait() => {
+                let oom = live.cgroup.report().oom_kills > 0;
+                break Some(match status {
+                    Ok(status) => end_reason(status, oom),
+                    Err(_) => "the interpreter ended".into(),
+                });
+            }
+            () = tokio::time::sleep_until(idle) => {
+                info!(session = %shared.id, "session expired");
+                break None;
+            }
+        }
+    };
+    drop(live);
+    if let Some(reason) = &reason {
+        info!(session = %shared.id, reason, "session ended");
+    }
+    sessions.ended(&shared, reason);
+}
