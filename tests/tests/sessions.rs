@@ -663,6 +663,19 @@ async fn stream_call(svc: &Service, id: &str, body: &Value) -> Vec<(String, Valu
     events
 }
 
+/// A call's answer in short, for the log: status, then exit, signal, time-out and
+/// stdout, or the error.
+fn outcome(reply: &Reply) -> String {
+    let out = &reply.json;
+    match reply.status {
+        200 => format!(
+            "200 exitCode {} signal {} timedOut {} stdout {}",
+            out["exitCode"], out["signal"], out["timedOut"], out["stdout"]
+        ),
+        status => format!("{status} {}", reply.text),
+    }
+}
+
 /// Runs `hostile` (with `timeoutMs` 3000) in a session of its own, beside a
 /// bystander session, then asserts that at worst it broke its own session: its
 /// call answered 200, later calls to it answer 200 or 410, and the bystander's
@@ -681,6 +694,7 @@ async fn assert_breaks_at_most_its_own_session(svc: &Service, hostile: &str) {
         "the hostile call was not answered as a call: {}",
         reply.text
     );
+    let mut outcomes = vec![outcome(&reply)];
     for _ in 0..2 {
         let later = victim
             .execute(&json!({ "code": "print(6 * 7)", "timeoutMs": 3000 }))
@@ -688,7 +702,9 @@ async fn assert_breaks_at_most_its_own_session(svc: &Service, hostile: &str) {
         if later.status != 200 {
             assert_ended(&later);
         }
+        outcomes.push(outcome(&later));
     }
+    eprintln!("the hostile call, then two calls after it: {outcomes:#?}");
     let kept = bystander.run_code("kept").await;
     assert_eq!(kept["result"], "'bystander'", "the bystander: {kept:#}");
     let fresh = Session::open_default(svc).await;
@@ -1419,19 +1435,14 @@ async fn a_bad_post_sessions_body_is_400() {
         400,
         json!({ "error": "limits.memoryMb: must be from 8 to 4096", "field": "limits.memoryMb" }),
     );
+    // Nothing is allowed by this configuration (the exact message under one that
+    // allows something: a_session_may_narrow_the_configured_network_as_execute_does).
     let reply = post_sessions(
         &svc,
         json!({ "network": { "allowedDomains": ["evil.com"] } }).to_string(),
     )
     .await;
-    assert_error(
-        &reply,
-        400,
-        json!({
-            "error": "network.allowedDomains: evil.com is not allowed by the executor's configuration",
-            "field": "network.allowedDomains",
-        }),
-    );
+    assert_field_error(&reply, "network.allowedDomains");
     // The bounds themselves are accepted.
     for idle in [1000, 3_600_000] {
         let session = Session::open(&svc, json!({ "idleTimeoutMs": idle })).await;
@@ -1442,6 +1453,41 @@ async fn a_bad_post_sessions_body_is_400() {
         );
         session.delete().await;
     }
+}
+
+/// `network` in `POST /sessions` follows `/execute`'s rules: a session may ask for
+/// what the configuration allows, and its proxy refuses the rest.
+#[tokio::test]
+async fn a_session_may_narrow_the_configured_network_as_execute_does() {
+    require_root!();
+    let svc = Service::builder()
+        .executor_config_toml("[network]\nallowed_domains = [\"allowed.test\"]\n")
+        .start();
+    let reply = post_sessions(
+        &svc,
+        json!({ "network": { "allowedDomains": ["evil.test"] } }).to_string(),
+    )
+    .await;
+    assert_error(
+        &reply,
+        400,
+        json!({
+            "error": "network.allowedDomains: evil.test is not allowed by the executor's configuration",
+            "field": "network.allowedDomains",
+        }),
+    );
+    let session = Session::open(
+        &svc,
+        json!({ "network": { "allowedDomains": ["allowed.test"] } }),
+    )
+    .await;
+    let code = "import socket\n\
+                s = socket.create_connection(('127.0.0.1', 3128), timeout=20)\n\
+                s.sendall(b'CONNECT evil.test:443 HTTP/1.1\\r\\nHost: evil.test:443\\r\\n\\r\\n')\n\
+                print(s.recv(100).split()[1].decode())";
+    let out = session.run_code(code).await;
+    assert_eq!(out["stdout"], "403\n", "{out:#}");
+    assert_eq!(out["violations"][0]["target"], "evil.test:443", "{out:#}");
 }
 
 #[tokio::test]
@@ -1593,6 +1639,22 @@ async fn return_files_returns_only_what_the_call_created_or_changed() {
         .await;
     assert_eq!(third["stdout"], "['a.txt', 'b.txt', 'sub']\n", "{third:#}");
     assert_eq!(returned_files(&third), [], "{third:#}");
+    // Quick calls back to back, each writing at its very end: a call that starts
+    // within a clock tick of the previous one's last write must not return it.
+    for step in 0..10 {
+        let name = format!("step-{step}.txt");
+        let out = session
+            .run(json!({
+                "code": format!("open({name:?}, 'w').write('{step}')"),
+                "returnFiles": true,
+            }))
+            .await;
+        assert_eq!(
+            returned_files(&out),
+            [(name, step.to_string())],
+            "call {step} of the quick ones: {out:#}"
+        );
+    }
 }
 
 #[tokio::test]
