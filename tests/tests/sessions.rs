@@ -882,6 +882,55 @@ async fn a_session_does_not_expire_during_a_long_call() {
     assert_eq!(after["stdout"], "done\n", "{after:#}");
 }
 
+/// A client that hangs up mid-call interrupts its call (issue 16: "a client that
+/// disconnects kills ... its call, for a session"); the session lives on.
+#[tokio::test]
+async fn a_client_that_hangs_up_interrupts_its_call_and_the_session_lives_on() {
+    require_root!();
+    let svc = Service::start();
+    let needle = sleep_needle("600.");
+    let session = Session::open_default(&svc).await;
+    session.run_code("kept = 'before'").await;
+    let body = json!({
+        "code": format!(
+            "import subprocess\nsubprocess.run(['sleep', {}])\nfinished = True",
+            py_concat(&needle)
+        ),
+        "timeoutMs": 60000,
+    })
+    .to_string();
+    let request = format!(
+        "POST {} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        session.path("/execute"),
+        svc.frontend.addr(),
+        svc.token(),
+        body.len()
+    );
+    let mut client = tokio::net::TcpStream::connect(svc.frontend.addr())
+        .await
+        .expect("connect");
+    tokio::io::AsyncWriteExt::write_all(&mut client, request.as_bytes())
+        .await
+        .expect("send");
+    wait_for_process(&needle).await;
+    drop(client);
+    assert!(
+        process_gone(&needle, CLEANUP_DEADLINE).await,
+        "the call outlived its client: {:?}",
+        host_processes_matching(&needle)
+    );
+    let (svc_ref, id) = (&svc, session.id.as_str());
+    let idle = eventually(CLEANUP_DEADLINE, || async move {
+        get_session(svc_ref, id).await.json["busy"] == false
+    })
+    .await;
+    assert!(idle, "still busy: {}", session.state().await.text);
+    let after = session
+        .run_code("print(kept, 'finished' in globals())")
+        .await;
+    assert_eq!(after["stdout"], "before False\n", "{after:#}");
+}
+
 #[tokio::test]
 async fn code_that_ignores_the_interrupt_is_killed_and_later_calls_get_410() {
     require_root!();
@@ -1236,6 +1285,14 @@ async fn post_sessions_is_429_with_retry_after_at_session_max() {
     let third = Session::open_default(&svc).await;
     let out = third.run_code("6 * 7").await;
     assert_eq!(out["result"], "42", "{out:#}");
+    assert_too_many(&post_sessions(&svc, "").await);
+    // And when one ends (410 now): only live sessions count.
+    let out = third.run_code("import sys\nsys.exit(0)").await;
+    assert_eq!(out["exitCode"], 0, "{out:#}");
+    assert_ended(&third.state().await);
+    let fourth = Session::open_default(&svc).await;
+    let out = fourth.run_code("6 * 7").await;
+    assert_eq!(out["result"], "42", "{out:#}");
 }
 
 #[tokio::test]
@@ -1245,7 +1302,7 @@ async fn post_sessions_is_429_when_their_memory_would_pass_session_memory_mb() {
         .executor_config_toml("session_memory_mb = 200\n")
         .start();
     let big = json!({ "limits": { "memoryMb": 128 } });
-    let _first = Session::open(&svc, big.clone()).await;
+    let first = Session::open(&svc, big.clone()).await;
     assert_too_many(&post_sessions(&svc, big.to_string()).await);
     // 128 + 64 fits in 200: it is the memory that is full, not a count.
     let small = Session::open(&svc, json!({ "limits": { "memoryMb": 64 } })).await;
@@ -1253,6 +1310,15 @@ async fn post_sessions_is_429_when_their_memory_would_pass_session_memory_mb() {
         small.created["limits"]["memoryMb"], 64,
         "{:#}",
         small.created
+    );
+    assert_too_many(&post_sessions(&svc, big.to_string()).await);
+    // A deleted session's memory is given back: 64 + 128 fits again.
+    first.delete().await;
+    let again = Session::open(&svc, big.clone()).await;
+    assert_eq!(
+        again.created["limits"]["memoryMb"], 128,
+        "{:#}",
+        again.created
     );
 }
 
@@ -1395,9 +1461,21 @@ async fn session_limits_and_network_in_a_call_are_400_but_cpu_and_output_apply()
         (Some(100), &json!(true), &json!("output")),
         "{out:#}"
     );
+    // A call's CPU limit interrupts that call only, as its time limit does.
+    session.run_code("kept = 'before'").await;
+    let out = session
+        .run(json!({
+            "code": "while True:\n    pass",
+            "limits": { "cpuMs": 500 },
+            "timeoutMs": 60000,
+        }))
+        .await;
+    assert_eq!(out["limitExceeded"], "cpu", "{out:#}");
+    let after = session.run_code("print(kept)").await;
+    assert_eq!(after["stdout"], "before\n", "{after:#}");
     let state = session.state().await;
     assert_eq!(
-        state.json["calls"], 1,
+        state.json["calls"], 4,
         "a refused call counted: {}",
         state.text
     );
