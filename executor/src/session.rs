@@ -625,18 +625,18 @@ impl Live {
         } = self;
         let work = dir.dirs().work;
         let inputs = inputs::write(&work, &spec.files, ids.pair(), true)?;
-        dir.write_code(&spec.code)?;
-        dir.write_sandbox(
-            "stdin",
-            spec.stdin.as_deref().unwrap_or_default().as_bytes(),
-        )?;
+        let stdin = spec.stdin.as_deref().unwrap_or_default();
+        let order = [
+            format!("run {} {}\n", spec.code.len(), stdin.len()).as_bytes(),
+            spec.code.as_bytes(),
+            stdin.as_bytes(),
+        ]
+        .concat();
         let since = crate::sys::coarse_now();
         let before = cgroup.report();
         let cpu_base = before.cpu_ns.unwrap_or(0);
         cgroup.reset_peak();
         let started_at = Instant::now();
-        // A dead interpreter shows below, as the process's end.
-        let _ = orders.write_all(b"run\n").await;
         // Cancelled when the cell ended, or the interpreter did.
         let over = CancellationToken::new();
         // Cancelled when the interpreter is gone: the display channel is drained.
@@ -649,10 +649,17 @@ impl Live {
                 over.cancel();
                 shown
             };
-            let (out, err, shown) = tokio::join!(
+            // Sent alongside the rest, under the call's deadline: an interpreter
+            // that does not read its orders is interrupted, then killed, like one
+            // that does not end its cell. A dead one shows as the process's end.
+            let send = async {
+                let _ = orders.write_all(&order).await;
+            };
+            let (out, err, shown, ()) = tokio::join!(
                 forward_call(stdout, Stream::Stdout, cap, frames, over.cancelled()),
                 forward_call(stderr, Stream::Stderr, cap, frames, over.cancelled()),
                 shown,
+                send,
             );
             ((out, err), shown)
         };
