@@ -1122,6 +1122,39 @@ mod tests {
     }
 
     #[test]
+    fn session_settings() {
+        let config = load_file(
+            "session_max = 3\nsession_memory_mb = 1024\nsession_idle_timeout_ms = 5000\n\
+             session_max_idle_timeout_ms = 60000\nsession_ended_keep_ms = 100\n\
+             session_route = \"pod-7\"",
+        )
+        .unwrap();
+        assert_eq!(
+            config.sessions,
+            SessionSettings {
+                max: 3,
+                memory_mb: 1024,
+                idle_timeout_ms: 5000,
+                max_idle_timeout_ms: 60000,
+                ended_keep_ms: 100,
+                route: "pod-7".into(),
+            }
+        );
+        let defaults = load(&[]).unwrap().sessions;
+        assert_eq!((defaults.max, defaults.idle_timeout_ms), (16, 600_000));
+        assert!(!defaults.route.is_empty());
+        for bad in [
+            "session_route = \"Pod_7\"",
+            "session_route = \"\"",
+            "session_route = \"a.b\"",
+            "session_idle_timeout_ms = 999",
+            "session_idle_timeout_ms = 7200000",
+        ] {
+            assert!(load_file(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn queue_shutdown_and_connection_settings() {
         let config = load_file(
             "max_queued_jobs = 3\nqueue_timeout_ms = 500\nshutdown_grace_secs = 7\n\

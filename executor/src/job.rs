@@ -529,7 +529,6 @@ impl Runner {
             }
         };
         jail.dir.write_sandbox("session", b"")?;
-        jail.dir.write_sandbox("stdin", b"")?;
         Ok((jail, self.orders(&lifelong)))
     }
 

@@ -405,6 +405,7 @@ impl Sessions {
 
 /// Room held for a session whose jail is being set up; given back if it does not
 /// start.
+#[derive(Debug)]
 pub struct Reservation {
     sessions: Arc<Sessions>,
     id: Option<String>,
@@ -624,18 +625,18 @@ impl Live {
         } = self;
         let work = dir.dirs().work;
         let inputs = inputs::write(&work, &spec.files, ids.pair(), true)?;
-        dir.write_code(&spec.code)?;
-        dir.write_sandbox(
-            "stdin",
-            spec.stdin.as_deref().unwrap_or_default().as_bytes(),
-        )?;
+        let stdin = spec.stdin.as_deref().unwrap_or_default();
+        let order = [
+            format!("run {} {}\n", spec.code.len(), stdin.len()).as_bytes(),
+            spec.code.as_bytes(),
+            stdin.as_bytes(),
+        ]
+        .concat();
         let since = crate::sys::coarse_now();
         let before = cgroup.report();
         let cpu_base = before.cpu_ns.unwrap_or(0);
         cgroup.reset_peak();
         let started_at = Instant::now();
-        // A dead interpreter shows below, as the process's end.
-        let _ = orders.write_all(b"run\n").await;
         // Cancelled when the cell ended, or the interpreter did.
         let over = CancellationToken::new();
         // Cancelled when the interpreter is gone: the display channel is drained.
@@ -648,10 +649,17 @@ impl Live {
                 over.cancel();
                 shown
             };
-            let (out, err, shown) = tokio::join!(
+            // Sent alongside the rest, under the call's deadline: an interpreter
+            // that does not read its orders is interrupted, then killed, like one
+            // that does not end its cell. A dead one shows as the process's end.
+            let send = async {
+                let _ = orders.write_all(&order).await;
+            };
+            let (out, err, shown, ()) = tokio::join!(
                 forward_call(stdout, Stream::Stdout, cap, frames, over.cancelled()),
                 forward_call(stderr, Stream::Stderr, cap, frames, over.cancelled()),
                 shown,
+                send,
             );
             ((out, err), shown)
         };
@@ -882,4 +890,109 @@ async fn serve(
         info!(session = %shared.id, reason, "session ended");
     }
     sessions.ended(&shared, reason);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ended_session_says_why_in_words() {
+        let exited = |code: i32| ExitStatus::from_raw(code << 8);
+        assert_eq!(
+            end_reason(exited(3), false),
+            "the interpreter exited with code 3"
+        );
+        assert_eq!(
+            end_reason(exited(128 + 11), false),
+            "the interpreter was killed by signal 11"
+        );
+        assert_eq!(
+            end_reason(ExitStatus::from_raw(libc::SIGKILL), false),
+            "the interpreter was killed by signal 9"
+        );
+        assert_eq!(
+            end_reason(ExitStatus::from_raw(libc::SIGKILL), true),
+            "the memory limit was exceeded"
+        );
+    }
+
+    fn sessions(max: u32, memory_mb: u64) -> Arc<Sessions> {
+        Arc::new(Sessions::new(SessionSettings {
+            max,
+            memory_mb,
+            idle_timeout_ms: 1000,
+            max_idle_timeout_ms: 2000,
+            ended_keep_ms: 60_000,
+            route: "pod-1".into(),
+        }))
+    }
+
+    #[test]
+    fn reservations_hold_the_caps_and_give_room_back_when_dropped() {
+        let sessions = sessions(2, 1000);
+        let first = sessions.reserve(400).unwrap();
+        let id = first.id.clone().unwrap();
+        assert!(
+            id.starts_with("pod-1.") && id.len() == "pod-1.".len() + 32,
+            "{id}"
+        );
+        assert!(pysandbox_shared::is_session_id(&id));
+        // A session whose jail still starts is nobody's to describe or close.
+        assert_eq!(sessions.describe(&id), Err(JobError::SessionNotFound));
+        let full = sessions.reserve(700).unwrap_err();
+        assert!(matches!(full, JobError::SessionsFull { .. }), "{full:?}");
+        let second = sessions.reserve(600).unwrap();
+        assert_ne!(second.id, first.id);
+        let full = sessions.reserve(1).unwrap_err();
+        assert!(
+            matches!(&full, JobError::SessionsFull { reason, .. } if reason.contains("2 are open")),
+            "{full:?}"
+        );
+        drop(first);
+        assert!(sessions.reserve(400).is_ok());
+        assert_eq!(sessions.open_count(), 1);
+    }
+
+    #[test]
+    fn an_ended_session_answers_ended_until_it_is_forgotten() {
+        let sessions = sessions(4, 1000);
+        let shared = Arc::new(Shared {
+            id: "pod-1.00".into(),
+            created: SystemTime::now(),
+            idle_timeout: Duration::from_secs(1),
+            limits: crate::config::MIN_LIMITS,
+            memory_file: None,
+            busy: AtomicBool::new(false),
+            calls: AtomicU64::new(0),
+            last_used: Mutex::new((SystemTime::now(), Instant::now())),
+            ended: Mutex::new(None),
+        });
+        let (commands, _received) = mpsc::channel(1);
+        sessions.entries.lock().unwrap().insert(
+            shared.id.clone(),
+            Entry {
+                shared: Arc::clone(&shared),
+                commands: Some(commands),
+            },
+        );
+        assert_eq!(sessions.describe("pod-1.00").unwrap().calls, 0);
+        sessions.ended(&shared, Some("the interpreter exited with code 3".into()));
+        let ended = JobError::SessionEnded {
+            reason: "the interpreter exited with code 3".into(),
+        };
+        assert_eq!(sessions.describe("pod-1.00"), Err(ended));
+        assert_eq!(sessions.open_count(), 0);
+        // Past the keep time, it is forgotten.
+        *shared.ended.lock().unwrap() =
+            Some(("x".into(), Instant::now() - Duration::from_secs(61)));
+        assert_eq!(
+            sessions.describe("pod-1.00"),
+            Err(JobError::SessionNotFound)
+        );
+        assert_eq!(
+            sessions.describe("pod-1.nope"),
+            Err(JobError::SessionNotFound)
+        );
+    }
 }

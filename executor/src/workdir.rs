@@ -161,8 +161,7 @@ impl WorkDir {
     }
 
     /// Writes `data` to `/sandbox/<name>` in the jail, readable but not writable by
-    /// the job: a session's orders (the cell's code and stdin), which the job cannot
-    /// swap since the directory is root's.
+    /// the job (the directory is root's): its code, or the mark of a session.
     pub fn write_sandbox(&self, name: &str, data: &[u8]) -> Result<(), Error> {
         let path = self.root.join("sandbox").join(name);
         std::fs::write(&path, data).map_err(Error::setup("write", &path))?;

@@ -23,10 +23,20 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// Builds a reply, panicking if the body is not JSON (every response must be).
+    /// Builds a reply, panicking if the body is not JSON (every response must be,
+    /// but a `204`, which must be empty: its `json` is `null`).
     #[track_caller]
     pub fn new(status: u16, headers: HeaderMap, body: &[u8]) -> Reply {
         let text = String::from_utf8_lossy(body).into_owned();
+        if status == 204 {
+            assert!(body.is_empty(), "a 204 with a body: {text:?}");
+            return Reply {
+                status,
+                headers,
+                text,
+                json: serde_json::Value::Null,
+            };
+        }
         let json = serde_json::from_slice(body).unwrap_or_else(|e| {
             panic!("the {status} response body is not JSON ({e}): {text:?}; headers: {headers:?}")
         });

@@ -82,6 +82,79 @@ fn readme_request_bodies() -> Vec<Value> {
     bodies
 }
 
+/// The JSON bodies of the README's `curl …/sessions … --data '{…}'` examples.
+fn readme_session_bodies() -> Vec<Value> {
+    let readme = include_str!("../../README.md");
+    let bodies: Vec<Value> = readme
+        .lines()
+        .filter(|line| line.contains("/sessions -H"))
+        .filter_map(|line| {
+            let rest = &line[line.find(" --data '")? + " --data '".len()..];
+            let body = &rest[..rest.find('\'').expect("a closing quote")];
+            Some(serde_json::from_str(body).unwrap_or_else(|e| panic!("README body {body}: {e}")))
+        })
+        .collect();
+    assert!(!bodies.is_empty(), "no session example found");
+    bodies
+}
+
+#[tokio::test]
+async fn readme_session_requests_and_real_sessions_fit_the_schemas() {
+    require_root!();
+    let svc = Service::start();
+    let (_, file) = document(&svc).await;
+    let path = file.path().to_str().expect("UTF-8 path");
+    let token = format!("Bearer {}", svc.token());
+    let auth = [("authorization", token.as_str())];
+    let bodies = readme_session_bodies();
+    let mut states = Vec::new();
+    let mut calls = Vec::new();
+    for body in &bodies {
+        let opened = svc
+            .request(
+                Method::POST,
+                "/sessions",
+                &auth,
+                Some(body.to_string().into_bytes()),
+            )
+            .await;
+        assert_eq!(opened.status, 201, "{body}: {}", opened.text);
+        let id = opened.json["sessionId"].as_str().expect("an id").to_owned();
+        let call = svc
+            .request(
+                Method::POST,
+                &format!("/sessions/{id}/execute"),
+                &auth,
+                Some(json!({"code": "6 * 7"}).to_string().into_bytes()),
+            )
+            .await;
+        assert_eq!(call.json["result"], "42", "{}", call.text);
+        let described = svc
+            .request(Method::GET, &format!("/sessions/{id}"), &auth, None)
+            .await;
+        let closed = svc
+            .request(Method::DELETE, &format!("/sessions/{id}"), &auth, None)
+            .await;
+        assert_eq!(closed.status, 204, "{}", closed.text);
+        states.extend([opened.json, described.json]);
+        calls.push(call.json);
+    }
+    let refused = json!({"idleTimeoutMs": 0});
+    let reply = svc
+        .request(
+            Method::POST,
+            "/sessions",
+            &auth,
+            Some(refused.to_string().into_bytes()),
+        )
+        .await;
+    assert_eq!(reply.status, 400, "{}", reply.text);
+    check(&["instances", path, "OpenSessionRequest"], &bodies);
+    assert!(!fits(file.path(), "OpenSessionRequest", &refused));
+    check(&["instances", path, "SessionBody"], &states);
+    check(&["instances", path, "ExecuteResult"], &calls);
+}
+
 #[tokio::test]
 async fn the_document_needs_no_token_and_is_valid_openapi_3_1() {
     require_root!();

@@ -263,16 +263,23 @@ def _pysandbox_run(main, source, path, emit):
             tb = tb.tb_next
         # The traceback printed is the exception's own, so cut it there too.
         error = error.with_traceback(tb)
-        sys.excepthook(type(error), error, tb)
+        if path.startswith("<cell") and sys.excepthook is sys.__excepthook__:
+            # A cell has no file: this printer finds its lines in linecache.
+            import traceback
+
+            traceback.print_exception(type(error), error, tb)
+        else:
+            sys.excepthook(type(error), error, tb)
         return error
     return None
 
 
 def serve_session(main, emit, show_figure):
     # A session (`/sandbox/session` exists): cells run one after another in the one
-    # `main` namespace, as in a notebook. The executor writes a cell to
-    # /sandbox/main.py and its stdin to /sandbox/stdin, then sends a line on fd 0;
-    # the end of each cell is an `E` record on the display channel with its status:
+    # `main` namespace, as in a notebook. The executor sends each cell on fd 0: a
+    # line `run CODE_BYTES STDIN_BYTES`, then the code, then the cell's stdin (on the
+    # pipe, not on the session's disk, which the session may have filled). The end
+    # of each cell is an `E` record on the display channel with its status:
     # `0`, `1` (an uncaught exception, its traceback printed) or `I` (interrupted:
     # the executor sent SIGINT at the call's time or CPU limit). A SystemExit ends
     # the session as it would end a script. The first record, `P`, is this
@@ -294,13 +301,15 @@ def serve_session(main, emit, show_figure):
     emit(b"P", str(os.getpid()).encode())
     cells = 0
     while True:
-        if not orders.readline(64):
+        order = orders.readline(64).split()
+        if len(order) != 3 or order[0] != b"run":
             return  # the executor closed the session
+        source = read_exactly(orders, int(order[1]))
+        stdin = read_exactly(orders, int(order[2]))
+        if source is None or stdin is None:
+            return
         cells += 1
-        with open("/sandbox/main.py", "rb") as f:
-            source = f.read()
-        with open("/sandbox/stdin", "rb") as f:
-            sys.stdin = io.TextIOWrapper(io.BytesIO(f.read()), encoding="utf-8")
+        sys.stdin = io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8")
         # Each cell's source under a name of its own, kept for tracebacks that show
         # a function defined in an earlier cell.
         name = "<cell %d>" % cells
@@ -326,6 +335,18 @@ def serve_session(main, emit, show_figure):
             except BaseException:
                 pass
         emit(b"E", status)
+
+
+def read_exactly(stream, size):
+    # `size` bytes of `stream`, or None if it ends first.
+    chunks = []
+    while size > 0:
+        chunk = stream.read(min(size, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
 
 
 def close_figures():
