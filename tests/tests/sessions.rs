@@ -23,7 +23,6 @@ use pysandbox_tests::{
     assert_error, host_processes_matching, py_concat, random_hex, require_root, sleep_needle,
     stdout_json, wait_until_async, Reply, Service,
 };
-use reqwest::header::HeaderMap;
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -131,7 +130,7 @@ impl<'a> Session<'a> {
     async fn delete(&self) {
         let reply = delete_session(self.svc, &self.id).await;
         assert_eq!(
-            (reply.status, String::from_utf8_lossy(&reply.body).as_ref()),
+            (reply.status, reply.text.as_str()),
             (204, ""),
             "DELETE {}",
             self.path("")
@@ -184,61 +183,17 @@ async fn get_session(svc: &Service, id: &str) -> Reply {
     .await
 }
 
-/// A response read without assuming a JSON body: a 204 has none.
-#[derive(Debug)]
-struct RawReply {
-    status: u16,
-    headers: HeaderMap,
-    body: Vec<u8>,
-}
-
-impl RawReply {
-    /// As a [`Reply`], panicking unless the body is JSON.
-    #[track_caller]
-    fn json(&self) -> Reply {
-        Reply::new(self.status, self.headers.clone(), &self.body)
-    }
-}
-
 /// `DELETE /sessions/{id}` with the token.
-async fn delete_session(svc: &Service, id: &str) -> RawReply {
+async fn delete_session(svc: &Service, id: &str) -> Reply {
     let auth = bearer(svc);
     let path = format!("/sessions/{id}");
-    send_raw(
-        svc,
+    svc.request(
         Method::DELETE,
         &path,
         &[("authorization", auth.as_str())],
+        None,
     )
     .await
-}
-
-/// Any request without a body, with exactly `headers`; panics on transport errors.
-async fn send_raw(svc: &Service, method: Method, path: &str, headers: &[(&str, &str)]) -> RawReply {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("cannot build the HTTP client");
-    let mut request = client.request(method.clone(), svc.url(path));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = request
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{method} {path} failed: {e:?}"));
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = response
-        .bytes()
-        .await
-        .unwrap_or_else(|e| panic!("reading the body of {method} {path} failed: {e:?}"))
-        .to_vec();
-    RawReply {
-        status,
-        headers,
-        body,
-    }
 }
 
 /// Asserts `410 {"error": "session ended: <reason>"}` (JSON, a reason given).
@@ -625,8 +580,17 @@ fn returned_files(out: &Value) -> Vec<(String, String)> {
 
 /// The value of the unlabelled sample `name` in `GET /metrics`, if present.
 async fn metric(svc: &Service, name: &str) -> Option<f64> {
-    let reply = send_raw(svc, Method::GET, "/metrics", &[]).await;
-    let text = String::from_utf8_lossy(&reply.body).into_owned();
+    let text = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+        .get(svc.url("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("the metrics");
     text.lines().find_map(|line| {
         let value = line.strip_prefix(name)?.strip_prefix(' ')?;
         value.trim().parse().ok()
@@ -1221,7 +1185,7 @@ async fn delete_leaves_nothing_and_background_processes_live_until_then() {
         404,
         gone.clone(),
     );
-    assert_error(&delete_session(&svc, &session.id).await.json(), 404, gone);
+    assert_error(&delete_session(&svc, &session.id).await, 404, gone);
 }
 
 #[tokio::test]
@@ -1343,11 +1307,7 @@ async fn unknown_and_malformed_ids_are_404() {
         assert_error(&get_session(&svc, id).await, 404, not_found.clone());
         let reply = execute_in(&svc, id, &json!({ "code": "print(1)" })).await;
         assert_error(&reply, 404, not_found.clone());
-        assert_error(
-            &delete_session(&svc, id).await.json(),
-            404,
-            not_found.clone(),
-        );
+        assert_error(&delete_session(&svc, id).await, 404, not_found.clone());
     }
     let state = live.state().await;
     assert_eq!(
