@@ -252,14 +252,19 @@ impl Executor {
 
     /// Ids (names under `<state dir>/jobs`, and `job-<id>` cgroups) of the warm jails
     /// waiting for a job: no code has been handed to them yet. Checks of what a job
-    /// leaves behind ignore these, so they hold with the pool on and off.
+    /// leaves behind ignore these, so they hold with the pool on and off. A
+    /// session's jail (`sandbox/session`) is never idle: its cells come on a pipe,
+    /// so it has no `main.py`.
     pub fn idle_jail_ids(&self) -> Vec<String> {
         let jobs = self.state_dir.join("jobs");
         fs::read_dir(jobs)
             .into_iter()
             .flatten()
             .flatten()
-            .filter(|entry| !entry.path().join("sandbox/main.py").exists())
+            .filter(|entry| {
+                let sandbox = entry.path().join("sandbox");
+                !sandbox.join("main.py").exists() && !sandbox.join("session").exists()
+            })
             .map(|entry| entry.file_name().to_string_lossy().into_owned())
             .collect()
     }
