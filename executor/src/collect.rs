@@ -26,6 +26,7 @@
 //! above. A session's processes live on between its calls; the checks hold while
 //! something swaps entries too, and every read is bounded by the size checked.
 
+use std::collections::HashSet;
 use std::ffi::{CStr, CString};
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -55,7 +56,7 @@ pub struct Caps {
 /// What a file looked like when the executor wrote it: an input file whose stamp is
 /// unchanged is the caller's own, not something the job produced. The job cannot
 /// forge a change time (only the kernel sets it, on every write or chmod).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Stamp {
     ino: u64,
     size: i64,
@@ -91,22 +92,21 @@ pub struct Collected {
 }
 
 /// Passes the regular files under `work` to `sink`, in path order, within `caps`,
-/// leaving out the input files whose stamps are in `inputs`, and, with `since` (a
-/// session's call: seconds and nanoseconds of the kernel's coarse clock), the files
-/// that did not change since then. Only a failure to open `work` itself is an
-/// error; an entry that cannot be read is skipped as unreadable.
+/// leaving out those whose stamps are in `unchanged`: the input files of a job, and
+/// for a session's call every file as it was when the call began. Only a failure to
+/// open `work` itself is an error; an entry that cannot be read is skipped as
+/// unreadable.
 pub(crate) fn collect(
     work: &Path,
     caps: Caps,
-    inputs: &[Stamp],
-    since: Option<(i64, i64)>,
+    unchanged: &HashSet<Stamp>,
     sink: &mut dyn Sink,
 ) -> std::io::Result<Collected> {
     let root = Dir::from(open_dir(work)?)?;
     let mut walk = Walk {
         caps,
-        inputs,
-        since,
+        unchanged,
+        stamping: None,
         sink,
         files: 0,
         total_bytes: 0,
@@ -117,10 +117,44 @@ pub(crate) fn collect(
     Ok(walk.out)
 }
 
+/// The stamps of the regular files under `work` now, found by the same walk (and
+/// bounded as it is, by the job's inode limit): what a session's call leaves out of
+/// its collection unless it changes them.
+pub(crate) fn stamps(work: &Path) -> std::io::Result<HashSet<Stamp>> {
+    struct Deaf;
+    impl Sink for Deaf {
+        fn begin(&mut self, _: &str) -> bool {
+            false
+        }
+        fn data(&mut self, _: &[u8]) -> bool {
+            false
+        }
+    }
+    let root = Dir::from(open_dir(work)?)?;
+    let unchanged = HashSet::new();
+    let mut walk = Walk {
+        caps: Caps {
+            max_files: 0,
+            max_file_bytes: 0,
+            max_total_bytes: 0,
+        },
+        unchanged: &unchanged,
+        stamping: Some(HashSet::new()),
+        sink: &mut Deaf,
+        files: 0,
+        total_bytes: 0,
+        listening: true,
+        out: Collected::default(),
+    };
+    walk.dir(root, "", 0);
+    Ok(walk.stamping.unwrap_or_default())
+}
+
 struct Walk<'a> {
     caps: Caps,
-    inputs: &'a [Stamp],
-    since: Option<(i64, i64)>,
+    unchanged: &'a HashSet<Stamp>,
+    /// Set by [`stamps`]: files are only stamped, never opened.
+    stamping: Option<HashSet<Stamp>>,
     sink: &'a mut dyn Sink,
     files: u32,
     total_bytes: u64,
@@ -191,14 +225,14 @@ impl Walk<'_> {
     }
 
     fn file(&mut self, parent: RawFd, name: &CStr, path: String, st: &FileStat) {
+        if let Some(stamps) = &mut self.stamping {
+            stamps.insert(Stamp::of(st));
+            return;
+        }
         if st.st_nlink > 1 {
             return self.skip(path, SkipReason::HardLink);
         }
-        // The job cannot set a change time: only the kernel does, on every write.
-        let unchanged = self
-            .since
-            .is_some_and(|since| (st.st_ctime, st.st_ctime_nsec) < since);
-        if unchanged || self.inputs.contains(&Stamp::of(st)) {
+        if self.unchanged.contains(&Stamp::of(st)) {
             return;
         }
         let size = u64::try_from(st.st_size).unwrap_or(u64::MAX);
@@ -368,10 +402,11 @@ mod tests {
 
     fn gather(work: &Path, caps: Caps, inputs: &[Stamp]) -> std::io::Result<Gathered> {
         let mut files = Vec::new();
+        let unchanged = inputs.iter().copied().collect();
         let Collected {
             skipped,
             skipped_unlisted,
-        } = collect(work, caps, inputs, None, &mut files)?;
+        } = collect(work, caps, &unchanged, &mut files)?;
         Ok(Gathered {
             files,
             skipped,
@@ -431,7 +466,7 @@ mod tests {
             }
         }
         let mut deaf = Deaf(0);
-        collect(&work, CAPS, &[], None, &mut deaf).unwrap();
+        collect(&work, CAPS, &HashSet::new(), &mut deaf).unwrap();
         assert_eq!(
             deaf.0, 1,
             "the walk went on after the sink stopped listening"
@@ -615,17 +650,18 @@ mod tests {
     }
 
     #[test]
-    fn a_session_call_collects_only_what_changed_since_it_began() {
+    fn a_session_call_collects_only_what_changed_after_the_stamps() {
         let (_dir, work) = tree();
-        write(&work, "before.txt", b"old");
+        write(&work, "kept.txt", b"old");
         write(&work, "rewritten.txt", b"old");
-        // Past the coarse clock's tick, so that "before" is strictly before.
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        let since = crate::sys::coarse_now();
+        write(&work, "sub/deep.txt", b"old");
+        symlink("/etc/passwd", work.join("link")).unwrap();
+        let stamps = stamps(&work).unwrap();
+        assert_eq!(stamps.len(), 3);
         write(&work, "new.txt", b"new");
-        std::fs::write(work.join("rewritten.txt"), b"new!").unwrap();
+        std::fs::write(work.join("rewritten.txt"), b"newer").unwrap();
         let mut files = Vec::new();
-        collect(&work, CAPS, &[], Some(since), &mut files).unwrap();
+        collect(&work, CAPS, &stamps, &mut files).unwrap();
         let got: Vec<&str> = files.iter().map(|f: &Got| f.path.as_str()).collect();
         assert_eq!(got, ["new.txt", "rewritten.txt"]);
     }

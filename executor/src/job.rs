@@ -2,6 +2,7 @@
 //! passed on as it comes, its limits enforced, what happened turned into a
 //! [`JobEnd`], and its files streamed out of the work dir.
 
+use std::collections::HashSet;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::ExitStatus;
@@ -100,6 +101,17 @@ pub struct Prepared {
     pub(crate) warm: bool,
     /// The host ids it runs as; last, so they are free again only once it is gone.
     pub(crate) ids: Lease,
+}
+
+/// A session's jail, set up and waiting for its interpreter to start.
+pub(crate) struct SessionJail {
+    pub(crate) jail: Prepared,
+    /// What a cold jail's launcher takes at its hand-off.
+    pub(crate) orders: String,
+    /// The session's egress proxy, when it may use the network.
+    pub(crate) proxy: Option<JobProxy>,
+    /// The proxy's refusals as it records them.
+    pub(crate) violations: mpsc::Receiver<NetworkViolation>,
 }
 
 /// How a prepared job's processes come to be.
@@ -503,12 +515,17 @@ impl Runner {
         })
     }
 
-    /// Sets up a session's jail within `limits`, which hold for its whole life, and
-    /// the orders a cold jail's launcher takes at its hand-off. It forks from a
-    /// template while one is ready, else it is a cold jail; either way its launcher
-    /// serves cells (`/sandbox/session`). Sessions need memory and pids cgroups:
-    /// their limits hold for every process of the session, not per process.
-    pub(crate) fn prepare_session(&self, limits: &Limits) -> Result<(Prepared, String), Error> {
+    /// Sets up a session's jail within `limits`, which hold for its whole life,
+    /// reaching what `network` allows. It forks from a template while one is ready
+    /// and the session has no network; else it is a cold jail, with its proxy
+    /// started first. Either way its launcher serves cells (`/sandbox/session`).
+    /// Sessions need memory and pids cgroups: their limits hold for every process
+    /// of the session, not per process.
+    pub(crate) fn prepare_session(
+        &self,
+        limits: &Limits,
+        network: Option<Policy>,
+    ) -> Result<SessionJail, Error> {
         let cgroups = self.cgroups.as_ref();
         if !cgroups.is_some_and(|g| g.has(Controller::Memory) && g.has(Controller::Pids)) {
             return Err(Error::SessionsNeedCgroups);
@@ -519,17 +536,38 @@ impl Runner {
             cpu_ms: u32::MAX,
             ..*limits
         };
-        let template = self.fork_server.as_ref().and_then(|f| f.for_session());
-        let jail = match template {
-            Some(template) => self.prepare_forked(template, &lifelong)?,
-            None => {
+        let (live, violations) = mpsc::channel(MAX_VIOLATIONS);
+        let template = match &network {
+            None => self.fork_server.as_ref().and_then(|f| f.for_session()),
+            Some(_) => None,
+        };
+        let (jail, proxy) = match (template, network) {
+            (Some(template), _) => (self.prepare_forked(template, &lifelong)?, None),
+            (None, network) => {
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);
                 let ids = self.ids.take()?;
-                self.prepare(id, ids, &lifelong, &[], None)?
+                let proxy = match network {
+                    Some(policy) => {
+                        Some(
+                            self.proxies
+                                .start(&self.jobs_dir, id, ids.pair(), policy, live)?,
+                        )
+                    }
+                    None => None,
+                };
+                (
+                    self.prepare(id, ids, &lifelong, &[], proxy.as_ref())?,
+                    proxy,
+                )
             }
         };
         jail.dir.write_sandbox("session", b"")?;
-        Ok((jail, self.orders(&lifelong)))
+        Ok(SessionJail {
+            orders: self.orders(&lifelong),
+            jail,
+            proxy,
+            violations,
+        })
     }
 
     /// How many and how large the displays of one job may be.
@@ -771,8 +809,13 @@ impl Runner {
         if !spec.collect_files {
             return Ok(FilesEnd::default());
         }
-        let collected =
-            collect_files(dir.dirs().work, self.collect, inputs, None, frames.clone()).await?;
+        let collected = collect_files(
+            dir.dirs().work,
+            self.collect,
+            inputs.into_iter().collect(),
+            frames.clone(),
+        )
+        .await?;
         Ok(FilesEnd {
             skipped_files: collected.skipped,
             skipped_unlisted: collected.skipped_unlisted,
@@ -925,7 +968,7 @@ pub(crate) async fn wait_until_empty(cgroup: &JobCgroup) {
 /// Sends the proxy's refusals to `frames` as they come, until `gone` is cancelled;
 /// once it is, only those already waiting (the channel has room for every refusal
 /// the report keeps, so none was turned away).
-async fn pass_violations(
+pub(crate) async fn pass_violations(
     live: &mut mpsc::Receiver<NetworkViolation>,
     frames: &Frames,
     gone: &CancellationToken,
@@ -945,22 +988,19 @@ async fn pass_violations(
     }
 }
 
-/// Streams the files of the work dir at `work` (those changed `since`, when given)
-/// to `frames` from a blocking thread: reading up to the caps' worth of files must
-/// not stall the runtime's other jobs.
+/// Streams the files of the work dir at `work` but those `unchanged` to `frames`
+/// from a blocking thread: reading up to the caps' worth of files must not stall
+/// the runtime's other jobs.
 pub(crate) async fn collect_files(
     work: PathBuf,
     caps: Caps,
-    inputs: Vec<Stamp>,
-    since: Option<(i64, i64)>,
+    unchanged: HashSet<Stamp>,
     frames: Frames,
 ) -> Result<Collected, Error> {
-    tokio::task::spawn_blocking(move || {
-        collect(&work, caps, &inputs, since, &mut FrameSink(frames))
-    })
-    .await
-    .map_err(|e| Error::Collect(std::io::Error::other(e)))?
-    .map_err(Error::Collect)
+    tokio::task::spawn_blocking(move || collect(&work, caps, &unchanged, &mut FrameSink(frames)))
+        .await
+        .map_err(|e| Error::Collect(std::io::Error::other(e)))?
+        .map_err(Error::Collect)
 }
 
 /// Collected files on their way to the frontend, a chunk at a time: the queue is

@@ -427,11 +427,11 @@ impl Executor {
     /// Starts a session: its jail set up like a job's, within a job slot, and its
     /// interpreter waiting for its first call.
     async fn open_session(&self, spec: &SessionSpec) -> Result<SessionState, JobError> {
-        let (limits, idle_timeout) = self.sessions.resolve(&self.runner, spec)?;
+        let (limits, idle_timeout, network) = self.sessions.resolve(&self.runner, spec)?;
         let reservation = self.sessions.reserve(limits.memory_mb)?;
         let _slot = self.admit().await?;
         let started = tokio::select! {
-            started = Live::start(&self.runner, &limits) => started,
+            started = Live::start(&self.runner, &limits, network) => started,
             () = self.stopping.cancelled() => return Err(JobError::ShuttingDown),
         };
         let live = started.map_err(|e| {

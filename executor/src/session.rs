@@ -17,7 +17,7 @@
 //! anything else that ends the interpreter: the session's id then answers "ended"
 //! for a while, and "not found" after.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
@@ -27,7 +27,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pysandbox_shared::{
-    FilesEnd, JobError, JobSpec, LimitKind, Response, SessionSpec, SessionState, Stream, Usage,
+    FilesEnd, JobError, JobSpec, LimitKind, NetworkViolation, Response, SessionSpec, SessionState,
+    Stream, Usage,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
@@ -36,16 +37,19 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{info, warn};
 
 use crate::cgroup::{read_number, JobCgroup};
+use crate::collect;
 use crate::config::{Limits, SessionSettings};
 use crate::display::{self, CellEnd};
 use crate::error::Error;
 use crate::ids::Lease;
 use crate::inputs;
 use crate::job::{
-    assemble, collect_files, cpu_spent, is_ready, wait_until_empty, Begun, Frames, Observed,
-    Prepared, Process, Resolved, Runner,
+    assemble, collect_files, cpu_spent, is_ready, pass_violations, wait_until_empty, Begun, Frames,
+    Observed, Prepared, Process, Resolved, Runner, SessionJail,
 };
 use crate::output::forward_call;
+use crate::proxy::policy::Policy;
+use crate::proxy::JobProxy;
 use crate::workdir::WorkDir;
 
 /// How long a session's interpreter may take to start and say it waits for cells.
@@ -84,6 +88,8 @@ struct Shared {
     last_used: Mutex<(SystemTime, Instant)>,
     /// Why it ended, and when, once it did.
     ended: Mutex<Option<(String, Instant)>>,
+    /// Cancelled when it is being closed: the call running then is interrupted.
+    closing: CancellationToken,
 }
 
 /// What a session's task is asked to do.
@@ -181,28 +187,14 @@ impl Sessions {
         entries.values().filter(|e| e.commands.is_some()).count() as u32
     }
 
-    /// The session's limits and idle timeout, or why the request asks for more
-    /// than is allowed. Limits follow a job's rules; sessions have no network.
+    /// The session's limits, idle timeout and network policy, or why the request
+    /// asks for more than is allowed: a job's rules. The ask callback does not
+    /// apply: between calls there is nobody to ask on behalf of.
     pub fn resolve(
         &self,
         runner: &Runner,
         spec: &SessionSpec,
-    ) -> Result<(Limits, Duration), JobError> {
-        let rejected = |field: &str, reason: String| JobError::Rejected {
-            field: field.into(),
-            reason,
-        };
-        let wants_network = spec
-            .network
-            .as_ref()
-            .and_then(|n| n.allowed_domains.as_ref())
-            .is_some_and(|domains| !domains.is_empty());
-        if wants_network {
-            return Err(rejected(
-                "network.allowedDomains",
-                "sessions have no network: use /execute for jobs that need it".into(),
-            ));
-        }
+    ) -> Result<(Limits, Duration, Option<Policy>), JobError> {
         let as_job = JobSpec {
             request_id: spec.request_id.clone(),
             code: String::new(),
@@ -211,21 +203,22 @@ impl Sessions {
             limits: spec.limits,
             files: Vec::new(),
             collect_files: false,
-            network: None,
+            network: spec.network.clone(),
         };
-        let limits = runner.resolve(&as_job)?.limits;
+        let resolved = runner.resolve(&as_job)?;
         let (min, max) = (1000, self.settings.max_idle_timeout_ms);
         let idle = match spec.idle_timeout_ms {
             None => self.settings.idle_timeout_ms,
             Some(ms) if (min..=max).contains(&ms) => ms,
             Some(_) => {
-                return Err(rejected(
-                    "idleTimeoutMs",
-                    format!("must be from {min} to {max}"),
-                ))
+                return Err(JobError::Rejected {
+                    field: "idleTimeoutMs".into(),
+                    reason: format!("must be from {min} to {max}"),
+                })
             }
         };
-        Ok((limits, Duration::from_millis(idle.into())))
+        let idle = Duration::from_millis(idle.into());
+        Ok((resolved.limits, idle, resolved.network))
     }
 
     /// Holds room for one more session of `memory_mb`, or says which cap is reached.
@@ -264,6 +257,7 @@ impl Sessions {
             calls: AtomicU64::new(0),
             last_used: Mutex::new((SystemTime::now(), Instant::now())),
             ended: Mutex::new(None),
+            closing: CancellationToken::new(),
         });
         let (placeholder, _) = mpsc::channel(1);
         entries.insert(
@@ -373,6 +367,8 @@ impl Sessions {
             if entry.shared.idle_timeout.is_zero() {
                 return Err(JobError::SessionNotFound);
             }
+            // A call running now is interrupted, so that the close comes next.
+            entry.shared.closing.cancel();
             entry.commands.clone()
         };
         if let Some(commands) = commands {
@@ -431,6 +427,7 @@ impl Reservation {
             calls: AtomicU64::new(0),
             last_used: Mutex::new((SystemTime::now(), Instant::now())),
             ended: Mutex::new(None),
+            closing: CancellationToken::new(),
         });
         let (commands, received) = mpsc::channel(1);
         self.sessions.entries.lock().expect("not poisoned").insert(
@@ -496,8 +493,8 @@ impl Shared {
     }
 }
 
-/// A call's limits: its own time, CPU and output; the session's memory, processes
-/// and disk, which a call may not ask for.
+/// A call's limits: its own time, CPU and output (the session's when it names
+/// none); the session's memory, processes and disk, which a call may not ask for.
 fn resolve_call(runner: &Runner, spec: &JobSpec, session: &Limits) -> Result<Resolved, JobError> {
     let theirs = [
         ("limits.memoryMb", spec.limits.memory_mb.is_some()),
@@ -512,11 +509,17 @@ fn resolve_call(runner: &Runner, spec: &JobSpec, session: &Limits) -> Result<Res
         });
     }
     let mut resolved = runner.resolve(spec)?;
+    let asked = spec.limits;
     resolved.limits = Limits {
         memory_mb: session.memory_mb,
         max_processes: session.max_processes,
         disk_mb: session.disk_mb,
-        ..resolved.limits
+        cpu_ms: asked
+            .cpu_ms
+            .map_or(session.cpu_ms, |_| resolved.limits.cpu_ms),
+        output_bytes: asked
+            .output_bytes
+            .map_or(session.output_bytes, |_| resolved.limits.output_bytes),
     };
     resolved.network = None;
     Ok(resolved)
@@ -527,6 +530,9 @@ fn resolve_call(runner: &Runner, spec: &JobSpec, session: &Limits) -> Result<Res
 #[derive(Debug)]
 pub struct Live {
     process: Process,
+    /// Its egress proxy, when it may use the network.
+    proxy: Option<JobProxy>,
+    violations: mpsc::Receiver<NetworkViolation>,
     /// Where a cell's orders go: the interpreter's stdin.
     orders: pipe::Sender,
     stdout: pipe::Receiver,
@@ -543,8 +549,17 @@ pub struct Live {
 impl Live {
     /// Starts a session's jail within `limits` and waits until its interpreter
     /// waits for cells.
-    pub async fn start(runner: &Runner, limits: &Limits) -> Result<Live, Error> {
-        let (prepared, orders) = runner.prepare_session(limits)?;
+    pub async fn start(
+        runner: &Runner,
+        limits: &Limits,
+        network: Option<Policy>,
+    ) -> Result<Live, Error> {
+        let SessionJail {
+            jail: prepared,
+            orders,
+            proxy,
+            violations,
+        } = runner.prepare_session(limits, network)?;
         let Prepared {
             dir,
             mut display,
@@ -584,6 +599,8 @@ impl Live {
             .map_err(Error::jail("open the session interpreter's pidfd"))?;
         Ok(Live {
             process,
+            proxy,
+            violations,
             orders: input,
             stdout,
             stderr,
@@ -597,11 +614,13 @@ impl Live {
 
     /// Runs one call to its end: its output and displays sent as they come, then
     /// [`Response::Ended`], then the files it changed; the answer is what collection
-    /// left out. When the call ended the interpreter too, `ended` says why.
+    /// left out. When the call ended the interpreter too, `ended` says why. The
+    /// session `closing` interrupts the call as its caller leaving does.
     async fn call(
         &mut self,
         runner: &Runner,
         call: &Call,
+        closing: &CancellationToken,
         ended: &mut Option<String>,
     ) -> Result<FilesEnd, Error> {
         let Call {
@@ -614,6 +633,8 @@ impl Live {
         let limits = resolved.limits;
         let Live {
             process,
+            proxy,
+            violations,
             orders,
             stdout,
             stderr,
@@ -624,7 +645,7 @@ impl Live {
             ids,
         } = self;
         let work = dir.dirs().work;
-        let inputs = inputs::write(&work, &spec.files, ids.pair(), true)?;
+        inputs::write(&work, &spec.files, ids.pair(), true)?;
         let stdin = spec.stdin.as_deref().unwrap_or_default();
         let order = [
             format!("run {} {}\n", spec.code.len(), stdin.len()).as_bytes(),
@@ -632,7 +653,18 @@ impl Live {
             stdin.as_bytes(),
         ]
         .concat();
-        let since = crate::sys::coarse_now();
+        // The call returns what it created or changed: every file as it is now is
+        // left out unless it changes.
+        let unchanged = match spec.collect_files {
+            true => {
+                let work = work.clone();
+                tokio::task::spawn_blocking(move || collect::stamps(&work))
+                    .await
+                    .map_err(|e| Error::Collect(std::io::Error::other(e)))?
+                    .map_err(Error::Collect)?
+            }
+            false => HashSet::new(),
+        };
         let before = cgroup.report();
         let cpu_base = before.cpu_ns.unwrap_or(0);
         cgroup.reset_peak();
@@ -655,11 +687,12 @@ impl Live {
             let send = async {
                 let _ = orders.write_all(&order).await;
             };
-            let (out, err, shown, ()) = tokio::join!(
+            let (out, err, shown, (), ()) = tokio::join!(
                 forward_call(stdout, Stream::Stdout, cap, frames, over.cancelled()),
                 forward_call(stderr, Stream::Stderr, cap, frames, over.cancelled()),
                 shown,
                 send,
+                pass_violations(violations, frames, &over),
             );
             ((out, err), shown)
         };
@@ -672,7 +705,7 @@ impl Live {
                 interpreter,
                 timeout,
                 (cpu_base, cpu),
-                caller_gone,
+                [caller_gone, closing],
                 &over,
             )
             .await;
@@ -714,6 +747,9 @@ impl Live {
             cgroup.kill_all();
             wait_until_empty(cgroup).await;
         }
+        // What the proxy refused after the live pass stopped, so that every
+        // violation `Ended` lists was sent before it.
+        pass_violations(violations, frames, &over).await;
         let report = cgroup.report();
         let observed = Observed {
             status: Some(status),
@@ -729,7 +765,10 @@ impl Live {
                     .map(|ns| ns.saturating_sub(cpu_base) / 1_000_000),
                 peak_memory_bytes: report.peak_memory_bytes,
             },
-            network: Default::default(),
+            network: proxy
+                .as_ref()
+                .map(JobProxy::take_report)
+                .unwrap_or_default(),
         };
         let end = assemble(observed, resolved, truncated, shown);
         info!(
@@ -742,14 +781,8 @@ impl Live {
         if frames.send(Response::Ended(end)).await.is_err() || !spec.collect_files {
             return Ok(FilesEnd::default());
         }
-        let collected = collect_files(
-            work,
-            runner.collect_caps(),
-            inputs,
-            Some(since),
-            frames.clone(),
-        )
-        .await?;
+        let collected =
+            collect_files(work, runner.collect_caps(), unchanged, frames.clone()).await?;
         Ok(FilesEnd {
             skipped_files: collected.skipped,
             skipped_unlisted: collected.skipped_unlisted,
@@ -771,7 +804,8 @@ enum Watched {
 }
 
 /// Waits for the cell to end (`over`) or the interpreter to die; at the call's time
-/// or CPU limit, or when its caller is gone, interrupts the cell and gives it
+/// or CPU limit, or when its caller is gone or the session closing (`stop`),
+/// interrupts the cell and gives it
 /// [`INTERRUPT_GRACE`] to stop before everything of the session is killed.
 async fn watch(
     process: &mut Process,
@@ -779,7 +813,7 @@ async fn watch(
     interpreter: &OwnedFd,
     timeout: Duration,
     (cpu_base, cpu_limit): (u64, Duration),
-    caller_gone: &CancellationToken,
+    stop: [&CancellationToken; 2],
     over: &CancellationToken,
 ) -> std::io::Result<Watched> {
     let why = tokio::select! {
@@ -788,7 +822,8 @@ async fn watch(
         status = process.wait() => return Ok(Watched::Died(status?)),
         () = tokio::time::sleep(timeout) => Some(LimitKind::Time),
         () = cpu_spent(cgroup, cpu_base, cpu_limit) => Some(LimitKind::Cpu),
-        () = caller_gone.cancelled() => None,
+        () = stop[0].cancelled() => None,
+        () = stop[1].cancelled() => None,
     };
     if let Err(e) = crate::sys::pidfd_send_signal(interpreter.as_fd(), libc::SIGINT) {
         warn!(error = %e, "cannot interrupt the session's interpreter");
@@ -851,7 +886,7 @@ async fn serve(
             command = commands.recv() => match command {
                 Some(Command::Call(call)) => {
                     let mut ended = None;
-                    let answer = live.call(&runner, &call, &mut ended).await;
+                    let answer = live.call(&runner, &call, &shared.closing, &mut ended).await;
                     shared.used();
                     if let Some(reason) = &ended {
                         // Before the answer: the caller's next request sees it.
@@ -967,6 +1002,7 @@ mod tests {
             calls: AtomicU64::new(0),
             last_used: Mutex::new((SystemTime::now(), Instant::now())),
             ended: Mutex::new(None),
+            closing: CancellationToken::new(),
         });
         let (commands, _received) = mpsc::channel(1);
         sessions.entries.lock().unwrap().insert(

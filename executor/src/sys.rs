@@ -312,19 +312,6 @@ pub fn clone_mount(path: &CStr, read_only: bool) -> std::io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// The realtime clock as the kernel stamps file times with it (`CLOCK_REALTIME_COARSE`,
-/// seconds and nanoseconds): a file changed from now on has a change time at or after
-/// it, which the finer `SystemTime::now()` does not promise.
-pub fn coarse_now() -> (i64, i64) {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec into `now` during the call.
-    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut now) };
-    (now.tv_sec, now.tv_nsec)
-}
-
 /// Fills `buf` from the kernel's random generator (`getrandom(2)`, which blocks
 /// only until the pool is first seeded, early at boot).
 pub fn random_bytes(buf: &mut [u8]) {

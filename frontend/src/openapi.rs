@@ -277,8 +277,8 @@ pub(crate) struct LimitsBody {
 
 /// `POST /sessions`: every field optional, the body too. `limits` and `network`
 /// follow `/execute`'s rules; memory, processes and disk hold for the whole
-/// session, CPU time and output are each call's default. Sessions have no network:
-/// `allowedDomains` may only be empty.
+/// session, CPU time and output are each call's default; the network holds for the
+/// whole session (the ask callback is not asked on its behalf).
 #[derive(ToSchema)]
 #[schema(as = OpenSessionRequest)]
 #[serde(rename_all = "camelCase")]

@@ -1972,3 +1972,58 @@ async fn a_forged_pid_record_never_makes_the_executor_signal_a_host_process() {
     let _ = host.wait();
     assert_eq!(status, None, "the host process was signalled");
 }
+
+#[tokio::test]
+async fn the_session_cpu_and_output_limits_are_each_call_s_default() {
+    require_root!();
+    let svc = Service::start();
+    let session = Session::open(
+        &svc,
+        json!({ "limits": { "outputBytes": 10, "cpuMs": 300 } }),
+    )
+    .await;
+    let printed = session.run_code("print('x' * 100)").await;
+    assert_eq!(printed["stdout"], "x".repeat(10), "{printed:#}");
+    assert_eq!(printed["limitExceeded"], "output", "{printed:#}");
+    let spun = session.run_code("while True: pass").await;
+    assert_eq!(
+        (&spun["limitExceeded"], &spun["signal"]),
+        (&json!("cpu"), &json!("SIGINT")),
+        "{spun:#}"
+    );
+    // A call may ask for its own, within the maxima.
+    let own = session
+        .run(json!({ "code": "print('y' * 20)", "limits": { "outputBytes": 50 } }))
+        .await;
+    assert_eq!(own["stdout"], format!("{}\n", "y".repeat(20)), "{own:#}");
+}
+
+#[tokio::test]
+async fn delete_interrupts_a_running_call_at_once() {
+    require_root!();
+    let svc = Service::start();
+    let needle = sleep_needle("99.");
+    let session = Session::open_default(&svc).await;
+    let code = format!(
+        "import subprocess\nsubprocess.run(['sleep', {}])\nprint('finished')",
+        py_concat(&needle)
+    );
+    let body = json!({ "code": code, "timeoutMs": 100000 });
+    let running = session.execute(&body);
+    let deleting = async {
+        wait_for_process(&needle).await;
+        session.delete().await;
+        // The sleep (99 s) is gone with the session, not waited for.
+        assert!(
+            process_gone(&needle, Duration::ZERO).await,
+            "the call's process outlived DELETE"
+        );
+    };
+    let (call, ()) = tokio::join!(running, deleting);
+    assert!(
+        !call.text.contains("finished"),
+        "the call ran to its end: {}",
+        call.text
+    );
+    assert_eq!(get_session(&svc, &session.id).await.status, 404);
+}

@@ -192,15 +192,21 @@ impl JobProxy {
         self.task.abort();
     }
 
-    /// Stops the proxy and returns what it refused.
-    pub fn finish(self) -> NetworkReport {
-        self.stop();
+    /// What the proxy refused since the last time this was asked (a session's
+    /// call), and from then on room for as many again.
+    pub fn take_report(&self) -> NetworkReport {
         let mut log = self
             .shared
             .log
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         std::mem::take(&mut log.report)
+    }
+
+    /// Stops the proxy and returns what it refused.
+    pub fn finish(self) -> NetworkReport {
+        self.stop();
+        self.take_report()
     }
 }
 
