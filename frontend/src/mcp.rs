@@ -1,11 +1,13 @@
 //! `POST /mcp`: a Model Context Protocol server (streamable HTTP, stateless, JSON
-//! answers) on the official SDK, `rmcp`, with one tool, `run_python`.
+//! answers) on the official SDK, `rmcp`, with four tools: `run_python` runs a job,
+//! `create_session`, `run_in_session` and `end_session` are the session routes.
 //!
-//! The tool's arguments are `POST /execute`'s body and go through its parser, and
-//! the job runs through the same function as `/execute` (admission, executor,
-//! uploads, rendering): one policy, not two. Before the SDK sees a request, it
-//! passes the same gate as `/execute`: the service token, then the body's size,
-//! time and budget.
+//! Each tool's arguments are its route's body and go through that route's parser,
+//! and the work is done by the same functions as the routes' (admission, executor,
+//! uploads, rendering; opening and ending sessions): one policy, not two. The MCP
+//! server keeps no state: a session lives in the executor, named by the
+//! `sessionId` argument. Before the SDK sees a request, it passes the same gate as
+//! `/execute`: the service token, then the body's size, time and budget.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -34,17 +36,67 @@ use tracing::warn;
 use crate::body_budget::Reservation;
 use crate::duplicate_keys::first_duplicate_key;
 use crate::error::ApiError;
-use crate::request::ExecuteRequest;
+use crate::request::{ExecuteRequest, OpenSessionRequest};
 use crate::routes::{AppState, RequestId, MAX_LOGGED_CHARS};
+use crate::sessions::{self, SessionBody};
 
-/// The one tool.
-const RUN_PYTHON: &str = "run_python";
+/// The tools, by the name a client calls them with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ToolName {
+    RunPython,
+    CreateSession,
+    RunInSession,
+    EndSession,
+}
 
-/// What the model reading the tool list is told; says plainly that nothing is kept.
-const DESCRIPTION: &str = "Run Python 3 code in a fresh, isolated sandbox and return what it printed, its exit status, any figures it showed (as PNG images) and the files it wrote in its working directory. \
-Nothing is kept between calls: every call starts a new interpreter in an empty working directory, so variables, imports, installed packages and files from earlier calls are gone; pass what the code needs in `files` and `stdin`. \
+impl ToolName {
+    /// In the order the tool list shows them.
+    const ALL: [ToolName; 4] = [
+        ToolName::RunPython,
+        ToolName::CreateSession,
+        ToolName::RunInSession,
+        ToolName::EndSession,
+    ];
+
+    fn named(name: &str) -> Option<ToolName> {
+        ToolName::ALL.into_iter().find(|tool| tool.name() == name)
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            ToolName::RunPython => "run_python",
+            ToolName::CreateSession => "create_session",
+            ToolName::RunInSession => "run_in_session",
+            ToolName::EndSession => "end_session",
+        }
+    }
+}
+
+// What the model reading the tool list is told: each description says plainly what
+// is kept from one call to the next, and what is not.
+
+const RUN_PYTHON: &str = "Run Python 3 code in a fresh, isolated sandbox and return what it printed, its exit status, the value of a final expression, any figures it showed (as PNG images) and the files it wrote in its working directory. \
+Nothing is kept between calls: every call starts a new interpreter in an empty working directory, so variables, imports, installed packages and files from earlier calls are gone; pass what the code needs in `files` and `stdin`, or use a session (create_session, run_in_session) to keep state between calls. \
 numpy, pandas and matplotlib are available. There is no network unless the service allows some domains; `network.allowedDomains` can only narrow that list. \
 The result's structured content is the JSON answer of the service's POST /execute.";
+
+const CREATE_SESSION: &str = "Start a Python session: one sandboxed interpreter that keeps its state from one run_in_session call to the next, like a notebook. \
+What it keeps: variables, imports, and the files in its working directory. It keeps them until end_session is called, until it goes unused for idleTimeoutMs (the service's default when not given), or until its interpreter exits (sys.exit(), a crash, or a kill at its memory limit); then everything of it is gone and later calls fail. \
+A session has no network at all: use run_python for code that needs it. Its memory, process and disk limits hold for all its calls together. \
+Returns the session's id, to pass as sessionId; the structured content is the JSON answer of the service's POST /sessions. The service allows only a few sessions at once: end the ones you are done with.";
+
+const RUN_IN_SESSION: &str = "Run Python 3 code in a session that create_session started: the code sees the variables, imports and working-directory files that earlier calls in the session left, and what it leaves is kept for later calls. \
+Returns what run_python returns: what it printed, its exit status, the value of a final expression, figures as PNG images, and the files this call created or changed. \
+An uncaught exception, or a call over its time limit (interrupted with KeyboardInterrupt), leaves the session and its state alive. sys.exit(), or the interpreter being killed (at the memory limit, or when it ignores the interrupt), ends the session: later calls fail with \"session ended\". \
+The session has no network. Its calls run one at a time: a second call while one runs fails with \"session is busy with another call\". \
+The structured content is the JSON answer of the service's POST /sessions/{sessionId}/execute.";
+
+const END_SESSION: &str = "End a session and delete everything it kept: its interpreter, variables, imports, background processes and working-directory files. \
+Later calls with its id fail with \"session not found\". Sessions also end by themselves when unused for their idle timeout.";
+
+/// What a client is told about the server as a whole.
+const INSTRUCTIONS: &str = "Runs Python in a sandbox. run_python starts a fresh interpreter for each call and keeps nothing between calls. \
+A session (create_session, then run_in_session, then end_session) keeps variables, imports and working-directory files between its calls until it is ended, goes idle for too long, or its interpreter exits. Sessions have no network.";
 
 /// `POST /mcp`, for [`crate::routes::router`].
 pub(crate) fn route(state: AppState) -> MethodRouter<AppState> {
@@ -59,7 +111,7 @@ pub(crate) fn route(state: AppState) -> MethodRouter<AppState> {
         // operator serves it under.
         .disable_allowed_hosts();
     let service = StreamableHttpService::new(
-        move || Ok(RunPython(factory_state.clone())),
+        move || Ok(Tools(factory_state.clone())),
         Arc::new(NeverSessionManager::default()),
         config,
     );
@@ -207,15 +259,13 @@ struct DuplicateArgument(String);
 
 /// The MCP server of one request.
 #[derive(Debug, Clone)]
-struct RunPython(AppState);
+struct Tools(AppState);
 
-impl ServerHandler for RunPython {
+impl ServerHandler for Tools {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
             .with_server_info(Implementation::new("pysandbox", env!("CARGO_PKG_VERSION")))
-            .with_instructions(
-                "Runs Python in a sandbox with the run_python tool. Nothing persists between calls.",
-            )
+            .with_instructions(INSTRUCTIONS)
     }
 
     async fn list_tools(
@@ -223,11 +273,13 @@ impl ServerHandler for RunPython {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
-        Ok(ListToolsResult::with_all_items(vec![tool()]))
+        Ok(ListToolsResult::with_all_items(
+            ToolName::ALL.into_iter().map(tool).collect(),
+        ))
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
-        (name == RUN_PYTHON).then(tool)
+        ToolName::named(name).map(tool)
     }
 
     async fn call_tool(
@@ -235,18 +287,25 @@ impl ServerHandler for RunPython {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
-        if request.name != RUN_PYTHON {
+        let Some(name) = ToolName::named(&request.name) else {
+            let names: Vec<&str> = ToolName::ALL.into_iter().map(ToolName::name).collect();
             return Err(McpError::invalid_params(
-                format!("unknown tool; the only tool is {RUN_PYTHON}"),
+                format!("unknown tool; the tools are {}", names.join(", ")),
                 None,
             ));
-        }
+        };
         let parts = context.extensions.get::<axum::http::request::Parts>();
         let extension = |parts: &axum::http::request::Parts| parts.extensions.clone();
         let extensions = parts.map(extension).unwrap_or_default();
-        let job = run_python(&self.0, request.arguments.unwrap_or_default(), &extensions);
+        let job = call(
+            &self.0,
+            name,
+            request.arguments.unwrap_or_default(),
+            &extensions,
+        );
         // The SDK runs this in a task of its own and only signals a client that went
-        // away; dropping the job closes its executor connection, which kills it.
+        // away; dropping the job closes its executor connection, which kills it (or,
+        // in a session, interrupts the call).
         let result = tokio::select! {
             result = job => result,
             () = context.ct.cancelled() => {
@@ -257,15 +316,31 @@ impl ServerHandler for RunPython {
     }
 }
 
-/// Runs one call of the tool: a request error, a busy service or a failed job is a
-/// tool error (`isError`) carrying `/execute`'s message and error body.
-async fn run_python(
+/// A tool call, its arguments parsed.
+#[derive(Debug)]
+enum Call {
+    /// `run_python`, or `run_in_session` in `session`.
+    Run {
+        session: Option<String>,
+        job: Box<ExecuteRequest>,
+    },
+    /// `create_session`.
+    Open(OpenSessionRequest),
+    /// `end_session`.
+    End(String),
+}
+
+/// Runs one call of a tool: a request error, a busy service, a refusal of the
+/// session or a failed job is a tool error (`isError`) carrying the HTTP route's
+/// message and error body.
+async fn call(
     state: &AppState,
+    name: ToolName,
     mut arguments: JsonObject,
     extensions: &axum::http::Extensions,
 ) -> CallToolResult {
     let held = extensions.get::<HeldBody>();
-    let parsed = parse(&mut arguments, extensions.get::<DuplicateArgument>());
+    let parsed = parse(name, &mut arguments, extensions.get::<DuplicateArgument>());
     // The arguments are parsed (or refused): the body's bytes are given back.
     drop(arguments);
     if let Some(HeldBody(held)) = held {
@@ -276,11 +351,16 @@ async fn run_python(
         .cloned()
         .unwrap_or_else(RequestId::generate);
     let answer = match parsed {
-        Ok(job) => state.execute(job, request_id, None).await,
+        Ok(Call::Run { session, job }) => match state.execute(*job, request_id, session).await {
+            Ok(response) => return ran(response, extensions.get::<UntilSent>()).await,
+            Err(error) => Err(error),
+        },
+        Ok(Call::Open(asked)) => sessions::open(state, asked, request_id).await.map(opened),
+        Ok(Call::End(id)) => sessions::end(state, id.clone()).await.map(|()| ended(&id)),
         Err(error) => Err(error),
     };
     match answer {
-        Ok(response) => ran(response, extensions.get::<UntilSent>()).await,
+        Ok(result) => result,
         Err(error) => {
             state.count_error(&error);
             refused(error).await
@@ -288,19 +368,55 @@ async fn run_python(
     }
 }
 
-/// The arguments as `/execute` would parse them as its body, except that produced
-/// files come back unless `returnFiles` is `false`: a tool's caller has no other
-/// way to get them.
+/// The arguments of tool `name` as its HTTP route would parse them: the body, and
+/// for a session's tools the `sessionId` of its path, as an argument.
 fn parse(
+    name: ToolName,
     arguments: &mut JsonObject,
     duplicate: Option<&DuplicateArgument>,
-) -> Result<ExecuteRequest, ApiError> {
+) -> Result<Call, ApiError> {
     if let Some(DuplicateArgument(field)) = duplicate {
         return Err(ApiError::InvalidField {
             field: field.clone(),
             reason: "appears more than once".into(),
         });
     }
+    Ok(match name {
+        ToolName::RunPython => Call::Run {
+            session: None,
+            job: Box::new(execute_request(arguments)?),
+        },
+        // The path's id before the body, as the route checks them.
+        ToolName::RunInSession => Call::Run {
+            session: Some(session_id(arguments)?),
+            job: Box::new(execute_request(arguments)?),
+        },
+        ToolName::CreateSession => {
+            let body = serde_json::to_vec(arguments).map_err(|_| ApiError::InvalidJson)?;
+            Call::Open(OpenSessionRequest::parse(&body)?)
+        }
+        ToolName::EndSession => Call::End(session_id(arguments)?),
+    })
+}
+
+/// The `sessionId` argument, taken out of `arguments` (the rest is the body); an id
+/// no session could have is not found, as in a route's path.
+fn session_id(arguments: &mut JsonObject) -> Result<String, ApiError> {
+    let invalid = |reason: &str| ApiError::InvalidField {
+        field: "sessionId".into(),
+        reason: reason.into(),
+    };
+    match arguments.remove("sessionId") {
+        None | Some(Value::Null) => Err(invalid("is required")),
+        Some(Value::String(id)) => sessions::parse_id(id),
+        Some(_) => Err(invalid("must be a string")),
+    }
+}
+
+/// The arguments as `/execute` would parse them as its body, except that produced
+/// files come back unless `returnFiles` is `false`: a tool's caller has no other
+/// way to get them.
+fn execute_request(arguments: &mut JsonObject) -> Result<ExecuteRequest, ApiError> {
     if arguments.get("returnFiles").is_none_or(Value::is_null) {
         arguments.insert("returnFiles".into(), Value::Bool(true));
     }
@@ -436,8 +552,26 @@ fn summary(answer: &Map<String, Value>) -> String {
     out
 }
 
-/// A tool error with `/execute`'s message as text and its error body as structured
-/// content.
+/// `create_session`'s result: the id first, for the model to pass on, and what
+/// `POST /sessions` answers as structured content.
+fn opened(session: SessionBody) -> CallToolResult {
+    let id = session.id();
+    let text = format!(
+        "sessionId: {id}\nPass it to run_in_session: each call keeps the variables, imports and files of the calls before it, until end_session, the idle timeout, or the interpreter exiting.\n"
+    );
+    let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
+    result.structured_content = serde_json::to_value(&session).ok();
+    result
+}
+
+/// `end_session`'s result.
+fn ended(id: &str) -> CallToolResult {
+    let text = format!("session {id} ended: its interpreter, variables and files are gone\n");
+    CallToolResult::success(vec![ContentBlock::text(text)])
+}
+
+/// A tool error with the HTTP route's message as text and its error body as
+/// structured content.
 async fn refused(error: ApiError) -> CallToolResult {
     let message = error.to_string();
     let body = axum::body::to_bytes(error.into_response().into_body(), 4096)
@@ -449,84 +583,170 @@ async fn refused(error: ApiError) -> CallToolResult {
     result
 }
 
-/// `run_python` as the tool list shows it.
-fn tool() -> Tool {
-    let Value::Object(schema) = input_schema() else {
-        unreachable!("the schema literal is an object")
+/// Tool `name` as the tool list shows it.
+fn tool(name: ToolName) -> Tool {
+    let (title, description, schema) = match name {
+        ToolName::RunPython => ("Run Python in a sandbox", RUN_PYTHON, run_python_schema()),
+        ToolName::CreateSession => (
+            "Start a Python session",
+            CREATE_SESSION,
+            create_session_schema(),
+        ),
+        ToolName::RunInSession => (
+            "Run Python in a session",
+            RUN_IN_SESSION,
+            run_in_session_schema(),
+        ),
+        ToolName::EndSession => ("End a Python session", END_SESSION, end_session_schema()),
     };
-    Tool::new(RUN_PYTHON, DESCRIPTION, Arc::new(schema))
-        .with_title("Run Python in a sandbox")
-        .with_annotations(
-            ToolAnnotations::default()
-                .read_only(false)
-                .destructive(false)
-                // No `openWorldHint`: it depends on the operator's network policy.
-                .idempotent(false),
-        )
+    let Value::Object(schema) = schema else {
+        unreachable!("the schema literals are objects")
+    };
+    // Every tool changes the sandbox's state (a job, or a session's), none destroys
+    // the caller's but `end_session`, and no call is idempotent.
+    let annotations = ToolAnnotations::default()
+        .read_only(false)
+        .destructive(name == ToolName::EndSession)
+        // No `openWorldHint`: it depends on the operator's network policy.
+        .idempotent(false);
+    Tool::new(name.name(), description, Arc::new(schema))
+        .with_title(title)
+        .with_annotations(annotations)
 }
 
-/// The arguments: `POST /execute`'s body, the fields a tool caller needs.
-fn input_schema() -> Value {
-    let count = json!({"type": "integer", "minimum": 1, "maximum": u32::MAX});
+/// A limit's schema: a positive 32-bit count.
+fn count() -> Value {
+    json!({"type": "integer", "minimum": 1, "maximum": u32::MAX})
+}
+
+/// `run_python`'s arguments: `POST /execute`'s body, the fields a tool caller needs.
+fn run_python_schema() -> Value {
+    let mut properties = job_properties("Return the files the code wrote as embedded resources.");
+    properties.insert(
+        "limits".into(),
+        json!({
+            "type": "object",
+            "description": "Lower limits than the service's; a higher one is refused.",
+            "properties": {
+                "memoryMb": count(), "cpuMs": count(), "maxProcesses": count(),
+                "diskMb": count(), "outputBytes": count()
+            },
+            "additionalProperties": false
+        }),
+    );
+    properties.insert(
+        "network".into(),
+        json!({
+            "type": "object",
+            "properties": {
+                "allowedDomains": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "maxItems": pysandbox_shared::MAX_REQUESTED_DOMAINS,
+                    "description": "Narrows the service's allowed domains (exact or *.example.com); never widens them."
+                }
+            },
+            "additionalProperties": false
+        }),
+    );
+    json!({"type": "object", "properties": properties, "required": ["code"]})
+}
+
+/// `create_session`'s arguments: `POST /sessions`' body, without the network a
+/// session cannot have.
+fn create_session_schema() -> Value {
     json!({
         "type": "object",
         "properties": {
-            "code": {
-                "type": "string",
-                "minLength": 1,
-                "description": "Python source to run. The value of a final expression is returned, as a REPL shows it."
-            },
-            "stdin": {
-                "type": "string",
-                "description": "What the code reads on standard input; empty when absent."
-            },
-            "files": {
-                "type": "array",
-                "description": "Files placed in the working directory before the code runs.",
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "path": {"type": "string", "description": "Relative path, e.g. data/input.csv."},
-                        "contentBase64": {"type": "string", "description": "The file's bytes, base64."}
-                    },
-                    "required": ["path", "contentBase64"]
-                }
-            },
-            "timeoutMs": {
+            "idleTimeoutMs": {
                 "type": "integer",
-                "minimum": 1,
-                "maximum": pysandbox_shared::MAX_TIMEOUT_MS,
-                "description": "Wall-clock limit in milliseconds; the service's default when absent."
+                "minimum": 1000,
+                "maximum": u32::MAX,
+                "description": "End the session after this many milliseconds without a call; the service's default when absent. Over the service's maximum is refused."
             },
             "limits": {
                 "type": "object",
-                "description": "Lower limits than the service's; a higher one is refused.",
+                "description": "Lower limits than the service's for the whole session, all its calls together; a higher one is refused.",
                 "properties": {
-                    "memoryMb": count, "cpuMs": count, "maxProcesses": count,
-                    "diskMb": count, "outputBytes": count
+                    "memoryMb": count(), "maxProcesses": count(), "diskMb": count()
                 },
                 "additionalProperties": false
-            },
-            "network": {
+            }
+        }
+    })
+}
+
+/// `run_in_session`'s arguments: the session, and `POST
+/// /sessions/{sessionId}/execute`'s body, with the limits a call may set.
+fn run_in_session_schema() -> Value {
+    let mut properties =
+        job_properties("Return the files this call created or changed as embedded resources.");
+    properties.insert("sessionId".into(), session_id_schema());
+    properties.insert(
+        "limits".into(),
+        json!({
+            "type": "object",
+            "description": "Lower limits than the service's for this call; memory, processes and disk are the session's.",
+            "properties": {"cpuMs": count(), "outputBytes": count()},
+            "additionalProperties": false
+        }),
+    );
+    json!({"type": "object", "properties": properties, "required": ["sessionId", "code"]})
+}
+
+/// `end_session`'s argument.
+fn end_session_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {"sessionId": session_id_schema()},
+        "required": ["sessionId"]
+    })
+}
+
+fn session_id_schema() -> Value {
+    json!({"type": "string", "description": "The sessionId create_session returned."})
+}
+
+/// The fields of a job's body that `run_python` and `run_in_session` share;
+/// `return_files` says what `returnFiles` returns.
+fn job_properties(return_files: &str) -> Map<String, Value> {
+    let Value::Object(properties) = json!({
+        "code": {
+            "type": "string",
+            "minLength": 1,
+            "description": "Python source to run. The value of a final expression is returned, as a REPL shows it."
+        },
+        "stdin": {
+            "type": "string",
+            "description": "What the code reads on standard input; empty when absent."
+        },
+        "files": {
+            "type": "array",
+            "description": "Files placed in the working directory before the code runs (replacing any of the same path).",
+            "items": {
                 "type": "object",
                 "properties": {
-                    "allowedDomains": {
-                        "type": "array",
-                        "items": {"type": "string"},
-                        "maxItems": pysandbox_shared::MAX_REQUESTED_DOMAINS,
-                        "description": "Narrows the service's allowed domains (exact or *.example.com); never widens them."
-                    }
+                    "path": {"type": "string", "description": "Relative path, e.g. data/input.csv."},
+                    "contentBase64": {"type": "string", "description": "The file's bytes, base64."}
                 },
-                "additionalProperties": false
-            },
-            "returnFiles": {
-                "type": "boolean",
-                "default": true,
-                "description": "Return the files the code wrote as embedded resources."
+                "required": ["path", "contentBase64"]
             }
         },
-        "required": ["code"]
-    })
+        "timeoutMs": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": pysandbox_shared::MAX_TIMEOUT_MS,
+            "description": "Wall-clock limit in milliseconds; the service's default when absent."
+        },
+        "returnFiles": {
+            "type": "boolean",
+            "default": true,
+            "description": return_files
+        }
+    }) else {
+        unreachable!("the schema literal is an object")
+    };
+    properties
 }
 
 #[cfg(test)]
@@ -588,23 +808,115 @@ mod tests {
         ));
     }
 
+    /// The job of `run_python(arguments)`, or its refusal's message.
+    fn job(arguments: Value) -> Result<ExecuteRequest, String> {
+        match parse(ToolName::RunPython, &mut object(arguments), None) {
+            Ok(Call::Run { session: None, job }) => Ok(*job),
+            Ok(other) => panic!("not a job: {other:?}"),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     #[test]
     fn arguments_are_execute_bodies_that_return_files_by_default() {
-        let mut arguments = object(json!({"code": "1"}));
-        assert!(parse(&mut arguments, None).unwrap().return_files);
-        let mut arguments = object(json!({"code": "1", "returnFiles": false}));
-        assert!(!parse(&mut arguments, None).unwrap().return_files);
-        let mut arguments = object(json!({"code": "1", "returnFiles": "yes"}));
+        assert!(job(json!({"code": "1"})).unwrap().return_files);
+        assert!(
+            !job(json!({"code": "1", "returnFiles": false}))
+                .unwrap()
+                .return_files
+        );
         assert_eq!(
-            parse(&mut arguments, None).unwrap_err().to_string(),
+            job(json!({"code": "1", "returnFiles": "yes"})).unwrap_err(),
             "returnFiles: must be a boolean"
         );
         let duplicate = DuplicateArgument("limits.cpuMs".into());
-        assert_eq!(
-            parse(&mut object(json!({"code": "1"})), Some(&duplicate))
+        for name in ToolName::ALL {
+            let mut arguments = object(json!({"code": "1", "sessionId": "h.0"}));
+            assert_eq!(
+                parse(name, &mut arguments, Some(&duplicate))
+                    .unwrap_err()
+                    .to_string(),
+                "limits.cpuMs: appears more than once"
+            );
+        }
+    }
+
+    #[test]
+    fn session_tools_take_the_id_of_the_route_path_as_an_argument() {
+        let id = format!("host-1.{}", "0".repeat(32));
+        let mut arguments = object(json!({"sessionId": id, "code": "x = 1"}));
+        match parse(ToolName::RunInSession, &mut arguments, None) {
+            Ok(Call::Run {
+                session: Some(session),
+                job,
+            }) => {
+                assert_eq!(session, id);
+                assert_eq!(job.code, "x = 1");
+                assert!(job.return_files);
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut arguments = object(json!({"sessionId": id}));
+        assert!(matches!(
+            parse(ToolName::EndSession, &mut arguments, None),
+            Ok(Call::End(ended)) if ended == id
+        ));
+        let refusal = |name, arguments| {
+            parse(name, &mut object(arguments), None)
                 .unwrap_err()
-                .to_string(),
-            "limits.cpuMs: appears more than once"
+                .to_string()
+        };
+        for name in [ToolName::RunInSession, ToolName::EndSession] {
+            assert_eq!(
+                refusal(name, json!({"code": "1"})),
+                "sessionId: is required"
+            );
+            assert_eq!(
+                refusal(name, json!({"code": "1", "sessionId": 7})),
+                "sessionId: must be a string"
+            );
+            // Found by no one, as `/sessions/../x` is: before the body is read.
+            assert_eq!(
+                refusal(name, json!({"code": "", "sessionId": "../x"})),
+                "session not found"
+            );
+        }
+        assert_eq!(
+            refusal(ToolName::RunInSession, json!({"sessionId": id, "code": ""})),
+            "code: must not be empty"
         );
+    }
+
+    #[test]
+    fn create_session_takes_post_sessions_body() {
+        let open = |arguments| match parse(ToolName::CreateSession, &mut object(arguments), None) {
+            Ok(Call::Open(asked)) => Ok(asked),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.to_string()),
+        };
+        assert_eq!(open(json!({})).unwrap(), OpenSessionRequest::default());
+        let asked = open(json!({"idleTimeoutMs": 5000, "limits": {"memoryMb": 64}})).unwrap();
+        assert_eq!(asked.idle_timeout_ms, Some(5000));
+        assert_eq!(asked.limits.memory_mb, Some(64));
+        assert_eq!(
+            open(json!({"idleTimeoutMs": "5"})).unwrap_err(),
+            "idleTimeoutMs: must be a positive integer"
+        );
+    }
+
+    #[test]
+    fn every_tool_is_listed_by_its_name_and_says_what_it_keeps() {
+        for name in ToolName::ALL {
+            assert_eq!(ToolName::named(name.name()), Some(name));
+            let listed = tool(name);
+            assert_eq!(listed.name, name.name());
+            assert_eq!(listed.input_schema.get("type"), Some(&json!("object")));
+        }
+        assert_eq!(ToolName::named("rm_rf"), None);
+        assert!(RUN_PYTHON.contains("Nothing is kept between calls"));
+        for kept in ["variables, imports", "files", "no network"] {
+            assert!(CREATE_SESSION.contains(kept), "{kept}");
+        }
+        assert!(RUN_IN_SESSION.contains("no network"));
     }
 }

@@ -50,6 +50,13 @@ pub(crate) struct SessionLimits {
     disk_mb: u32,
 }
 
+impl SessionBody {
+    /// The session's id, as every later request names it.
+    pub(crate) fn id(&self) -> &str {
+        &self.session_id
+    }
+}
+
 impl From<SessionState> for SessionBody {
     fn from(state: SessionState) -> Self {
         SessionBody {
@@ -110,25 +117,13 @@ pub(crate) async fn create(
         let (body, _reservation) = state.read_body(body).await?;
         let asked = OpenSessionRequest::parse(&body)?;
         let request_id = parts.extensions.get::<RequestId>().cloned();
-        let spec = SessionSpec {
-            request_id: request_id
-                .unwrap_or_else(RequestId::generate)
-                .as_str()
-                .into(),
-            idle_timeout_ms: asked.idle_timeout_ms,
-            limits: asked.limits,
-            network: asked.network,
-        };
-        match state
-            .executor()
-            .session(ExecutorRequest::OpenSession(spec))
-            .await?
-        {
-            pysandbox_shared::Response::Session(opened) => {
-                Ok((StatusCode::CREATED, Json(SessionBody::from(opened))).into_response())
-            }
-            _ => Err(ApiError::Internal),
-        }
+        let opened = open(
+            &state,
+            asked,
+            request_id.unwrap_or_else(RequestId::generate),
+        )
+        .await?;
+        Ok((StatusCode::CREATED, Json(opened)).into_response())
     };
     counted(&state, answer.await)
 }
@@ -197,10 +192,7 @@ pub(crate) async fn close(
 ) -> Result<Response, ApiError> {
     let answer = async {
         let id = checked(&state, &headers, session_id)?;
-        state
-            .executor()
-            .session(ExecutorRequest::CloseSession(id))
-            .await?;
+        end(&state, id).await?;
         Ok(StatusCode::NO_CONTENT.into_response())
     };
     counted(&state, answer.await)
@@ -246,14 +238,53 @@ pub(crate) async fn execute(
     counted(&state, answer.await)
 }
 
-/// The token first, then the id: one no session could have is not found.
-fn checked(state: &AppState, headers: &HeaderMap, id: String) -> Result<String, ApiError> {
-    state.check_token(headers)?;
+/// Opens the session `asked` for at the executor: `POST /sessions`, and the MCP
+/// tool `create_session`.
+pub(crate) async fn open(
+    state: &AppState,
+    asked: OpenSessionRequest,
+    request_id: RequestId,
+) -> Result<SessionBody, ApiError> {
+    let spec = SessionSpec {
+        request_id: request_id.as_str().into(),
+        idle_timeout_ms: asked.idle_timeout_ms,
+        limits: asked.limits,
+        network: asked.network,
+    };
+    match state
+        .executor()
+        .session(ExecutorRequest::OpenSession(spec))
+        .await?
+    {
+        pysandbox_shared::Response::Session(opened) => Ok(SessionBody::from(opened)),
+        _ => Err(ApiError::Internal),
+    }
+}
+
+/// Ends the session `id` (as [`parse_id`] took it) and removes everything of it: `DELETE
+/// /sessions/{sessionId}`, and the MCP tool `end_session`.
+pub(crate) async fn end(state: &AppState, id: String) -> Result<(), ApiError> {
+    state
+        .executor()
+        .session(ExecutorRequest::CloseSession(id))
+        .await?;
+    Ok(())
+}
+
+/// `id` if some session could have it; one no session could have is not found,
+/// without asking the executor.
+pub(crate) fn parse_id(id: String) -> Result<String, ApiError> {
     if is_session_id(&id) {
         Ok(id)
     } else {
         Err(ApiError::SessionNotFound)
     }
+}
+
+/// The token first, then the id.
+fn checked(state: &AppState, headers: &HeaderMap, id: String) -> Result<String, ApiError> {
+    state.check_token(headers)?;
+    parse_id(id)
 }
 
 /// Counts a failed answer for `/metrics`, as every route does.

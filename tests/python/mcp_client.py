@@ -2,8 +2,10 @@
 lists the tools, then calls each tool named on stdin and prints what it saw as JSON.
 
 Usage: mcp_client.py URL TOKEN < calls.json, where calls.json is a list of
-{"name": ..., "arguments": {...}}. Prints {"serverInfo", "tools", "results"}, the
-results as the client parsed them (camelCase, as on the wire).
+{"name": ..., "arguments": {...}}. An argument whose value is the string "$session"
+is given the `sessionId` of the last session `create_session` opened. Prints
+{"serverInfo", "tools", "results"}, the results as the client parsed them
+(camelCase, as on the wire).
 """
 
 import asyncio
@@ -24,8 +26,14 @@ async def main(url: str, token: str, calls: list) -> dict:
                 init = await session.initialize()
                 tools = await session.list_tools()
                 results = []
+                opened = None
                 for call in calls:
-                    result = await session.call_tool(call["name"], call.get("arguments"))
+                    arguments = call.get("arguments")
+                    if arguments is not None:
+                        arguments = {k: opened if v == "$session" else v for k, v in arguments.items()}
+                    result = await session.call_tool(call["name"], arguments)
+                    if call["name"] == "create_session" and not result.is_error:
+                        opened = result.structured_content["sessionId"]
                     results.append(result.model_dump(mode="json", by_alias=True, exclude_none=True))
                 return {
                     "serverInfo": init.server_info.model_dump(mode="json", by_alias=True),

@@ -1,6 +1,7 @@
 //! `POST /mcp`: the stock MCP client (the `mcp` Python package) lists `run_python`
-//! and runs jobs through it; the endpoint has `/execute`'s token, body limits and
-//! admission, and hostile bodies get a JSON-RPC error or a 4xx, never a hang.
+//! and the session tools and runs jobs and sessions through them; the endpoint has
+//! `/execute`'s token, body limits and admission, the session routes' refusals, and
+//! hostile bodies get a JSON-RPC error or a 4xx, never a hang.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -42,6 +43,12 @@ async fn stock_client(svc: &Service, token: &str, calls: Value) -> Value {
 
 fn run_python(arguments: Value) -> Value {
     json!({"name": "run_python", "arguments": arguments})
+}
+
+/// A call of `tool`; `"$session"` in `arguments` stands for the last session
+/// `create_session` opened (see `mcp_client.py`).
+fn call(tool: &str, arguments: Value) -> Value {
+    json!({"name": tool, "arguments": arguments})
 }
 
 /// `POST /mcp` of raw `body` with `authorization` and the headers a streamable
@@ -112,7 +119,17 @@ async fn the_stock_client_lists_run_python_and_gets_42_a_png_and_files() {
     assert_eq!(seen["serverInfo"]["name"], "pysandbox", "{seen}");
 
     let tools = seen["tools"].as_array().expect("tools");
-    assert_eq!(tools.len(), 1, "{seen}");
+    let names: Vec<&str> = tools.iter().filter_map(|t| t["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "run_python",
+            "create_session",
+            "run_in_session",
+            "end_session"
+        ],
+        "{seen}"
+    );
     let tool = &tools[0];
     assert_eq!(tool["name"], "run_python");
     let description = tool["description"].as_str().unwrap_or_default();
@@ -187,6 +204,259 @@ async fn the_stock_client_lists_run_python_and_gets_42_a_png_and_files() {
     );
 
     assert_eq!(results[3]["structuredContent"]["stdout"], "fed\n");
+}
+
+/// `GET /sessions/{id}` with the token.
+async fn describe_session(svc: &Service, id: &str) -> Reply {
+    let auth = bearer(svc);
+    let path = format!("/sessions/{id}");
+    svc.request(
+        Method::GET,
+        &path,
+        &[("authorization", auth.as_str())],
+        None,
+    )
+    .await
+}
+
+/// `POST /sessions` with the token and an empty body.
+async fn open_session(svc: &Service) -> Reply {
+    let auth = bearer(svc);
+    svc.post_raw("/sessions", &[("authorization", auth.as_str())], "")
+        .await
+}
+
+/// The session tools as the stock client lists them, then a session that keeps
+/// `x` from one call to the next until `end_session` takes it away.
+#[tokio::test]
+async fn the_stock_client_keeps_a_variable_in_a_session_until_it_ends() {
+    require_root!();
+    let svc = Service::start();
+    let seen = stock_client(
+        &svc,
+        svc.token(),
+        json!([
+            call("create_session", json!({"idleTimeoutMs": 60000})),
+            call(
+                "run_in_session",
+                json!({"sessionId": "$session", "code": "x = 41"})
+            ),
+            call(
+                "run_in_session",
+                json!({"sessionId": "$session", "code": "x + 1"})
+            ),
+            call("end_session", json!({"sessionId": "$session"})),
+            call(
+                "run_in_session",
+                json!({"sessionId": "$session", "code": "x"})
+            ),
+        ]),
+    )
+    .await;
+
+    let tools = seen["tools"].as_array().expect("tools");
+    let tool = |name: &str| {
+        tools
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap_or_else(|| panic!("no tool {name}: {seen}"))
+    };
+    let description = |name: &str| tool(name)["description"].as_str().unwrap_or_default();
+    for kept in ["variables, imports", "files", "end_session", "no network"] {
+        assert!(description("create_session").contains(kept), "{kept}");
+    }
+    assert!(description("run_in_session").contains("no network"));
+    assert!(description("end_session").contains("session not found"));
+    assert_eq!(
+        tool("run_in_session")["inputSchema"]["required"],
+        json!(["sessionId", "code"])
+    );
+    assert_eq!(
+        tool("end_session")["inputSchema"]["required"],
+        json!(["sessionId"])
+    );
+    assert_eq!(tool("end_session")["annotations"]["destructiveHint"], true);
+    let session_limits = &tool("create_session")["inputSchema"]["properties"]["limits"];
+    assert!(session_limits["properties"]["memoryMb"].is_object());
+
+    let results = seen["results"].as_array().expect("results");
+    let opened = &results[0];
+    assert_eq!(opened["isError"], false, "{opened}");
+    let session = &opened["structuredContent"];
+    let id = session["sessionId"].as_str().expect("a session id");
+    assert!(
+        text(opened).starts_with(&format!("sessionId: {id}\n")),
+        "{opened}"
+    );
+    assert_eq!(session["idleTimeoutMs"], 60000, "{session}");
+    assert_eq!(session["calls"], 0, "{session}");
+    assert_eq!(session["busy"], false, "{session}");
+
+    let set = &results[1];
+    assert_eq!(set["isError"], false, "{set}");
+    assert_eq!(set["structuredContent"]["exitCode"], 0, "{set}");
+    let got = &results[2];
+    assert_eq!(got["isError"], false, "{got}");
+    assert_eq!(got["structuredContent"]["result"], "42", "{got}");
+    assert_eq!(
+        text(got),
+        "exit status: 0\n--- stdout ---\n--- stderr ---\n--- value of the last expression ---\n42\n"
+    );
+
+    let ended = &results[3];
+    assert_eq!(ended["isError"], false, "{ended}");
+    assert!(text(ended).contains(id), "{ended}");
+    // DELETE's answer: gone, not ended.
+    assert_error(
+        &describe_session(&svc, id).await,
+        404,
+        json!({"error": "session not found"}),
+    );
+
+    let gone = &results[4];
+    assert_eq!(gone["isError"], true, "{gone}");
+    assert_eq!(text(gone), "session not found", "{gone}");
+    assert_eq!(
+        gone["structuredContent"],
+        json!({"error": "session not found"})
+    );
+}
+
+/// The session routes' refusals, as tool errors with the same message and body:
+/// 429 for one session too many, 400 for a call that asks for the session's
+/// limits, 410 once `sys.exit` ended it, 404 for an id no session could have.
+#[tokio::test]
+async fn session_refusals_are_tool_errors_with_the_routes_messages() {
+    require_root!();
+    let svc = Service::builder()
+        .executor_config_toml("session_max = 1\n")
+        .start();
+    let first = open_session(&svc).await;
+    assert_eq!(first.status, 201, "{}", first.text);
+    let id = first.json["sessionId"].as_str().expect("a session id");
+    let full = open_session(&svc).await;
+    assert_eq!(full.status, 429, "{}", full.text);
+    let theirs = json!({"code": "1", "limits": {"memoryMb": 64}});
+    let auth = bearer(&svc);
+    let refused = svc
+        .post_raw(
+            &format!("/sessions/{id}/execute"),
+            &[
+                ("authorization", auth.as_str()),
+                ("content-type", "application/json"),
+            ],
+            theirs.to_string(),
+        )
+        .await;
+    assert_eq!(refused.status, 400, "{}", refused.text);
+
+    let mut theirs = theirs;
+    theirs["sessionId"] = json!(id);
+    let seen = stock_client(
+        &svc,
+        svc.token(),
+        json!([
+            call("create_session", json!({})),
+            call("run_in_session", theirs),
+            call(
+                "run_in_session",
+                json!({"sessionId": id, "code": "import sys\nsys.exit(2)"})
+            ),
+            call("run_in_session", json!({"sessionId": id, "code": "1"})),
+            call("end_session", json!({"sessionId": "../etc"})),
+            call("run_in_session", json!({"code": "1"})),
+        ]),
+    )
+    .await;
+    let results = seen["results"].as_array().expect("results");
+    let refusal = |result: &Value, reply: &Reply| {
+        assert_eq!(result["isError"], true, "{result}");
+        assert_eq!(text(result), reply.json["error"], "{result}");
+        assert_eq!(result["structuredContent"], reply.json, "{result}");
+    };
+    refusal(&results[0], &full);
+    assert!(
+        text(&results[0]).starts_with("too many sessions: "),
+        "{}",
+        results[0]
+    );
+    refusal(&results[1], &refused);
+    assert_eq!(
+        text(&results[1]),
+        "limits.memoryMb: is the session's: set it when the session is created"
+    );
+    let exited = &results[2];
+    assert_eq!(exited["isError"], false, "{exited}");
+    assert_eq!(exited["structuredContent"]["exitCode"], 2, "{exited}");
+    let ended = describe_session(&svc, id).await;
+    assert_eq!(ended.status, 410, "{}", ended.text);
+    refusal(&results[3], &ended);
+    assert!(
+        text(&results[3]).starts_with("session ended: "),
+        "{}",
+        results[3]
+    );
+    assert_eq!(
+        results[4]["structuredContent"],
+        json!({"error": "session not found"})
+    );
+    assert_eq!(results[5]["isError"], true);
+    assert_eq!(
+        results[5]["structuredContent"],
+        json!({"error": "sessionId: is required", "field": "sessionId"})
+    );
+}
+
+/// A call to a session that runs another one is refused at once, as the route
+/// refuses it: 409, "session is busy with another call".
+#[tokio::test]
+async fn a_busy_session_is_a_tool_error() {
+    require_root!();
+    let svc = Service::start();
+    let opened = open_session(&svc).await;
+    assert_eq!(opened.status, 201, "{}", opened.text);
+    let id = opened.json["sessionId"].as_str().expect("a session id");
+    let auth = bearer(&svc);
+    let path = format!("/sessions/{id}/execute");
+    let sleep = json!({"code": "import time\ntime.sleep(60)", "timeoutMs": 90000}).to_string();
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let hold = svc.post_raw(&path, &headers, sleep);
+    let busy = async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while describe_session(&svc, id).await.json["busy"] != true {
+            assert!(tokio::time::Instant::now() < deadline, "the call never ran");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+            "name": "run_in_session", "arguments": {"sessionId": id, "code": "1"}}});
+        post_mcp(&svc, Some(&auth), call.to_string()).await
+    };
+    let reply = tokio::select! {
+        reply = busy => reply,
+        held = hold => panic!("the held call ended first: {}", held.text),
+    };
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let result = &reply.json["result"];
+    assert_eq!(result["isError"], true, "{result}");
+    assert_eq!(text(result), "session is busy with another call");
+    assert_eq!(
+        result["structuredContent"],
+        json!({"error": "session is busy with another call"})
+    );
+    // Ending it interrupts the held call; nothing of it is left.
+    let ended = post_mcp(
+        &svc,
+        Some(&auth),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+            "name": "end_session", "arguments": {"sessionId": id}}})
+        .to_string(),
+    )
+    .await;
+    assert_eq!(ended.json["result"]["isError"], false, "{}", ended.text);
+    assert_eq!(describe_session(&svc, id).await.status, 404);
 }
 
 /// A request `/execute` refuses is a tool error with `/execute`'s message, and a

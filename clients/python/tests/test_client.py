@@ -4,6 +4,8 @@ import http.server
 import json
 import os
 import threading
+import time
+from datetime import datetime, timezone
 
 import pytest
 
@@ -117,14 +119,119 @@ def test_transport_errors_are_typed():
     assert e.value.status is None
 
 
+def test_a_session_keeps_variables_imports_and_files(client):
+    with client.session() as s:
+        assert isinstance(s.id, str) and s.id
+        assert s.execute("import math\nx = 41\nopen('kept.txt', 'w').write('hi')").ok
+        r = s.execute("x + 1")
+        assert (r.result, r.exit_code) == ("42", 0)
+        r = s.execute("print(math.floor(2.5), open('kept.txt').read())")
+        assert r.stdout == "2 hi\n"
+        events = list(s.stream("print(x)"))
+        assert isinstance(events[-1], pysandbox.Result) and events[-1].stdout == "41\n"
+        # However the output was cut into chunks.
+        assert "".join(e.text for e in events if isinstance(e, pysandbox.Output)) == "41\n"
+        info = s.info()
+        assert (info.session_id, info.calls, info.busy) == (s.id, 4, False)
+        assert info.created_at <= info.last_used_at < info.expires_at
+        assert info.created_at.tzinfo is not None
+        assert info.created_at <= datetime.now(timezone.utc)
+        assert info.raw["sessionId"] == s.id
+    # Leaving the block closed it.
+    with pytest.raises(pysandbox.SessionNotFound):
+        s.info()
+
+
+def test_a_closed_session_is_not_found(client):
+    s = client.session()
+    assert s.execute("x = 1").ok
+    s.close()
+    s.close()  # Idempotent.
+    with pytest.raises(pysandbox.SessionNotFound) as e:
+        s.execute("x")
+    assert (e.value.status, e.value.message) == (404, "session not found")
+    assert isinstance(e.value, pysandbox.NotFound)
+
+
+def test_sys_exit_ends_a_session(client):
+    with client.session() as s:
+        r = s.execute("import sys\nsys.exit(2)")
+        assert r.exit_code == 2
+        with pytest.raises(pysandbox.SessionEnded) as e:
+            s.execute("1")
+        assert e.value.status == 410 and e.value.message.startswith("session ended: ")
+        with pytest.raises(pysandbox.SessionEnded):
+            s.info()
+    # Closing an ended session is fine, and forgets it.
+    with pytest.raises(pysandbox.SessionNotFound):
+        s.info()
+
+
+def test_an_exception_or_a_timeout_leaves_the_session_alive(client):
+    with client.session() as s:
+        s.execute("x = 1")
+        failed = s.execute("1 / 0")
+        assert failed.exit_code == 1 and "ZeroDivisionError" in failed.stderr
+        slow = s.execute("import time\ntime.sleep(30)", timeout_ms=300)
+        assert slow.timed_out and slow.limit_exceeded == "time"
+        assert "KeyboardInterrupt" in slow.stderr
+        assert s.execute("x + 1").result == "2"
+
+
+def test_a_second_call_at_once_is_busy(client):
+    with client.session() as s:
+        outcome = []
+
+        def hold():
+            try:
+                outcome.append(s.execute("import time\ntime.sleep(5)"))
+            except pysandbox.PysandboxError as e:
+                outcome.append(e)
+
+        held = threading.Thread(target=hold)
+        held.start()
+        try:
+            deadline = time.monotonic() + 30
+            while not s.info().busy:
+                assert time.monotonic() < deadline, "the call never ran"
+                time.sleep(0.05)
+            with pytest.raises(pysandbox.SessionBusy) as e:
+                s.execute("1")
+            assert (e.value.status, e.value.message) == (409, "session is busy with another call")
+        finally:
+            # Ends the session; what the held call gets is not this test's business.
+            s.close()
+            held.join()
+        assert len(outcome) == 1
+
+
+def test_session_settings_and_refusals(client):
+    with client.session(idle_timeout_ms=5000, limits={"memory_mb": 128, "max_processes": 16}) as s:
+        info = s.info()
+        assert info.idle_timeout_ms == 5000
+        assert (info.limits.memory_mb, info.limits.max_processes) == (128, 16)
+        # Memory, processes and disk are the session's, not a call's.
+        with pytest.raises(pysandbox.BadRequest) as e:
+            s.execute("1", limits={"memory_mb": 64})
+        assert e.value.field == "limits.memoryMb"
+    with pytest.raises(pysandbox.BadRequest) as e:
+        client.session(idle_timeout_ms=10)
+    assert e.value.field == "idleTimeoutMs"
+    with pytest.raises(TypeError):
+        client.session(limits={"memroy_mb": 5})
+
+
 class _Stub(http.server.BaseHTTPRequestHandler):
-    """Answers POST /execute with the statuses queued in `server.answers`."""
+    """Answers POST /execute and POST /sessions with the statuses queued in
+    `server.answers`."""
 
     def do_POST(self):
         self.rfile.read(int(self.headers["Content-Length"]))
         status, retry_after = self.server.answers.pop(0)
         if status == 200:
             body = json.dumps(_RESULT).encode()
+        elif status == 201:
+            body = json.dumps(_SESSION).encode()
         else:
             body = json.dumps({"error": "service busy: every job slot is taken; retry later"}).encode()
         self.send_response(status)
@@ -144,6 +251,14 @@ _RESULT = {
     "timedOut": False, "durationMs": 1, "stdoutTruncated": False, "stderrTruncated": False,
     "limitExceeded": None, "usage": {"wallMs": 1, "cpuMs": None, "peakMemoryBytes": None},
     "violations": [], "result": None, "displays": [],
+}
+
+
+_SESSION = {
+    "sessionId": "stub.0123456789abcdef0123456789abcdef", "createdAt": "2026-01-01T00:00:00.000Z",
+    "lastUsedAt": "2026-01-01T00:00:00.000Z", "expiresAt": "2026-01-01T00:10:00.000Z",
+    "idleTimeoutMs": 600000, "calls": 0, "busy": False, "memoryBytes": None,
+    "limits": {"memoryMb": 512, "maxProcesses": 64, "diskMb": 100},
 }
 
 
@@ -176,3 +291,16 @@ def test_busy_carries_retry_after_and_retries_are_opt_in(stub):
     with pytest.raises(pysandbox.TooManyRequests):
         pysandbox.Client(url, "t", retries=1, max_retry_wait=5, sleep=waits.append).execute("1")
     assert waits == [5]
+
+
+def test_too_many_sessions_is_retried_like_other_429s(stub):
+    url = f"http://127.0.0.1:{stub.server_port}"
+    stub.answers = [(429, 4)]
+    with pytest.raises(pysandbox.TooManyRequests) as e:
+        pysandbox.Client(url, "t").session()
+    assert (e.value.status, e.value.retry_after) == (429, 4)
+
+    waits = []
+    stub.answers = [(429, 4), (201, None)]
+    s = pysandbox.Client(url, "t", retries=1, sleep=waits.append).session()
+    assert s.id == _SESSION["sessionId"] and waits == [4]

@@ -1,10 +1,14 @@
-"""Client of pysandbox: runs Python in a fresh sandbox per job over its HTTP API.
+"""Client of pysandbox: runs Python in a fresh sandbox per job over its HTTP API,
+or in a session that keeps its state between calls.
 
     client = pysandbox.Client("http://localhost:8080", token)
     result = client.execute("print(2 + 2)")
     result.stdout  # "4\n"
+    with client.session() as s:
+        s.execute("x = 41")
+        s.execute("x + 1").result  # "42"
 """
-from .client import Client
+from .client import Client, Session
 from .errors import (
     BadRequest,
     Busy,
@@ -14,6 +18,9 @@ from .errors import (
     PysandboxError,
     RequestTimeout,
     ServerError,
+    SessionBusy,
+    SessionEnded,
+    SessionNotFound,
     StreamError,
     TooManyRequests,
     TransportError,
@@ -25,6 +32,8 @@ from .models import (
     File,
     Output,
     Result,
+    SessionInfo,
+    SessionLimits,
     Skipped,
     Truncated,
     Upload,
@@ -46,6 +55,12 @@ __all__ = [
     "RequestTimeout",
     "Result",
     "ServerError",
+    "Session",
+    "SessionBusy",
+    "SessionEnded",
+    "SessionInfo",
+    "SessionLimits",
+    "SessionNotFound",
     "Skipped",
     "StreamError",
     "TooManyRequests",

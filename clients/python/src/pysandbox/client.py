@@ -1,4 +1,5 @@
-"""The HTTP client: `Client.execute`, `Client.stream`, `Client.health`."""
+"""The HTTP client: `Client.execute`, `Client.stream`, `Client.health`, and
+`Client.session`, whose `Session` runs calls that keep their state."""
 import base64
 import contextlib
 import http.client
@@ -32,6 +33,7 @@ _LIMITS = {
     "output_bytes": "outputBytes",
 }
 _NETWORK = {"allowed_domains": "allowedDomains"}
+_SESSIONS = "/sessions/"
 
 Event = Union[models.Output, models.Truncated, models.Display, models.Violation, models.Result]
 
@@ -65,7 +67,8 @@ class Client:
         self._sleep = sleep
 
     def execute(self, code: str, **fields: Any) -> models.Result:
-        """Runs `code` and returns its `Result` (also when the Python failed).
+        """Runs `code` in a fresh sandbox and returns its `Result` (also when the
+        Python failed). Nothing is kept from one call to the next: see `session`.
 
         Fields, all optional: `timeout_ms`, `stdin`, `limits` (a dict of
         `memory_mb`, `cpu_ms`, `max_processes`, `disk_mb`, `output_bytes`),
@@ -74,10 +77,7 @@ class Client:
         `file_upload_url`, `upload_token`, `public`. Raises a `PysandboxError`
         subclass when the service refuses the call.
         """
-        body = _body(code, fields)
-        with self._open("POST", "/execute", body, "application/json") as response:
-            with _reading("POST /execute"):
-                return models.Result.from_json(json.load(response))
+        return self._execute("/execute", code, fields)
 
     def stream(self, code: str, **fields: Any) -> Iterator[Event]:
         """Runs `code` (fields as for `execute`) and yields what it does as it
@@ -85,9 +85,50 @@ class Client:
         and last its `Result`. Raises `StreamError` when the job fails after the
         stream began, and like `execute` before that. Leaving the loop early
         hangs up, which kills the job."""
+        return self._stream("/execute", code, fields)
+
+    def session(
+        self,
+        idle_timeout_ms: Optional[int] = None,
+        limits: Optional[Mapping[str, int]] = None,
+    ) -> "Session":
+        """Opens a session (`POST /sessions`): one interpreter whose variables,
+        imports and work-dir files last from one `Session.execute` to the next,
+        until `Session.close`, `idle_timeout_ms` without a call (the service's
+        default when None), or its interpreter exiting. Sessions have no network.
+
+        `limits` (a dict of `memory_mb`, `max_processes`, `disk_mb`) hold for all
+        the session's calls together. Use it as a context manager, which closes
+        it: `with client.session() as s: s.execute("x = 1")`. Raises
+        `TooManyRequests` when the service holds as many sessions as it allows
+        (retried with `retries`, as other 429s).
+        """
+        body: Dict[str, Any] = {}
+        if idle_timeout_ms is not None:
+            body["idleTimeoutMs"] = idle_timeout_ms
+        if limits is not None:
+            body["limits"] = _renamed(limits, _LIMITS, "limit")
+        data = json.dumps(body).encode()
+        with self._open("POST", "/sessions", data, "application/json") as response:
+            with _reading("POST /sessions"):
+                info = models.SessionInfo.from_json(json.load(response))
+        return Session(self, info.session_id)
+
+    def health(self) -> Dict[str, Any]:
+        """`GET /health`: whether the service and its executor are up, and counts."""
+        with self._open("GET", "/health", None, "application/json", auth=False) as response:
+            return json.load(response)
+
+    def _execute(self, path: str, code: str, fields: Mapping[str, Any]) -> models.Result:
         body = _body(code, fields)
-        with self._open("POST", "/execute", body, "text/event-stream") as response:
-            for name, data in _guarded(sse.events(response), "POST /execute (streamed)"):
+        with self._open("POST", path, body, "application/json") as response:
+            with _reading(f"POST {path}"):
+                return models.Result.from_json(json.load(response))
+
+    def _stream(self, path: str, code: str, fields: Mapping[str, Any]) -> Iterator[Event]:
+        body = _body(code, fields)
+        with self._open("POST", path, body, "text/event-stream") as response:
+            for name, data in _guarded(sse.events(response), f"POST {path} (streamed)"):
                 event = _event(name, json.loads(data))
                 if event is not None:
                     yield event
@@ -95,17 +136,12 @@ class Client:
                     return
         raise errors.StreamError("the stream ended without a result")
 
-    def health(self) -> Dict[str, Any]:
-        """`GET /health`: whether the service and its executor are up, and counts."""
-        with self._open("GET", "/health", None, "application/json") as response:
-            return json.load(response)
-
-    def _open(self, method: str, path: str, body: Optional[bytes], accept: str):
+    def _open(self, method: str, path: str, body: Optional[bytes], accept: str, auth: bool = True):
         """The response of a call that succeeded, retrying as configured."""
         attempt = 0
         while True:
             try:
-                return self._send(method, path, body, accept)
+                return self._send(method, path, body, accept, auth)
             except errors.Busy as busy:
                 if attempt >= self.retries:
                     raise
@@ -113,19 +149,94 @@ class Client:
                 wait = busy.retry_after if busy.retry_after is not None else 1
                 self._sleep(min(wait, self.max_retry_wait))
 
-    def _send(self, method: str, path: str, body: Optional[bytes], accept: str):
+    def _send(self, method: str, path: str, body: Optional[bytes], accept: str, auth: bool):
         request = urllib.request.Request(self.base_url + path, data=body, method=method)
         request.add_header("Accept", accept)
         if body is not None:
             request.add_header("Content-Type", "application/json")
+        if auth:
             request.add_header("Authorization", "Bearer " + self.token)
         try:
             return urllib.request.urlopen(request, timeout=self.timeout)
         except urllib.error.HTTPError as e:
             with e:
-                raise errors.from_response(e.code, e.read(), e.headers.get("Retry-After")) from None
+                session = path.startswith(_SESSIONS)
+                raise errors.from_response(
+                    e.code, e.read(), e.headers.get("Retry-After"), session
+                ) from None
         except (urllib.error.URLError, socket.timeout, ConnectionError) as e:
             raise errors.TransportError(f"{method} {path}: {e}") from e
+
+
+class Session:
+    """A session the service holds (`Client.session` opens one): an interpreter
+    whose variables, imports and work-dir files last from call to call, like a
+    notebook's. Its calls run one at a time.
+
+    It ends with `close()` (or leaving its `with` block), after its idle timeout,
+    or when its interpreter exits: `sys.exit()` in a call, a crash, a kill at its
+    memory limit, or a call that ignores the interrupt at its time limit. After
+    that, calls raise `SessionEnded` (410) for a while, then `SessionNotFound` (404).
+    """
+
+    def __init__(self, client: Client, session_id: str):
+        self.client = client
+        self.id = session_id
+        self._path = _SESSIONS + urllib.parse.quote(session_id, safe="")
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"Session({self.id!r})"
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is None:
+            self.close()
+            return
+        # An exception is on its way out of the block: it is the one to see.
+        try:
+            self.close()
+        except errors.PysandboxError:
+            pass
+
+    def execute(self, code: str, **fields: Any) -> models.Result:
+        """Runs `code` in the session and returns its `Result`, as
+        `Client.execute` does; the code sees what earlier calls left.
+
+        Fields as `Client.execute`'s, except that `limits` may hold only `cpu_ms`
+        and `output_bytes` (memory, processes and disk are the session's) and
+        there is no `network`. `return_files=True` returns the files this call
+        created or changed. A call over `timeout_ms` is interrupted
+        (`KeyboardInterrupt`) and the session lives on. Raises `SessionNotFound`,
+        `SessionBusy`, `SessionEnded`, or what `Client.execute` raises.
+        """
+        return self.client._execute(self._path + "/execute", code, fields)
+
+    def stream(self, code: str, **fields: Any) -> Iterator[Event]:
+        """Runs `code` in the session and yields its events, as `Client.stream`
+        does (fields as for `execute`)."""
+        return self.client._stream(self._path + "/execute", code, fields)
+
+    def info(self) -> models.SessionInfo:
+        """What the session is and holds now (`GET /sessions/{id}`)."""
+        with self.client._open("GET", self._path, None, "application/json") as response:
+            with _reading(f"GET {self._path}"):
+                return models.SessionInfo.from_json(json.load(response))
+
+    def close(self) -> None:
+        """Ends the session (`DELETE /sessions/{id}`): its processes and files are
+        gone when this returns. Closing a session that is closed, expired or
+        ended does nothing."""
+        if self._closed:
+            return
+        try:
+            with self.client._open("DELETE", self._path, None, "application/json"):
+                pass
+        except errors.SessionNotFound:
+            pass
+        self._closed = True
 
 
 @contextlib.contextmanager

@@ -39,7 +39,23 @@ class Forbidden(PysandboxError):
 
 
 class NotFound(PysandboxError):
-    """404: no such route (a base URL with a wrong path?)."""
+    """404: no such route (a base URL with a wrong path?), or on a session's
+    routes no such session (`SessionNotFound`)."""
+
+
+class SessionNotFound(NotFound):
+    """404 from a session: never opened, closed, expired after its idle timeout,
+    or ended long ago."""
+
+
+class SessionBusy(PysandboxError):
+    """409: another call runs in the session now; its calls run one at a time."""
+
+
+class SessionEnded(PysandboxError):
+    """410: the session's interpreter exited (`sys.exit`), crashed or was killed
+    (memory limit, or an interrupt it ignored); `message` says which. Its state is
+    gone: open a new session."""
 
 
 class RequestTimeout(PysandboxError):
@@ -82,14 +98,19 @@ _BY_STATUS = {
     403: Forbidden,
     404: NotFound,
     408: RequestTimeout,
+    409: SessionBusy,
+    410: SessionEnded,
     413: PayloadTooLarge,
     429: TooManyRequests,
     503: Unavailable,
 }
 
 
-def from_response(status: int, body: bytes, retry_after: Optional[str]) -> PysandboxError:
-    """The exception for an error answer."""
+def from_response(
+    status: int, body: bytes, retry_after: Optional[str], session: bool = False
+) -> PysandboxError:
+    """The exception for an error answer; `session` when the call named a session
+    (a 404 then means the session is not found)."""
     try:
         parsed = json.loads(body)
     except ValueError:
@@ -99,4 +120,5 @@ def from_response(status: int, body: bytes, retry_after: Optional[str]) -> Pysan
     else:
         message, field = body[:200].decode("utf-8", "replace"), None
     seconds = int(retry_after) if retry_after and retry_after.isdigit() else None
-    return _BY_STATUS.get(status, ServerError)(message, status, field, seconds)
+    kind = SessionNotFound if session and status == 404 else _BY_STATUS.get(status, ServerError)
+    return kind(message, status, field, seconds)

@@ -1,7 +1,9 @@
 """What a job returns, as objects: `Result` for the whole answer, and the events
-of a streamed job (`Output`, `Truncated`, `Display`, `Violation`, then `Result`)."""
+of a streamed job (`Output`, `Truncated`, `Display`, `Violation`, then `Result`);
+and what a session is, `SessionInfo`."""
 import base64
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Dict, List, Optional
 
 
@@ -144,6 +146,53 @@ class Truncated:
     cap_bytes: int
 
 
+@dataclass(frozen=True)
+class SessionLimits:
+    """The limits that hold for all of a session's calls together."""
+
+    memory_mb: int
+    max_processes: int
+    disk_mb: int
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """What a session is and holds now (`GET /sessions/{id}`).
+
+    Times are timezone-aware UTC datetimes: `expires_at` is when the session ends
+    unless called again. `busy` is true while a call runs in it; `memory_bytes` is
+    what its processes use now (None where the host cannot count it). `raw` is the
+    JSON body as the service sent it.
+    """
+
+    session_id: str
+    created_at: datetime
+    last_used_at: datetime
+    expires_at: datetime
+    idle_timeout_ms: int
+    calls: int
+    busy: bool
+    memory_bytes: Optional[int]
+    limits: SessionLimits
+    raw: Dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, body: Dict[str, Any]) -> "SessionInfo":
+        limits = body["limits"]
+        return cls(
+            session_id=body["sessionId"],
+            created_at=_time(body["createdAt"]),
+            last_used_at=_time(body["lastUsedAt"]),
+            expires_at=_time(body["expiresAt"]),
+            idle_timeout_ms=body["idleTimeoutMs"],
+            calls=body["calls"],
+            busy=body["busy"],
+            memory_bytes=body["memoryBytes"],
+            limits=SessionLimits(limits["memoryMb"], limits["maxProcesses"], limits["diskMb"]),
+            raw=body,
+        )
+
+
 def violation(data: Dict[str, Any]) -> Violation:
     return Violation(data["method"], data["target"], data["reason"])
 
@@ -154,3 +203,8 @@ def display(data: Dict[str, Any]) -> Display:
 
 def _bytes(text: str) -> bytes:
     return base64.b64decode(text, validate=True)
+
+
+def _time(text: str) -> datetime:
+    # RFC 3339 in UTC ("...Z"); fromisoformat takes "Z" only from Python 3.11.
+    return datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
