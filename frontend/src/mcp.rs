@@ -82,13 +82,13 @@ The result's structured content is the JSON answer of the service's POST /execut
 
 const CREATE_SESSION: &str = "Start a Python session: one sandboxed interpreter that keeps its state from one run_in_session call to the next, like a notebook. \
 What it keeps: variables, imports, and the files in its working directory. It keeps them until end_session is called, until it goes unused for idleTimeoutMs (the service's default when not given), or until its interpreter exits (sys.exit(), a crash, or a kill at its memory limit); then everything of it is gone and later calls fail. \
-A session has no network at all: use run_python for code that needs it. Its memory, process and disk limits hold for all its calls together. \
+Its memory, process and disk limits hold for all its calls together; its network (none unless the service allows some domains, which `network.allowedDomains` can only narrow) holds for its whole life. \
 Returns the session's id, to pass as sessionId; the structured content is the JSON answer of the service's POST /sessions. The service allows only a few sessions at once: end the ones you are done with.";
 
 const RUN_IN_SESSION: &str = "Run Python 3 code in a session that create_session started: the code sees the variables, imports and working-directory files that earlier calls in the session left, and what it leaves is kept for later calls. \
 Returns what run_python returns: what it printed, its exit status, the value of a final expression, figures as PNG images, and the files this call created or changed. \
 An uncaught exception, or a call over its time limit (interrupted with KeyboardInterrupt), leaves the session and its state alive. sys.exit(), or the interpreter being killed (at the memory limit, or when it ignores the interrupt), ends the session: later calls fail with \"session ended\". \
-The session has no network. Its calls run one at a time: a second call while one runs fails with \"session is busy with another call\". \
+Its calls run one at a time: a second call while one runs fails with \"session is busy with another call\". \
 The structured content is the JSON answer of the service's POST /sessions/{sessionId}/execute.";
 
 const END_SESSION: &str = "End a session and delete everything it kept: its interpreter, variables, imports, background processes and working-directory files. \
@@ -96,7 +96,7 @@ Later calls with its id fail with \"session not found\". Sessions also end by th
 
 /// What a client is told about the server as a whole.
 const INSTRUCTIONS: &str = "Runs Python in a sandbox. run_python starts a fresh interpreter for each call and keeps nothing between calls. \
-A session (create_session, then run_in_session, then end_session) keeps variables, imports and working-directory files between its calls until it is ended, goes idle for too long, or its interpreter exits. Sessions have no network.";
+A session (create_session, then run_in_session, then end_session) keeps variables, imports and working-directory files between its calls until it is ended, goes idle for too long, or its interpreter exits.";
 
 /// `POST /mcp`, for [`crate::routes::router`].
 pub(crate) fn route(state: AppState) -> MethodRouter<AppState> {
@@ -634,26 +634,27 @@ fn run_python_schema() -> Value {
             "additionalProperties": false
         }),
     );
-    properties.insert(
-        "network".into(),
-        json!({
-            "type": "object",
-            "properties": {
-                "allowedDomains": {
-                    "type": "array",
-                    "items": {"type": "string"},
-                    "maxItems": pysandbox_shared::MAX_REQUESTED_DOMAINS,
-                    "description": "Narrows the service's allowed domains (exact or *.example.com); never widens them."
-                }
-            },
-            "additionalProperties": false
-        }),
-    );
+    properties.insert("network".into(), network_schema());
     json!({"type": "object", "properties": properties, "required": ["code"]})
 }
 
-/// `create_session`'s arguments: `POST /sessions`' body, without the network a
-/// session cannot have.
+/// `network`, for a job or a whole session.
+fn network_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "allowedDomains": {
+                "type": "array",
+                "items": {"type": "string"},
+                "maxItems": pysandbox_shared::MAX_REQUESTED_DOMAINS,
+                "description": "Narrows the service's allowed domains (exact or *.example.com); never widens them."
+            }
+        },
+        "additionalProperties": false
+    })
+}
+
+/// `create_session`'s arguments: `POST /sessions`' body.
 fn create_session_schema() -> Value {
     json!({
         "type": "object",
@@ -666,12 +667,14 @@ fn create_session_schema() -> Value {
             },
             "limits": {
                 "type": "object",
-                "description": "Lower limits than the service's for the whole session, all its calls together; a higher one is refused.",
+                "description": "Lower limits than the service's: memory, processes and disk for the whole session, all its calls together; CPU time and output for each call that sets none. A higher one is refused.",
                 "properties": {
-                    "memoryMb": count(), "maxProcesses": count(), "diskMb": count()
+                    "memoryMb": count(), "maxProcesses": count(), "diskMb": count(),
+                    "cpuMs": count(), "outputBytes": count()
                 },
                 "additionalProperties": false
-            }
+            },
+            "network": network_schema()
         }
     })
 }
@@ -914,9 +917,9 @@ mod tests {
         }
         assert_eq!(ToolName::named("rm_rf"), None);
         assert!(RUN_PYTHON.contains("Nothing is kept between calls"));
-        for kept in ["variables, imports", "files", "no network"] {
+        for kept in ["variables, imports", "files", "network"] {
             assert!(CREATE_SESSION.contains(kept), "{kept}");
         }
-        assert!(RUN_IN_SESSION.contains("no network"));
+        assert!(RUN_IN_SESSION.contains("one at a time"));
     }
 }

@@ -96,7 +96,7 @@ impl Modify for Mcp {
             .operation_id(Some("mcp"))
             .summary(Some("Model Context Protocol server (streamable HTTP, stateless)"))
             .description(Some(
-                "Tools: run_python. Every call runs in a fresh sandbox: nothing is kept between calls.",
+                "Tools: run_python (a fresh sandbox per call: nothing is kept), and create_session, run_in_session and end_session (one interpreter that keeps variables, imports and files between calls).",
             ))
             .request_body(Some(
                 RequestBodyBuilder::new()

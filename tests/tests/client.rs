@@ -118,6 +118,7 @@ async fn the_readme_example_runs_as_written() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.first(), Some(&"3"), "{stdout}");
+    assert!(lines.contains(&"42"), "the session's line: {stdout}");
     assert!(
         lines
             .iter()
