@@ -780,7 +780,7 @@ async fn health_needs_no_auth_and_leaks_nothing() {
     );
     assert_eq!(
         body,
-        json!({ "ok": true, "executor": "up", "runningJobs": 0, "maxJobs": 3, "queuedJobs": 0 })
+        json!({ "ok": true, "executor": "up", "runningJobs": 0, "maxJobs": 3, "queuedJobs": 0, "sessions": 0 })
     );
     let limits = limits.expect("/health names the limit mechanisms");
     for limit in ["memory", "time", "cpu", "processes", "disk", "output"] {
