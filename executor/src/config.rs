@@ -108,9 +108,10 @@ const DEFAULT_LIMITS: Limits = Limits {
 /// The least a job may ask for: below these a jail cannot start, so a request is
 /// refused rather than answered with a failed setup.
 pub const MIN_LIMITS: Limits = Limits {
-    // bwrap and Python's start peak at about 5 MiB of cgroup memory (measured on
-    // cgroup v1 and kernel 6.18); below 6 the jail is OOM-killed before the job runs.
-    memory_mb: 8,
+    // A cold jail running print(1) peaks at 8.3 to 9 MiB of cgroup memory (bwrap,
+    // Python's start and the launcher; cgroup v1, kernel 6.18, Python 3.11): at 8
+    // it is OOM-killed or not by a few pages of reclaimable cache.
+    memory_mb: 16,
     cpu_ms: 1,
     // bwrap, its pid 1 in the jail, and Python; socat for a job with network.
     max_processes: 4,
@@ -1519,10 +1520,10 @@ mod tests {
         assert!(load_file("[default_limits]\nmemory_mb = 5000").is_err());
         assert!(load_file("[default_limits]\nmemroy_mb = 5").is_err());
         // Below the minimum a jail cannot start: refused at startup, not per job.
-        let small = load_file("[default_limits]\nmemory_mb = 7").unwrap_err();
+        let small = load_file("[default_limits]\nmemory_mb = 15").unwrap_err();
         assert_eq!(
             small.to_string(),
-            "invalid configuration: default_limits: memoryMb must be from 8 to its max_limits value 4096"
+            "invalid configuration: default_limits: memoryMb must be from 16 to its max_limits value 4096"
         );
         assert!(load_file("[max_limits]\nmax_processes = 3").is_err());
         assert!(load(&["--max-jobs", "0"]).is_err());

@@ -33,7 +33,7 @@ const DEFAULT_OUTPUT_BYTES: usize = 1_048_576;
 /// The least a job may ask for (README's Limits table): below these a jail cannot
 /// start.
 const MINIMA: [(&str, u64); 5] = [
-    ("memoryMb", 8),
+    ("memoryMb", 16),
     ("cpuMs", 1),
     ("maxProcesses", 4),
     ("diskMb", 1),
@@ -827,7 +827,7 @@ async fn a_job_below_a_warm_jails_memory_gets_a_cold_jail() {
     }
     assert!(confirmed, "the warm jail never said it waits");
     let out = svc
-        .run(json!({ "code": "print(1)", "limits": { "memoryMb": 8 } }))
+        .run(json!({ "code": "print(1)", "limits": { "memoryMb": 16 } }))
         .await;
     assert_eq!(
         (&out["exitCode"], &out["stdout"], &out["limitExceeded"]),

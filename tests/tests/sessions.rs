@@ -1471,7 +1471,7 @@ async fn a_bad_post_sessions_body_is_400() {
     assert_error(
         &reply,
         400,
-        json!({ "error": "limits.memoryMb: must be from 8 to 4096", "field": "limits.memoryMb" }),
+        json!({ "error": "limits.memoryMb: must be from 16 to 4096", "field": "limits.memoryMb" }),
     );
     // Nothing is allowed by this configuration (the exact message under one that
     // allows something: a_session_may_narrow_the_configured_network_as_execute_does).

@@ -56,6 +56,98 @@ def show(*args, **kwargs):
 """
 
 
+# A session's cell loop, compiled only in a session: every cold jail compiles this
+# launcher at its start, and a job at the smallest memory limit has no room for it.
+_PYSANDBOX_SESSION = """
+def serve_session(main, emit, show_figure):
+    # A session (`/sandbox/session` exists): cells run one after another in the one
+    # `main` namespace, as in a notebook. The executor sends each cell on fd 0: a
+    # line `run CODE_BYTES STDIN_BYTES`, then the code, then the cell's stdin (on the
+    # pipe, not on the session's disk, which the session may have filled). The end
+    # of each cell is an `E` record on the display channel with its status:
+    # `0`, `1` (an uncaught exception, its traceback printed) or `I` (interrupted:
+    # the executor sent SIGINT at the call's time or CPU limit). A SystemExit ends
+    # the session as it would end a script. The first record, `P`, is this
+    # process's pid, which the executor interrupts.
+    import io
+    import linecache
+    import os
+    import signal
+    import sys
+
+    # The orders' pipe moves out of the job's way: its stdin is each cell's own.
+    orders = os.fdopen(os.dup(0), "rb", buffering=0)
+    null = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    # Only a cell is interrupted: a SIGINT that arrives between cells is late, and
+    # ignored. Python's own handler (no frame of ours in the traceback) runs cells.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    emit(b"P", str(os.getpid()).encode())
+    cells = 0
+    while True:
+        order = orders.readline(64).split()
+        if len(order) != 3 or order[0] != b"run":
+            return  # the executor closed the session
+        source = read_exactly(orders, int(order[1]))
+        stdin = read_exactly(orders, int(order[2]))
+        if source is None or stdin is None:
+            return
+        cells += 1
+        sys.stdin = io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8")
+        # Each cell's source under a name of its own, kept for tracebacks that show
+        # a function defined in an earlier cell.
+        name = "<cell %d>" % cells
+        text = source.decode("utf-8", "replace")
+        linecache.cache[name] = (len(text), None, text.splitlines(True), name)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            error = _pysandbox_run(main, source, name, emit)
+        except SystemExit:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            show_open_figures(show_figure)
+            raise
+        finally:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        status = b"0" if error is None else b"1"
+        if isinstance(error, KeyboardInterrupt):
+            status = b"I"
+        show_open_figures(show_figure)
+        close_figures()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except BaseException:
+                pass
+        emit(b"E", status)
+
+
+def read_exactly(stream, size):
+    # `size` bytes of `stream`, or None if it ends first.
+    chunks = []
+    while size > 0:
+        chunk = stream.read(min(size, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def close_figures():
+    # As a notebook does once a cell's figures were shown: the next cell starts
+    # with none open.
+    import sys
+
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is not None:
+        try:
+            plt.close("all")
+        except BaseException:
+            pass
+"""
+
+
 # Whether this process is a job forked from a template: it then ends with
 # os._exit (see _pysandbox_exit).
 _pysandbox_forked = []
@@ -206,6 +298,7 @@ def _pysandbox_launch():
     sys.modules["__main__"] = main
     sys.argv[:] = [path]
     if os.path.exists("/sandbox/session"):
+        exec(_PYSANDBOX_SESSION, globals())
         serve_session(main, emit, show_figure)  # returns only when the executor left
         return
     with open(path, "rb") as f:
@@ -272,94 +365,6 @@ def _pysandbox_run(main, source, path, emit):
             sys.excepthook(type(error), error, tb)
         return error
     return None
-
-
-def serve_session(main, emit, show_figure):
-    # A session (`/sandbox/session` exists): cells run one after another in the one
-    # `main` namespace, as in a notebook. The executor sends each cell on fd 0: a
-    # line `run CODE_BYTES STDIN_BYTES`, then the code, then the cell's stdin (on the
-    # pipe, not on the session's disk, which the session may have filled). The end
-    # of each cell is an `E` record on the display channel with its status:
-    # `0`, `1` (an uncaught exception, its traceback printed) or `I` (interrupted:
-    # the executor sent SIGINT at the call's time or CPU limit). A SystemExit ends
-    # the session as it would end a script. The first record, `P`, is this
-    # process's pid, which the executor interrupts.
-    import io
-    import linecache
-    import os
-    import signal
-    import sys
-
-    # The orders' pipe moves out of the job's way: its stdin is each cell's own.
-    orders = os.fdopen(os.dup(0), "rb", buffering=0)
-    null = os.open("/dev/null", os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
-    # Only a cell is interrupted: a SIGINT that arrives between cells is late, and
-    # ignored. Python's own handler (no frame of ours in the traceback) runs cells.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    emit(b"P", str(os.getpid()).encode())
-    cells = 0
-    while True:
-        order = orders.readline(64).split()
-        if len(order) != 3 or order[0] != b"run":
-            return  # the executor closed the session
-        source = read_exactly(orders, int(order[1]))
-        stdin = read_exactly(orders, int(order[2]))
-        if source is None or stdin is None:
-            return
-        cells += 1
-        sys.stdin = io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8")
-        # Each cell's source under a name of its own, kept for tracebacks that show
-        # a function defined in an earlier cell.
-        name = "<cell %d>" % cells
-        text = source.decode("utf-8", "replace")
-        linecache.cache[name] = (len(text), None, text.splitlines(True), name)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        try:
-            error = _pysandbox_run(main, source, name, emit)
-        except SystemExit:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            show_open_figures(show_figure)
-            raise
-        finally:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-        status = b"0" if error is None else b"1"
-        if isinstance(error, KeyboardInterrupt):
-            status = b"I"
-        show_open_figures(show_figure)
-        close_figures()
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except BaseException:
-                pass
-        emit(b"E", status)
-
-
-def read_exactly(stream, size):
-    # `size` bytes of `stream`, or None if it ends first.
-    chunks = []
-    while size > 0:
-        chunk = stream.read(min(size, 1 << 20))
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
-
-
-def close_figures():
-    # As a notebook does once a cell's figures were shown: the next cell starts
-    # with none open.
-    import sys
-
-    plt = sys.modules.get("matplotlib.pyplot")
-    if plt is not None:
-        try:
-            plt.close("all")
-        except BaseException:
-            pass
 
 
 def warm_up_charts():
