@@ -116,16 +116,7 @@ impl ExecuteRequest {
     /// Parses a request body; the checks run in the contract's order, so the first
     /// failing rule is the one reported.
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
-        let value: Value = serde_json::from_slice(body).map_err(|_| ApiError::InvalidJson)?;
-        let Value::Object(fields) = value else {
-            return Err(ApiError::NotAnObject);
-        };
-        if let Some(key) = first_duplicate_key(body) {
-            return Err(invalid(
-                &shown(&key, MAX_LOGGED_CHARS),
-                "appears more than once",
-            ));
-        }
+        let fields = object(body)?;
         let fields = Fields(&fields);
 
         let code = match fields.get(&["code"]) {
@@ -215,16 +206,7 @@ impl OpenSessionRequest {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(OpenSessionRequest::default());
         }
-        let value: Value = serde_json::from_slice(body).map_err(|_| ApiError::InvalidJson)?;
-        let Value::Object(fields) = value else {
-            return Err(ApiError::NotAnObject);
-        };
-        if let Some(key) = first_duplicate_key(body) {
-            return Err(invalid(
-                &shown(&key, MAX_LOGGED_CHARS),
-                "appears more than once",
-            ));
-        }
+        let fields = object(body)?;
         let fields = Fields(&fields);
         let idle_timeout_ms = fields
             .get(&["idleTimeoutMs"])
@@ -247,6 +229,22 @@ impl OpenSessionRequest {
             network,
         })
     }
+}
+
+/// The body as a JSON object without a key given twice, or why it is not one, in
+/// the contract's order.
+fn object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|_| ApiError::InvalidJson)?;
+    let Value::Object(fields) = value else {
+        return Err(ApiError::NotAnObject);
+    };
+    if let Some(key) = first_duplicate_key(body) {
+        return Err(invalid(
+            &shown(&key, MAX_LOGGED_CHARS),
+            "appears more than once",
+        ));
+    }
+    Ok(fields)
 }
 
 /// The body's top-level object.

@@ -174,11 +174,7 @@ pub(crate) async fn execute(
     State(state): State<AppState>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let answer = run(&state, request, None).await;
-    if let Err(error) = &answer {
-        state.count_error(error);
-    }
-    answer
+    state.counted(run(&state, request, None).await)
 }
 
 /// `POST /execute`, or in the session `session` its `execute` route: the same body,
@@ -230,6 +226,14 @@ impl AppState {
     pub(crate) async fn read_body(&self, body: Body) -> Result<(Bytes, Reservation), ApiError> {
         let app = &self.inner;
         read_body(body, app.max_body_bytes, &app.body_budget, app.body_timeout).await
+    }
+
+    /// `answer`, counted for `/metrics` when it is a failure, as every route does.
+    pub(crate) fn counted(&self, answer: Result<Response, ApiError>) -> Result<Response, ApiError> {
+        if let Err(error) = &answer {
+            self.count_error(error);
+        }
+        answer
     }
 
     /// Counts a request that failed, as `/metrics` reports it.

@@ -125,7 +125,7 @@ pub(crate) async fn create(
         .await?;
         Ok((StatusCode::CREATED, Json(opened)).into_response())
     };
-    counted(&state, answer.await)
+    state.counted(answer.await)
 }
 
 /// What the session is and holds now.
@@ -164,7 +164,7 @@ pub(crate) async fn describe(
             _ => Err(ApiError::Internal),
         }
     };
-    counted(&state, answer.await)
+    state.counted(answer.await)
 }
 
 /// Ends the session: its processes, mounts, cgroups and files are gone when this
@@ -195,7 +195,7 @@ pub(crate) async fn close(
         end(&state, id).await?;
         Ok(StatusCode::NO_CONTENT.into_response())
     };
-    counted(&state, answer.await)
+    state.counted(answer.await)
 }
 
 /// Runs Python in the session: `/execute`'s body and answers, with the session's
@@ -235,7 +235,7 @@ pub(crate) async fn execute(
         let id = checked(&state, request.headers(), session_id)?;
         run(&state, request, Some(id)).await
     };
-    counted(&state, answer.await)
+    state.counted(answer.await)
 }
 
 /// Opens the session `asked` for at the executor: `POST /sessions`, and the MCP
@@ -285,14 +285,6 @@ pub(crate) fn parse_id(id: String) -> Result<String, ApiError> {
 fn checked(state: &AppState, headers: &HeaderMap, id: String) -> Result<String, ApiError> {
     state.check_token(headers)?;
     parse_id(id)
-}
-
-/// Counts a failed answer for `/metrics`, as every route does.
-fn counted(state: &AppState, answer: Result<Response, ApiError>) -> Result<Response, ApiError> {
-    if let Err(error) = &answer {
-        state.count_error(error);
-    }
-    answer
 }
 
 #[cfg(test)]

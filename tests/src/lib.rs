@@ -35,8 +35,8 @@ pub use http::{assert_error, parse_raw_response, raw_exchange, Reply};
 pub use log::Log;
 pub use origin::Origin;
 pub use procs::{
-    cmdline, exit_output, host_processes_matching, parent_pids, peak_rss, py_concat, random_bytes,
-    random_hex, sleep_needle, wait_until, wait_until_async,
+    cgroup_dirs, cmdline, exit_output, host_processes_matching, parent_pids, peak_rss, py_concat,
+    random_bytes, random_hex, sleep_needle, wait_until, wait_until_async,
 };
 pub use service::{template_ready, Service, ServiceBuilder};
 pub use upload_stub::{FormPart, Received, StubReply, UploadStub};

@@ -2,6 +2,7 @@
 
 use std::fs;
 use std::io::Read;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Pids of host processes (other than this one) whose command line, with its NUL
@@ -162,6 +163,48 @@ pub fn peak_rss(pid: u32) -> u64 {
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmHWM in /proc/<pid>/status");
     kib * 1024
+}
+
+/// The host directories of the cgroups `pid` is in (one per hierarchy), from
+/// `/proc/<pid>/cgroup` and the cgroup mounts in `/proc/self/mountinfo`.
+pub fn cgroup_dirs(pid: u32) -> Vec<PathBuf> {
+    let Ok(own) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+        return Vec::new();
+    };
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
+    // (fs type, super options, mount point) of every cgroup mount.
+    let mounts: Vec<(String, Vec<String>, PathBuf)> = mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let point = left.split(' ').nth(4)?;
+            let mut right = right.split(' ');
+            let fs_type = right.next()?;
+            let opts = right.nth(1)?;
+            fs_type.starts_with("cgroup").then(|| {
+                (
+                    fs_type.to_owned(),
+                    opts.split(',').map(str::to_owned).collect(),
+                    PathBuf::from(point),
+                )
+            })
+        })
+        .collect();
+    own.lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            let mount = mounts.iter().find(|(fs_type, opts, _)| {
+                if id == "0" {
+                    fs_type == "cgroup2"
+                } else {
+                    fs_type == "cgroup"
+                        && controllers.split(',').all(|c| opts.iter().any(|o| o == c))
+                }
+            })?;
+            Some(mount.2.join(path.trim_start_matches('/')))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -127,17 +127,18 @@ impl Service {
 
     /// `POST /execute` with the right token and `body` as JSON.
     pub async fn post_execute(&self, body: &Value) -> Reply {
+        let body = body.to_string().into_bytes();
+        self.authorized(Method::POST, "/execute", Some(body)).await
+    }
+
+    /// `method path` with the right token, and `body` as JSON when there is one.
+    pub async fn authorized(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Reply {
         let auth = format!("Bearer {}", self.token());
-        self.request(
-            Method::POST,
-            "/execute",
-            &[
-                ("authorization", auth.as_str()),
-                ("content-type", "application/json"),
-            ],
-            Some(body.to_string().into_bytes()),
-        )
-        .await
+        let mut headers = vec![("authorization", auth.as_str())];
+        if body.is_some() {
+            headers.push(("content-type", "application/json"));
+        }
+        self.request(method, path, &headers, body).await
     }
 
     /// `POST /execute` of `body`, asserting a 200; returns the JSON result.

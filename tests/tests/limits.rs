@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use pysandbox_tests::{
-    assert_error, binaries, exit_output, host_processes_matching, py_concat, require_root,
-    sleep_needle, wait_until_async, Executor, Service,
+    assert_error, binaries, cgroup_dirs, exit_output, host_processes_matching, py_concat,
+    require_root, sleep_needle, wait_until_async, Executor, Service,
 };
 use serde_json::{json, Value};
 
@@ -81,48 +81,11 @@ fn sleeper(needle: &str) -> String {
     )
 }
 
-/// The host directories of the pysandbox cgroups `pid` is in (one per hierarchy),
-/// from `/proc/<pid>/cgroup` and the cgroup mounts in `/proc/self/mountinfo`.
+/// The host directories of the pysandbox cgroups `pid` is in (one per hierarchy).
 fn pysandbox_cgroups_of(pid: u32) -> Vec<PathBuf> {
-    let Ok(own) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
-        return Vec::new();
-    };
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
-    // (fs type, super options, mount point) of every cgroup mount.
-    let mounts: Vec<(String, Vec<String>, PathBuf)> = mountinfo
-        .lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let point = left.split(' ').nth(4)?;
-            let mut right = right.split(' ');
-            let fs_type = right.next()?;
-            let opts = right.nth(1)?;
-            fs_type.starts_with("cgroup").then(|| {
-                (
-                    fs_type.to_owned(),
-                    opts.split(',').map(str::to_owned).collect(),
-                    PathBuf::from(point),
-                )
-            })
-        })
-        .collect();
-    own.lines()
-        .filter_map(|line| {
-            let mut parts = line.splitn(3, ':');
-            let (id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-            if !path.contains("/pysandbox-") {
-                return None;
-            }
-            let mount = mounts.iter().find(|(fs_type, opts, _)| {
-                if id == "0" {
-                    fs_type == "cgroup2"
-                } else {
-                    fs_type == "cgroup"
-                        && controllers.split(',').all(|c| opts.iter().any(|o| o == c))
-                }
-            })?;
-            Some(mount.2.join(path.trim_start_matches('/')))
-        })
+    cgroup_dirs(pid)
+        .into_iter()
+        .filter(|dir| dir.to_string_lossy().contains("/pysandbox-"))
         .collect()
 }
 

@@ -212,22 +212,13 @@ async fn the_stock_client_lists_run_python_and_gets_42_a_png_and_files() {
 
 /// `GET /sessions/{id}` with the token.
 async fn describe_session(svc: &Service, id: &str) -> Reply {
-    let auth = bearer(svc);
-    let path = format!("/sessions/{id}");
-    svc.request(
-        Method::GET,
-        &path,
-        &[("authorization", auth.as_str())],
-        None,
-    )
-    .await
+    svc.authorized(Method::GET, &format!("/sessions/{id}"), None)
+        .await
 }
 
 /// `POST /sessions` with the token and an empty body.
 async fn open_session(svc: &Service) -> Reply {
-    let auth = bearer(svc);
-    svc.post_raw("/sessions", &[("authorization", auth.as_str())], "")
-        .await
+    svc.authorized(Method::POST, "/sessions", None).await
 }
 
 /// The session tools as the stock client lists them, then a session that keeps

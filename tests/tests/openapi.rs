@@ -104,49 +104,34 @@ async fn readme_session_requests_and_real_sessions_fit_the_schemas() {
     let svc = Service::start();
     let (_, file) = document(&svc).await;
     let path = file.path().to_str().expect("UTF-8 path");
-    let token = format!("Bearer {}", svc.token());
-    let auth = [("authorization", token.as_str())];
+    let json_body = |body: &Value| Some(body.to_string().into_bytes());
     let bodies = readme_session_bodies();
     let mut states = Vec::new();
     let mut calls = Vec::new();
     for body in &bodies {
         let opened = svc
-            .request(
-                Method::POST,
-                "/sessions",
-                &auth,
-                Some(body.to_string().into_bytes()),
-            )
+            .authorized(Method::POST, "/sessions", json_body(body))
             .await;
         assert_eq!(opened.status, 201, "{body}: {}", opened.text);
         let id = opened.json["sessionId"].as_str().expect("an id").to_owned();
+        let session = format!("/sessions/{id}");
         let call = svc
-            .request(
+            .authorized(
                 Method::POST,
-                &format!("/sessions/{id}/execute"),
-                &auth,
-                Some(json!({"code": "6 * 7"}).to_string().into_bytes()),
+                &format!("{session}/execute"),
+                json_body(&json!({"code": "6 * 7"})),
             )
             .await;
         assert_eq!(call.json["result"], "42", "{}", call.text);
-        let described = svc
-            .request(Method::GET, &format!("/sessions/{id}"), &auth, None)
-            .await;
-        let closed = svc
-            .request(Method::DELETE, &format!("/sessions/{id}"), &auth, None)
-            .await;
+        let described = svc.authorized(Method::GET, &session, None).await;
+        let closed = svc.authorized(Method::DELETE, &session, None).await;
         assert_eq!(closed.status, 204, "{}", closed.text);
         states.extend([opened.json, described.json]);
         calls.push(call.json);
     }
     let refused = json!({"idleTimeoutMs": 0});
     let reply = svc
-        .request(
-            Method::POST,
-            "/sessions",
-            &auth,
-            Some(refused.to_string().into_bytes()),
-        )
+        .authorized(Method::POST, "/sessions", json_body(&refused))
         .await;
     assert_eq!(reply.status, 400, "{}", reply.text);
     check(&["instances", path, "OpenSessionRequest"], &bodies);

@@ -20,8 +20,8 @@ use base64::Engine;
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use pysandbox_tests::{
-    assert_error, host_processes_matching, py_concat, random_hex, require_root, sleep_needle,
-    stdout_json, wait_until_async, Reply, Service,
+    assert_error, cgroup_dirs, host_processes_matching, py_concat, random_hex, require_root,
+    sleep_needle, stdout_json, wait_until_async, Reply, Service,
 };
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -144,56 +144,27 @@ fn bearer(svc: &Service) -> String {
 
 /// `POST /sessions` with the token and `body` as it is.
 async fn post_sessions(svc: &Service, body: impl Into<Vec<u8>>) -> Reply {
-    let auth = bearer(svc);
-    let headers = [
-        ("authorization", auth.as_str()),
-        ("content-type", "application/json"),
-    ];
-    svc.request(Method::POST, "/sessions", &headers, Some(body.into()))
+    svc.authorized(Method::POST, "/sessions", Some(body.into()))
         .await
 }
 
 /// `POST /sessions/{id}/execute` of `body` with the token.
 async fn execute_in(svc: &Service, id: &str, body: &Value) -> Reply {
-    let auth = bearer(svc);
-    let headers = [
-        ("authorization", auth.as_str()),
-        ("content-type", "application/json"),
-    ];
     let path = format!("/sessions/{id}/execute");
-    svc.request(
-        Method::POST,
-        &path,
-        &headers,
-        Some(body.to_string().into_bytes()),
-    )
-    .await
+    svc.authorized(Method::POST, &path, Some(body.to_string().into_bytes()))
+        .await
 }
 
 /// `GET /sessions/{id}` with the token.
 async fn get_session(svc: &Service, id: &str) -> Reply {
-    let auth = bearer(svc);
-    let path = format!("/sessions/{id}");
-    svc.request(
-        Method::GET,
-        &path,
-        &[("authorization", auth.as_str())],
-        None,
-    )
-    .await
+    svc.authorized(Method::GET, &format!("/sessions/{id}"), None)
+        .await
 }
 
 /// `DELETE /sessions/{id}` with the token.
 async fn delete_session(svc: &Service, id: &str) -> Reply {
-    let auth = bearer(svc);
-    let path = format!("/sessions/{id}");
-    svc.request(
-        Method::DELETE,
-        &path,
-        &[("authorization", auth.as_str())],
-        None,
-    )
-    .await
+    svc.authorized(Method::DELETE, &format!("/sessions/{id}"), None)
+        .await
 }
 
 /// Asserts `410 {"error": "session ended: <reason>"}` (JSON, a reason given).
@@ -300,48 +271,6 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// The host directories of the cgroups `pid` is in (one per hierarchy), from
-/// `/proc/<pid>/cgroup` and the cgroup mounts in `/proc/self/mountinfo`.
-fn cgroup_dirs(pid: u32) -> Vec<PathBuf> {
-    let Ok(own) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
-        return Vec::new();
-    };
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
-    // (fs type, super options, mount point) of every cgroup mount.
-    let mounts: Vec<(String, Vec<String>, PathBuf)> = mountinfo
-        .lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let point = left.split(' ').nth(4)?;
-            let mut right = right.split(' ');
-            let fs_type = right.next()?;
-            let opts = right.nth(1)?;
-            fs_type.starts_with("cgroup").then(|| {
-                (
-                    fs_type.to_owned(),
-                    opts.split(',').map(str::to_owned).collect(),
-                    PathBuf::from(point),
-                )
-            })
-        })
-        .collect();
-    own.lines()
-        .filter_map(|line| {
-            let mut parts = line.splitn(3, ':');
-            let (id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-            let mount = mounts.iter().find(|(fs_type, opts, _)| {
-                if id == "0" {
-                    fs_type == "cgroup2"
-                } else {
-                    fs_type == "cgroup"
-                        && controllers.split(',').all(|c| opts.iter().any(|o| o == c))
-                }
-            })?;
-            Some(mount.2.join(path.trim_start_matches('/')))
-        })
-        .collect()
 }
 
 /// Every mount point in the test's mount namespace (the host's).
