@@ -48,11 +48,29 @@ pub struct Sessions {
     entries: Mutex<HashMap<String, Entry>>,
 }
 
+/// One id's place in the registry.
 #[derive(Debug)]
-struct Entry {
-    shared: Arc<Shared>,
-    /// The session's task; `None` once it ended.
-    commands: Option<mpsc::Sender<Command>>,
+enum Entry {
+    /// Its jail is being set up: it counts against the caps, and is nobody's yet.
+    Starting { memory_mb: u32 },
+    /// Its task runs it.
+    Open {
+        shared: Arc<Shared>,
+        commands: mpsc::Sender<Command>,
+    },
+    /// Its interpreter ended; `shared.ended` says why, and when.
+    Ended { shared: Arc<Shared> },
+}
+
+impl Entry {
+    /// The memory limit it holds against `session_memory_mb`, unless it ended.
+    fn held_mb(&self) -> Option<u32> {
+        match self {
+            Entry::Starting { memory_mb } => Some(*memory_mb),
+            Entry::Open { shared, .. } => Some(shared.limits.memory_mb),
+            Entry::Ended { .. } => None,
+        }
+    }
 }
 
 /// What both the session's task and its callers see of it.
@@ -166,7 +184,7 @@ impl Sessions {
     /// Sessions open now.
     pub fn open_count(&self) -> u32 {
         let entries = self.entries.lock().expect("not poisoned");
-        entries.values().filter(|e| e.commands.is_some()).count() as u32
+        entries.values().filter_map(Entry::held_mb).count() as u32
     }
 
     /// The session's limits, idle timeout and network policy, or why the request
@@ -207,10 +225,8 @@ impl Sessions {
     pub fn reserve(self: &Arc<Self>, memory_mb: u32) -> Result<Reservation, JobError> {
         let mut entries = self.entries.lock().expect("not poisoned");
         self.prune(&mut entries);
-        let open = entries.values().filter(|e| e.commands.is_some());
-        let (count, held_mb) = open.fold((0u32, 0u64), |(n, mb), e| {
-            (n + 1, mb + u64::from(e.shared.limits.memory_mb))
-        });
+        let held = entries.values().filter_map(Entry::held_mb);
+        let (count, held_mb) = held.fold((0u32, 0u64), |(n, sum), mb| (n + 1, sum + u64::from(mb)));
         let full = |reason: String| JobError::SessionsFull {
             reason,
             retry_after_secs: 5,
@@ -224,31 +240,8 @@ impl Sessions {
                 self.settings.memory_mb
             )));
         }
-        // A placeholder entry counts against the caps while the jail starts.
         let id = self.new_id();
-        let shared = Arc::new(Shared {
-            id: id.clone(),
-            created: SystemTime::now(),
-            idle_timeout: Duration::ZERO,
-            limits: Limits {
-                memory_mb,
-                ..crate::config::MIN_LIMITS
-            },
-            memory_file: None,
-            busy: AtomicBool::new(true),
-            calls: AtomicU64::new(0),
-            last_used: Mutex::new((SystemTime::now(), Instant::now())),
-            ended: Mutex::new(None),
-            closing: CancellationToken::new(),
-        });
-        let (placeholder, _) = mpsc::channel(1);
-        entries.insert(
-            id.clone(),
-            Entry {
-                shared,
-                commands: Some(placeholder),
-            },
-        );
+        entries.insert(id.clone(), Entry::Starting { memory_mb });
         Ok(Reservation {
             sessions: Arc::clone(self),
             id: Some(id),
@@ -267,13 +260,14 @@ impl Sessions {
     /// oldest past [`MAX_ENDED`].
     fn prune(&self, entries: &mut HashMap<String, Entry>) {
         let keep = Duration::from_millis(self.settings.ended_keep_ms.into());
-        let ended_at = |e: &Entry| {
-            e.shared
+        let ended_at = |e: &Entry| match e {
+            Entry::Ended { shared } => shared
                 .ended
                 .lock()
                 .expect("not poisoned")
                 .as_ref()
-                .map(|(_, at)| *at)
+                .map(|(_, at)| *at),
+            _ => None,
         };
         entries.retain(|_, e| ended_at(e).is_none_or(|at| at.elapsed() < keep));
         let mut ended: Vec<(Instant, String)> = entries
@@ -291,22 +285,20 @@ impl Sessions {
     fn lookup(&self, id: &str) -> Result<(Arc<Shared>, mpsc::Sender<Command>), JobError> {
         let mut entries = self.entries.lock().expect("not poisoned");
         self.prune(&mut entries);
-        let entry = entries.get(id).ok_or(JobError::SessionNotFound)?;
-        match &entry.commands {
-            Some(commands) if entry.shared.ended.lock().expect("not poisoned").is_none() => {
-                Ok((Arc::clone(&entry.shared), commands.clone()))
+        match entries.get(id) {
+            Some(Entry::Open { shared, commands })
+                if shared.ended.lock().expect("not poisoned").is_none() =>
+            {
+                Ok((Arc::clone(shared), commands.clone()))
             }
-            _ => Err(ended_error(&entry.shared)),
+            Some(Entry::Open { shared, .. } | Entry::Ended { shared }) => Err(ended_error(shared)),
+            Some(Entry::Starting { .. }) | None => Err(JobError::SessionNotFound),
         }
     }
 
     /// What the session is and holds now.
     pub fn describe(&self, id: &str) -> Result<SessionState, JobError> {
         let (shared, _) = self.lookup(id)?;
-        if shared.idle_timeout.is_zero() {
-            // A placeholder: its jail is still starting.
-            return Err(JobError::SessionNotFound);
-        }
         Ok(shared.state())
     }
 
@@ -343,15 +335,14 @@ impl Sessions {
 
     /// Ends the session; returns once everything of it is gone.
     pub async fn close(&self, id: &str) -> Result<(), JobError> {
-        let commands = {
-            let entries = self.entries.lock().expect("not poisoned");
-            let entry = entries.get(id).ok_or(JobError::SessionNotFound)?;
-            if entry.shared.idle_timeout.is_zero() {
-                return Err(JobError::SessionNotFound);
+        let commands = match self.entries.lock().expect("not poisoned").get(id) {
+            Some(Entry::Open { shared, commands }) => {
+                // A call running now is interrupted, so that the close comes next.
+                shared.closing.cancel();
+                Some(commands.clone())
             }
-            // A call running now is interrupted, so that the close comes next.
-            entry.shared.closing.cancel();
-            entry.commands.clone()
+            Some(Entry::Ended { .. }) => None,
+            Some(Entry::Starting { .. }) | None => return Err(JobError::SessionNotFound),
         };
         if let Some(commands) = commands {
             let (closed, wait) = oneshot::channel();
@@ -365,13 +356,15 @@ impl Sessions {
     }
 
     /// The session's task ended; `reason`, unless it was closed or expired.
-    fn ended(&self, shared: &Shared, reason: Option<String>) {
+    fn ended(&self, shared: &Arc<Shared>, reason: Option<String>) {
         let mut entries = self.entries.lock().expect("not poisoned");
         match reason {
             Some(reason) => {
                 shared.end(reason);
                 if let Some(entry) = entries.get_mut(&shared.id) {
-                    entry.commands = None;
+                    *entry = Entry::Ended {
+                        shared: Arc::clone(shared),
+                    };
                 }
             }
             None => {
@@ -414,9 +407,9 @@ impl Reservation {
         let (commands, received) = mpsc::channel(1);
         self.sessions.entries.lock().expect("not poisoned").insert(
             id,
-            Entry {
+            Entry::Open {
                 shared: Arc::clone(&shared),
-                commands: Some(commands),
+                commands,
             },
         );
         let state = shared.state();
@@ -617,9 +610,9 @@ mod tests {
         let (commands, _received) = mpsc::channel(1);
         sessions.entries.lock().unwrap().insert(
             shared.id.clone(),
-            Entry {
+            Entry::Open {
                 shared: Arc::clone(&shared),
-                commands: Some(commands),
+                commands,
             },
         );
         assert_eq!(sessions.describe("pod-1.00").unwrap().calls, 0);
