@@ -41,6 +41,9 @@ const DEFAULT_WARM_POOL_SIZE: u32 = 2;
 /// What a fork-server template imports: the typical job's modules (those not
 /// installed are skipped).
 const DEFAULT_FORK_PRELOAD: &[&str] = &["numpy", "pandas", "matplotlib.pyplot"];
+/// How long a template serves before a fresh one replaces it: its hash secret and
+/// address layout are every job's it forks, so they change at least this often.
+const DEFAULT_FORK_TEMPLATE_MAX_AGE_MS: u32 = 3_600_000;
 /// The fork-server library's file name, looked for beside the executor binary.
 const FORK_LIBRARY_NAME: &str = "libpysandbox_fork.so";
 /// Jobs that may wait for a slot, beyond those running.
@@ -210,6 +213,7 @@ struct FileConfig {
     fork_server: Option<bool>,
     fork_preload: Option<Vec<String>>,
     fork_library: Option<PathBuf>,
+    fork_template_max_age_ms: Option<u32>,
     max_queued_jobs: Option<u32>,
     queue_timeout_ms: Option<u32>,
     shutdown_grace_secs: Option<u32>,
@@ -588,6 +592,8 @@ pub struct Config {
     pub fork_preload: Vec<String>,
     /// The library a template's children call to build their jail.
     pub fork_library: PathBuf,
+    /// How long a template serves before it is replaced by a fresh one.
+    pub fork_template_max_age: Duration,
     /// Jobs that may wait for a slot; more are answered "busy" at once.
     pub max_queued_jobs: u32,
     /// How long a job may wait for a slot before it is answered "busy".
@@ -698,6 +704,11 @@ impl Config {
                 Some(path) => path,
                 None => default_fork_library()?,
             },
+            fork_template_max_age: Duration::from_millis(
+                file.fork_template_max_age_ms
+                    .unwrap_or(DEFAULT_FORK_TEMPLATE_MAX_AGE_MS)
+                    .into(),
+            ),
             max_queued_jobs: file.max_queued_jobs.unwrap_or(DEFAULT_MAX_QUEUED_JOBS),
             queue_timeout: Duration::from_millis(
                 file.queue_timeout_ms
@@ -898,6 +909,9 @@ impl Config {
             return invalid(
                 "session_idle_timeout_ms: must be from 1000 to session_max_idle_timeout_ms".into(),
             );
+        }
+        if self.fork_template_max_age < Duration::from_secs(1) {
+            return invalid("fork_template_max_age_ms: must be at least 1000".into());
         }
         if self.max_queued_jobs > 4096 {
             return invalid("max_queued_jobs: must be at most 4096".into());
@@ -1153,6 +1167,17 @@ mod tests {
         ] {
             assert!(load_file(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn templates_are_replaced_hourly_unless_configured() {
+        assert_eq!(
+            load(&[]).unwrap().fork_template_max_age,
+            Duration::from_secs(3600)
+        );
+        let config = load_file("fork_template_max_age_ms = 1000").unwrap();
+        assert_eq!(config.fork_template_max_age, Duration::from_secs(1));
+        assert!(load_file("fork_template_max_age_ms = 999").is_err());
     }
 
     #[test]

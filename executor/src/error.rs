@@ -30,6 +30,10 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The fork server did not take a job: the template was gone, or no spare of
+    /// its took the order. No code of the job ran; it runs in a jail of its own.
+    #[error("the fork server did not take the job")]
+    NotForked(#[source] std::io::Error),
     /// The jail ended before jail-init said it was set up; bwrap's stderr says why.
     #[error("the jail did not start: {stderr}")]
     JailDidNotStart { stderr: String },

@@ -19,7 +19,7 @@ use tokio::net::unix::pipe;
 use crate::cgroup::JobCgroup;
 use crate::error::Error;
 use crate::fork::order::Order;
-use crate::fork::{STATUS_EXITED, STATUS_FAILED};
+use crate::fork::{STATUS_EXITED, STATUS_FAILED, STATUS_STARTED};
 use crate::jail::bwrap::JobDirs;
 use crate::template::Template;
 
@@ -103,7 +103,7 @@ impl Pending {
         let fds: Vec<RawFd> = self.passed.iter().map(AsRawFd::as_raw_fd).collect();
         self.template
             .send(self.order.as_bytes(), &fds)
-            .map_err(Error::jail("hand the job to the fork-server template"))?;
+            .map_err(Error::NotForked)?;
         let running = Running {
             status: self.status,
             report: Vec::new(),
@@ -116,21 +116,43 @@ impl Pending {
 impl Running {
     /// Waits for the child's report: the job's wait status. A child killed before
     /// it reported (the executor killed the job's cgroup) reads as SIGKILL; one
-    /// that could not build the jail is an error with its reason.
+    /// that could not build the jail is an error with its reason; an order no
+    /// spare took is a [`NotTaken`] error.
     pub async fn wait(&mut self) -> io::Result<ExitStatus> {
         let mut chunk = [0u8; 512];
         loop {
             let n = self.status.read(&mut chunk).await?;
-            if n == 0 {
-                return read_report(&self.report);
-            }
             let room = MAX_REPORT_BYTES.saturating_sub(self.report.len());
             self.report.extend_from_slice(&chunk[..n.min(room)]);
+            // An exit status is the report's last word: the job's processes are
+            // gone by then (its pid 1 with them); the reporter need not be.
+            if n == 0 || is_exit_status(&self.report) {
+                return read_report(&self.report);
+            }
         }
     }
 }
 
+/// The order was dropped unread (its template is gone) or refused before the
+/// job began: no code of the job ran.
+#[derive(Debug, thiserror::Error)]
+#[error("no spare of the template took the job")]
+pub struct NotTaken;
+
+/// Whether `error` (from [`Running::wait`]) says no code of the job ran.
+pub fn not_taken(error: &io::Error) -> bool {
+    error.get_ref().is_some_and(|e| e.is::<NotTaken>())
+}
+
+/// Whether `report` is a whole report of an exit status, which nothing follows.
+fn is_exit_status(report: &[u8]) -> bool {
+    matches!(report, [STATUS_STARTED, STATUS_EXITED, _, _, _, _])
+}
+
 fn read_report(report: &[u8]) -> io::Result<ExitStatus> {
+    let Some(report) = report.strip_prefix(&[STATUS_STARTED]) else {
+        return Err(io::Error::other(NotTaken));
+    };
     match report.split_first() {
         Some((&STATUS_EXITED, status)) => {
             let status: [u8; 4] = status
@@ -160,16 +182,24 @@ mod tests {
 
     #[test]
     fn reports_read_as_the_child_wrote_them_and_garbage_as_killed() {
-        let exited = read_report(&[STATUS_EXITED, 0, 0, 3, 0]).unwrap();
+        let exited = read_report(b"RS\0\0\x03\0").unwrap();
         assert_eq!(exited.code(), Some(3));
-        let signaled = read_report(&[STATUS_EXITED, 0, 0, 0, 9]).unwrap();
+        let signaled = read_report(b"RS\0\0\0\x09").unwrap();
         assert_eq!(signaled.signal(), Some(9));
-        let failed = read_report(b"Fcannot unshare\x1b[2J").unwrap_err();
+        let failed = read_report(b"RFcannot unshare\x1b[2J").unwrap_err();
         assert!(failed.to_string().contains("cannot unshare"), "{failed}");
         assert!(!failed.to_string().contains('\x1b'));
-        assert!(read_report(&[STATUS_EXITED, 1]).is_err());
-        for garbage in [&b""[..], b"X", b"\0\0\0\0\0"] {
+        assert!(!not_taken(&failed));
+        assert!(read_report(b"RS\x01").is_err());
+        for garbage in [&b"R"[..], b"RX", b"R\0\0\0\0\0"] {
             assert_eq!(read_report(garbage).unwrap().signal(), Some(libc::SIGKILL));
+        }
+    }
+
+    #[test]
+    fn a_report_without_the_start_says_no_code_ran() {
+        for never in [&b""[..], b"S\0\0\0\0", b"Fno"] {
+            assert!(not_taken(&read_report(never).unwrap_err()), "{never:?}");
         }
     }
 }

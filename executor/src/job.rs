@@ -47,6 +47,8 @@ const DRAIN_GRACE: Duration = Duration::from_secs(5);
 const CPU_POLL: Duration = Duration::from_millis(50);
 /// How long the last processes of a killed jail get to leave its cgroup.
 const EMPTY_WAIT: Duration = Duration::from_secs(2);
+/// How long a killed job has to report its end.
+const KILLED_WAIT: Duration = Duration::from_secs(5);
 
 /// How long a warm jail may take to start and import the preloaded modules.
 const WARM_TIMEOUT: Duration = Duration::from_secs(60);
@@ -616,10 +618,6 @@ impl Runner {
         jail: Option<Prepared>,
         frames: &Frames,
     ) -> Result<FilesEnd, Error> {
-        let (timeout_ms, limits) = (resolved.timeout_ms, resolved.limits);
-        let mut proxy = None;
-        // The proxy's refusals as it records them; closed at once without a proxy.
-        let (live, mut violations) = mpsc::channel(MAX_VIOLATIONS);
         // A job without network forks from the template while one is ready.
         let template = match &resolved.network {
             None => self
@@ -628,6 +626,34 @@ impl Runner {
                 .and_then(|f| f.for_code(&spec.code)),
             Some(_) => None,
         };
+        match self
+            .run_in(spec, resolved.clone(), jail, template, frames)
+            .await
+        {
+            // Nothing of the job ran, and nothing of it was sent.
+            Err(Error::NotForked(e)) => {
+                warn!(error = %crate::error::chain(&e),
+                    "the fork server did not take the job; it runs in a jail of its own");
+                self.run_in(spec, resolved, None, None, frames).await
+            }
+            ran => ran,
+        }
+    }
+
+    /// [`Runner::run`], forked from `template` if one is given and no warm jail
+    /// fits.
+    async fn run_in(
+        &self,
+        spec: &JobSpec,
+        resolved: Resolved,
+        jail: Option<Prepared>,
+        template: Option<Arc<crate::template::Template>>,
+        frames: &Frames,
+    ) -> Result<FilesEnd, Error> {
+        let (timeout_ms, limits) = (resolved.timeout_ms, resolved.limits);
+        let mut proxy = None;
+        // The proxy's refusals as it records them; closed at once without a proxy.
+        let (live, mut violations) = mpsc::channel(MAX_VIOLATIONS);
         let mut jail = match (jail, &resolved.network) {
             // A warm jail whose Python already uses as much memory as the job may
             // have cannot take the job's limit (cgroup v1 refuses it, v2 would
@@ -754,7 +780,10 @@ impl Runner {
         if gone_at.elapsed() >= DRAIN_GRACE {
             warn!("the jail's output stayed open after its processes were gone; keeping what was read");
         }
-        let (status, killed_by) = waited.map_err(Error::jail("wait for the jail"))?;
+        let (status, killed_by) = waited.map_err(|e| match forked::not_taken(&e) {
+            true => Error::NotForked(e),
+            false => Error::jail("wait for the jail")(e),
+        })?;
         // A jail killed at its limit before jail-init ran still hit the limit: that
         // is the answer, not a setup failure.
         let (truncated, shown) = match output {
@@ -935,7 +964,16 @@ async fn wait_or_kill(
         () = cpu_exceeded => LimitKind::Cpu,
     };
     process.start_kill(cpu.map(|(cgroup, ..)| cgroup))?;
-    let status = process.wait().await?;
+    // A forked job's status comes from its spare, and an order no spare took
+    // waits in the template's socket, its status pipe open, as long as the
+    // template lives: the job counts as killed once its cgroup is gone.
+    let status = match tokio::time::timeout(KILLED_WAIT, process.wait()).await {
+        Ok(status) => status?,
+        Err(_) => {
+            warn!("a killed job did not report its end; counting it as killed");
+            ExitStatus::from_raw(libc::SIGKILL)
+        }
+    };
     Ok((status, Some(killed_by)))
 }
 

@@ -90,9 +90,14 @@ pub fn start(
         warn!("the fork server runs every job as one uid: it is off while sandbox_ids is not 1");
         return None;
     }
+    let max_age = config.fork_template_max_age;
     let server = Arc::new(ForkServer {
-        heavy: Arc::new(Templates::new("template", config.fork_preload.clone())),
-        lean: Arc::new(Templates::new("lean template", Vec::new())),
+        heavy: Arc::new(Templates::new(
+            "template",
+            config.fork_preload.clone(),
+            max_age,
+        )),
+        lean: Arc::new(Templates::new("lean template", Vec::new(), max_age)),
     });
     let ids = jail
         .get()
@@ -175,15 +180,18 @@ pub struct Templates {
     name: &'static str,
     /// The modules it imports.
     preload: Vec<String>,
+    /// How long one serves before a fresh one replaces it.
+    max_age: Duration,
     current: Mutex<Option<Arc<Template>>>,
     reload: Notify,
 }
 
 impl Templates {
-    fn new(name: &'static str, preload: Vec<String>) -> Templates {
+    fn new(name: &'static str, preload: Vec<String>, max_age: Duration) -> Templates {
         Templates {
             name,
             preload,
+            max_age,
             current: Mutex::new(None),
             reload: Notify::new(),
         }
@@ -265,6 +273,13 @@ impl Templates {
                 () = self.reload.notified() => {
                     info!(generation, "replacing the fork-server template");
                 }
+                // What every job of a template shares with the others (the hash
+                // secret, the address layout, whatever a compromise of the template
+                // would plant) lasts at most this long.
+                () = tokio::time::sleep(self.max_age) => {
+                    info!(generation, template = self.name,
+                        "replacing the fork-server template: it served fork_template_max_age_ms");
+                }
             }
         }
     }
@@ -339,7 +354,11 @@ mod tests {
 
     #[test]
     fn jobs_naming_a_heavy_module_want_the_heavy_template() {
-        let heavy = Templates::new("template", vec!["numpy".into(), "matplotlib.pyplot".into()]);
+        let heavy = Templates::new(
+            "template",
+            vec!["numpy".into(), "matplotlib.pyplot".into()],
+            Duration::MAX,
+        );
         for code in [
             "import numpy as np",
             "from matplotlib import pyplot",
@@ -352,7 +371,7 @@ mod tests {
         for code in ["print(2 + 2)", "import json, os\nprint(os.getcwd())", ""] {
             assert!(!heavy.wanted_by(code), "{code}");
         }
-        let lean = Templates::new("lean template", Vec::new());
+        let lean = Templates::new("lean template", Vec::new(), Duration::MAX);
         assert!(!lean.wanted_by("import numpy"));
     }
 }

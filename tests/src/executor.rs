@@ -204,10 +204,13 @@ impl Executor {
     /// Host processes of its jails: bwrap processes whose command line names a
     /// path under the state dir (with a trailing `/`, which the executor's own
     /// `--state-dir` flag lacks), as they bind their work dirs from there, and
-    /// every process forked from one of its fork-server templates.
+    /// the processes of every job forked from one of its fork-server templates:
+    /// those that joined a cgroup other than the template's, the rest of their pid
+    /// namespace (its pid 1), and their parent.
     ///
     /// Warm jails waiting for a job are left out (see [`Executor::idle_jail_ids`]),
-    /// and so are the templates themselves: the executor keeps both by design.
+    /// and so are the templates and their spares (which wait for a job in the
+    /// template's cgroup): the executor keeps them by design.
     pub fn jail_processes(&self) -> Vec<u32> {
         let needle = format!("{}/", self.state_dir.display());
         let own = self.pid();
@@ -227,12 +230,31 @@ impl Executor {
             })
             .map(|(&pid, _)| pid)
             .collect();
-        let forked = |mut pid: u32| loop {
+        let template_of = |mut pid: u32| loop {
             match parents.get(&pid) {
-                Some(parent) if templates.contains(parent) => return true,
+                Some(parent) if templates.contains(parent) => return Some(*parent),
                 Some(&parent) if parent > 1 => pid = parent,
-                _ => return false,
+                _ => return None,
             }
+        };
+        let cgroups_of = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok();
+        let pid_ns = |pid: u32| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
+        let in_job: Vec<u32> = parents
+            .keys()
+            .copied()
+            .filter(|&pid| {
+                template_of(pid).is_some_and(|template| cgroups_of(pid) != cgroups_of(template))
+            })
+            .collect();
+        let job_namespaces: Vec<_> = in_job.iter().filter_map(|&pid| pid_ns(pid)).collect();
+        let of_a_job = |pid: u32| {
+            pid_ns(pid).is_some_and(|ns| job_namespaces.contains(&ns)) && template_of(pid).is_some()
+        };
+        let forked = |pid: u32| {
+            of_a_job(pid)
+                || parents
+                    .iter()
+                    .any(|(&child, &parent)| parent == pid && of_a_job(child))
         };
         let mut pids: Vec<u32> = parents
             .keys()

@@ -333,3 +333,114 @@ async fn a_change_on_the_host_replaces_the_template() {
     assert_eq!(out["stdout"], "42\n", "{out:#}");
     assert_eq!(svc.executor.jails_started(), ["forked"]);
 }
+
+/// A template serves at most `fork_template_max_age_ms`: then a fresh one takes
+/// over, without failing the job running in the old one, and what a template's
+/// jobs share with each other (here the hash secret) changes with it.
+#[tokio::test]
+async fn a_template_is_replaced_when_it_reaches_its_age() {
+    require_root!();
+    let svc = Service::builder()
+        .executor_args(["--fork-server", "true"])
+        .executor_config_toml("fork_template_max_age_ms = 2000\n")
+        .start();
+    let (_, generation) = wait_for_generation(&svc, 0).await;
+    // Naming numpy sends the job to the heavy template, whose generation /health
+    // shows first.
+    let hash = "import numpy\nprint(hash('pysandbox'))";
+    let first = svc.run_code(hash).await;
+    let again = svc.run_code(hash).await;
+    let outlives = svc.run(json!({ "code": "import time\ntime.sleep(3)\nprint('finished')" }));
+    let later = async {
+        let (_, later) = wait_for_generation(&svc, generation).await;
+        (later, svc.run_code(hash).await)
+    };
+    let (outlived, (later, replaced)) = tokio::join!(outlives, later);
+    assert_eq!(outlived["stdout"], "finished\n", "{outlived:#}");
+    assert!(later > generation);
+    assert_eq!(
+        first["stdout"], again["stdout"],
+        "one template, one hash secret"
+    );
+    assert_ne!(
+        first["stdout"], replaced["stdout"],
+        "the replacement has a hash secret of its own"
+    );
+    assert!(svc
+        .executor
+        .log()
+        .text()
+        .contains("it served fork_template_max_age_ms"));
+}
+
+/// The host pid of the lean template's bwrap, from `/health`.
+fn lean_template(health: &Value) -> Option<i32> {
+    let detail = health["isolation"]["fork server"].as_str()?;
+    let key = "lean template pid ";
+    let rest = &detail[detail.find(key)? + key.len()..];
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The processes under `root` that are in a pid namespace nested in its own: the
+/// spares the template keeps (their pid 1 and job process).
+fn spares_under(root: u32) -> Vec<u32> {
+    let parents = pysandbox_tests::parent_pids();
+    let descends = |mut pid: u32| loop {
+        match parents.get(&pid) {
+            Some(&parent) if parent == root => return true,
+            Some(&parent) if parent > 1 => pid = parent,
+            _ => return false,
+        }
+    };
+    parents
+        .keys()
+        .copied()
+        .filter(|&pid| descends(pid))
+        .filter(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))
+                .is_some_and(|ids| ids.split_whitespace().count() >= 3)
+        })
+        .collect()
+}
+
+/// An order its template never took — here the template dies with the order
+/// queued, its spares stopped — is no failure: no code of the job ran, so the job
+/// runs in a jail of its own instead, and the client sees only its answer.
+#[tokio::test]
+async fn a_job_its_template_never_took_runs_in_a_jail_of_its_own() {
+    require_root!();
+    let svc = forking();
+    wait_for_generation(&svc, 0).await;
+    let lean = lean_template(&svc.blocking_health()).expect("the lean template's pid");
+    let spares = spares_under(lean as u32);
+    assert!(!spares.is_empty(), "the lean template keeps spares");
+    for &pid in &spares {
+        kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).expect("stop a spare");
+    }
+    let job = svc.run_code("print('ran anyway')");
+    let orphan = async {
+        // Once the order was handed to the template, where no spare takes it...
+        let handed = wait_until_async(Duration::from_secs(30), || {
+            svc.executor.jails_started().first().map(String::as_str) == Some("forked")
+        })
+        .await;
+        assert!(handed, "the job was not handed to the template");
+        // ...the template goes, and the order with it.
+        kill(Pid::from_raw(lean), Signal::SIGKILL).expect("kill the lean template");
+    };
+    let (out, ()) = tokio::join!(job, orphan);
+    assert_eq!(out["stdout"], "ran anyway\n", "{out:#}");
+    assert_eq!(out["exitCode"], 0);
+    assert_eq!(svc.executor.jails_started(), ["forked", "cold"]);
+    assert!(svc
+        .executor
+        .log()
+        .text()
+        .contains("the fork server did not take the job"));
+}

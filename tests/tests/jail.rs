@@ -374,25 +374,27 @@ print(json.dumps({p: os.path.exists(p) for p in ["/tmp/" + name, name]}))
     );
 }
 
-/// Every host process of the job that `pid` belongs to: its outermost ancestor
-/// below the executor (the jail's bwrap) and everything under that.
+/// Every host process of the job that `pid` belongs to: its ancestors below the
+/// executor (a jail's bwrap; a forked job's parent, its template and the template's
+/// bwrap) and every process in its pid namespace (the job's pid 1 among them).
+/// A template's spares, which hold the capabilities of their own, still empty
+/// namespaces until they take a job, are not the job's.
 fn job_processes(pid: u32, executor: u32) -> Vec<u32> {
     let parents = pysandbox_tests::parent_pids();
-    let mut top = pid;
-    while let Some(&parent) = parents.get(&top).filter(|&&p| p != executor && p > 1) {
-        top = parent;
+    let pid_ns = |p: u32| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
+    let own_ns = pid_ns(pid).expect("the job's pid namespace");
+    let mut pids: Vec<u32> = parents
+        .keys()
+        .copied()
+        .filter(|&p| pid_ns(p).as_ref() == Some(&own_ns))
+        .collect();
+    let mut up = pid;
+    while let Some(&parent) = parents.get(&up).filter(|&&p| p != executor && p > 1) {
+        pids.push(parent);
+        up = parent;
     }
-    let under = |mut p: u32| loop {
-        if p == top {
-            return true;
-        }
-        match parents.get(&p) {
-            Some(&parent) if parent > 1 => p = parent,
-            _ => return false,
-        }
-    };
-    let mut pids: Vec<u32> = parents.keys().copied().filter(|&p| under(p)).collect();
     pids.sort_unstable();
+    pids.dedup();
     pids
 }
 

@@ -897,7 +897,12 @@ async fn usage_of_a_small_job_is_plausible() {
     eprintln!("print(2+2): wallMs {wall}, cpuMs {cpu}, peakMemoryBytes {peak}");
     assert!((1..5000).contains(&wall), "wallMs {wall}");
     assert!(cpu < 2000, "cpuMs {cpu}");
-    assert!((MIB..200 * MIB).contains(&peak), "peakMemoryBytes {peak}");
+    // A jail's Python counts whole (≈9 MiB); a forked job only the pages it wrote
+    // itself (≈0.5 MiB from a spare that warmed up before the job).
+    assert!(
+        (256 * 1024..200 * MIB).contains(&peak),
+        "peakMemoryBytes {peak}"
+    );
 }
 
 /// The executor killed with SIGKILL mid-job: once started again, it has swept

@@ -1,42 +1,28 @@
 //! `libpysandbox_fork.so`: loaded by the fork-server template with `ctypes` and
-//! called in each freshly forked child. The whole way into the job's jail is
-//! `pysandbox_executor::fork::enter`; this is only its C face.
+//! called in each freshly forked child, which becomes a spare. The whole way into
+//! a job's jail is `pysandbox_executor::fork::{spare, take_order}`; this is only
+//! their C face.
 
 use std::ffi::c_int;
-use std::os::fd::RawFd;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 
-/// Builds the job's jail around the calling process. Returns 0 in the job's
-/// process once every restriction is in force; never returns in the two setup
-/// processes in between; returns -1 after printing why to stderr when the job
-/// must not run (the caller then exits at once).
-///
-/// # Safety
-/// `order` must point to `order_len` readable bytes and `fds` to `nfds` descriptors.
+/// Makes the calling process a spare for orders on the descriptor `control`,
+/// which tells the template on `spares` what became of it. Returns only in the
+/// job's process, before any order, with the descriptor to pass to
+/// [`pysandbox_take_order`]; every other process exits in it.
 #[no_mangle]
-pub unsafe extern "C" fn pysandbox_job_enter(
-    order: *const u8,
-    order_len: usize,
-    fds: *const c_int,
-    nfds: usize,
-) -> c_int {
-    if order.is_null() || fds.is_null() {
-        return -1;
-    }
-    // SAFETY: the caller guarantees both buffers and their lengths.
-    let (order, fds): (&[u8], &[RawFd]) = unsafe {
-        (
-            std::slice::from_raw_parts(order, order_len),
-            std::slice::from_raw_parts(fds, nfds),
-        )
-    };
-    match pysandbox_executor::fork::enter(order, fds) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!(
-                "pysandbox: cannot enter the job's jail: {}",
-                pysandbox_executor::chain(&e)
-            );
-            -1
-        }
-    }
+pub extern "C" fn pysandbox_spare(control: c_int, spares: c_int) -> c_int {
+    pysandbox_executor::fork::spare(control, spares).into_raw_fd()
+}
+
+/// Waits for an order and builds the job's jail around the calling process (the
+/// one [`pysandbox_spare`] returned in, `peer` what it returned). Returns only
+/// once every restriction is in force; a job whose jail could not be built exits
+/// in it.
+#[no_mangle]
+pub extern "C" fn pysandbox_take_order(control: c_int, spares: c_int, peer: c_int) {
+    // SAFETY: `peer` is the descriptor pysandbox_spare returned to this process,
+    // and the caller gives it up.
+    let peer = unsafe { OwnedFd::from_raw_fd(peer) };
+    pysandbox_executor::fork::take_order(control, spares, peer);
 }

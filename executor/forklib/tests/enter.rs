@@ -369,7 +369,7 @@ fn forked_jobs_are_jailed_alone_and_leave_nothing() {
             job.millis, job.stdout
         );
         assert_eq!(
-            job.status, b"S\0\0\0\0",
+            job.status, b"RS\0\0\0\0",
             "exit status 0 reported by the job's pid 1"
         );
         let (probe, rest) = job.stdout.split_once('\n').expect("two lines");
@@ -417,7 +417,7 @@ fn forked_jobs_are_jailed_alone_and_leave_nothing() {
     );
     assert_eq!(
         (exit3.stdout.as_str(), exit3.status.as_slice()),
-        ("bye\n", &b"S\0\0\x03\0"[..])
+        ("bye\n", &b"RS\0\0\x03\0"[..])
     );
     // A process the job leaves behind, in a session of its own, dies with the
     // job's pid 1: the job's cgroup is empty once the job has ended.
@@ -435,7 +435,7 @@ fn forked_jobs_are_jailed_alone_and_leave_nothing() {
     let chart = run_job(&template, ids, "d", CHART);
     assert_eq!(
         (chart.stdout.as_str(), chart.status.as_slice()),
-        ("ok\n", &b"S\0\0\0\0"[..])
+        ("ok\n", &b"RS\0\0\0\0"[..])
     );
     assert_eq!(chart.work, ["chart.png"]);
 }

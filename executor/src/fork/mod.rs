@@ -1,27 +1,36 @@
 //! A forked job's way into its jail (issue 13, `docs/fork-server.md`).
 //!
 //! The template — a Python that already imported the heavy modules, itself inside a
-//! bwrap jail — forks for each job and calls [`enter`] in the child (through the
-//! `pysandbox-fork` cdylib) with the executor's order and descriptors. `enter`
-//! builds the job's jail around the child and returns only in the process that is
-//! to run the job, after the last restriction is in force. Three processes:
+//! bwrap jail — keeps a few *spares*: children that already built the part of a
+//! job's jail that does not depend on the job, and wait for an order. It forks each
+//! and calls [`spare`] in it (through the `pysandbox-fork` cdylib), which returns in
+//! the process that is to run a job; the template warms that process up (runs its
+//! own job steps once, on nothing) and calls [`take_order`], which returns once an
+//! order came and the last restriction is in force. Three processes per spare:
 //!
-//! - **C**, the template's child: joins the job's cgroups, enters fresh namespaces,
-//!   mounts the job's directories, starts G and forks J, waits for J, kills G (and
-//!   with it whatever the job left running) and reports J's wait status;
+//! - **C**, the template's child: enters fresh namespaces, starts G and forks J,
+//!   then waits — for the job's status pipe from J, then for J — kills G (and with
+//!   it whatever the job left running) and reports J's wait status;
 //! - **G**, pid 1 of the job's pid namespace: only reaps orphans. It shares C's
 //!   memory (`CLONE_VM`), so a job costs one copy of the template's page tables,
 //!   not two. It never runs job code: pid 1 ignores signals it has no handler for;
-//! - **J**, the job, pid 2: mounts `/proc`, takes its stdio and rlimits, closes
-//!   everything else, drops every capability, then landlock, then seccomp — last,
-//!   because the filter forbids the calls the steps before it make.
+//! - **J**, the job, pid 2: mounts `/proc`, then waits on the executor's control
+//!   socket for an order. With it, J says it started, hands C the status pipe,
+//!   joins the job's cgroups, mounts the job's directories, takes its stdio and rlimits, closes everything
+//!   else, drops every capability, then landlock, then seccomp — last, because the
+//!   filter forbids the calls the steps before it make.
+//!
+//! The template learns on its `spares` pipe when a spare took an order (`1`: it
+//! forks another), could not be made or ended without an order (`F`: it forks
+//! another, and exits after a few in a row), or found the control socket closed
+//! (`X`: the executor retired the template).
 
 pub mod order;
 #[allow(unsafe_code)]
 mod sys;
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{OwnedFd, RawFd};
 
 use nix::mount::{mount, MsFlags};
 use nix::sched::{unshare, CloneFlags};
@@ -29,7 +38,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 
 use crate::jail::landlock::{self, Rules};
 use crate::jail::seccomp;
-use order::{BadOrder, Order, Slot};
+use order::{BadOrder, Order, Slot, MAX_ORDER_BYTES};
 
 /// What the executor passes a forked job's child for its directories (also used
 /// by the library's own tests).
@@ -56,43 +65,77 @@ fn errno(step_name: &'static str) -> impl FnOnce(nix::Error) -> Error {
     move |e| step(step_name)(e.into())
 }
 
+/// J's first word on the status descriptor, as soon as it has the order: the job
+/// started. A status pipe that ends without it was never taken by a spare, so no
+/// code of the job ran and the executor may run it elsewhere.
+pub const STATUS_STARTED: u8 = b'R';
 /// C's report on the status descriptor: this byte, then J's wait status (4 bytes,
 /// big-endian).
 pub const STATUS_EXITED: u8 = b'S';
 /// A setup failure: this byte, then the error's text.
 pub const STATUS_FAILED: u8 = b'F';
 
-/// Builds the job's jail around the calling process (a fresh child of the
-/// template) and returns in the job's process, ready to run the job. In the two
-/// processes in between it never returns. An error is returned only in the job's
-/// process; the caller must then exit without running anything.
-pub fn enter(order: &[u8], fds: &[RawFd]) -> Result<(), Error> {
-    let order = Order::parse(order, fds.len()).map_err(Error::Order)?;
-    let status_fd = fds[Slot::Status as usize];
-    // Both return only in the job's process; a failure is reported to the executor
-    // (in the job, before its descriptors close) and ends the process.
-    let entered = in_child(&order, fds).and_then(|()| in_job(&order, fds));
-    if let Err(e) = &entered {
-        report_failure(status_fd, e);
-        sys::exit(127);
+/// What a spare says to the template on the `spares` pipe.
+const SPARE_TAKEN: &[u8] = b"1";
+const SPARE_FAILED: &[u8] = b"F";
+const CONTROL_CLOSED: &[u8] = b"X";
+
+/// Makes the calling process (a fresh child of the template) a spare: namespaces,
+/// pid 1 and the job's process. Returns only in the job's process, with its socket
+/// to C, before any order: the template may prepare it further (with nothing of a
+/// job in it yet), then calls [`take_order`]. Every other process exits in here.
+pub fn spare(control: RawFd, spares: RawFd) -> OwnedFd {
+    match in_child(control, spares) {
+        Ok(peer) => peer,
+        Err(e) => {
+            // Before an order: no job is affected. The template hears of it.
+            eprintln!(
+                "pysandbox: cannot make a spare: {}",
+                crate::error::chain(&e)
+            );
+            let _ = write_fd(spares, SPARE_FAILED);
+            sys::exit(1);
+        }
     }
-    entered
 }
 
-/// C's part: cgroups, namespaces, mounts, pid 1 and the job; then it waits for the
-/// job and reports. Returns only in the job.
-fn in_child(order: &Order, fds: &[RawFd]) -> Result<(), Error> {
+/// In a spare's job process ([`spare`]): waits for an order on `control`, then
+/// builds the rest of the job's jail. Returns only once every restriction is in
+/// force; a job whose jail could not be built exits in here.
+pub fn take_order(control: RawFd, spares: RawFd, peer: OwnedFd) {
+    let (order, fds) = match await_order(control, spares, peer) {
+        Ok(Some(taken)) => taken,
+        Ok(None) => {
+            let _ = write_fd(spares, CONTROL_CLOSED);
+            sys::exit(0);
+        }
+        Err(e) => {
+            eprintln!(
+                "pysandbox: a spare lost its order: {}",
+                crate::error::chain(&e)
+            );
+            let _ = write_fd(spares, SPARE_TAKEN);
+            sys::exit(1);
+        }
+    };
+    // Reported to the executor (in the job, before its descriptors close); the
+    // process then ends.
+    if let Err(e) = in_job(&order, &fds) {
+        report_failure(fds[Slot::Status as usize], &e);
+        sys::exit(127);
+    }
+}
+
+/// C's part: namespaces, mounts, pid 1 and the job; then it waits for the job's
+/// status pipe and for the job, and reports. Returns only in the job, with its end
+/// of the socket to C.
+fn in_child(control: RawFd, spares: RawFd) -> Result<OwnedFd, Error> {
     // 0. The template ignores SIGCHLD so that the kernel reaps its children; this
     //    process and the job must wait for theirs.
     sys::default_signal(libc::SIGCHLD).map_err(step("restore SIGCHLD"))?;
-    // 1. The job's cgroups first: pages written from here on are the job's, and
-    //    the cgroup namespace below is rooted at the job's cgroup. The executor
-    //    opened these files; the kernel checks its credentials (Linux >= 5.16).
-    for &fd in &fds[Slot::FirstCgroup as usize..] {
-        write_fd(fd, b"0").map_err(step("join the job's cgroup"))?;
-    }
-    // 2. Namespaces of its own, nested in the template's: nothing of the template
-    //    or of another job can be named from inside.
+    // 1. Namespaces of its own, nested in the template's: nothing of the template
+    //    or of another job can be named from inside. The cgroup namespace comes
+    //    later, in J, once it is in the job's cgroups.
     let (uid, gid) = (nix::unistd::getuid(), nix::unistd::getgid());
     unshare(
         CloneFlags::CLONE_NEWUSER
@@ -100,8 +143,7 @@ fn in_child(order: &Order, fds: &[RawFd]) -> Result<(), Error> {
             | CloneFlags::CLONE_NEWPID
             | CloneFlags::CLONE_NEWNET
             | CloneFlags::CLONE_NEWIPC
-            | CloneFlags::CLONE_NEWUTS
-            | CloneFlags::CLONE_NEWCGROUP,
+            | CloneFlags::CLONE_NEWUTS,
     )
     .map_err(errno("unshare the job's namespaces"))?;
     // The same ids inside as outside; no supplementary groups (user_namespaces(7):
@@ -110,7 +152,7 @@ fn in_child(order: &Order, fds: &[RawFd]) -> Result<(), Error> {
     std::fs::write("/proc/self/setgroups", "deny").map_err(step(map))?;
     std::fs::write("/proc/self/uid_map", format!("{uid} {uid} 1")).map_err(step(map))?;
     std::fs::write("/proc/self/gid_map", format!("{gid} {gid} 1")).map_err(step(map))?;
-    // 3. No mount event of the template reaches the job from now on.
+    // 2. No mount event of the template reaches the job from now on.
     mount(
         None::<&str>,
         "/",
@@ -119,8 +161,135 @@ fn in_child(order: &Order, fds: &[RawFd]) -> Result<(), Error> {
         None::<&str>,
     )
     .map_err(errno("make the job's mounts private"))?;
-    // 4. The job's directories: clones of its tmpfs that the executor made, so the
-    //    size limit is the tmpfs's and the executor collects from it afterwards.
+    // 3. The way J hands C the job's status pipe once it has an order.
+    let (ours, theirs) = sys::seqpacket_pair().map_err(step("make the spare's socket"))?;
+    // 4. Pid 1 of the new pid namespace: it shares this process's memory (no copy
+    //    of the template's page tables) and only reaps, on a stack of its own.
+    let pid1 = sys::spawn_reaper().map_err(step("start the job's pid 1"))?;
+    let pid1 = nix::unistd::Pid::from_raw(pid1);
+    let end = |code: i32| -> ! {
+        let _ = nix::sys::signal::kill(pid1, nix::sys::signal::Signal::SIGKILL);
+        let _ = waitpid(pid1, None);
+        sys::exit(code)
+    };
+    // 5. The job: the next child, pid 2 of the namespace, a copy of the template.
+    let job = match sys::fork() {
+        Ok(Some(job)) => nix::unistd::Pid::from_raw(job),
+        Ok(None) => {
+            drop(ours);
+            // Only a process inside the new pid namespace mounts a procfs of it.
+            mount(
+                Some("proc"),
+                "/proc",
+                Some("proc"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                None::<&str>,
+            )
+            .map_err(errno("mount the job's /proc"))?;
+            return Ok(theirs);
+        }
+        Err(e) => {
+            eprintln!("pysandbox: cannot fork a spare's job: {e}");
+            let _ = write_fd(spares, SPARE_FAILED);
+            end(1)
+        }
+    };
+    // 6. C takes no order and needs no capability from here on.
+    drop(theirs);
+    let _ = nix::unistd::close(control);
+    if drop_capabilities().is_err() {
+        end(1);
+    }
+    // 7. The job's status pipe, once J has its order; none: J ended without one.
+    let Some(status_fd) = sys::receive_fd(&ours) else {
+        // A spare that ended without an order (killed, or it failed): the template
+        // makes another, and gives up when that keeps happening. When the executor
+        // closed the socket, the template is leaving anyway.
+        let _ = write_fd(spares, SPARE_FAILED);
+        let _ = waitpid(job, None);
+        end(0)
+    };
+    // 8. C waits for the job, then kills pid 1, which makes the kernel kill every
+    //    process the job left in its namespace, and reports the job's status.
+    let status = loop {
+        match waitpid(job, None) {
+            Ok(WaitStatus::Exited(_, code)) => break code << 8,
+            Ok(WaitStatus::Signaled(_, signal, core)) => {
+                break signal as i32 | if core { 0x80 } else { 0 }
+            }
+            Ok(_) | Err(nix::Error::EINTR) => continue,
+            Err(_) => break 127 << 8,
+        }
+    };
+    let _ = nix::sys::signal::kill(pid1, nix::sys::signal::Signal::SIGKILL);
+    let _ = waitpid(pid1, None);
+    let mut report = [STATUS_EXITED, 0, 0, 0, 0];
+    report[1..].copy_from_slice(&status.to_be_bytes());
+    let _ = write_fd(status_fd, &report);
+    sys::exit(0)
+}
+
+/// J, a spare: waits for an order on `control`, then says it started, tells the
+/// template to make another spare, joins the job's cgroups, hands C the status
+/// pipe (on `peer`) and mounts the job's directories. `None`: the executor closed
+/// the socket.
+fn await_order(
+    control: RawFd,
+    spares: RawFd,
+    peer: OwnedFd,
+) -> Result<Option<(Order, Vec<RawFd>)>, Error> {
+    let mut bytes = [0u8; MAX_ORDER_BYTES + 1];
+    let Some((len, fds)) =
+        sys::receive_order(control, &mut bytes).map_err(step("receive an order"))?
+    else {
+        return Ok(None);
+    };
+    let order = Order::parse(&bytes[..len], fds.len());
+    if let Some(&status_fd) = fds.get(Slot::Status as usize) {
+        let _ = write_fd(status_fd, &[STATUS_STARTED]);
+    }
+    let order = match order {
+        Ok(order) => order,
+        Err(e) => {
+            if let Some(&status_fd) = fds.get(Slot::Status as usize) {
+                report_failure(status_fd, &Error::Order(e));
+            }
+            let _ = write_fd(spares, SPARE_TAKEN);
+            sys::exit(127);
+        }
+    };
+    let taken = |e: Error| -> ! {
+        report_failure(fds[Slot::Status as usize], &e);
+        let _ = write_fd(spares, SPARE_TAKEN);
+        sys::exit(127)
+    };
+    // C learns it has a job before anything can kill this process: the executor
+    // kills a job through its cgroups, which come next.
+    if let Err(e) = sys::send_fd(&peer, fds[Slot::Status as usize]) {
+        taken(step("hand the status pipe to the job's parent")(e));
+    }
+    drop(peer);
+    // The job's cgroups: pages written from here on are the job's, and the cgroup
+    // namespace below is rooted at the job's cgroup. The executor opened these
+    // files; the kernel checks its credentials (Linux >= 5.16).
+    for &fd in &fds[Slot::FirstCgroup as usize..] {
+        if let Err(e) = write_fd(fd, b"0") {
+            taken(step("join the job's cgroup")(e));
+        }
+    }
+    if let Err(e) = enter_job_dirs(&order, &fds) {
+        taken(e);
+    }
+    // Only now: the template's next fork would slow the moves between cgroups.
+    let _ = write_fd(spares, SPARE_TAKEN);
+    Ok(Some((order, fds)))
+}
+
+/// The job's own cgroup namespace, `/dev/shm` and directories: clones of its tmpfs
+/// that the executor made, so the size limit is the tmpfs's and the executor
+/// collects from it afterwards.
+fn enter_job_dirs(order: &Order, fds: &[RawFd]) -> Result<(), Error> {
+    unshare(CloneFlags::CLONE_NEWCGROUP).map_err(errno("unshare the job's cgroup namespace"))?;
     for (slot, target) in [
         (Slot::Work, c"/work"),
         (Slot::Tmp, c"/tmp"),
@@ -135,45 +304,7 @@ fn in_child(order: &Order, fds: &[RawFd]) -> Result<(), Error> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some(format!("size={},mode=1777", order.shm_bytes).as_str()),
     )
-    .map_err(errno("mount the job's /dev/shm"))?;
-    // 5. Pid 1 of the new pid namespace: it shares this process's memory (no copy
-    //    of the template's page tables) and only reaps, on a stack of its own.
-    let pid1 = sys::spawn_reaper().map_err(step("start the job's pid 1"))?;
-    // 6. The job: the next child, pid 2 of the namespace, a copy of the template.
-    let Some(job) = sys::fork().map_err(step("fork the job"))? else {
-        // Only a process inside the new pid namespace mounts a procfs of it.
-        mount(
-            Some("proc"),
-            "/proc",
-            Some("proc"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-            None::<&str>,
-        )
-        .map_err(errno("mount the job's /proc"))?;
-        return Ok(());
-    };
-    // 7. C needs no capability from here on: it keeps none, as pid 1 keeps none.
-    drop_capabilities()?;
-    // 8. C waits for the job, then kills pid 1, which makes the kernel kill every
-    //    process the job left in its namespace, and reports the job's status.
-    let job = nix::unistd::Pid::from_raw(job);
-    let status = loop {
-        match waitpid(job, None) {
-            Ok(WaitStatus::Exited(_, code)) => break code << 8,
-            Ok(WaitStatus::Signaled(_, signal, core)) => {
-                break signal as i32 | if core { 0x80 } else { 0 }
-            }
-            Ok(_) | Err(nix::Error::EINTR) => continue,
-            Err(_) => break 127 << 8,
-        }
-    };
-    let pid1 = nix::unistd::Pid::from_raw(pid1);
-    let _ = nix::sys::signal::kill(pid1, nix::sys::signal::Signal::SIGKILL);
-    let _ = waitpid(pid1, None);
-    let mut report = [STATUS_EXITED, 0, 0, 0, 0];
-    report[1..].copy_from_slice(&status.to_be_bytes());
-    let _ = write_fd(fds[Slot::Status as usize], &report);
-    sys::exit(0)
+    .map_err(errno("mount the job's /dev/shm"))
 }
 
 /// J's part, in the only order that works: each step needs a privilege that a

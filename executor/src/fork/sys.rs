@@ -3,8 +3,13 @@
 //! they may allocate: no other thread can hold a lock across the fork.
 
 use std::ffi::CStr;
-use std::io;
-use std::os::fd::{BorrowedFd, RawFd};
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use nix::sys::socket::{
+    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockFlag, SockType,
+};
 
 use crate::jail::seccomp::Insn;
 
@@ -186,5 +191,90 @@ unsafe fn drop_own_capabilities() {
         let header: [u32; 2] = [VERSION_3, 0];
         let data: [u32; 6] = [0; 6];
         libc::syscall(libc::SYS_capset, header.as_ptr(), data.as_ptr());
+    }
+}
+
+/// Descriptors an order may carry, at most; more are cut off by the kernel (and
+/// the order refused).
+const MAX_ORDER_FDS: usize = order_fds();
+
+const fn order_fds() -> usize {
+    super::order::Slot::FirstCgroup as usize + crate::sys::MAX_CGROUPS
+}
+
+/// A connected pair of `SOCK_SEQPACKET` sockets.
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?)
+}
+
+/// Waits for one order on `control`: its length in `buf` and its descriptors.
+/// `None`: the executor closed the socket. A message cut short is an error.
+pub fn receive_order(control: RawFd, buf: &mut [u8]) -> io::Result<Option<(usize, Vec<RawFd>)>> {
+    let mut space = nix::cmsg_space!([RawFd; MAX_ORDER_FDS]);
+    let (len, fds, flags) = loop {
+        let mut iov = [IoSliceMut::new(buf)];
+        match recvmsg::<()>(control, &mut iov, Some(&mut space), MsgFlags::empty()) {
+            Ok(message) => {
+                let mut fds = Vec::new();
+                for cmsg in message.cmsgs()? {
+                    if let ControlMessageOwned::ScmRights(passed) = cmsg {
+                        fds.extend(passed);
+                    }
+                }
+                break (message.bytes, fds, message.flags);
+            }
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    if len == 0 && fds.is_empty() {
+        return Ok(None);
+    }
+    if flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC) {
+        return Err(io::Error::other("an order was cut short"));
+    }
+    Ok(Some((len, fds)))
+}
+
+/// Sends `fd` over `socket`.
+pub fn send_fd(socket: &OwnedFd, fd: RawFd) -> io::Result<()> {
+    let fds = [fd];
+    sendmsg::<()>(
+        socket.as_raw_fd(),
+        &[IoSlice::new(b"s")],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )?;
+    Ok(())
+}
+
+/// The one descriptor sent on `socket` by [`send_fd`]; `None` once the peer is gone
+/// without sending one.
+pub fn receive_fd(socket: &OwnedFd) -> Option<RawFd> {
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let mut byte = [0u8; 1];
+    loop {
+        let mut iov = [IoSliceMut::new(&mut byte)];
+        match recvmsg::<()>(
+            socket.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::empty(),
+        ) {
+            Ok(message) => {
+                return message.cmsgs().ok()?.find_map(|cmsg| match cmsg {
+                    ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+                    _ => None,
+                });
+            }
+            Err(nix::Error::EINTR) => continue,
+            Err(_) => return None,
+        }
     }
 }

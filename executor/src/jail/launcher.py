@@ -22,12 +22,14 @@
 # see serve_session.
 #
 # As a fork-server template (`--fork-server LIBRARY MODULE...`, docs/fork-server.md)
-# it imports the modules once and then, instead of one hand-off, serves: fd 3 is a
-# SOCK_SEQPACKET socket on which each message is one job's order with its
-# descriptors. For each it forks; the child passes both to the Rust LIBRARY, which
-# builds the job's jail around it (namespaces, mounts, cgroups, rlimits, no
+# it imports the modules once and then, instead of one hand-off, keeps spares: fd 3
+# is a SOCK_SEQPACKET socket on which each message is one job's order with its
+# descriptors. Each spare is a child that calls the Rust LIBRARY, which builds the
+# part of a job's jail no job decides (namespaces, pid 1, /proc), takes the next
+# order from fd 3, builds the rest (cgroups, the job's directories, rlimits, no
 # capabilities, landlock, seccomp) and returns only in the job's process, which
-# then runs the job exactly as above. This program never reads the order.
+# then runs the job exactly as above. This program never reads an order; it forks
+# a new spare whenever one took an order.
 
 # A matplotlib backend, made the default of this process when matplotlib is
 # imported (MPLBACKEND stays Agg for the job's child processes, which do not have
@@ -389,13 +391,19 @@ def warm_up_charts():
         pass
 
 
+# Spares per template: orders that come faster than one spare is made wait less.
+_PYSANDBOX_SPARES = 2
+# Spares that fail in a row before the template gives up.
+_PYSANDBOX_SPARE_FAILURES = 5
+
+
 def serve(library_path):
     # The template's loop; returns only in a job's process, after the library built
     # its jail.
     import ctypes
+    import gc
     import os
     import signal
-    import socket
     import sys
 
     # What the job half imports, once here instead of in every job.
@@ -405,37 +413,66 @@ def serve(library_path):
     import traceback  # noqa: F401
 
     library = ctypes.CDLL(library_path)
-    enter = library.pysandbox_job_enter
-    enter.restype = ctypes.c_int
+    spare = library.pysandbox_spare
+    spare.restype = ctypes.c_int
+    take_order = library.pysandbox_take_order
+    take_order.restype = None
     if "numpy" in sys.modules:
         # numpy's legacy global generator does not reseed itself after fork.
         os.register_at_fork(after_in_child=lambda: sys.modules["numpy"].random.seed())
     if len(os.listdir("/proc/self/task")) != 1:
         sys.exit("pysandbox template: a thread exists; forks would inherit a broken one")
     # The kernel reaps the template's children: a finished job's first process
-    # must not linger as a zombie in the job's cgroup until the next order.
+    # must not linger as a zombie.
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
-    control = socket.socket(fileno=3)
+    # Objects of the template stay where they are: a job's collections do not
+    # write to (and so copy) every page that holds one.
+    gc.freeze()
+    # The spares wait for orders on fd 3 themselves; each says here when it took
+    # one (`1`), could not be made or ended without one (`F`, explained on stderr
+    # if it could), or found the executor gone (`X`). Each is replaced; spares that
+    # keep failing end the template, and the executor starts another.
+    said, say = os.pipe()
+
+    def fork_spare():
+        # True in a job's process, jailed, with its order.
+        if os.fork() != 0:
+            return False
+        os.close(said)
+        peer = spare(3, say)
+        _pysandbox_warm_up()
+        take_order(3, say, peer)
+        return True
+
+    for _ in range(_PYSANDBOX_SPARES):
+        if fork_spare():
+            return
     os.write(4, b"W")
     os.close(4)
+    failed = 0
     while True:
-        order, fds, flags, _ = socket.recv_fds(control, 4096, 16)
-        if not order and not fds:
-            os._exit(0)  # the executor closed the socket: retire
-        if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
-            for fd in fds:
-                os.close(fd)
-            continue
-        if os.fork() == 0:
-            # The library closes every descriptor above 2; Python must not close
-            # that number again later, when it may be one of the job's files.
-            control.detach()
-            passed = (ctypes.c_int * len(fds))(*fds)
-            if enter(order, len(order), passed, len(fds)) != 0:
-                os._exit(127)
+        word = os.read(said, 1)
+        if word in (b"X", b""):
+            os._exit(0)
+        failed = 0 if word == b"1" else failed + 1
+        if failed >= _PYSANDBOX_SPARE_FAILURES:
+            os.write(2, b"pysandbox template: spares keep failing\n")
+            os._exit(1)
+        if fork_spare():
             return
-        for fd in fds:
-            os.close(fd)
+
+
+def _pysandbox_warm_up():
+    # In a spare, before its order: what every job does, done once on nothing, so
+    # that the pages it writes are already this process's own (not the template's,
+    # to be copied while the job's clock runs). Nothing of it stays visible.
+    import sys
+
+    scratch = type(sys)("__main__")
+    try:
+        _pysandbox_run(scratch, b"None\n", "<warm-up>", lambda kind, payload: None)
+    except BaseException:
+        pass
 
 
 def _pysandbox_exit(status):
