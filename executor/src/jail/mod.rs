@@ -233,10 +233,6 @@ impl Jail {
             *slot = Some(limit);
         }
         let pipe_error = |e| Error::jail("create a pipe")(e);
-        let seccomp = memfd(c"pysandbox-seccomp", &self.seccomp)
-            .map_err(Error::jail("stage the seccomp filter"))?;
-        let (ready_tx, ready) = pipe::pipe().map_err(pipe_error)?;
-        let ready_tx = ready_tx.into_blocking_fd().map_err(pipe_error)?;
         let (handoff, handoff_rx) = pipe::pipe().map_err(pipe_error)?;
         let handoff_rx = handoff_rx.into_blocking_fd().map_err(pipe_error)?;
         let mut cmd = Command::new(&self.bwrap);
@@ -250,13 +246,47 @@ impl Jail {
                 },
             ))
             .args(preload)
-            // bwrap's pid 1 keeps its own environment, which the job can read in
-            // /proc/1/environ: it gets none of ours.
-            .env_clear()
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+            .stdout(Stdio::piped());
+        let (child, ready) = Jail::start(
+            cmd,
+            &self.seccomp,
+            handoff_rx,
+            (uid, gid),
+            plan_cgroups,
+            plan_rlimits,
+            "start bwrap",
+        )?;
+        Ok(Started {
+            child,
+            ready,
+            handoff,
+        })
+    }
+
+    /// Starts `cmd` (bwrap and its arguments) as `(uid, gid)` in the cgroups whose
+    /// `cgroup.procs` descriptors are `cgroup_procs`, with `rlimits`, `fd3` as its
+    /// fd 3 (the launcher's hand-off pipe or control socket), a readiness pipe as
+    /// fd 4 (returned) and `filter` staged in a memfd as fd 5; stderr is piped.
+    /// bwrap's pid 1 keeps its own environment, which the job can read in
+    /// `/proc/1/environ`: it gets none of ours. Our copies of the three close here,
+    /// so the readiness pipe ends when the jail's copies do. The child is killed
+    /// when dropped.
+    fn start(
+        mut cmd: Command,
+        filter: &[u8],
+        fd3: OwnedFd,
+        (uid, gid): (u32, u32),
+        cgroup_procs: [RawFd; MAX_CGROUPS],
+        rlimits: [Option<Rlimit>; MAX_RLIMITS],
+        step: &'static str,
+    ) -> Result<(Child, pipe::Receiver), Error> {
+        let pipe_error = |e| Error::jail("create a pipe")(e);
+        let seccomp =
+            memfd(c"pysandbox-seccomp", filter).map_err(Error::jail("stage the seccomp filter"))?;
+        let (ready_tx, ready) = pipe::pipe().map_err(pipe_error)?;
+        let ready_tx = ready_tx.into_blocking_fd().map_err(pipe_error)?;
+        cmd.env_clear().stderr(Stdio::piped()).kill_on_drop(true);
         harden_spawn(
             &mut cmd,
             SpawnPlan {
@@ -264,23 +294,17 @@ impl Jail {
                 gid,
                 parent: std::process::id() as libc::pid_t,
                 fds: [
-                    (handoff_rx.as_raw_fd(), bwrap::HANDOFF_FD),
+                    (fd3.as_raw_fd(), bwrap::HANDOFF_FD),
                     (ready_tx.as_raw_fd(), bwrap::READY_FD),
                     (seccomp.as_raw_fd(), bwrap::SECCOMP_FD),
                 ],
-                cgroup_procs: plan_cgroups,
-                rlimits: plan_rlimits,
+                cgroup_procs,
+                rlimits,
             },
         );
-        let child = cmd.spawn().map_err(Error::jail("start bwrap"))?;
-        // Our copies close here, so the readiness pipe sees EOF when the jail's do,
-        // and the launcher's hand-off read ends when we close our end.
-        drop((handoff_rx, ready_tx, seccomp));
-        Ok(Started {
-            child,
-            ready,
-            handoff,
-        })
+        let child = cmd.spawn().map_err(Error::jail(step))?;
+        drop((fd3, ready_tx, seccomp));
+        Ok((child, ready))
     }
 }
 
@@ -314,41 +338,22 @@ impl Jail {
             let off = "start a template: the fork server is off";
             return Err(Error::jail(off)(std::io::ErrorKind::Unsupported.into()));
         };
-        let pipe_error = |e| Error::jail("create a pipe")(e);
-        let seccomp =
-            memfd(c"pysandbox-seccomp", filter).map_err(Error::jail("stage the seccomp filter"))?;
-        let (ready_tx, ready) = pipe::pipe().map_err(pipe_error)?;
-        let ready_tx = ready_tx.into_blocking_fd().map_err(pipe_error)?;
         let mut cmd = Command::new(&self.bwrap);
         cmd.args(args)
             .args(preload)
-            .env_clear()
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+            .stdout(Stdio::null());
         let mut rlimits = [None; MAX_RLIMITS];
         rlimits[0] = Some((libc::RLIMIT_CORE, 0));
-        harden_spawn(
-            &mut cmd,
-            SpawnPlan {
-                uid,
-                gid,
-                parent: std::process::id() as libc::pid_t,
-                fds: [
-                    (control.as_raw_fd(), bwrap::HANDOFF_FD),
-                    (ready_tx.as_raw_fd(), bwrap::READY_FD),
-                    (seccomp.as_raw_fd(), bwrap::SECCOMP_FD),
-                ],
-                cgroup_procs: [-1; MAX_CGROUPS],
-                rlimits,
-            },
-        );
-        let child = cmd
-            .spawn()
-            .map_err(Error::jail("start the template's bwrap"))?;
-        drop((control, ready_tx, seccomp));
-        Ok((child, ready))
+        Jail::start(
+            cmd,
+            filter,
+            control,
+            (uid, gid),
+            [-1; MAX_CGROUPS],
+            rlimits,
+            "start the template's bwrap",
+        )
     }
 }
 
