@@ -531,3 +531,26 @@ async fn with_a_uid_range_concurrent_jobs_are_different_host_users() {
         assert!((first..first + count).contains(&uid), "uid {uid}");
     }
 }
+
+/// Every namespace of a job is new: none is the host's, and two jobs running at
+/// once share none.
+#[tokio::test]
+async fn every_namespace_of_a_job_is_its_own() {
+    require_root!();
+    let svc = Service::start();
+    let kinds = ["user", "mnt", "pid", "net", "ipc", "uts", "cgroup"];
+    let code = format!(
+        "import json, os, time\nns = {{k: os.readlink('/proc/self/ns/' + k) for k in {kinds:?}}}\n\
+         time.sleep(1)\nprint(json.dumps(ns))"
+    );
+    let (a, b) = tokio::join!(svc.run_code(&code), svc.run_code(&code));
+    let (a, b) = (stdout_json(&a), stdout_json(&b));
+    for kind in kinds {
+        let host = std::fs::read_link(format!("/proc/self/ns/{kind}")).expect("host ns");
+        let host = host.to_string_lossy();
+        assert!(a[kind].is_string(), "{kind}: {a}");
+        assert_ne!(a[kind], json!(host), "{kind} is the host's");
+        assert_ne!(b[kind], json!(host), "{kind} is the host's");
+        assert_ne!(a[kind], b[kind], "two jobs share their {kind} namespace");
+    }
+}

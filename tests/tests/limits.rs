@@ -1282,3 +1282,68 @@ print(json.dumps([started, error]))
         "{out:#}"
     );
 }
+
+/// The output cap holds for stderr as for stdout: what passes it is cut, said so
+/// at the end of stderr, and flagged.
+#[tokio::test]
+async fn stderr_is_capped_like_stdout() {
+    require_root!();
+    let svc = Service::start();
+    let code = "import sys\nsys.stderr.write('e' * 10000)\nprint('fine')";
+    let out = svc
+        .run(json!({ "code": code, "limits": { "outputBytes": 4096 } }))
+        .await;
+    assert_eq!(
+        (
+            &out["exitCode"],
+            &out["stdout"],
+            &out["stdoutTruncated"],
+            &out["stderrTruncated"],
+            &out["limitExceeded"]
+        ),
+        (
+            &json!(0),
+            &json!("fine\n"),
+            &json!(false),
+            &json!(true),
+            &json!("output")
+        ),
+        "{out:#}"
+    );
+    assert_eq!(
+        stderr_of(&out),
+        format!(
+            "{}\n[sandbox] stderr truncated at 4096 bytes\n",
+            "e".repeat(4096)
+        )
+    );
+}
+
+/// `/dev/shm` is a tmpfs of the configured size (`shm_bytes`, 64 MiB by
+/// default), the job's own, and refuses writes past it.
+#[tokio::test]
+async fn dev_shm_is_a_sized_tmpfs_of_the_jobs_own() {
+    require_root!();
+    let svc = Service::start();
+    let code = r#"
+import errno, os
+st = os.statvfs("/dev/shm")
+print(st.f_blocks * st.f_frsize)
+try:
+    with open("/dev/shm/fill", "wb") as f:
+        for _ in range(80):
+            f.write(b"\0" * (1 << 20))
+            f.flush()
+    print("not full")
+except OSError as e:
+    print(errno.errorcode[e.errno])
+"#;
+    let out = svc
+        .run(json!({ "code": code, "limits": { "memoryMb": 512 } }))
+        .await;
+    assert_eq!(out["stdout"], "67108864\nENOSPC\n", "{out:#}");
+    let next = svc
+        .run_code("import os\nprint(os.listdir('/dev/shm'))")
+        .await;
+    assert_eq!(next["stdout"], "[]\n", "{next:#}");
+}
