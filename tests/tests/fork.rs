@@ -444,3 +444,49 @@ async fn a_job_its_template_never_took_runs_in_a_jail_of_its_own() {
         .text()
         .contains("the fork server did not take the job"));
 }
+
+/// A job cannot reach its template's spares — the processes the next jobs will
+/// run in — nor the template: a job that signals every process it can leaves them
+/// all standing, and the next jobs fork from the same template.
+#[tokio::test]
+async fn a_job_that_signals_everything_leaves_the_spares_standing() {
+    require_root!();
+    let svc = forking();
+    let (pid, generation) = wait_for_generation(&svc, 0).await;
+    let lean = lean_template(&svc.blocking_health()).expect("the lean template's pid");
+    let before = spares_under(lean as u32);
+    let out = svc
+        .run_code(
+            "import os, signal\nfor sig in (signal.SIGSTOP, signal.SIGKILL):\n    \
+             try:\n        os.kill(-1, sig)\n    except OSError as e:\n        print(e.errno)\nprint('still here')",
+        )
+        .await;
+    // ESRCH: in its pid namespace there is nothing else it may signal.
+    assert_eq!(out["stdout"], "3\n3\nstill here\n", "{out:#}");
+    // One spare became the job and is gone; the other, and the one made while the
+    // job ran, wait as they did.
+    let after = spares_under(lean as u32);
+    let kept = before.iter().filter(|pid| after.contains(pid)).count();
+    assert_eq!(
+        (before.len(), kept, after.len()),
+        (4, 2, 4),
+        "{before:?} {after:?}"
+    );
+    for spare in &after {
+        let stat = std::fs::read_to_string(format!("/proc/{spare}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next());
+        assert_eq!(state, Some("S"), "spare {spare} was reached");
+    }
+    for _ in 0..3 {
+        let out = svc.run_code("print('next')").await;
+        assert_eq!(out["stdout"], "next\n", "{out:#}");
+    }
+    assert_eq!(
+        template(&svc.blocking_health()),
+        Some((pid, generation)),
+        "the template was replaced"
+    );
+    assert!(svc.executor.jails_started().iter().all(|j| j == "forked"));
+}
