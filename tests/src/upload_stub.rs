@@ -92,6 +92,10 @@ impl std::fmt::Debug for FormPart {
     }
 }
 
+/// How long an earlier connection gets to show its client closed it, when the
+/// next request arrives.
+const CLOSE_GRACE: Duration = Duration::from_millis(300);
+
 #[derive(Debug, Default)]
 struct State {
     received: Mutex<Vec<Received>>,
@@ -108,13 +112,22 @@ impl State {
     /// Counts `stream`'s request as in flight, with every earlier one whose client
     /// has not closed its connection yet (a client that gave up on a hanging
     /// request has closed it: the kernel holds its FIN, seen with a peek), and
-    /// keeps the highest count. Returns the entry's number for [`State::done`].
+    /// keeps the highest count. A client's connection task may send that FIN a
+    /// moment after it started the next request: an earlier connection gets
+    /// [`CLOSE_GRACE`] to close. Returns the entry's number for [`State::done`].
     fn arrived(&self, stream: &TcpStream) -> usize {
         let mut open = self
             .in_flight
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        open.retain(|(_, other)| still_open(other));
+        let deadline = Instant::now() + CLOSE_GRACE;
+        loop {
+            open.retain(|(_, other)| still_open(other));
+            if open.is_empty() || Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let number = self.arrivals.fetch_add(1, Ordering::SeqCst);
         if let Ok(copy) = stream.try_clone() {
             open.push((number, copy));
