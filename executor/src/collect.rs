@@ -641,6 +641,33 @@ mod tests {
         assert_eq!(paths(&collected), ["changed.csv"]);
     }
 
+    /// Whatever is swapped in between the look and the open, only the regular file
+    /// that was looked at is read: same inode, one link, the size the caps were
+    /// checked against; and a FIFO swapped in is not waited on.
+    #[test]
+    fn only_the_file_that_was_looked_at_is_opened() {
+        let (_dir, work) = tree();
+        write(&work, "a", b"aaaa");
+        write(&work, "b", b"bbbb");
+        std::fs::create_dir(work.join("d")).unwrap();
+        nix::unistd::mkfifo(&work.join("pipe"), Mode::from_bits_truncate(0o644)).unwrap();
+        let parent = open_dir(&work).unwrap();
+        let fd = parent.as_raw_fd();
+        let look = |name: &CStr| fstatat(Some(fd), name, AtFlags::AT_SYMLINK_NOFOLLOW).unwrap();
+        let (a, b, d) = (look(c"a"), look(c"b"), look(c"d"));
+        assert!(open(fd, c"a", &a).is_some());
+        assert!(
+            open(fd, c"b", &a).is_none(),
+            "another file of the same size"
+        );
+        assert!(open(fd, c"d", &d).is_none(), "a directory");
+        assert!(open(fd, c"pipe", &a).is_none(), "a FIFO");
+        std::fs::hard_link(work.join("b"), work.join("b2")).unwrap();
+        assert!(open(fd, c"b", &b).is_none(), "a file linked since");
+        std::fs::write(work.join("a"), b"grown").unwrap();
+        assert!(open(fd, c"a", &a).is_none(), "a file grown since");
+    }
+
     #[test]
     fn the_work_dir_itself_must_not_be_a_symlink() {
         let (dir, work) = tree();
