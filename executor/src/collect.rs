@@ -605,6 +605,22 @@ mod tests {
         );
     }
 
+    /// Each cap is the most that is collected, not one less: a file as large as
+    /// the per-file cap and the total cap, as the only file the count cap allows.
+    #[test]
+    fn a_file_exactly_at_every_cap_is_collected() {
+        let (_dir, work) = tree();
+        write(&work, "a", &[1; 10]);
+        let caps = Caps {
+            max_files: 1,
+            max_file_bytes: 10,
+            max_total_bytes: 10,
+        };
+        let collected = gather(&work, caps, &[]).unwrap();
+        assert_eq!(paths(&collected), ["a"]);
+        assert!(collected.skipped.is_empty());
+    }
+
     #[test]
     fn many_files_are_counted_past_the_listing_limit() {
         let (_dir, work) = tree();
