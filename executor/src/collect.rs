@@ -605,6 +605,22 @@ mod tests {
         );
     }
 
+    /// Each cap is the most that is collected, not one less: a file as large as
+    /// the per-file cap and the total cap, as the only file the count cap allows.
+    #[test]
+    fn a_file_exactly_at_every_cap_is_collected() {
+        let (_dir, work) = tree();
+        write(&work, "a", &[1; 10]);
+        let caps = Caps {
+            max_files: 1,
+            max_file_bytes: 10,
+            max_total_bytes: 10,
+        };
+        let collected = gather(&work, caps, &[]).unwrap();
+        assert_eq!(paths(&collected), ["a"]);
+        assert!(collected.skipped.is_empty());
+    }
+
     #[test]
     fn many_files_are_counted_past_the_listing_limit() {
         let (_dir, work) = tree();
@@ -639,6 +655,33 @@ mod tests {
         std::fs::write(work.join("changed.csv"), "output!").unwrap();
         let collected = gather(&work, CAPS, &inputs).unwrap();
         assert_eq!(paths(&collected), ["changed.csv"]);
+    }
+
+    /// Whatever is swapped in between the look and the open, only the regular file
+    /// that was looked at is read: same inode, one link, the size the caps were
+    /// checked against; and a FIFO swapped in is not waited on.
+    #[test]
+    fn only_the_file_that_was_looked_at_is_opened() {
+        let (_dir, work) = tree();
+        write(&work, "a", b"aaaa");
+        write(&work, "b", b"bbbb");
+        std::fs::create_dir(work.join("d")).unwrap();
+        nix::unistd::mkfifo(&work.join("pipe"), Mode::from_bits_truncate(0o644)).unwrap();
+        let parent = open_dir(&work).unwrap();
+        let fd = parent.as_raw_fd();
+        let look = |name: &CStr| fstatat(Some(fd), name, AtFlags::AT_SYMLINK_NOFOLLOW).unwrap();
+        let (a, b, d) = (look(c"a"), look(c"b"), look(c"d"));
+        assert!(open(fd, c"a", &a).is_some());
+        assert!(
+            open(fd, c"b", &a).is_none(),
+            "another file of the same size"
+        );
+        assert!(open(fd, c"d", &d).is_none(), "a directory");
+        assert!(open(fd, c"pipe", &a).is_none(), "a FIFO");
+        std::fs::hard_link(work.join("b"), work.join("b2")).unwrap();
+        assert!(open(fd, c"b", &b).is_none(), "a file linked since");
+        std::fs::write(work.join("a"), b"grown").unwrap();
+        assert!(open(fd, c"a", &a).is_none(), "a file grown since");
     }
 
     #[test]

@@ -456,6 +456,41 @@ mod tests {
         }
     }
 
+    /// A body of a streamed (chunked) request, in these chunks.
+    fn streamed(chunks: &[&'static str]) -> Body {
+        let chunks: Vec<_> = chunks
+            .iter()
+            .map(|c| Ok::<_, std::io::Error>(Bytes::from_static(c.as_bytes())))
+            .collect();
+        Body::from_stream(futures::stream::iter(chunks))
+    }
+
+    /// A body is read whole up to the limit and refused past it: before anything
+    /// is read or reserved when its length is declared, as it streams when not.
+    #[tokio::test]
+    async fn bodies_are_read_up_to_the_limit_and_no_further() {
+        let budget = BodyBudget::new(1 << 20);
+        let read = |body: Body| read_body(body, 4, &budget, Duration::from_secs(3600));
+        let too_large = ApiError::BodyTooLarge { limit: 4 };
+        for body in [
+            Body::from("abcd"),
+            streamed(&["ab", "cd"]),
+            streamed(&["abcd"]),
+        ] {
+            let (bytes, _reservation) = read(body).await.unwrap();
+            assert_eq!(&bytes[..], b"abcd");
+        }
+        for chunks in [&["abcde"][..], &["ab", "cde"], &["a", "bcde"]] {
+            let refused = read(streamed(chunks)).await.map(|(bytes, _)| bytes);
+            assert_eq!(refused, Err(too_large.clone()), "{chunks:?}");
+        }
+        // With the whole budget taken, a declared length over the limit is still
+        // refused as too large: it never waited for room.
+        let _all = budget.reserve(u64::MAX).unwrap();
+        let refused = read(Body::from("abcde")).await.map(|(bytes, _)| bytes);
+        assert_eq!(refused, Err(too_large));
+    }
+
     #[test]
     fn network_rules() {
         let network = |body: &str| parse(body).unwrap().network;

@@ -165,6 +165,36 @@ mod tests {
         assert_eq!(Order::parse(&[0xff, 0xfe], FDS), Err(BadOrder::NotText));
     }
 
+    /// Every bound holds at its value and one past it: the text's length, the
+    /// rlimits and the read paths.
+    #[test]
+    fn an_order_is_bounded_exactly() {
+        let parse = |text: &str| Order::parse(text.as_bytes(), FDS);
+        let head = "shm 1\nread /";
+        let longest = format!("{head}{}\n", "a".repeat(MAX_ORDER_BYTES - head.len() - 1));
+        assert_eq!(longest.len(), MAX_ORDER_BYTES);
+        assert_eq!(
+            parse(&longest).map(|o| o.read[0].as_os_str().len()),
+            Ok(MAX_ORDER_BYTES - "shm 1\nread \n".len())
+        );
+        assert_eq!(parse(&format!("{longest} ")), Err(BadOrder::TooLong));
+
+        let rlimits = |n: usize| format!("shm 1\n{}", "rlimit 7 1\n".repeat(n));
+        assert_eq!(
+            parse(&rlimits(MAX_RLIMITS)).map(|o| o.rlimits.len()),
+            Ok(MAX_RLIMITS)
+        );
+        assert_eq!(parse(&rlimits(MAX_RLIMITS + 1)), Err(BadOrder::TooMany));
+
+        let reads = |n: usize| format!("shm 1\n{}", "read /opt/venv\n".repeat(n));
+        assert_eq!(
+            parse(&reads(MAX_READ_PATHS)).map(|o| o.read.len()),
+            Ok(MAX_READ_PATHS)
+        );
+        assert_eq!(parse(&reads(MAX_READ_PATHS + 1)), Err(BadOrder::TooMany));
+        assert_eq!(parse(&reads(MAX_READ_PATHS + 2)), Err(BadOrder::TooMany));
+    }
+
     #[test]
     fn the_descriptor_count_is_checked() {
         let min = Slot::FirstCgroup as usize;

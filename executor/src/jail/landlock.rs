@@ -189,6 +189,32 @@ mod tests {
         assert_eq!(to_closed, Err(std::io::ErrorKind::PermissionDenied));
     }
 
+    /// A listed device may be read and written (Python opens `/dev/null` both ways),
+    /// and that grants nothing around it.
+    #[test]
+    fn listed_devices_may_be_read_and_written() {
+        let rules = Rules {
+            read: vec![],
+            write: vec![],
+            devices: vec![PathBuf::from("/dev/null")],
+            connect_ports: vec![],
+        };
+        let (status, results) = in_restricted_thread(rules, || {
+            (
+                std::fs::write("/dev/null", "x").map_err(|e| e.kind()),
+                std::fs::read("/dev/null")
+                    .map(|b| b.len())
+                    .map_err(|e| e.kind()),
+                std::fs::read_dir("/dev").map(drop).map_err(|e| e.kind()),
+            )
+        });
+        if not_enforced_here(status) {
+            return;
+        }
+        let denied = Err(std::io::ErrorKind::PermissionDenied);
+        assert_eq!(results, (Ok(()), Ok(0), denied));
+    }
+
     #[test]
     fn the_jail_layout_covers_python() {
         let rules = Rules::for_jail([PathBuf::from("/opt/venv")], vec![]);

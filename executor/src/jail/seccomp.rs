@@ -581,6 +581,33 @@ mod tests {
         assert_eq!(bytes().len(), program().len() * 8);
     }
 
+    /// bwrap reads a `struct sock_filter` array (`u16 code, u8 jt, u8 jf, u32 k`, in
+    /// native byte order): what a job's jail and a template's jail load are their
+    /// programs, instruction for instruction.
+    #[test]
+    fn bwrap_gets_each_program_as_sock_filter_bytes() {
+        let decode = |bytes: &[u8]| -> Vec<Insn> {
+            assert_eq!(bytes.len() % 8, 0, "whole instructions only");
+            bytes
+                .chunks_exact(8)
+                .map(|raw| Insn {
+                    code: u16::from_ne_bytes([raw[0], raw[1]]),
+                    jt: raw[2],
+                    jf: raw[3],
+                    k: u32::from_ne_bytes([raw[4], raw[5], raw[6], raw[7]]),
+                })
+                .collect()
+        };
+        assert_eq!(decode(&bytes()), program());
+        assert_eq!(decode(&template_bytes()), template_program());
+        // The first instruction loads the architecture (offset 4 in seccomp_data).
+        let mut first = BPF_LD_W_ABS.to_ne_bytes().to_vec();
+        first.extend([0, 0]);
+        first.extend(OFFSET_ARCH.to_ne_bytes());
+        assert_eq!(template_bytes()[..8], first[..]);
+        assert_eq!(bytes()[..8], first[..]);
+    }
+
     /// README's "Layers of isolation", item 3: the promise the table keeps.
     const README: &str = include_str!("../../../README.md");
 

@@ -447,6 +447,10 @@ mod tests {
             ("GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", "malformed request: conflicting Content-Length and Transfer-Encoding"),
             ("GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", "malformed request: conflicting Content-Length and Transfer-Encoding"),
             ("GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\nContent-Length: -1\r\n\r\n", "malformed request: invalid Content-Length"),
+            // Rust's parse takes a `+`, and 19 digits could be leading zeros: a
+            // length is 1 to 18 plain digits, read one way only (RFC 9112 §6.3).
+            ("GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\nContent-Length: +1\r\n\r\n", "malformed request: invalid Content-Length"),
+            ("GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\nContent-Length: 0000000000000000001\r\n\r\n", "malformed request: invalid Content-Length"),
             ("GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "malformed request: unsupported Transfer-Encoding"),
             ("\x16\x03\x01\x00", "malformed request: not an HTTP/1 request"),
             ("GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\n", "malformed request: incomplete request head"),
@@ -454,6 +458,32 @@ mod tests {
             let (_, _, got) = refusal(text);
             assert_eq!(got, reason, "{text:?}");
         }
+    }
+
+    /// A head is parsed once it is whole, or once it can never become one: not
+    /// HTTP, or 16 KiB without its end, which is refused as too large.
+    #[test]
+    fn a_head_is_awaited_until_whole_or_too_large() {
+        assert!(!request_head_done(b""));
+        assert!(!request_head_done(
+            b"GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\n"
+        ));
+        assert!(request_head_done(
+            b"GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n"
+        ));
+        assert!(request_head_done(b"\x16\x03\x01\x00"));
+        let start = "GET http://a.test/ HTTP/1.1\r\nX-Long: ";
+        let partial = |len: usize| format!("{start}{}", "a".repeat(len - start.len()));
+        assert!(!request_head_done(partial(16 * 1024 - 1).as_bytes()));
+        assert!(request_head_done(partial(16 * 1024).as_bytes()));
+        assert_eq!(
+            refusal(&partial(16 * 1024 - 1)).2,
+            "malformed request: incomplete request head"
+        );
+        assert_eq!(
+            refusal(&partial(16 * 1024)).2,
+            "malformed request: request head too large"
+        );
     }
 
     #[test]

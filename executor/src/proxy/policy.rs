@@ -563,6 +563,37 @@ mod tests {
         );
     }
 
+    /// Each refusal is counted under its own label of `/metrics`, in the order the
+    /// metrics list them.
+    #[test]
+    fn every_refusal_is_counted_under_its_own_label() {
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let refusals = [
+            Refusal::BadRequest("x"),
+            Refusal::Malformed(Malformed::Empty),
+            Refusal::Scheme,
+            Refusal::HostMismatch,
+            Refusal::Denied,
+            Refusal::NotAllowed,
+            Refusal::IpLiteral,
+            Refusal::Port(22),
+            Refusal::Address {
+                ip,
+                special: classify(ip).unwrap(),
+                resolved: true,
+            },
+            Refusal::TooManyConnections(1),
+            Refusal::TooManyClientConnections(1),
+            Refusal::ExecutorBusy(1),
+            Refusal::Bytes(1),
+            Refusal::AskRefused,
+            Refusal::AskFailed,
+            Refusal::AskTimedOut(1),
+            Refusal::AskLimit(1),
+        ];
+        assert_eq!(refusals.map(|r| r.kind()), crate::metrics::REFUSALS);
+    }
+
     /// A job that narrows the list is never asked about anything else; one that
     /// does not keeps the callback, and the callback alone is network enough.
     #[test]

@@ -304,6 +304,9 @@ mod tests {
             ("１２７.０.０.１", "127.0.0.1"),
             ("127。0。0。1", "127.0.0.1"),
             ("4294967295", "255.255.255.255"),
+            ("255.255.255.255", "255.255.255.255"),
+            ("0xff.0xff.0xff.0xff", "255.255.255.255"),
+            ("0x0000000000000001", "0.0.0.1"),
         ] {
             assert_eq!(Host::parse(text), Ok(ip(want)), "{text}");
         }
@@ -322,6 +325,12 @@ mod tests {
             "1.2.3.256",
             "99999999999999999999999",
             "0x100000000",
+            // A part before the last one is a byte: 256 does not carry into the
+            // part before it (1.256.0.1 is not 2.0.0.1, nor 1.0.0.1).
+            "1.256.0.1",
+            "0.383.0.1",
+            // More than 16 digits are refused, even when they are leading zeros.
+            "0x00000000000000001",
         ] {
             assert_eq!(Host::parse(text), Err(Malformed::BadIpv4), "{text}");
         }
@@ -392,6 +401,30 @@ mod tests {
             assert_eq!(Host::parse(text), Err(want), "{text:?}");
         }
         assert_eq!(Host::parse(&"a".repeat(2000)), Err(Malformed::TooLong));
+    }
+
+    /// RFC 1035's limits are the limits: a 63-character label and a 253-character
+    /// name are names, one more character is not; input up to 1024 bytes is read.
+    #[test]
+    fn names_at_the_length_limits() {
+        let at_limit = format!(
+            "{0}.{1}.{2}.{3}",
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(61)
+        );
+        assert_eq!(at_limit.len(), MAX_NAME_LEN);
+        assert_eq!(Host::parse(&at_limit), Ok(name(&at_limit)));
+        assert_eq!(
+            Host::parse(&format!("{at_limit}d")),
+            Err(Malformed::TooLong)
+        );
+        // Soft hyphens (U+00AD, two bytes each) are dropped by IDNA.
+        let padded = format!("{}examples.com", "\u{ad}".repeat(506));
+        assert_eq!(padded.len(), MAX_HOST_INPUT);
+        assert_eq!(Host::parse(&padded), Ok(name("examples.com")));
+        assert_eq!(Host::parse(&format!("{padded}.")), Err(Malformed::TooLong));
     }
 
     #[test]
