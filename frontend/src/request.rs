@@ -566,6 +566,12 @@ mod tests {
                 format!("must have at most {MAX_REQUESTED_DOMAINS} entries")
             )
         );
+        let most = format!(
+            r#"{{"code":"1","network":{{"allowedDomains":{}}}}}"#,
+            serde_json::to_string(&vec!["a.io"; MAX_REQUESTED_DOMAINS]).unwrap()
+        );
+        let allowed = network(&most).and_then(|n| n.allowed_domains);
+        assert_eq!(allowed.map(|d| d.len()), Some(MAX_REQUESTED_DOMAINS));
     }
 
     #[test]
