@@ -63,6 +63,18 @@ fn stderr_of(out: &Value) -> &str {
     out["stderr"].as_str().unwrap_or_default()
 }
 
+/// What a result says of its output: exit code, stdout, both truncation flags and
+/// the limit hit.
+fn output_flags(out: &Value) -> (&Value, &Value, &Value, &Value, &Value) {
+    (
+        &out["exitCode"],
+        &out["stdout"],
+        &out["stdoutTruncated"],
+        &out["stderrTruncated"],
+        &out["limitExceeded"],
+    )
+}
+
 fn usage_u64(out: &Value, key: &str) -> u64 {
     out["usage"][key]
         .as_u64()
@@ -674,13 +686,7 @@ async fn lowered_output_limit_keeps_the_first_bytes() {
         .run(json!({ "code": "print('0123456789abcdef')", "limits": { "outputBytes": 10 } }))
         .await;
     assert_eq!(
-        (
-            &out["exitCode"],
-            &out["stdout"],
-            &out["stdoutTruncated"],
-            &out["stderrTruncated"],
-            &out["limitExceeded"]
-        ),
+        output_flags(&out),
         (
             &json!(0),
             &json!("0123456789"),
@@ -1294,13 +1300,7 @@ async fn stderr_is_capped_like_stdout() {
         .run(json!({ "code": code, "limits": { "outputBytes": 4096 } }))
         .await;
     assert_eq!(
-        (
-            &out["exitCode"],
-            &out["stdout"],
-            &out["stdoutTruncated"],
-            &out["stderrTruncated"],
-            &out["limitExceeded"]
-        ),
+        output_flags(&out),
         (
             &json!(0),
             &json!("fine\n"),

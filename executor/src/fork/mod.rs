@@ -87,16 +87,17 @@ const CONTROL_CLOSED: &[u8] = b"X";
 pub fn spare(control: RawFd, spares: RawFd) -> OwnedFd {
     match in_child(control, spares) {
         Ok(peer) => peer,
-        Err(e) => {
-            // Before an order: no job is affected. The template hears of it.
-            eprintln!(
-                "pysandbox: cannot make a spare: {}",
-                crate::error::chain(&e)
-            );
-            let _ = write_fd(spares, SPARE_FAILED);
-            sys::exit(1);
-        }
+        // Before an order: no job is affected. The template hears of it.
+        Err(e) => end_spare(spares, SPARE_FAILED, "cannot make a spare", &e),
     }
+}
+
+/// Ends a spare that has no job to report to: why on stderr (the template's, in
+/// the executor's log), and `word` to the template.
+fn end_spare(spares: RawFd, word: &[u8], why: &str, error: &Error) -> ! {
+    eprintln!("pysandbox: {why}: {}", crate::error::chain(error));
+    let _ = write_fd(spares, word);
+    sys::exit(1)
 }
 
 /// In a spare's job process ([`spare`]): waits for an order on `control`, then
@@ -109,14 +110,7 @@ pub fn take_order(control: RawFd, spares: RawFd, peer: OwnedFd) {
             let _ = write_fd(spares, CONTROL_CLOSED);
             sys::exit(0);
         }
-        Err(e) => {
-            eprintln!(
-                "pysandbox: a spare lost its order: {}",
-                crate::error::chain(&e)
-            );
-            let _ = write_fd(spares, SPARE_TAKEN);
-            sys::exit(1);
-        }
+        Err(e) => end_spare(spares, SPARE_TAKEN, "a spare lost its order", &e),
     };
     // Reported to the executor (in the job, before its descriptors close); the
     // process then ends.
