@@ -27,15 +27,22 @@ use crate::template::Template;
 /// text); the rest is not read.
 const MAX_REPORT_BYTES: usize = 4096;
 
-/// A job ready to be handed to its template: its order and descriptors, in the
-/// places `fork::order::Slot` gives them, and the executor's ends of its pipes.
+/// The descriptors a forked job's hand-off passes, in the places
+/// `fork::order::Slot` gives them, and the executor's ends of its pipes: made
+/// before the job is known, since they depend only on its directories and cgroups.
+#[derive(Debug)]
+pub struct Passed {
+    fds: Vec<OwnedFd>,
+    status: pipe::Receiver,
+    ends: Ends,
+}
+
+/// A job ready to be handed to its template: its order and descriptors.
 #[derive(Debug)]
 pub struct Pending {
     template: Arc<Template>,
     order: String,
-    passed: Vec<OwnedFd>,
-    status: pipe::Receiver,
-    ends: Ends,
+    passed: Passed,
 }
 
 /// The executor's ends of a forked job's stdio.
@@ -58,21 +65,16 @@ pub struct Running {
     _template: Arc<Template>,
 }
 
-impl Pending {
-    /// Prepares the hand-off to `template` of a job whose directories are `dirs`
-    /// and whose cgroups are `cgroup`.
-    pub fn new(
-        template: Arc<Template>,
-        order: &Order,
-        dirs: &JobDirs,
-        cgroup: &JobCgroup,
-    ) -> Result<Pending, Error> {
+impl Passed {
+    /// The descriptors for a job whose directories are `dirs` and whose cgroups
+    /// are `cgroup`.
+    pub fn new(dirs: &JobDirs, cgroup: &JobCgroup) -> Result<Passed, Error> {
         let pipe_error = |e| Error::jail("create a pipe")(e);
         let (stdin, stdin_theirs) = pipe::pipe().map_err(pipe_error)?;
         let (stdout_theirs, stdout) = pipe::pipe().map_err(pipe_error)?;
         let (stderr_theirs, stderr) = pipe::pipe().map_err(pipe_error)?;
         let (status_theirs, status) = pipe::pipe().map_err(pipe_error)?;
-        let mut passed = vec![
+        let mut fds = vec![
             stdin_theirs.into_blocking_fd().map_err(pipe_error)?,
             stdout_theirs.into_blocking_fd().map_err(pipe_error)?,
             stderr_theirs.into_blocking_fd().map_err(pipe_error)?,
@@ -82,11 +84,9 @@ impl Pending {
             clone_mount(&dirs.sandbox, true)?,
         ];
         let procs = cgroup.procs_fds_owned();
-        passed.extend(procs.map_err(Error::jail("pass the job's cgroups"))?);
-        Ok(Pending {
-            template,
-            order: order.encode(),
-            passed,
+        fds.extend(procs.map_err(Error::jail("pass the job's cgroups"))?);
+        Ok(Passed {
+            fds,
             status,
             ends: Ends {
                 stdin,
@@ -95,21 +95,32 @@ impl Pending {
             },
         })
     }
+}
+
+impl Pending {
+    /// Prepares the hand-off of `order`, with `passed`, to `template`.
+    pub fn new(template: Arc<Template>, order: &Order, passed: Passed) -> Pending {
+        Pending {
+            template,
+            order: order.encode(),
+            passed,
+        }
+    }
 
     /// Hands the job to its template, which forks it at once, and returns it with
     /// the executor's ends of its stdio. Our copies of the passed descriptors close
     /// here, so the job's pipes end when the job's copies do.
     pub fn hand_off(self) -> Result<(Running, Ends), Error> {
-        let fds: Vec<RawFd> = self.passed.iter().map(AsRawFd::as_raw_fd).collect();
+        let fds: Vec<RawFd> = self.passed.fds.iter().map(AsRawFd::as_raw_fd).collect();
         self.template
             .send(self.order.as_bytes(), &fds)
             .map_err(Error::NotForked)?;
         let running = Running {
-            status: self.status,
+            status: self.passed.status,
             report: Vec::new(),
             _template: self.template,
         };
-        Ok((running, self.ends))
+        Ok((running, self.passed.ends))
     }
 }
 

@@ -29,7 +29,7 @@ use crate::config::Config;
 use crate::error::{chain, Error};
 use crate::host_watch;
 use crate::jail::{self, Jail};
-use crate::job::{Frames, Resolved, Runner};
+use crate::job::{Frames, Remains, Resolved, Runner};
 use crate::metrics::{JobTally, Metrics};
 use crate::pool::Pool;
 use crate::proxy::ask::{Answers, AskLink};
@@ -146,6 +146,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let connections = Arc::new(Semaphore::new(config.max_connections as usize));
     let tasks = TaskTracker::new();
     let refill = tokio::spawn(Arc::clone(&executor).refill());
+    // The first forked jobs find their kits made; each job's cleanup makes more.
+    let runner = Arc::clone(&executor.runner);
+    tokio::task::spawn_blocking(move || runner.make_kits());
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -326,9 +329,12 @@ impl Executor {
         let answers = Arc::new(Answers::default());
         let link = AskLink::new(&frames, Arc::clone(&answers));
         let job = async {
-            let ran = match work {
-                Work::Job(spec) => self.job(&spec, &frames, link).await,
-                Work::Call(call) => self.call(call, &frames).await,
+            let (ran, leftover) = match work {
+                Work::Job(spec) => match self.job(&spec, &frames, link).await {
+                    Ok(Answered { files, leftover }) => (Ok(files), Some(leftover)),
+                    Err(refusal) => (Err(refusal), None),
+                },
+                Work::Call(call) => (self.call(call, &frames).await, None),
             };
             let frame = match ran {
                 Ok(files) => Response::Finished(files),
@@ -336,10 +342,11 @@ impl Executor {
             };
             let _ = frames.send(frame).await;
             drop(frames);
+            leftover
         };
         tokio::pin!(job);
-        tokio::select! {
-            () = &mut job => {}
+        let leftover = tokio::select! {
+            leftover = &mut job => leftover,
             () = peer_gone(&mut receiver, &answers) => {
                 writer.abort();
                 tally.peer_gone();
@@ -351,15 +358,19 @@ impl Executor {
                 warn!("the peer stopped taking frames; job killed");
                 return sent.map_err(Error::Sender)?;
             }
-        }
+        };
         // Everything is queued: wait until it has left, or the peer is gone.
-        tokio::select! {
+        let sent = tokio::select! {
             sent = &mut writer => sent.map_err(Error::Sender)?,
             () = peer_gone(&mut receiver, &answers) => {
                 writer.abort();
                 Ok(())
             }
+        };
+        if let Some(leftover) = leftover {
+            leftover.remove(&self.runner).await;
         }
+        sent
     }
 
     /// The job's life from the queue to its last file: what comes after its frames
@@ -369,7 +380,7 @@ impl Executor {
         spec: &JobSpec,
         frames: &Frames,
         asks: AskLink,
-    ) -> Result<FilesEnd, JobError> {
+    ) -> Result<Answered<'_>, JobError> {
         let mut resolved = self.runner.resolve(spec)?;
         if let Some(policy) = &mut resolved.network {
             policy.link_asks(asks);
@@ -389,9 +400,11 @@ impl Executor {
                 return Err(JobError::ShuttingDown);
             }
         };
-        drop(slot);
         match ran {
-            Ok(files) => Ok(files),
+            Ok((files, remains)) => Ok(Answered {
+                files,
+                leftover: Leftover::new(remains, slot),
+            }),
             Err(Error::InputsDoNotFit) => Err(JobError::Rejected {
                 field: "files".into(),
                 reason: format!(
@@ -455,7 +468,7 @@ impl Executor {
         spec: &JobSpec,
         resolved: Resolved,
         frames: &Frames,
-    ) -> Result<FilesEnd, Error> {
+    ) -> Result<(FilesEnd, Remains), Error> {
         // A job that may use the network needs its proxy before its jail: a cold one.
         let warm = match resolved.network {
             None => self.pool.take(),
@@ -491,7 +504,7 @@ impl Executor {
         let running = Counted::up_to(&self.running, u32::MAX);
         Ok(Slot {
             _permit: permit,
-            _running: running,
+            running,
             wake: &self.pool,
         })
     }
@@ -523,12 +536,47 @@ enum Work {
     Call(SessionCall),
 }
 
+/// A job that ran to its end: what its last frame says, and what is left of it.
+struct Answered<'a> {
+    files: FilesEnd,
+    leftover: Leftover<'a>,
+}
+
+/// What is left of a job whose processes are gone, removed once its answer is
+/// out: the job keeps its slot until then (so cleanups cannot pile up), but no
+/// longer counts as running.
+struct Leftover<'a> {
+    remains: Remains,
+    slot: Slot<'a>,
+}
+
+impl<'a> Leftover<'a> {
+    fn new(remains: Remains, mut slot: Slot<'a>) -> Leftover<'a> {
+        slot.running = None;
+        Leftover { remains, slot }
+    }
+
+    /// Removes the job's tmpfs and cgroups off the async workers (this task just
+    /// woke the one sending the answer), makes the next forked job's kit there
+    /// too, then frees its slot.
+    async fn remove(self, runner: &Arc<Runner>) {
+        let Leftover { remains, slot } = self;
+        let runner = Arc::clone(runner);
+        let _ = tokio::task::spawn_blocking(move || {
+            drop(remains);
+            runner.make_kits();
+        })
+        .await;
+        drop(slot);
+    }
+}
+
 /// A running job's hold on its slot. However the job ends — normally, killed, or
 /// dropped because its peer went away — the slot is freed and the pool told it may
 /// refill.
 struct Slot<'a> {
     _permit: SemaphorePermit<'a>,
-    _running: Option<Counted<'a>>,
+    running: Option<Counted<'a>>,
     wake: &'a Pool,
 }
 

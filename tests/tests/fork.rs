@@ -196,16 +196,37 @@ print(json.dumps(seen))
         assert_ne!(x, y, "random source {i} repeats between jobs");
     }
     assert!(host_processes_matching(&needle).is_empty());
+    // What the two jobs left is removed right after their answers; the kits made
+    // ahead for the next jobs (no code handed to them) stay.
     let jobs = svc.executor.state_dir().join("jobs");
-    let gone = wait_until_async(Duration::from_secs(3), || {
-        std::fs::read_dir(&jobs).map_or(true, |d| d.count() == 0)
-    })
-    .await;
-    assert!(gone, "a job's directory is left under {}", jobs.display());
+    let ended = || -> Vec<String> {
+        let idle = svc.executor.idle_jail_ids();
+        std::fs::read_dir(&jobs)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| !idle.contains(name))
+            .collect()
+    };
+    let gone = wait_until_async(Duration::from_secs(3), || ended().is_empty()).await;
+    assert!(gone, "ended jobs' directories are left: {:?}", ended());
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    assert!(
-        !mounts.contains(&jobs.display().to_string()),
-        "a job's tmpfs is still mounted"
+    let idle = svc.executor.idle_jail_ids();
+    let job_mounts: Vec<&str> = mounts
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .filter(|point| std::path::Path::new(point).starts_with(&jobs))
+        .filter(|point| {
+            !idle
+                .iter()
+                .any(|id| std::path::Path::new(point).starts_with(jobs.join(id)))
+        })
+        .collect();
+    assert_eq!(
+        job_mounts,
+        Vec::<&str>::new(),
+        "an ended job's tmpfs is still mounted"
     );
 }
 
@@ -231,6 +252,32 @@ async fn memory_limits_count_what_the_job_writes_not_the_template() {
         .await;
     assert_eq!(big["limitExceeded"], "memory", "{big:#}");
     assert_eq!(big["stdout"], "");
+}
+
+/// The executor makes the tmpfs and cgroups of the next forked jobs ahead, at the
+/// default limits: a job at other limits gets its own, made for it, and a job at
+/// the defaults after it gets the defaults again, in a fresh work dir.
+#[tokio::test]
+async fn kits_made_ahead_hold_only_for_the_default_limits() {
+    require_root!();
+    let svc = forking();
+    // The work dir's size (its tmpfs is the disk limit), whether a file the
+    // previous job left is there, and whether 80 MiB fit in memory.
+    let code = "import os\nst = os.statvfs('.')\nleft = os.path.exists('left')\nopen('left', 'w').close()\nx = bytearray(80 << 20)\nprint(st.f_blocks * st.f_frsize >> 20, left)";
+    let at = |limits: Value| json!({ "code": code, "limits": limits, "collectFiles": false });
+    for _ in 0..2 {
+        let default = svc.run(at(json!({}))).await;
+        assert_eq!(default["stdout"], "256 False\n", "{default:#}");
+        let small = svc.run(at(json!({ "diskMb": 64, "memoryMb": 48 }))).await;
+        assert_eq!(
+            (&small["stdout"], &small["limitExceeded"]),
+            (&json!(""), &json!("memory")),
+            "{small:#}"
+        );
+        let larger = svc.run(at(json!({ "diskMb": 512 }))).await;
+        assert_eq!(larger["stdout"], "512 False\n", "{larger:#}");
+    }
+    assert!(svc.executor.jails_started().iter().all(|j| j == "forked"));
 }
 
 /// Charts and the last expression's value come back from a forked job as from a
