@@ -1252,15 +1252,12 @@ async fn default_limits_are_in_the_jobs_cgroup() {
                 .map(|(quota, period)| format!("{quota} {period}")),
         ),
     };
+    let pids = read("pids.max");
+    // Only now: the job's cgroups go with it.
     drop(stream);
     assert_eq!(memory_files, [memory], "memory limit in {:?}", seen.cgroups);
     assert!(swap_off, "swap is not off in {:?}", seen.cgroups);
-    assert_eq!(
-        read("pids.max").as_deref(),
-        Some("64"),
-        "{:?}",
-        seen.cgroups
-    );
+    assert_eq!(pids.as_deref(), Some("64"), "{:?}", seen.cgroups);
     // One CPU: the quota equals the period.
     assert_eq!(cpu.as_deref(), Some("100000 100000"), "{:?}", seen.cgroups);
 }
