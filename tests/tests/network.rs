@@ -1050,3 +1050,154 @@ async fn the_proxy_socket_serves_the_sandbox_uid_alone() {
     );
     assert_eq!(out["violations"], json!([]), "{out:#}");
 }
+
+/// Names go through `[network.resolve]` first and the system resolver otherwise:
+/// `localhost` (in every host's `/etc/hosts`, never in the map of the other tests)
+/// is looked up and fetched; mapped to a private address, the map wins and the
+/// proxy refuses it without asking the system.
+#[tokio::test]
+async fn names_the_map_lacks_go_to_the_system_resolver_and_the_map_comes_first() {
+    require_root!();
+    let origin = Origin::start();
+    let port = origin.port();
+    let config = |resolve: &str| {
+        format!(
+            "[network]\nallowed_domains = [\"localhost\"]\nallowed_ports = [{port}]\n\
+             allow_private_cidrs = [\"127.0.0.0/8\", \"::1/128\"]\n{resolve}"
+        )
+    };
+    let code = format!(
+        "{HELPERS}\nprint(json.dumps([via_http('http://localhost:{port}/sys'), via_connect('localhost', {port})]))"
+    );
+    let fetch = |svc: Service| {
+        let code = code.clone();
+        async move {
+            let out = svc.run(json!({ "code": code, "network": {} })).await;
+            assert_eq!(out["exitCode"], 0, "{out:#}");
+            out
+        }
+    };
+
+    let system = Service::builder().executor_config_toml(&config("")).start();
+    let out = fetch(system).await;
+    assert_eq!(
+        stdout_json(&out),
+        json!([
+            [
+                200,
+                format!("origin saw GET /sys HTTP/1.1 host localhost:{port}")
+            ],
+            [
+                200,
+                format!("origin saw GET /tunnel HTTP/1.1 host localhost:{port}")
+            ],
+        ]),
+        "{out:#}"
+    );
+    assert_eq!(out["violations"], json!([]), "{out:#}");
+
+    let mapped = Service::builder()
+        .executor_config_toml(&config(
+            "\n[network.resolve]\n\"localhost\" = \"10.0.0.1\"\n",
+        ))
+        .start();
+    let out = fetch(mapped).await;
+    let reason = "resolves to 10.0.0.1, a private address";
+    let refused = [
+        ("GET", format!("localhost:{port}"), reason),
+        ("CONNECT", format!("localhost:{port}"), reason),
+    ];
+    assert_eq!(out["violations"], violations(&refused), "{out:#}");
+    assert_eq!(origin.seen().len(), 2, "{:?}", origin.seen());
+}
+
+/// The proxy's socket is bound read-only at `/run/pysandbox`: the job can neither
+/// add a file beside it nor remove or replace it, and the proxy still answers.
+#[tokio::test]
+async fn the_proxy_socket_is_bound_read_only() {
+    require_root!();
+    let origin = Origin::start();
+    let svc = start(&origin, "");
+    let code = r#"
+import errno
+def outcome(f):
+    try:
+        f()
+        return "ok"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+def create():
+    open("/run/pysandbox/x", "w").close()
+print(json.dumps({
+    "create": outcome(create),
+    "unlink": outcome(lambda: os.unlink("/run/pysandbox/proxy.sock")),
+    "rename": outcome(lambda: os.rename("/run/pysandbox/proxy.sock", "/run/pysandbox/y")),
+    "chmod": outcome(lambda: os.chmod("/run/pysandbox/proxy.sock", 0o777)),
+    "fetch": via_http("http://allowed.test:%d/after" % PORT),
+}))
+"#;
+    let out = probe(&svc, &origin, json!({}), code).await;
+    let port = origin.port();
+    assert_eq!(
+        stdout_json(&out),
+        json!({
+            "create": "EROFS",
+            "unlink": "EROFS",
+            "rename": "EROFS",
+            "chmod": "EROFS",
+            "fetch": [200, format!("origin saw GET /after HTTP/1.1 host allowed.test:{port}")],
+        }),
+        "{out:#}"
+    );
+}
+
+/// The first 100 refusals are listed (in `violations` and one `[sandbox]` line
+/// each), the rest counted in one line; a target that does not parse is shown raw,
+/// cut at 100 characters.
+#[tokio::test]
+async fn a_hundred_refusals_are_listed_and_the_rest_counted() {
+    require_root!();
+    let origin = Origin::start();
+    let svc = start(&origin, "");
+    let port = origin.port();
+    let long = format!("{}:{port}:1", "a".repeat(150));
+    let code = format!(
+        "{HELPERS}\nraw('CONNECT {long} HTTP/1.1\\r\\n\\r\\n')\n\
+         for _ in range(100):\n    raw('CONNECT unlisted.test:{port} HTTP/1.1\\r\\n\\r\\n')\n\
+         print('done')"
+    );
+    let out = svc.run(json!({ "code": code, "network": {} })).await;
+    assert_eq!(
+        (&out["exitCode"], &out["stdout"]),
+        (&json!(0), &json!("done\n")),
+        "{out:#}"
+    );
+    let cut = format!(
+        "{}…[{} more chars]",
+        "a".repeat(100),
+        long.chars().count() - 100
+    );
+    let mut listed = vec![(
+        "CONNECT",
+        cut,
+        "malformed target: label longer than 63 characters",
+    )];
+    listed.extend(std::iter::repeat_n(
+        (
+            "CONNECT",
+            format!("unlisted.test:{port}"),
+            "not in allowed domains",
+        ),
+        99,
+    ));
+    assert_eq!(out["violations"], violations(&listed), "{out:#}");
+    assert_eq!(
+        stderr_of(&out),
+        format!(
+            "{}[sandbox] network: 1 more blocked requests not listed\n",
+            blocked_lines(&listed)
+        ),
+        "{out:#}"
+    );
+    assert_eq!(origin.seen(), Vec::<String>::new());
+}
