@@ -554,3 +554,162 @@ async fn every_namespace_of_a_job_is_its_own() {
         assert_ne!(a[kind], b[kind], "two jobs share their {kind} namespace");
     }
 }
+
+/// The jail's `/etc` is generated: passwd, group and hosts name only root and the
+/// sandbox user, and of the host's `/etc` only the files README lists are there
+/// (TLS roots and the time zone among them, the same as the host's).
+#[tokio::test]
+async fn etc_is_generated_with_the_hosts_tls_roots_and_time_zone() {
+    require_root!();
+    let svc = Service::start();
+    let code = r#"
+import hashlib, json, os, ssl
+def digest(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+def text(path):
+    with open(path) as f:
+        return f.read()
+print(json.dumps({
+    "etc": sorted(os.listdir("/etc")),
+    "passwd": text("/etc/passwd"),
+    "group": text("/etc/group"),
+    "hosts": text("/etc/hosts"),
+    "certs": sorted(os.listdir("/etc/ssl/certs")),
+    "ca": ssl.create_default_context().cert_store_stats()["x509_ca"],
+    "localtime": digest("/etc/localtime"),
+}))
+"#;
+    let seen = probe(&svc, code, "").await;
+    let user = nix::unistd::User::from_name(pysandbox_tests::SANDBOX_USER)
+        .unwrap()
+        .expect("the harness creates the sandbox user");
+    let (uid, gid) = (user.uid.as_raw(), user.gid.as_raw());
+    // README's list: generated files, then the host's that exist here.
+    let host_files = [
+        "ld.so.cache",
+        "alternatives",
+        "ssl",
+        "localtime",
+        "fonts",
+        "matplotlibrc",
+    ];
+    let mut etc: Vec<&str> = ["passwd", "group", "hosts"].into();
+    etc.extend(
+        host_files
+            .iter()
+            .filter(|name| std::path::Path::new("/etc").join(name).exists()),
+    );
+    etc.sort_unstable();
+    assert_eq!(seen["etc"], json!(etc), "{seen:#}");
+    assert_eq!(
+        seen["passwd"],
+        format!(
+            "root:x:0:0:root:/root:/usr/sbin/nologin\nsandbox:x:{uid}:{gid}:sandbox:/tmp:/usr/sbin/nologin\n"
+        )
+    );
+    assert_eq!(seen["group"], format!("root:x:0:\nsandbox:x:{gid}:\n"));
+    assert_eq!(
+        seen["hosts"],
+        "127.0.0.1 localhost sandbox\n::1 localhost\n"
+    );
+    // The host's TLS roots, all of them, and usable.
+    let mut certs: Vec<String> = std::fs::read_dir("/etc/ssl/certs")
+        .expect("the host has TLS roots")
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    certs.sort();
+    assert_eq!(seen["certs"], json!(certs));
+    assert!(seen["ca"].as_u64().unwrap_or_default() > 0, "{seen:#}");
+    // The host's time zone, byte for byte.
+    let digest = std::process::Command::new("sha256sum")
+        .arg("/etc/localtime")
+        .output()
+        .expect("sha256sum");
+    assert!(
+        digest.status.success(),
+        "the host has no time zone: {digest:?}"
+    );
+    let digest = String::from_utf8_lossy(&digest.stdout);
+    assert_eq!(
+        seen["localtime"],
+        digest.split(' ').next().unwrap_or_default()
+    );
+}
+
+/// `/dev` is bwrap's minimal one (the harmless devices, the pty multiplexer, the
+/// standard links) plus the job's `/dev/shm`, and read-only: no host device
+/// appears, and nothing can be added.
+#[tokio::test]
+async fn dev_is_minimal_and_read_only() {
+    require_root!();
+    let svc = Service::start();
+    let code = r#"
+import errno, json, os
+def outcome(f):
+    try:
+        f()
+        return "ok"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+print(json.dumps({
+    "dev": sorted(os.listdir("/dev")),
+    "mkdir": outcome(lambda: os.mkdir("/dev/x")),
+    "symlink": outcome(lambda: os.symlink("/work", "/dev/x")),
+    "unlink": outcome(lambda: os.unlink("/dev/null")),
+}))
+"#;
+    let seen = probe(&svc, code, "").await;
+    assert_eq!(
+        seen,
+        json!({
+            "dev": [
+                "core", "fd", "full", "null", "ptmx", "pts", "random", "shm", "stderr",
+                "stdin", "stdout", "tty", "urandom", "zero",
+            ],
+            "mkdir": "EROFS",
+            "symlink": "EROFS",
+            "unlink": "EROFS",
+        })
+    );
+}
+
+/// `/work` and `/tmp` are one tmpfs: one filesystem, and what is written to one
+/// leaves that much less room in the other.
+#[tokio::test]
+async fn work_and_tmp_share_one_tmpfs() {
+    require_root!();
+    let svc = Service::start();
+    let code = r#"
+import errno, json, os
+chunk = b"\0" * (1 << 20)
+def fill(path, mib):
+    written = 0
+    try:
+        with open(path, "wb") as f:
+            for _ in range(mib):
+                f.write(chunk)
+                f.flush()
+                written += 1
+        return ["ok", written]
+    except OSError as e:
+        return [errno.errorcode.get(e.errno, str(e.errno)), written]
+same = os.stat("/work").st_dev == os.stat("/tmp").st_dev
+work = fill("/work/a", 40)
+tmp = fill("/tmp/b", 40)
+print(json.dumps({"same device": same, "work": work, "tmp": tmp}))
+"#;
+    let out = svc
+        .run(json!({ "code": code, "limits": { "diskMb": 64 } }))
+        .await;
+    assert_eq!(out["exitCode"], 0, "{out:#}");
+    let seen = stdout_json(&out);
+    assert_eq!(seen["same device"], true, "{seen:#}");
+    assert_eq!(seen["work"], json!(["ok", 40]), "{seen:#}");
+    // 40 MiB in /work leave less than 24 MiB of the 64 for /tmp (the code takes a
+    // little too): two tmpfs of 64 MiB each would take all 40.
+    assert_eq!(seen["tmp"][0], "ENOSPC", "{seen:#}");
+    let tmp = seen["tmp"][1].as_u64().unwrap_or(u64::MAX);
+    assert!((20..24).contains(&tmp), "{seen:#}");
+    assert_eq!(out["limitExceeded"], "disk", "{out:#}");
+}
