@@ -914,3 +914,60 @@ async fn fifty_files_are_uploaded_each_with_its_own_bytes() {
         out["durationMs"]
     );
 }
+
+/// README: `MAX_INFLIGHT` counts jobs at the executor or uploading their files. With
+/// one slot, a job whose run is over but whose upload still hangs keeps it: the
+/// executor runs nothing, yet the next request is a 429; once the upload has timed
+/// out, the slot is free again.
+#[tokio::test]
+async fn a_job_still_uploading_holds_its_admission_slot() {
+    require_root!();
+    let stub = UploadStub::start(StubReply::Hang);
+    let svc = service(&[
+        ("MAX_INFLIGHT", "1"),
+        ("MAX_QUEUE", "0"),
+        ("UPLOAD_TIMEOUT_MS", "5000"),
+    ]);
+    let body = json!({
+        "code": "open('a.txt', 'w').write('a')",
+        "fileUploadUrl": stub.url("/up"),
+        "uploadToken": UPLOAD_TOKEN,
+    });
+    let uploading = svc.run(body);
+    let meanwhile = async {
+        let started = Instant::now();
+        while stub.received().is_empty() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the upload never arrived"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let health = svc.health().await;
+        assert_eq!(
+            (&health.json["runningJobs"], &health.json["queuedJobs"]),
+            (&json!(0), &json!(0)),
+            "the job is still at the executor: {}",
+            health.text
+        );
+        let refused = svc.post_execute(&json!({ "code": "print(1)" })).await;
+        assert_error(
+            &refused,
+            429,
+            json!({ "error": "too many jobs in flight; retry later" }),
+        );
+        started.elapsed()
+    };
+    let (out, waited) = tokio::join!(uploading, meanwhile);
+    assert!(
+        waited < Duration::from_secs(5),
+        "checked too late: {waited:?}"
+    );
+    assert_eq!(
+        uploads(&out),
+        &vec![json!({"filename": "a.txt", "status": 0, "error": "upload timed out after 5000 ms"})],
+        "{out:#}"
+    );
+    let next = svc.run_code("print(2)").await;
+    assert_eq!(next["stdout"], "2\n", "{next:#}");
+}
