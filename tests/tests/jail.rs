@@ -713,3 +713,71 @@ print(json.dumps({"same device": same, "work": work, "tmp": tmp}))
     assert!((20..24).contains(&tmp), "{seen:#}");
     assert_eq!(out["limitExceeded"], "disk", "{out:#}");
 }
+
+/// The lines of `/proc/<pid>/cgroup` that name a pysandbox cgroup.
+fn pysandbox_cgroups(pid: u32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| line.contains("pysandbox"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A jail joins its job's cgroups before bwrap starts, so nothing of it runs
+/// outside them: bwrap itself, its pid 1 and every process the job starts are in
+/// the same pysandbox cgroups (checked from the host while the job runs).
+#[tokio::test]
+async fn every_process_of_a_jail_is_in_the_jobs_cgroups() {
+    require_root!();
+    // Jails of their own: a forked job's ancestors are its template's.
+    let svc = Service::builder()
+        .executor_args(["--fork-server", "false"])
+        .start();
+    let needle = pysandbox_tests::sleep_needle("1002.");
+    let code = format!(
+        "import subprocess\nsubprocess.run(['sleep', {}])",
+        pysandbox_tests::py_concat(&needle)
+    );
+    let job = svc.run(json!({ "code": code, "timeoutMs": 60000 }));
+    let watch = async {
+        let running = pysandbox_tests::wait_until_async(std::time::Duration::from_secs(60), || {
+            !pysandbox_tests::host_processes_matching(&needle).is_empty()
+        })
+        .await;
+        assert!(running, "the job's sleep never ran");
+        let sleep = pysandbox_tests::host_processes_matching(&needle)[0];
+        let executor = svc.executor.pid().expect("the executor runs");
+        let processes = job_processes(sleep, executor);
+        let cgroups: Vec<(u32, Vec<String>)> = processes
+            .iter()
+            .map(|&pid| (pid, pysandbox_cgroups(pid)))
+            .collect();
+        let parents = pysandbox_tests::parent_pids();
+        let below_executor = processes
+            .iter()
+            .find(|pid| parents.get(pid) == Some(&executor))
+            .expect("a process of the job is the executor's child");
+        let bwrap =
+            std::fs::read_to_string(format!("/proc/{below_executor}/cmdline")).unwrap_or_default();
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(sleep as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        (pysandbox_cgroups(sleep), cgroups, bwrap)
+    };
+    let (out, (own, cgroups, bwrap)) = tokio::join!(job, watch);
+    assert_eq!(out["signal"], Value::Null, "{out:#}");
+    assert!(!own.is_empty(), "the job's sleep is in no pysandbox cgroup");
+    assert!(
+        bwrap.starts_with("/usr/bin/bwrap\0"),
+        "the first process is not bwrap: {bwrap:?}"
+    );
+    assert!(
+        cgroups.len() >= 4,
+        "bwrap, its pid 1, python, sleep: {cgroups:?}"
+    );
+    for (pid, lines) in &cgroups {
+        assert_eq!(lines, &own, "process {pid} is outside the job's cgroups");
+    }
+}
