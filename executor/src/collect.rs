@@ -773,4 +773,39 @@ mod tests {
         assert!(!gathered.skipped.is_empty());
         assert_eq!(snapshot(&work), before);
     }
+
+    /// README's skip reason `unreadable`: an entry the collector cannot open is
+    /// listed as such, and the walk goes on. The collector runs as root; this test
+    /// takes root's file powers away from its own thread (a nonzero fsuid drops
+    /// CAP_DAC_OVERRIDE, capabilities(7)), so that modes 000 refuse it.
+    #[test]
+    fn entries_that_cannot_be_opened_are_skipped_as_unreadable() {
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, work) = tree();
+        let mode = |path: &Path, mode| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        mode(dir.path(), 0o755);
+        write(&work, "a.txt", b"a");
+        write(&work, "private", b"p");
+        write(&work, "locked/inside.txt", b"i");
+        write(&work, "z.txt", b"z");
+        mode(&work.join("private"), 0o000);
+        mode(&work.join("locked"), 0o000);
+        let collected = std::thread::spawn(move || {
+            nix::unistd::setfsuid(nix::unistd::Uid::from_raw(65534));
+            gather(&work, CAPS, &[]).unwrap()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(paths(&collected), ["a.txt", "z.txt"]);
+        assert_eq!(
+            skipped(&collected),
+            [
+                ("locked", "unreadable".into()),
+                ("private", "unreadable".into()),
+            ]
+        );
+        drop(dir);
+    }
 }
