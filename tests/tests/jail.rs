@@ -781,3 +781,46 @@ async fn every_process_of_a_jail_is_in_the_jobs_cgroups() {
         assert_eq!(lines, &own, "process {pid} is outside the job's cgroups");
     }
 }
+
+/// `ro_binds` are mounted read-only at their host paths and readable there (they
+/// are in landlock's read set), whichever path the job takes; writing fails.
+#[tokio::test]
+async fn ro_binds_are_readable_and_read_only() {
+    use std::os::unix::fs::PermissionsExt;
+
+    require_root!();
+    // Not under /tmp, which every job's own /tmp covers.
+    let dir = tempfile::Builder::new()
+        .prefix("pysandbox-ro-bind.")
+        .tempdir_in("/var/tmp")
+        .expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::write(dir.path().join("data.txt"), "from the host\n").expect("write");
+    let path = dir.path().display().to_string();
+    let svc = Service::builder()
+        .executor_config_toml(&format!("ro_binds = [{path:?}]\n"))
+        .start();
+    let code = r#"
+import errno, json, os, sys
+d = sys.stdin.read()
+def outcome(f):
+    try:
+        return ["ok", f()]
+    except OSError as e:
+        return [errno.errorcode.get(e.errno, str(e.errno))]
+print(json.dumps({
+    "listdir": outcome(lambda: os.listdir(d)),
+    "read": outcome(lambda: open(os.path.join(d, "data.txt")).read()),
+    "write": outcome(lambda: open(os.path.join(d, "new.txt"), "w").close()),
+}))
+"#;
+    let seen = probe(&svc, code, &path).await;
+    assert_eq!(
+        seen,
+        json!({
+            "listdir": ["ok", ["data.txt"]],
+            "read": ["ok", "from the host\n"],
+            "write": ["EROFS"],
+        })
+    );
+}
