@@ -714,14 +714,16 @@ print(json.dumps({"same device": same, "work": work, "tmp": tmp}))
     assert_eq!(out["limitExceeded"], "disk", "{out:#}");
 }
 
-/// The lines of `/proc/<pid>/cgroup` that name a pysandbox cgroup.
-fn pysandbox_cgroups(pid: u32) -> Vec<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-        .unwrap_or_default()
-        .lines()
-        .filter(|line| line.contains("pysandbox"))
-        .map(str::to_owned)
-        .collect()
+/// The lines of `/proc/<pid>/cgroup` that name a pysandbox cgroup; `None` once the
+/// process is gone.
+fn pysandbox_cgroups(pid: u32) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    Some(
+        text.lines()
+            .filter(|line| line.contains("pysandbox"))
+            .map(str::to_owned)
+            .collect(),
+    )
 }
 
 /// A jail joins its job's cgroups before bwrap starts, so nothing of it runs
@@ -751,7 +753,8 @@ async fn every_process_of_a_jail_is_in_the_jobs_cgroups() {
         let processes = job_processes(sleep, executor);
         let cgroups: Vec<(u32, Vec<String>)> = processes
             .iter()
-            .map(|&pid| (pid, pysandbox_cgroups(pid)))
+            // A process that ended meanwhile (a fork on its way to exec) is skipped.
+            .filter_map(|&pid| Some((pid, pysandbox_cgroups(pid)?)))
             .collect();
         let parents = pysandbox_tests::parent_pids();
         let below_executor = processes
@@ -760,11 +763,12 @@ async fn every_process_of_a_jail_is_in_the_jobs_cgroups() {
             .expect("a process of the job is the executor's child");
         let bwrap =
             std::fs::read_to_string(format!("/proc/{below_executor}/cmdline")).unwrap_or_default();
+        let own = pysandbox_cgroups(sleep).expect("the sleep still runs");
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(sleep as i32),
             nix::sys::signal::Signal::SIGKILL,
         );
-        (pysandbox_cgroups(sleep), cgroups, bwrap)
+        (own, cgroups, bwrap)
     };
     let (out, (own, cgroups, bwrap)) = tokio::join!(job, watch);
     assert_eq!(out["signal"], Value::Null, "{out:#}");
