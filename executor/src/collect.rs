@@ -341,6 +341,7 @@ fn shown(prefix: &str, name: &CStr) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::symlink;
     use std::os::unix::net::UnixListener;
@@ -707,5 +708,104 @@ mod tests {
         collect(&work, CAPS, &stamps, &mut files).unwrap();
         let got: Vec<&str> = files.iter().map(|f: &Got| f.path.as_str()).collect();
         assert_eq!(got, ["new.txt", "rewritten.txt"]);
+    }
+
+    /// Every entry under `root` (itself included) with what a write, chown or chmod
+    /// would change: mode, owner, size, links, mtime and ctime (ctime moves on any
+    /// of them, even one that restores the old value).
+    fn snapshot(root: &Path) -> BTreeMap<PathBuf, [i64; 9]> {
+        use std::os::unix::fs::MetadataExt;
+        let mut seen = BTreeMap::new();
+        let mut todo = vec![root.to_owned()];
+        while let Some(path) = todo.pop() {
+            let m = std::fs::symlink_metadata(&path).unwrap();
+            if m.is_dir() {
+                todo.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            }
+            let key = [
+                i64::from(m.mode()),
+                i64::from(m.uid()),
+                i64::from(m.gid()),
+                m.size() as i64,
+                m.nlink() as i64,
+                m.mtime(),
+                m.mtime_nsec(),
+                m.ctime(),
+                m.ctime_nsec(),
+            ];
+            seen.insert(path, key);
+        }
+        seen
+    }
+
+    /// README: nothing is ever written, chowned or chmodded in the work dir. A
+    /// collection over every kind of entry (files it passes on, files over a cap,
+    /// unreadable modes, links, a FIFO, nested dirs) leaves each one as it was.
+    #[test]
+    fn collecting_changes_nothing_in_the_work_dir() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_dir, work) = tree();
+        write(&work, "a.txt", b"a");
+        write(&work, "sub/deep/b.csv", b"x,y\n");
+        write(
+            &work,
+            "big.bin",
+            &vec![0; (CAPS.max_file_bytes + 1) as usize],
+        );
+        write(&work, "private", b"p");
+        std::fs::set_permissions(work.join("private"), std::fs::Permissions::from_mode(0o000))
+            .unwrap();
+        std::fs::set_permissions(
+            work.join("sub/deep"),
+            std::fs::Permissions::from_mode(0o700),
+        )
+        .unwrap();
+        symlink("/etc/passwd", work.join("link")).unwrap();
+        std::fs::hard_link(work.join("a.txt"), work.join("sub/a-again")).unwrap();
+        nix::unistd::mkfifo(&work.join("pipe"), Mode::from_bits_truncate(0o644)).unwrap();
+        // Past the coarse clock's tick (older kernels stamp ctime by jiffies), so
+        // that a chmod to the same mode would still move it.
+        std::thread::sleep(Duration::from_millis(20));
+        let before = snapshot(&work);
+        let gathered = gather(&work, CAPS, &[]).unwrap();
+        // (`private` too when the test runs as root, as collection does.)
+        assert!(paths(&gathered).contains(&"sub/deep/b.csv"));
+        assert!(!gathered.skipped.is_empty());
+        assert_eq!(snapshot(&work), before);
+    }
+
+    /// README's skip reason `unreadable`: an entry the collector cannot open is
+    /// listed as such, and the walk goes on. The collector runs as root; this test
+    /// takes root's file powers away from its own thread (a nonzero fsuid drops
+    /// CAP_DAC_OVERRIDE, capabilities(7)), so that modes 000 refuse it.
+    #[test]
+    fn entries_that_cannot_be_opened_are_skipped_as_unreadable() {
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, work) = tree();
+        let mode = |path: &Path, mode| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        mode(dir.path(), 0o755);
+        write(&work, "a.txt", b"a");
+        write(&work, "private", b"p");
+        write(&work, "locked/inside.txt", b"i");
+        write(&work, "z.txt", b"z");
+        mode(&work.join("private"), 0o000);
+        mode(&work.join("locked"), 0o000);
+        let collected = std::thread::spawn(move || {
+            nix::unistd::setfsuid(nix::unistd::Uid::from_raw(65534));
+            gather(&work, CAPS, &[]).unwrap()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(paths(&collected), ["a.txt", "z.txt"]);
+        assert_eq!(
+            skipped(&collected),
+            [
+                ("locked", "unreadable".into()),
+                ("private", "unreadable".into()),
+            ]
+        );
+        drop(dir);
     }
 }

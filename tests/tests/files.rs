@@ -914,3 +914,166 @@ async fn fifty_files_are_uploaded_each_with_its_own_bytes() {
         out["durationMs"]
     );
 }
+
+/// README: `MAX_INFLIGHT` counts jobs at the executor or uploading their files. With
+/// one slot, a job whose run is over but whose upload still hangs keeps it: the
+/// executor runs nothing, yet the next request is a 429; once the upload has timed
+/// out, the slot is free again.
+#[tokio::test]
+async fn a_job_still_uploading_holds_its_admission_slot() {
+    require_root!();
+    let stub = UploadStub::start(StubReply::Hang);
+    let svc = service(&[
+        ("MAX_INFLIGHT", "1"),
+        ("MAX_QUEUE", "0"),
+        ("UPLOAD_TIMEOUT_MS", "5000"),
+    ]);
+    let body = json!({
+        "code": "open('a.txt', 'w').write('a')",
+        "fileUploadUrl": stub.url("/up"),
+        "uploadToken": UPLOAD_TOKEN,
+    });
+    let uploading = svc.run(body);
+    let meanwhile = async {
+        let started = Instant::now();
+        while stub.received().is_empty() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the upload never arrived"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let health = svc.health().await;
+        assert_eq!(
+            (&health.json["runningJobs"], &health.json["queuedJobs"]),
+            (&json!(0), &json!(0)),
+            "the job is still at the executor: {}",
+            health.text
+        );
+        let refused = svc.post_execute(&json!({ "code": "print(1)" })).await;
+        assert_error(
+            &refused,
+            429,
+            json!({ "error": "too many jobs in flight; retry later" }),
+        );
+        started.elapsed()
+    };
+    let (out, waited) = tokio::join!(uploading, meanwhile);
+    assert!(
+        waited < Duration::from_secs(5),
+        "checked too late: {waited:?}"
+    );
+    assert_eq!(
+        uploads(&out),
+        &vec![json!({"filename": "a.txt", "status": 0, "error": "upload timed out after 5000 ms"})],
+        "{out:#}"
+    );
+    let next = svc.run_code("print(2)").await;
+    assert_eq!(next["stdout"], "2\n", "{next:#}");
+}
+
+/// README: `UPLOAD_TIMEOUT_MS` also bounds the DNS lookup of the upload host. The
+/// frontend runs in a mount namespace of its own whose `/etc/resolv.conf` names a
+/// DNS server on loopback that reads every query and answers none. Whether the
+/// frontend looks the name up itself (to check its addresses) or, for a host in
+/// `UPLOAD_ALLOWED_HOSTS`, lets its HTTP client do it within the connect timeout,
+/// the upload fails after about the upload timeout, long before the resolver's own
+/// 30 s; the server saw the query, so the time went to DNS.
+#[tokio::test]
+async fn the_upload_timeout_bounds_the_dns_lookup() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    require_root!();
+    let dns = std::net::UdpSocket::bind("127.0.0.77:53").expect("bind the silent DNS server");
+    dns.set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("read timeout");
+    let queries = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = {
+        let (queries, stop) = (Arc::clone(&queries), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while !stop.load(Ordering::SeqCst) {
+                if dns.recv_from(&mut buf).is_ok() {
+                    queries.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        })
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let resolv = dir.path().join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        "nameserver 127.0.0.77\noptions timeout:30 attempts:1\n",
+    )
+    .expect("write resolv.conf");
+    assert_eq!(
+        pysandbox_tests::FRONTEND_UID,
+        pysandbox_tests::FRONTEND_GID,
+        "setpriv below gives both the one id"
+    );
+
+    for (allowed, error) in [
+        (None, "cannot resolve files.slow.test: timed out"),
+        (
+            Some("files.slow.test"),
+            "cannot connect to the upload service: operation timed out",
+        ),
+    ] {
+        let executor = pysandbox_tests::Executor::builder().start();
+        let token = pysandbox_tests::random_hex(16);
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(
+                "mount --bind \"$0\" /etc/resolv.conf && \
+                 exec setpriv --reuid=\"$1\" --regid=\"$1\" --clear-groups \"$2\"",
+            )
+            .arg(&resolv)
+            .arg(pysandbox_tests::FRONTEND_UID.to_string())
+            .arg(&pysandbox_tests::binaries().frontend)
+            .current_dir("/")
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .env("AUTH_TOKEN", &token)
+            .env("PORT", "0")
+            .env("HOST", "127.0.0.1")
+            .env("PYSANDBOX_EXECUTOR_SOCKET", executor.socket())
+            .env("UPLOAD_TIMEOUT_MS", "1000")
+            .stdin(std::process::Stdio::null());
+        if let Some(host) = allowed {
+            cmd.env("UPLOAD_ALLOWED_HOSTS", host);
+        }
+        let frontend = pysandbox_tests::Frontend::launch(cmd, &token, executor.socket());
+        let svc = Service::new(frontend, executor);
+        svc.wait_for_warm_pool();
+
+        queries.store(0, Ordering::SeqCst);
+        let started = Instant::now();
+        let out = svc
+            .run(json!({
+                "code": "open('a.txt', 'w').write('a')",
+                "fileUploadUrl": "http://files.slow.test:8080/up",
+                "uploadToken": UPLOAD_TOKEN,
+            }))
+            .await;
+        let took = started.elapsed();
+        assert_eq!(
+            uploads(&out),
+            &vec![json!({ "filename": "a.txt", "status": 0, "error": error })],
+            "allowed hosts {allowed:?}: {out:#}"
+        );
+        assert!(
+            queries.load(Ordering::SeqCst) >= 1,
+            "allowed hosts {allowed:?}: the lookup never reached the DNS server"
+        );
+        assert!(
+            took < Duration::from_secs(15),
+            "allowed hosts {allowed:?}: the answer took {took:?}"
+        );
+    }
+    stop.store(true, Ordering::SeqCst);
+    server.join().expect("the DNS server thread");
+}

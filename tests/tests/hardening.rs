@@ -1325,6 +1325,43 @@ async fn json_logs_carry_the_request_id_and_no_secrets() {
     );
 }
 
+/// The default text logs: README's one line per request (the frontend's) and per
+/// job (the executor's) with the same request id. Lines at info level, as journald
+/// keeps them by default; the harness also turns on the executor's job debug lines.
+#[tokio::test]
+async fn text_logs_have_one_line_per_request_and_per_job_with_its_id() {
+    require_root!();
+    let svc = Service::start();
+    let reply = svc.post_execute(&json!({ "code": "print(1)" })).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let id = reply
+        .header("x-request-id")
+        .expect("x-request-id header")
+        .to_owned();
+    let logged = wait_until(Duration::from_secs(5), || {
+        svc.frontend.log().contains("path=/execute") && svc.executor.log().contains("job finished")
+    });
+    assert!(logged, "missing log lines");
+    let info_with_id = |lines: Vec<String>| -> Vec<String> {
+        lines
+            .into_iter()
+            .filter(|l| l.contains(" INFO ") && l.contains(&format!("request_id={id}")))
+            .collect()
+    };
+    let frontend = info_with_id(svc.frontend.log().lines());
+    let executor = info_with_id(svc.executor.log().lines());
+    assert!(
+        frontend.len() == 1
+            && frontend[0].contains("request done")
+            && frontend[0].contains("path=/execute status=200"),
+        "the frontend's lines with {id}: {frontend:#?}"
+    );
+    assert!(
+        executor.len() == 1 && executor[0].contains("job finished"),
+        "the executor's lines with {id}: {executor:#?}"
+    );
+}
+
 /// A setup error is logged with its cause: an executor that cannot bind its socket
 /// (its parent is a regular file) says which errno, not just "cannot bind".
 #[test]

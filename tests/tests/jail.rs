@@ -554,3 +554,277 @@ async fn every_namespace_of_a_job_is_its_own() {
         assert_ne!(a[kind], b[kind], "two jobs share their {kind} namespace");
     }
 }
+
+/// The jail's `/etc` is generated: passwd, group and hosts name only root and the
+/// sandbox user, and of the host's `/etc` only the files README lists are there
+/// (TLS roots and the time zone among them, the same as the host's).
+#[tokio::test]
+async fn etc_is_generated_with_the_hosts_tls_roots_and_time_zone() {
+    require_root!();
+    let svc = Service::start();
+    let code = r#"
+import hashlib, json, os, ssl
+def digest(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+def text(path):
+    with open(path) as f:
+        return f.read()
+print(json.dumps({
+    "etc": sorted(os.listdir("/etc")),
+    "passwd": text("/etc/passwd"),
+    "group": text("/etc/group"),
+    "hosts": text("/etc/hosts"),
+    "certs": sorted(os.listdir("/etc/ssl/certs")),
+    "ca": ssl.create_default_context().cert_store_stats()["x509_ca"],
+    "localtime": digest("/etc/localtime"),
+}))
+"#;
+    let seen = probe(&svc, code, "").await;
+    let user = nix::unistd::User::from_name(pysandbox_tests::SANDBOX_USER)
+        .unwrap()
+        .expect("the harness creates the sandbox user");
+    let (uid, gid) = (user.uid.as_raw(), user.gid.as_raw());
+    // README's list: generated files, then the host's that exist here.
+    let host_files = [
+        "ld.so.cache",
+        "alternatives",
+        "ssl",
+        "localtime",
+        "fonts",
+        "matplotlibrc",
+    ];
+    let mut etc: Vec<&str> = ["passwd", "group", "hosts"].into();
+    etc.extend(
+        host_files
+            .iter()
+            .filter(|name| std::path::Path::new("/etc").join(name).exists()),
+    );
+    etc.sort_unstable();
+    assert_eq!(seen["etc"], json!(etc), "{seen:#}");
+    assert_eq!(
+        seen["passwd"],
+        format!(
+            "root:x:0:0:root:/root:/usr/sbin/nologin\nsandbox:x:{uid}:{gid}:sandbox:/tmp:/usr/sbin/nologin\n"
+        )
+    );
+    assert_eq!(seen["group"], format!("root:x:0:\nsandbox:x:{gid}:\n"));
+    assert_eq!(
+        seen["hosts"],
+        "127.0.0.1 localhost sandbox\n::1 localhost\n"
+    );
+    // The host's TLS roots, all of them, and usable.
+    let mut certs: Vec<String> = std::fs::read_dir("/etc/ssl/certs")
+        .expect("the host has TLS roots")
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    certs.sort();
+    assert_eq!(seen["certs"], json!(certs));
+    assert!(seen["ca"].as_u64().unwrap_or_default() > 0, "{seen:#}");
+    // The host's time zone, byte for byte.
+    let digest = std::process::Command::new("sha256sum")
+        .arg("/etc/localtime")
+        .output()
+        .expect("sha256sum");
+    assert!(
+        digest.status.success(),
+        "the host has no time zone: {digest:?}"
+    );
+    let digest = String::from_utf8_lossy(&digest.stdout);
+    assert_eq!(
+        seen["localtime"],
+        digest.split(' ').next().unwrap_or_default()
+    );
+}
+
+/// `/dev` is bwrap's minimal one (the harmless devices, the pty multiplexer, the
+/// standard links) plus the job's `/dev/shm`, and read-only: no host device
+/// appears, and nothing can be added.
+#[tokio::test]
+async fn dev_is_minimal_and_read_only() {
+    require_root!();
+    let svc = Service::start();
+    let code = r#"
+import errno, json, os
+def outcome(f):
+    try:
+        f()
+        return "ok"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+print(json.dumps({
+    "dev": sorted(os.listdir("/dev")),
+    "mkdir": outcome(lambda: os.mkdir("/dev/x")),
+    "symlink": outcome(lambda: os.symlink("/work", "/dev/x")),
+    "unlink": outcome(lambda: os.unlink("/dev/null")),
+}))
+"#;
+    let seen = probe(&svc, code, "").await;
+    assert_eq!(
+        seen,
+        json!({
+            "dev": [
+                "core", "fd", "full", "null", "ptmx", "pts", "random", "shm", "stderr",
+                "stdin", "stdout", "tty", "urandom", "zero",
+            ],
+            "mkdir": "EROFS",
+            "symlink": "EROFS",
+            "unlink": "EROFS",
+        })
+    );
+}
+
+/// `/work` and `/tmp` are one tmpfs: one filesystem, and what is written to one
+/// leaves that much less room in the other.
+#[tokio::test]
+async fn work_and_tmp_share_one_tmpfs() {
+    require_root!();
+    let svc = Service::start();
+    let code = r#"
+import errno, json, os
+chunk = b"\0" * (1 << 20)
+def fill(path, mib):
+    written = 0
+    try:
+        with open(path, "wb") as f:
+            for _ in range(mib):
+                f.write(chunk)
+                f.flush()
+                written += 1
+        return ["ok", written]
+    except OSError as e:
+        return [errno.errorcode.get(e.errno, str(e.errno)), written]
+same = os.stat("/work").st_dev == os.stat("/tmp").st_dev
+work = fill("/work/a", 40)
+tmp = fill("/tmp/b", 40)
+print(json.dumps({"same device": same, "work": work, "tmp": tmp}))
+"#;
+    let out = svc
+        .run(json!({ "code": code, "limits": { "diskMb": 64 } }))
+        .await;
+    assert_eq!(out["exitCode"], 0, "{out:#}");
+    let seen = stdout_json(&out);
+    assert_eq!(seen["same device"], true, "{seen:#}");
+    assert_eq!(seen["work"], json!(["ok", 40]), "{seen:#}");
+    // 40 MiB in /work leave less than 24 MiB of the 64 for /tmp (the code takes a
+    // little too): two tmpfs of 64 MiB each would take all 40.
+    assert_eq!(seen["tmp"][0], "ENOSPC", "{seen:#}");
+    let tmp = seen["tmp"][1].as_u64().unwrap_or(u64::MAX);
+    assert!((20..24).contains(&tmp), "{seen:#}");
+    assert_eq!(out["limitExceeded"], "disk", "{out:#}");
+}
+
+/// The lines of `/proc/<pid>/cgroup` that name a pysandbox cgroup; `None` once the
+/// process is gone.
+fn pysandbox_cgroups(pid: u32) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    Some(
+        text.lines()
+            .filter(|line| line.contains("pysandbox"))
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
+/// A jail joins its job's cgroups before bwrap starts, so nothing of it runs
+/// outside them: bwrap itself, its pid 1 and every process the job starts are in
+/// the same pysandbox cgroups (checked from the host while the job runs).
+#[tokio::test]
+async fn every_process_of_a_jail_is_in_the_jobs_cgroups() {
+    require_root!();
+    // Jails of their own: a forked job's ancestors are its template's.
+    let svc = Service::builder()
+        .executor_args(["--fork-server", "false"])
+        .start();
+    let needle = pysandbox_tests::sleep_needle("1002.");
+    let code = format!(
+        "import subprocess\nsubprocess.run(['sleep', {}])",
+        pysandbox_tests::py_concat(&needle)
+    );
+    let job = svc.run(json!({ "code": code, "timeoutMs": 60000 }));
+    let watch = async {
+        let running = pysandbox_tests::wait_until_async(std::time::Duration::from_secs(60), || {
+            !pysandbox_tests::host_processes_matching(&needle).is_empty()
+        })
+        .await;
+        assert!(running, "the job's sleep never ran");
+        let sleep = pysandbox_tests::host_processes_matching(&needle)[0];
+        let executor = svc.executor.pid().expect("the executor runs");
+        let processes = job_processes(sleep, executor);
+        let cgroups: Vec<(u32, Vec<String>)> = processes
+            .iter()
+            // A process that ended meanwhile (a fork on its way to exec) is skipped.
+            .filter_map(|&pid| Some((pid, pysandbox_cgroups(pid)?)))
+            .collect();
+        let parents = pysandbox_tests::parent_pids();
+        let below_executor = processes
+            .iter()
+            .find(|pid| parents.get(pid) == Some(&executor))
+            .expect("a process of the job is the executor's child");
+        let bwrap =
+            std::fs::read_to_string(format!("/proc/{below_executor}/cmdline")).unwrap_or_default();
+        let own = pysandbox_cgroups(sleep).expect("the sleep still runs");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(sleep as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        (own, cgroups, bwrap)
+    };
+    let (out, (own, cgroups, bwrap)) = tokio::join!(job, watch);
+    assert_eq!(out["signal"], Value::Null, "{out:#}");
+    assert!(!own.is_empty(), "the job's sleep is in no pysandbox cgroup");
+    assert!(
+        bwrap.starts_with("/usr/bin/bwrap\0"),
+        "the first process is not bwrap: {bwrap:?}"
+    );
+    assert!(
+        cgroups.len() >= 4,
+        "bwrap, its pid 1, python, sleep: {cgroups:?}"
+    );
+    for (pid, lines) in &cgroups {
+        assert_eq!(lines, &own, "process {pid} is outside the job's cgroups");
+    }
+}
+
+/// `ro_binds` are mounted read-only at their host paths and readable there (they
+/// are in landlock's read set), whichever path the job takes; writing fails.
+#[tokio::test]
+async fn ro_binds_are_readable_and_read_only() {
+    use std::os::unix::fs::PermissionsExt;
+
+    require_root!();
+    // Not under /tmp, which every job's own /tmp covers.
+    let dir = tempfile::Builder::new()
+        .prefix("pysandbox-ro-bind.")
+        .tempdir_in("/var/tmp")
+        .expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::write(dir.path().join("data.txt"), "from the host\n").expect("write");
+    let path = dir.path().display().to_string();
+    let svc = Service::builder()
+        .executor_config_toml(&format!("ro_binds = [{path:?}]\n"))
+        .start();
+    let code = r#"
+import errno, json, os, sys
+d = sys.stdin.read()
+def outcome(f):
+    try:
+        return ["ok", f()]
+    except OSError as e:
+        return [errno.errorcode.get(e.errno, str(e.errno))]
+print(json.dumps({
+    "listdir": outcome(lambda: os.listdir(d)),
+    "read": outcome(lambda: open(os.path.join(d, "data.txt")).read()),
+    "write": outcome(lambda: open(os.path.join(d, "new.txt"), "w").close()),
+}))
+"#;
+    let seen = probe(&svc, code, &path).await;
+    assert_eq!(
+        seen,
+        json!({
+            "listdir": ["ok", ["data.txt"]],
+            "read": ["ok", "from the host\n"],
+            "write": ["EROFS"],
+        })
+    );
+}

@@ -539,3 +539,36 @@ async fn a_jail_that_cannot_be_set_up_is_503_and_runs_nothing() {
     });
     assert!(logged, "the failure was not logged");
 }
+
+/// README: `systemctl restart pysandbox-frontend` leaves the executor running. A
+/// frontend stopped with SIGTERM and a new one started on the same socket: the
+/// same executor process (never restarted) serves the new frontend's jobs.
+#[tokio::test]
+async fn frontend_restart_while_the_executor_keeps_running() {
+    require_root!();
+    let mut svc = Service::start();
+    assert_eq!(svc.run_code("print('before')").await["stdout"], "before\n");
+    let executor_pid = svc.executor.pid();
+    let started = svc.executor.log().text().matches("listening on").count();
+
+    let token = svc.token().to_owned();
+    let status = svc.frontend.stop(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the frontend ended with {status:?} after SIGTERM"
+    );
+    svc.frontend =
+        pysandbox_tests::Frontend::start(&svc.executor, &[("AUTH_TOKEN", token.as_str())]);
+
+    let out = svc.run_code("print('after')").await;
+    assert_eq!(out["stdout"], "after\n", "{out:#}");
+    assert!(svc.executor.is_running(), "the executor stopped");
+    assert_eq!(svc.executor.pid(), executor_pid, "the executor restarted");
+    assert_eq!(
+        svc.executor.log().text().matches("listening on").count(),
+        started,
+        "the executor started listening again"
+    );
+    assert_eq!(svc.executor.jails_started().len(), 2);
+    assert_no_jail_left(&svc).await;
+}

@@ -1050,3 +1050,290 @@ async fn the_proxy_socket_serves_the_sandbox_uid_alone() {
     );
     assert_eq!(out["violations"], json!([]), "{out:#}");
 }
+
+/// Names go through `[network.resolve]` first and the system resolver otherwise:
+/// `localhost` (in every host's `/etc/hosts`, never in the map of the other tests)
+/// is looked up and fetched; mapped to a private address, the map wins and the
+/// proxy refuses it without asking the system.
+#[tokio::test]
+async fn names_the_map_lacks_go_to_the_system_resolver_and_the_map_comes_first() {
+    require_root!();
+    let origin = Origin::start();
+    let port = origin.port();
+    let config = |resolve: &str| {
+        format!(
+            "[network]\nallowed_domains = [\"localhost\"]\nallowed_ports = [{port}]\n\
+             allow_private_cidrs = [\"127.0.0.0/8\", \"::1/128\"]\n{resolve}"
+        )
+    };
+    let code = format!(
+        "{HELPERS}\nprint(json.dumps([via_http('http://localhost:{port}/sys'), via_connect('localhost', {port})]))"
+    );
+    let fetch = |svc: Service| {
+        let code = code.clone();
+        async move {
+            let out = svc.run(json!({ "code": code, "network": {} })).await;
+            assert_eq!(out["exitCode"], 0, "{out:#}");
+            out
+        }
+    };
+
+    let system = Service::builder().executor_config_toml(&config("")).start();
+    let out = fetch(system).await;
+    assert_eq!(
+        stdout_json(&out),
+        json!([
+            [
+                200,
+                format!("origin saw GET /sys HTTP/1.1 host localhost:{port}")
+            ],
+            [
+                200,
+                format!("origin saw GET /tunnel HTTP/1.1 host localhost:{port}")
+            ],
+        ]),
+        "{out:#}"
+    );
+    assert_eq!(out["violations"], json!([]), "{out:#}");
+
+    let mapped = Service::builder()
+        .executor_config_toml(&config(
+            "\n[network.resolve]\n\"localhost\" = \"10.0.0.1\"\n",
+        ))
+        .start();
+    let out = fetch(mapped).await;
+    let reason = "resolves to 10.0.0.1, a private address";
+    let refused = [
+        ("GET", format!("localhost:{port}"), reason),
+        ("CONNECT", format!("localhost:{port}"), reason),
+    ];
+    assert_eq!(out["violations"], violations(&refused), "{out:#}");
+    assert_eq!(origin.seen().len(), 2, "{:?}", origin.seen());
+}
+
+/// The proxy's socket is bound read-only at `/run/pysandbox`: the job can neither
+/// add a file beside it nor remove or replace it, and the proxy still answers.
+#[tokio::test]
+async fn the_proxy_socket_is_bound_read_only() {
+    require_root!();
+    let origin = Origin::start();
+    let svc = start(&origin, "");
+    let code = r#"
+import errno
+def outcome(f):
+    try:
+        f()
+        return "ok"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+def create():
+    open("/run/pysandbox/x", "w").close()
+print(json.dumps({
+    "create": outcome(create),
+    "unlink": outcome(lambda: os.unlink("/run/pysandbox/proxy.sock")),
+    "rename": outcome(lambda: os.rename("/run/pysandbox/proxy.sock", "/run/pysandbox/y")),
+    "chmod": outcome(lambda: os.chmod("/run/pysandbox/proxy.sock", 0o777)),
+    "fetch": via_http("http://allowed.test:%d/after" % PORT),
+}))
+"#;
+    let out = probe(&svc, &origin, json!({}), code).await;
+    let port = origin.port();
+    assert_eq!(
+        stdout_json(&out),
+        json!({
+            "create": "EROFS",
+            "unlink": "EROFS",
+            "rename": "EROFS",
+            "chmod": "EROFS",
+            "fetch": [200, format!("origin saw GET /after HTTP/1.1 host allowed.test:{port}")],
+        }),
+        "{out:#}"
+    );
+}
+
+/// The first 100 refusals are listed (in `violations` and one `[sandbox]` line
+/// each), the rest counted in one line; a target that does not parse is shown raw,
+/// cut at 100 characters.
+#[tokio::test]
+async fn a_hundred_refusals_are_listed_and_the_rest_counted() {
+    require_root!();
+    let origin = Origin::start();
+    let svc = start(&origin, "");
+    let port = origin.port();
+    let long = format!("{}:{port}:1", "a".repeat(150));
+    let code = format!(
+        "{HELPERS}\nraw('CONNECT {long} HTTP/1.1\\r\\n\\r\\n')\n\
+         for _ in range(100):\n    raw('CONNECT unlisted.test:{port} HTTP/1.1\\r\\n\\r\\n')\n\
+         print('done')"
+    );
+    let out = svc.run(json!({ "code": code, "network": {} })).await;
+    assert_eq!(
+        (&out["exitCode"], &out["stdout"]),
+        (&json!(0), &json!("done\n")),
+        "{out:#}"
+    );
+    let cut = format!(
+        "{}…[{} more chars]",
+        "a".repeat(100),
+        long.chars().count() - 100
+    );
+    let mut listed = vec![(
+        "CONNECT",
+        cut,
+        "malformed target: label longer than 63 characters",
+    )];
+    listed.extend(std::iter::repeat_n(
+        (
+            "CONNECT",
+            format!("unlisted.test:{port}"),
+            "not in allowed domains",
+        ),
+        99,
+    ));
+    assert_eq!(out["violations"], violations(&listed), "{out:#}");
+    assert_eq!(
+        stderr_of(&out),
+        format!(
+            "{}[sandbox] network: 1 more blocked requests not listed\n",
+            blocked_lines(&listed)
+        ),
+        "{out:#}"
+    );
+    assert_eq!(origin.seen(), Vec::<String>::new());
+}
+
+/// A DNS server on `addr` (UDP) for tests: answers every A query for any name,
+/// the first with `first` and every later one with `later`, and every other query
+/// with no record; counts the A queries.
+struct RebindingDns {
+    a_queries: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RebindingDns {
+    fn start(addr: &str, first: [u8; 4], later: [u8; 4]) -> RebindingDns {
+        use std::sync::atomic::Ordering;
+        let socket = std::net::UdpSocket::bind(addr).expect("bind the test DNS server");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("read timeout");
+        let a_queries = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (count, stopped) = (a_queries.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while !stopped.load(Ordering::SeqCst) {
+                let Ok((len, peer)) = socket.recv_from(&mut buf) else {
+                    continue;
+                };
+                let query = &buf[..len];
+                // Header (12 bytes), then one question: labels, a zero, type, class.
+                let Some(end) = query.get(12..).and_then(|q| q.iter().position(|&b| b == 0)) else {
+                    continue;
+                };
+                let question_end = 12 + end + 1 + 4;
+                if query.len() < question_end {
+                    continue;
+                }
+                let qtype = u16::from_be_bytes([query[question_end - 4], query[question_end - 3]]);
+                let mut answer = query[..2].to_vec();
+                answer.extend([0x81, 0x80, 0, 1]);
+                let address = (qtype == 1).then(|| {
+                    let n = count.fetch_add(1, Ordering::SeqCst);
+                    if n == 0 {
+                        first
+                    } else {
+                        later
+                    }
+                });
+                answer.extend([0, u8::from(address.is_some()), 0, 0, 0, 0]);
+                answer.extend(&query[12..question_end]);
+                if let Some(ip) = address {
+                    // The question's name by pointer, A, IN, TTL 0, four bytes.
+                    answer.extend([0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 0, 0, 4]);
+                    answer.extend(ip);
+                }
+                let _ = socket.send_to(&answer, peer);
+            }
+        });
+        RebindingDns {
+            a_queries,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn a_queries(&self) -> usize {
+        self.a_queries.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for RebindingDns {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// README: the proxy connects to an address it checked, never after a second
+/// lookup. The executor's resolver (its own mount namespace, `/etc/resolv.conf`
+/// naming a test DNS server) answers a name's first lookup with 127.0.0.1, where an
+/// origin listens, and every later one with 127.0.0.2, where nothing does: a proxy
+/// that looked the name up again to connect would get a 502. The request gets the
+/// origin's answer, and the server saw exactly one A query.
+#[tokio::test]
+async fn the_proxy_connects_to_the_address_it_checked_without_a_second_lookup() {
+    use std::io::{Read, Write};
+
+    require_root!();
+    let dns = RebindingDns::start("127.0.0.78:53", [127, 0, 0, 1], [127, 0, 0, 2]);
+    let origin = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the origin");
+    let port = origin.local_addr().expect("origin address").port();
+    std::thread::spawn(move || {
+        for mut stream in origin.incoming().flatten() {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nConnection: close\r\n\r\nchecked one",
+            );
+        }
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let resolv = dir.path().join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        "nameserver 127.0.0.78\noptions timeout:5 attempts:1\n",
+    )
+    .expect("write resolv.conf");
+    let executor = pysandbox_tests::Executor::builder()
+        .wrapper([
+            "unshare".as_ref(),
+            "--mount".as_ref(),
+            "--propagation".as_ref(),
+            "private".as_ref(),
+            "sh".as_ref(),
+            "-c".as_ref(),
+            "mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"".as_ref(),
+            resolv.as_os_str(),
+        ])
+        .config_toml(&format!(
+            "[network]\nallowed_domains = [\"rebind.test\"]\nallowed_ports = [{port}]\n\
+             allow_private_cidrs = [\"127.0.0.0/8\"]\n"
+        ))
+        .start();
+    let frontend = pysandbox_tests::Frontend::start(&executor, &[]);
+    let svc = Service::new(frontend, executor);
+    svc.wait_for_warm_pool();
+    let code = format!("{HELPERS}\nprint(json.dumps(via_http('http://rebind.test:{port}/x')))");
+    let out = svc.run(json!({ "code": code, "network": {} })).await;
+    assert_eq!(out["exitCode"], 0, "{out:#}");
+    assert_eq!(stdout_json(&out), json!([200, "checked one"]), "{out:#}");
+    assert_eq!(out["violations"], json!([]), "{out:#}");
+    assert_eq!(dns.a_queries(), 1, "A queries for one request");
+}

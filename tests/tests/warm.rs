@@ -180,3 +180,53 @@ async fn preloaded_modules_are_imported_before_the_job() {
     assert_eq!(out["stdout"], "False\n", "{out:#}");
     assert_eq!(cold.executor.jails_started(), ["cold"]);
 }
+
+/// The pool refills only while a job slot is free: with one slot, the job that took
+/// a warm jail holds it, so that jail is not replaced while the job runs (setting
+/// one up takes well under the 3 s watched here), and it is once the job ends.
+#[tokio::test]
+async fn the_pool_refills_only_while_a_job_slot_is_free() {
+    require_root!();
+    let svc = Service::builder()
+        .executor_args(["--warm-pool-size", "2", "--max-jobs", "1"])
+        .start();
+    assert_eq!(warm_jails(&svc).await, 2);
+    let needle = sleep_needle("766.4");
+    let code = format!(
+        "import subprocess\nsubprocess.run(['sleep', {}])",
+        py_concat(&needle)
+    );
+    let stream = svc
+        .open_execute(&json!({ "code": code, "timeoutMs": 60000 }))
+        .await;
+    let running = wait_until_async(REFILL_TIMEOUT, || {
+        !host_processes_matching(&needle).is_empty()
+    })
+    .await;
+    assert!(running, "the job never started its sleep");
+    assert_eq!(svc.executor.jails_started(), ["warm"]);
+    // /health's status may be a second old: first see the jail the job took gone.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while warm_jails(&svc).await != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the pool refilled while the only job slot was taken (or /health never \
+             showed the jail the job took)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..30 {
+        assert_eq!(
+            warm_jails(&svc).await,
+            1,
+            "the pool refilled while the only job slot was taken"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !host_processes_matching(&needle).is_empty(),
+        "the job ended early"
+    );
+    drop(stream);
+    wait_for_warm_jails(&svc, 2).await;
+}

@@ -357,15 +357,21 @@ impl Jail {
     }
 }
 
-fn layers(config: &Config, landlock_abi: Option<i64>) -> Vec<Layer> {
-    let landlock = match landlock_abi {
+/// What landlock enforces with the kernel's ABI (best effort: an older kernel
+/// enforces less, and `/health` says so).
+fn landlock_layer(landlock_abi: Option<i64>) -> String {
+    match landlock_abi {
         Some(abi) if abi >= 6 => format!(
             "ABI {abi}: filesystem, TCP connect, signals and abstract sockets scoped to the job"
         ),
         Some(abi) if abi >= 4 => format!("ABI {abi}: filesystem and TCP connect"),
         Some(abi) => format!("ABI {abi}: filesystem"),
         None => "not available on this kernel".into(),
-    };
+    }
+}
+
+fn layers(config: &Config, landlock_abi: Option<i64>) -> Vec<Layer> {
+    let landlock = landlock_layer(landlock_abi);
     [
         (
             "namespaces",
@@ -399,4 +405,32 @@ fn memfd(name: &std::ffi::CStr, data: &[u8]) -> std::io::Result<OwnedFd> {
     file.write_all(data)?;
     file.rewind()?;
     Ok(file.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// README: landlock is best effort, and `/health` says what the kernel
+    /// enforces: each ABI step's rights (filesystem from 1, TCP connect from 4,
+    /// signal and abstract-socket scoping from 6), or nothing without landlock.
+    #[test]
+    fn the_landlock_layer_names_what_each_abi_enforces() {
+        let said: Vec<String> = [None, Some(1), Some(3), Some(4), Some(5), Some(6), Some(7)]
+            .into_iter()
+            .map(landlock_layer)
+            .collect();
+        assert_eq!(
+            said,
+            [
+                "not available on this kernel",
+                "ABI 1: filesystem",
+                "ABI 3: filesystem",
+                "ABI 4: filesystem and TCP connect",
+                "ABI 5: filesystem and TCP connect",
+                "ABI 6: filesystem, TCP connect, signals and abstract sockets scoped to the job",
+                "ABI 7: filesystem, TCP connect, signals and abstract sockets scoped to the job",
+            ]
+        );
+    }
 }

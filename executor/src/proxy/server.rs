@@ -1055,4 +1055,157 @@ mod tests {
             "{reply}"
         );
     }
+
+    /// [`exchange`], and how long it took; panics if the proxy has not closed the
+    /// connection after 20 s.
+    async fn timed_exchange(shared: &Arc<Shared>, request: &str) -> (String, Duration) {
+        let started = Instant::now();
+        let reply = tokio::time::timeout(Duration::from_secs(20), exchange(shared, request))
+            .await
+            .expect("the proxy still holds the connection after 20 s");
+        (reply, started.elapsed())
+    }
+
+    /// A job's shared state for `port` with these proxy timeouts.
+    fn shared_with_timeouts(
+        port: u16,
+        connect: Duration,
+        idle: Duration,
+        connection: Duration,
+    ) -> Arc<Shared> {
+        Arc::new(Shared {
+            limits: ProxyLimits {
+                connect_timeout: connect,
+                idle_timeout: idle,
+                connection_timeout: connection,
+                ..limits()
+            },
+            ..Arc::into_inner(shared(port)).unwrap()
+        })
+    }
+
+    /// An origin that accepts and then, with `trickle`, sends a byte every 100 ms
+    /// forever, or else never says anything; it never closes first.
+    async fn lingering_origin(trickle: bool) -> (u16, JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut stream, _)) = listener.accept().await {
+                if trickle {
+                    held.push(tokio::spawn(async move {
+                        while stream.write_all(b"x").await.is_ok() {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }));
+                } else {
+                    held.push(tokio::spawn(async move {
+                        let _keep = stream;
+                        std::future::pending::<()>().await;
+                    }));
+                }
+            }
+        });
+        (port, task)
+    }
+
+    /// README: `idle_timeout_ms` closes a tunnel once no byte moved either way for
+    /// that long (here 300 ms, well before its 10 s total life).
+    #[tokio::test]
+    async fn a_silent_tunnel_is_closed_at_the_idle_timeout() {
+        let (port, _origin) = lingering_origin(false).await;
+        let shared = shared_with_timeouts(
+            port,
+            Duration::from_secs(5),
+            Duration::from_millis(300),
+            Duration::from_secs(10),
+        );
+        let (reply, took) = timed_exchange(
+            &shared,
+            &format!("CONNECT allowed.test:{port} HTTP/1.1\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(reply, "HTTP/1.1 200 Connection established\r\n\r\n");
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(5),
+            "closed after {took:?}"
+        );
+    }
+
+    /// README: `connection_timeout_ms` is the total life of one proxied connection:
+    /// a tunnel that never idles (a byte every 100 ms, idle timeout 300 ms) is still
+    /// closed at 1 s.
+    #[tokio::test]
+    async fn a_busy_tunnel_is_closed_at_the_connection_timeout() {
+        let (port, _origin) = lingering_origin(true).await;
+        let shared = shared_with_timeouts(
+            port,
+            Duration::from_secs(5),
+            Duration::from_millis(300),
+            Duration::from_secs(1),
+        );
+        let (reply, took) = timed_exchange(
+            &shared,
+            &format!("CONNECT allowed.test:{port} HTTP/1.1\r\n\r\n"),
+        )
+        .await;
+        let relayed = reply
+            .strip_prefix("HTTP/1.1 200 Connection established\r\n\r\n")
+            .unwrap_or_else(|| panic!("{reply:?}"));
+        // Bytes kept coming (the idle timeout never fired) until the total limit.
+        assert!(
+            relayed.len() >= 5 && relayed.bytes().all(|b| b == b'x'),
+            "{reply:?}"
+        );
+        assert!(
+            took >= Duration::from_secs(1) && took < Duration::from_secs(5),
+            "closed after {took:?}"
+        );
+    }
+
+    /// README: a target that does not accept within `connect_timeout_ms` is a 502,
+    /// not a violation. The origin's accept queue is full (backlog 0, nothing
+    /// accepted), so the kernel drops the proxy's SYNs and its connect hangs.
+    #[tokio::test]
+    async fn a_connect_that_hangs_is_502_at_the_connect_timeout() {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(0).unwrap();
+        let origin = listener.local_addr().unwrap();
+        let port = origin.port();
+        let mut queued = Vec::new();
+        while let Ok(stream) =
+            std::net::TcpStream::connect_timeout(&origin, Duration::from_millis(200))
+        {
+            queued.push(stream);
+            assert!(queued.len() < 8, "the accept queue never filled");
+        }
+        let shared = shared_with_timeouts(
+            port,
+            Duration::from_millis(300),
+            Duration::from_secs(5),
+            Duration::from_secs(10),
+        );
+        for request in [
+            format!("CONNECT allowed.test:{port} HTTP/1.1\r\n\r\n"),
+            format!(
+                "GET http://allowed.test:{port}/ HTTP/1.1\r\nHost: allowed.test:{port}\r\n\r\n"
+            ),
+        ] {
+            let (reply, took) = timed_exchange(&shared, &request).await;
+            assert!(reply.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{reply}");
+            assert!(
+                reply.ends_with(&format!(
+                    "\r\n\r\npysandbox: cannot reach allowed.test:{port}: connect timed out\n"
+                )),
+                "{reply}"
+            );
+            assert!(
+                took >= Duration::from_millis(300) && took < Duration::from_secs(5),
+                "answered after {took:?}"
+            );
+        }
+        assert_eq!(shared.log.lock().unwrap().report, NetworkReport::default());
+        drop(listener);
+    }
 }
