@@ -80,3 +80,24 @@ pub fn stdout_json(result: &serde_json::Value) -> serde_json::Value {
     serde_json::from_str(stdout)
         .unwrap_or_else(|e| panic!("the job's stdout is not JSON ({e}); result: {result:#}"))
 }
+
+/// The landlock ABI this kernel offers, asked the way the executor asks
+/// (landlock_create_ruleset(2) with `LANDLOCK_CREATE_RULESET_VERSION`): what
+/// `/health` and `check` must report, not what the executor was written for.
+/// Panics when the kernel offers none.
+pub fn kernel_landlock_abi() -> u32 {
+    let asked = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import ctypes\nlibc = ctypes.CDLL(None)\nlibc.syscall.restype = ctypes.c_long\n\
+             print(libc.syscall(444, None, 0, 1))",
+        ])
+        .output()
+        .expect("run python3");
+    String::from_utf8_lossy(&asked.stdout)
+        .trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|&abi| abi >= 1)
+        .unwrap_or_else(|| panic!("this kernel offers no landlock: {asked:?}"))
+}

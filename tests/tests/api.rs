@@ -772,22 +772,7 @@ async fn health_needs_no_auth_and_leaks_nothing() {
     let pool = svc.executor.warm_pool_size();
     assert_eq!(warm, Some(json!(pool)), "warmJails");
     let isolation = isolation.expect("/health names the isolation layers");
-    // The ABI this kernel offers, asked the way the executor asks
-    // (landlock_create_ruleset(2) with LANDLOCK_CREATE_RULESET_VERSION): /health
-    // says what is enforced here, not what the executor was written for.
-    let asked = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import ctypes\nlibc = ctypes.CDLL(None)\nlibc.syscall.restype = ctypes.c_long\n\
-             print(libc.syscall(444, None, 0, 1))",
-        ])
-        .output()
-        .expect("run python3");
-    let abi = String::from_utf8_lossy(&asked.stdout).trim().to_owned();
-    assert!(
-        abi.parse::<u32>().is_ok_and(|abi| abi >= 1),
-        "this kernel offers no landlock: {asked:?}"
-    );
+    let abi = pysandbox_tests::kernel_landlock_abi();
     assert!(
         isolation["landlock"]
             .as_str()
