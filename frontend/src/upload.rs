@@ -133,39 +133,35 @@ impl Uploader {
                 .append_pair("public", if public { "true" } else { "false" });
         }
         let host = url.host().ok_or("the upload URL has no host")?;
-        let pinned = if self.config.allowed.contains(&host) {
-            None
-        } else {
-            Some(self.checked_addrs(&url, &host).await?)
-        };
-        let client = self.client(&host, pinned.as_deref()).map_err(|e| {
+        // Looked up once here, within the upload timeout, for listed hosts too: the
+        // client then connects to these addresses and resolves nothing itself.
+        let addrs = self.resolve(&url, &host).await?;
+        if !self.config.allowed.contains(&host) {
+            Self::check_addrs(&host, &addrs)?;
+        }
+        let client = self.client(&host, &addrs).map_err(|e| {
             warn!("cannot build the upload client: {e}");
             "internal error preparing the upload".to_owned()
         })?;
         Ok(Target { url, client })
     }
 
-    /// A client that follows no redirect and uses no proxy. With `pinned`, it
-    /// resolves no name by itself: it reaches `host` (when a name) at exactly those
-    /// addresses, and nothing else at all.
-    fn client(
-        &self,
-        host: &Host<&str>,
-        pinned: Option<&[SocketAddr]>,
-    ) -> reqwest::Result<reqwest::Client> {
-        let builder = outbound_client().connect_timeout(self.config.timeout);
-        let builder = match (pinned, host) {
-            (None, _) => builder,
-            (Some(addrs), Host::Domain(name)) => builder
-                .dns_resolver(Arc::new(NoResolver))
-                .resolve_to_addrs(name, addrs),
-            (Some(_), Host::Ipv4(_) | Host::Ipv6(_)) => builder.dns_resolver(Arc::new(NoResolver)),
+    /// A client that follows no redirect, uses no proxy and resolves no name by
+    /// itself: it reaches `host` (when a name) at exactly `pinned`, and nothing else
+    /// at all.
+    fn client(&self, host: &Host<&str>, pinned: &[SocketAddr]) -> reqwest::Result<reqwest::Client> {
+        let builder = outbound_client()
+            .connect_timeout(self.config.timeout)
+            .dns_resolver(Arc::new(NoResolver));
+        let builder = match host {
+            Host::Domain(name) => builder.resolve_to_addrs(name, pinned),
+            Host::Ipv4(_) | Host::Ipv6(_) => builder,
         };
         builder.build()
     }
 
-    /// The host's addresses, every one of them allowed.
-    async fn checked_addrs(&self, url: &Url, host: &Host<&str>) -> Result<Vec<SocketAddr>, String> {
+    /// The host's addresses, looked up within the upload timeout.
+    async fn resolve(&self, url: &Url, host: &Host<&str>) -> Result<Vec<SocketAddr>, String> {
         let port = url.port_or_known_default().unwrap_or(80);
         let addrs: Vec<SocketAddr> = match host {
             Host::Ipv4(ip) => vec![SocketAddr::new((*ip).into(), port)],
@@ -182,11 +178,17 @@ impl Uploader {
         if addrs.is_empty() {
             return Err(format!("cannot resolve {host}: no addresses"));
         }
+        Ok(addrs)
+    }
+
+    /// Why `host`, at `addrs`, may not be uploaded to: one of its addresses is not
+    /// a public one (README's upload policy).
+    fn check_addrs(host: &Host<&str>, addrs: &[SocketAddr]) -> Result<(), String> {
         let own = interface_addresses().map_err(|e| {
             warn!("cannot read this host's interface addresses: {e}");
             "upload refused: this host's addresses cannot be checked".to_owned()
         })?;
-        for addr in &addrs {
+        for addr in addrs {
             let ip = addr.ip();
             if let Some(why) = refusal(ip, &own) {
                 let hint = "list the host in UPLOAD_ALLOWED_HOSTS to open a private file service";
@@ -198,7 +200,7 @@ impl Uploader {
                 });
             }
         }
-        Ok(addrs)
+        Ok(())
     }
 
     async fn upload_one(
@@ -588,7 +590,7 @@ mod tests {
         let (addr, connections) = counting_listener().await;
         let uploader = uploader("");
         let client = uploader
-            .client(&Host::Domain("files.test"), Some(&[addr]))
+            .client(&Host::Domain("files.test"), &[addr])
             .unwrap();
         let port = addr.port();
         let quick = Duration::from_millis(300);
