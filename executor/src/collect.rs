@@ -12,9 +12,10 @@
 //! - looks at an entry with `fstatat(AT_SYMLINK_NOFOLLOW)` before opening it, and
 //!   opens regular files and directories only: a FIFO is never opened (it would
 //!   block until a writer comes), nor a socket or device;
-//! - opens files `O_NONBLOCK` and checks with `fstat` that the descriptor is the
-//!   regular file that was looked at, with one link: a hard link may be another
-//!   file's content, counted twice against the caps;
+//! - opens files and directories `O_NONBLOCK` and checks with `fstat` that the
+//!   descriptor is the entry that was looked at — a regular file with one link (a
+//!   hard link may be another file's content, counted twice against the caps), or
+//!   the same directory;
 //! - takes names that are valid UTF-8 without control characters, line
 //!   separators, bidi controls or invisible format characters, at most
 //!   [`MAX_PATH_DEPTH`] levels deep, and stops reading at the count, per-file and
@@ -207,18 +208,10 @@ impl Walk<'_> {
         match kind(&st) {
             SFlag::S_IFLNK => self.skip(path, SkipReason::Symlink),
             SFlag::S_IFDIR if depth + 1 >= MAX_PATH_DEPTH => self.skip(path, SkipReason::TooDeep),
-            SFlag::S_IFDIR => {
-                let opened = open_beneath(
-                    parent,
-                    name,
-                    OFlag::O_RDONLY | OFlag::O_DIRECTORY,
-                    Mode::empty(),
-                );
-                match opened.map(Dir::from) {
-                    Ok(Ok(dir)) => self.dir(dir, &path, depth + 1),
-                    _ => self.skip(path, SkipReason::Unreadable),
-                }
-            }
+            SFlag::S_IFDIR => match open_subdir(parent, name, &st).map(Dir::from) {
+                Some(Ok(dir)) => self.dir(dir, &path, depth + 1),
+                _ => self.skip(path, SkipReason::Unreadable),
+            },
             SFlag::S_IFREG => self.file(parent, name, path, &st),
             _ => self.skip(path, SkipReason::NotRegular),
         }
@@ -295,6 +288,23 @@ fn open(parent: RawFd, name: &CStr, seen: &FileStat) -> Option<std::fs::File> {
         && st.st_nlink == 1
         && (st.st_dev, st.st_ino, st.st_size) == (seen.st_dev, seen.st_ino, seen.st_size);
     same.then(|| std::fs::File::from(fd))
+}
+
+/// Opens the directory `name` that `fstatat` described as `seen`: `None` unless
+/// the opened descriptor is that very directory.
+fn open_subdir(parent: RawFd, name: &CStr, seen: &FileStat) -> Option<OwnedFd> {
+    // O_NONBLOCK: should the entry have become a FIFO, open does not wait for a
+    // writer (O_DIRECTORY refuses it, and the check below would).
+    let fd: OwnedFd = open_beneath(
+        parent,
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NONBLOCK,
+        Mode::empty(),
+    )
+    .ok()?;
+    let st = fstat(fd.as_raw_fd()).ok()?;
+    let same = kind(&st) == SFlag::S_IFDIR && (st.st_dev, st.st_ino) == (seen.st_dev, seen.st_ino);
+    same.then_some(fd)
 }
 
 /// Passes the first `size` bytes of `file` to `sink` in chunks; `false` when the
@@ -683,6 +693,32 @@ mod tests {
         assert!(open(fd, c"b", &b).is_none(), "a file linked since");
         std::fs::write(work.join("a"), b"grown").unwrap();
         assert!(open(fd, c"a", &a).is_none(), "a file grown since");
+    }
+
+    /// Likewise for a directory: only the one that was looked at is walked, and a
+    /// FIFO swapped in is not waited on (a session's processes live on while its
+    /// call's files are collected).
+    #[test]
+    fn only_the_directory_that_was_looked_at_is_opened() {
+        let (_dir, work) = tree();
+        std::fs::create_dir(work.join("d")).unwrap();
+        std::fs::create_dir(work.join("e")).unwrap();
+        write(&work, "f", b"f");
+        nix::unistd::mkfifo(&work.join("pipe"), Mode::from_bits_truncate(0o644)).unwrap();
+        let parent = open_dir(&work).unwrap();
+        let fd = parent.as_raw_fd();
+        let look = |name: &CStr| fstatat(Some(fd), name, AtFlags::AT_SYMLINK_NOFOLLOW).unwrap();
+        let d = look(c"d");
+        assert!(open_subdir(fd, c"d", &d).is_some());
+        assert!(open_subdir(fd, c"e", &d).is_none(), "another directory");
+        assert!(open_subdir(fd, c"f", &d).is_none(), "a file");
+        // Nothing ever writes to this FIFO: an open that waited would hang the test.
+        let (done, waited) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(open_subdir(fd, c"pipe", &d).is_none());
+        });
+        let refused = waited.recv_timeout(Duration::from_secs(10));
+        assert_eq!(refused, Ok(true), "a FIFO is neither waited on nor walked");
     }
 
     #[test]
