@@ -1,7 +1,7 @@
 //! A job forked from a fork-server template (`docs/fork-server.md`), seen from the
 //! executor: everything the template's child needs to build the job's jail — the
 //! order and its descriptors: stdio, a status pipe, detached clones of the job's
-//! directories and its cgroups' `cgroup.procs` — then, once the job was handed
+//! directories and its cgroups' join files — then, once the job was handed
 //! over, its wait status as the child reports it.
 
 use std::ffi::CString;
@@ -83,7 +83,7 @@ impl Passed {
             clone_mount(&dirs.tmp, false)?,
             clone_mount(&dirs.sandbox, true)?,
         ];
-        let procs = cgroup.procs_fds_owned();
+        let procs = cgroup.join_fds_owned();
         fds.extend(procs.map_err(Error::jail("pass the job's cgroups"))?);
         Ok(Passed {
             fds,

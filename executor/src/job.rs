@@ -492,10 +492,7 @@ impl Runner {
             Some(cgroups) => Some(cgroups.create(id, &self.cgroup_limits(limits))?),
             None => None,
         };
-        let procs = cgroup
-            .as_ref()
-            .map(JobCgroup::procs_fds)
-            .unwrap_or_default();
+        let procs = cgroup.as_ref().map(JobCgroup::join_fds).unwrap_or_default();
         let rlimits = self.rlimits(limits).into_iter().map(|(r, _, v)| (r, v));
         let rlimits: Vec<_> = rlimits.collect();
         let proxy_dir = proxy.map(JobProxy::dir);

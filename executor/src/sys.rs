@@ -33,8 +33,8 @@ pub struct SpawnPlan {
     pub parent: libc::pid_t,
     /// Descriptors to place at fixed numbers for bwrap and jail-init.
     pub fds: [(RawFd, RawFd); MAX_PASSED_FDS],
-    /// Open `cgroup.procs` files of the job's cgroups; -1 marks an unused slot.
-    pub cgroup_procs: [RawFd; MAX_CGROUPS],
+    /// The job's cgroups' join files, open (`JobCgroup::join_fds`); -1 marks an unused slot.
+    pub cgroup_joins: [RawFd; MAX_CGROUPS],
     /// Limits inherited by every process of the jail.
     pub rlimits: [Option<Rlimit>; MAX_RLIMITS],
 }
@@ -59,7 +59,8 @@ fn child_steps(plan: &SpawnPlan) -> Result<(), ()> {
         // 1. Join the job's cgroups while still root (v1 checks the writer's
         //    credentials), before any other process exists: everything the jail
         //    forks is born inside, so no process escapes the limits or the kill.
-        for fd in plan.cgroup_procs.into_iter().filter(|&fd| fd >= 0) {
+        //    A child of fork has one thread, which is all a v1 `tasks` file moves.
+        for fd in plan.cgroup_joins.into_iter().filter(|&fd| fd >= 0) {
             if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
                 return Err(());
             }
@@ -397,7 +398,7 @@ mod tests {
                 gid: nix::unistd::getgid().as_raw(),
                 parent: std::process::id() as libc::pid_t,
                 fds: [(passed(0), 3), (passed(1), 4), (passed(2), 5)],
-                cgroup_procs: [-1; MAX_CGROUPS],
+                cgroup_joins: [-1; MAX_CGROUPS],
                 rlimits,
             },
         );

@@ -282,10 +282,16 @@ fn run_job(template: &Template, (uid, gid): (u32, u32), name: &str, code: &str) 
         mount: dir.to_owned(),
         cgroup: cgroup.clone(),
     };
+    // As the executor does: v1's `tasks`, which moves the writing thread only.
+    let join = ["tasks", "cgroup.procs"]
+        .map(|name| cgroup.join(name))
+        .into_iter()
+        .find(|path| path.exists())
+        .expect("a cgroup join file");
     let procs: OwnedFd = File::options()
         .write(true)
-        .open(cgroup.join("cgroup.procs"))
-        .expect("cgroup.procs")
+        .open(join)
+        .expect("the cgroup's join file")
         .into();
     let (out_r, out_w) = nix::unistd::pipe().expect("pipe");
     let (status_r, status_w) = nix::unistd::pipe().expect("pipe");

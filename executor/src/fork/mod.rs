@@ -265,7 +265,16 @@ fn await_order(
     drop(peer);
     // The job's cgroups: pages written from here on are the job's, and the cgroup
     // namespace below is rooted at the job's cgroup. The executor opened these
-    // files; the kernel checks its credentials (Linux >= 5.16).
+    // files; the kernel checks its credentials (Linux >= 5.16). On cgroup v1 they
+    // move the writing thread only (`tasks`, see `cgroup::join_file`), so this
+    // process must have no other, which only the launcher could have started.
+    match std::fs::read_dir("/proc/self/task").map(Iterator::count) {
+        Ok(1) => {}
+        Ok(_) => taken(step("join the job's cgroups")(io::Error::other(
+            "the job's process has more than one thread",
+        ))),
+        Err(e) => taken(step("count the job's threads")(e)),
+    }
     for &fd in &fds[Slot::FirstCgroup as usize..] {
         if let Err(e) = write_fd(fd, b"0") {
             taken(step("join the job's cgroup")(e));

@@ -42,7 +42,8 @@ pub enum Slot {
     Work = 4,
     Tmp = 5,
     Sandbox = 6,
-    /// `cgroup.procs` of each of the job's cgroups follow, opened by the executor.
+    /// The join file (`tasks` on v1, `cgroup.procs` on v2) of each of the job's
+    /// cgroups follows, opened by the executor.
     FirstCgroup = 7,
 }
 

@@ -208,26 +208,27 @@ impl Jail {
         &self.layers
     }
 
-    /// Starts a jail on `dir`, as the host ids `(uid, gid)`, inside the cgroups whose `cgroup.procs` descriptors are
-    /// `cgroup_procs`, with `rlimits` on every process; its Python imports `preload`
-    /// and then waits for the job. With a `proxy_dir` (holding the job's egress
+    /// Starts a jail on `dir`, as the host ids `(uid, gid)`, inside the cgroups whose
+    /// join descriptors ([`crate::cgroup::JobCgroup::join_fds`]) are `cgroup_joins`,
+    /// with `rlimits` on every process; its Python imports `preload` and then waits
+    /// for the job. With a `proxy_dir` (holding the job's egress
     /// proxy socket), the job may use the network through it; without, it has none.
     /// The returned child is killed when dropped.
     pub fn spawn(
         &self,
         dir: &WorkDir,
         (uid, gid): (u32, u32),
-        cgroup_procs: &[RawFd],
+        cgroup_joins: &[RawFd],
         rlimits: &[Rlimit],
         preload: &[String],
         proxy_dir: Option<&Path>,
     ) -> Result<Started, Error> {
-        if cgroup_procs.len() > MAX_CGROUPS || rlimits.len() > MAX_RLIMITS {
+        if cgroup_joins.len() > MAX_CGROUPS || rlimits.len() > MAX_RLIMITS {
             let plan = "fit the cgroups and rlimits in the spawn plan";
             return Err(Error::jail(plan)(std::io::ErrorKind::InvalidInput.into()));
         }
         let mut plan_cgroups = [-1; MAX_CGROUPS];
-        plan_cgroups[..cgroup_procs.len()].copy_from_slice(cgroup_procs);
+        plan_cgroups[..cgroup_joins.len()].copy_from_slice(cgroup_joins);
         let mut plan_rlimits = [None; MAX_RLIMITS];
         for (slot, &limit) in plan_rlimits.iter_mut().zip(rlimits) {
             *slot = Some(limit);
@@ -265,7 +266,7 @@ impl Jail {
     }
 
     /// Starts `cmd` (bwrap and its arguments) as `(uid, gid)` in the cgroups whose
-    /// `cgroup.procs` descriptors are `cgroup_procs`, with `rlimits`, `fd3` as its
+    /// join descriptors are `cgroup_joins`, with `rlimits`, `fd3` as its
     /// fd 3 (the launcher's hand-off pipe or control socket), a readiness pipe as
     /// fd 4 (returned) and `filter` staged in a memfd as fd 5; stderr is piped.
     /// bwrap's pid 1 keeps its own environment, which the job can read in
@@ -277,7 +278,7 @@ impl Jail {
         filter: &[u8],
         fd3: OwnedFd,
         (uid, gid): (u32, u32),
-        cgroup_procs: [RawFd; MAX_CGROUPS],
+        cgroup_joins: [RawFd; MAX_CGROUPS],
         rlimits: [Option<Rlimit>; MAX_RLIMITS],
         step: &'static str,
     ) -> Result<(Child, pipe::Receiver), Error> {
@@ -298,7 +299,7 @@ impl Jail {
                     (ready_tx.as_raw_fd(), bwrap::READY_FD),
                     (seccomp.as_raw_fd(), bwrap::SECCOMP_FD),
                 ],
-                cgroup_procs,
+                cgroup_joins,
                 rlimits,
             },
         );
