@@ -65,7 +65,8 @@ pub struct CgroupLimits {
 }
 
 /// Where this executor's job cgroups live: one base directory per hierarchy.
-#[derive(Debug, Clone)]
+/// Dropping it removes them, with whatever job cgroup is left inside.
+#[derive(Debug)]
 pub struct Cgroups {
     version: Version,
     bases: Vec<(PathBuf, Vec<Controller>)>,
@@ -198,13 +199,38 @@ impl Cgroups {
 
     /// Kills and removes every job cgroup left by a previous run of this instance.
     pub fn sweep(&self) {
+        for dir in self.job_dirs() {
+            tracing::info!(cgroup = %dir.display(), "removing a cgroup left by a previous run");
+            kill_and_remove(&dir, self.version);
+        }
+    }
+
+    fn job_dirs(&self) -> Vec<PathBuf> {
+        let entries = self
+            .bases
+            .iter()
+            .filter_map(|(base, _)| fs::read_dir(base).ok());
+        entries
+            .flatten()
+            .flatten()
+            .map(|entry| entry.path())
+            .filter(|path| path.is_dir())
+            .collect()
+    }
+}
+
+/// A stopped executor leaves no cgroup behind, not even its empty base
+/// directories: thousands of them (one per executor the tests start) made every
+/// later cgroup write slower, as the CPU controller's bandwidth check walks them
+/// all.
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        for dir in self.job_dirs() {
+            kill_and_remove(&dir, self.version);
+        }
         for (base, _) in &self.bases {
-            let Ok(entries) = fs::read_dir(base) else {
-                continue;
-            };
-            for entry in entries.flatten().filter(|e| e.path().is_dir()) {
-                tracing::info!(cgroup = %entry.path().display(), "removing a cgroup left by a previous run");
-                kill_and_remove(&entry.path(), self.version);
+            if let Err(e) = fs::remove_dir(base) {
+                tracing::warn!(cgroup = %base.display(), error = %e, "cannot remove the executor's cgroup");
             }
         }
     }
@@ -685,7 +711,7 @@ mod tests {
         assert_eq!(read("memory", "tasks"), "0");
         assert_eq!(read("memory", "cgroup.procs"), "");
         // A fake tree's directories hold plain files, which rmdir cannot remove.
-        std::mem::forget(job);
+        std::mem::forget((job, cgroups));
     }
 
     #[test]
@@ -727,7 +753,7 @@ mod tests {
         let join = job.join_fds_owned().unwrap().remove(0);
         std::io::Write::write_all(&mut fs::File::from(join), b"0").unwrap();
         assert_eq!(read("cgroup.procs"), "0");
-        std::mem::forget(job);
+        std::mem::forget((job, cgroups));
     }
 
     /// Without swap accounting (v1 without `swapaccount=1`, v2 without
@@ -751,7 +777,7 @@ mod tests {
             "268435456"
         );
         assert!(!dir.join("memory.memsw.limit_in_bytes").exists());
-        std::mem::forget(job);
+        std::mem::forget((job, cgroups));
 
         let root = tempfile::tempdir().unwrap();
         let base = root.path().join("inst");
@@ -768,7 +794,33 @@ mod tests {
             "268435456"
         );
         assert!(!dir.join("memory.swap.max").exists());
-        std::mem::forget(job);
+        std::mem::forget((job, cgroups));
+    }
+
+    /// A stopped executor's cgroups go: job cgroups left inside, then the base
+    /// directory of each hierarchy.
+    #[test]
+    fn dropping_the_instance_removes_its_cgroups() {
+        let root = tempfile::tempdir().unwrap();
+        let bases: Vec<PathBuf> = ["memory", "pids"]
+            .iter()
+            .map(|h| root.path().join(h).join("inst"))
+            .collect();
+        for base in &bases {
+            fs::create_dir_all(base.join("job-3")).unwrap();
+        }
+        let cgroups = Cgroups {
+            version: Version::V1,
+            bases: vec![
+                (bases[0].clone(), vec![Controller::Memory]),
+                (bases[1].clone(), vec![Controller::Pids]),
+            ],
+        };
+        drop(cgroups);
+        for base in &bases {
+            assert!(!base.exists(), "{} is left", base.display());
+            assert!(base.parent().unwrap().exists());
+        }
     }
 
     /// `Delegate=yes`: the executor's own cgroup holds processes, and a v2 cgroup

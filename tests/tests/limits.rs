@@ -1263,6 +1263,36 @@ async fn default_limits_are_in_the_jobs_cgroup() {
     assert_eq!(cpu.as_deref(), Some("100000 100000"), "{:?}", seen.cgroups);
 }
 
+/// Nothing of an executor is left on the host once it stopped: not even the empty
+/// cgroup directory it kept per hierarchy for its jobs (thousands of those, one
+/// per executor the tests started, made every cgroup write on the host slower).
+#[tokio::test]
+async fn a_stopped_executor_leaves_no_cgroup_behind() {
+    require_root!();
+    let mut svc = Service::start();
+    let needle = sleep_needle("321.7");
+    let code = format!(
+        "import subprocess\nsubprocess.run(['sleep', {}])",
+        py_concat(&needle)
+    );
+    let stream = svc
+        .open_execute(&json!({ "code": code, "timeoutMs": 60000 }))
+        .await;
+    let seen = sight(&needle, &svc.executor).await;
+    // A job's cgroup sits in its executor's own, one per hierarchy.
+    let instances: Vec<PathBuf> = seen
+        .cgroups
+        .iter()
+        .filter_map(|job| job.parent().map(Path::to_owned))
+        .collect();
+    assert!(!instances.is_empty(), "{:?}", seen.cgroups);
+    drop(stream);
+    assert!(instances.iter().all(|dir| dir.is_dir()), "{instances:?}");
+    svc.executor.stop();
+    let left: Vec<&PathBuf> = instances.iter().filter(|dir| dir.exists()).collect();
+    assert!(left.is_empty(), "the stopped executor left {left:?}");
+}
+
 /// The default process limit (64) holds for threads too: they fail with EAGAIN
 /// (Python: "can't start new thread") short of 64, and the result says which
 /// limit fired.
