@@ -59,7 +59,10 @@ fn main() -> std::process::ExitCode {
             false => std::process::ExitCode::FAILURE,
         };
     }
-    match runtime.block_on(serve(config, shutdown_signal())) {
+    // On a worker thread, not the main one: connections it spawns then start on
+    // that worker at once, instead of waking another thread for each.
+    let served = runtime.block_on(async { tokio::spawn(serve(config, shutdown_signal())).await });
+    match served.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %chain(&e), "executor failed");

@@ -38,7 +38,10 @@ async fn main() -> ExitCode {
         eprintln!("pysandbox-frontend: {e}");
         return ExitCode::from(EXIT_USAGE);
     }
-    match pysandbox_frontend::run(config, token).await {
+    // On a worker thread, not the main one: connections it spawns then start on
+    // that worker at once, instead of waking another thread for each.
+    let served = tokio::spawn(pysandbox_frontend::run(config, token)).await;
+    match served.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
