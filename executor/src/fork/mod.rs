@@ -14,11 +14,14 @@
 //! - **G**, pid 1 of the job's pid namespace: only reaps orphans. It shares C's
 //!   memory (`CLONE_VM`), so a job costs one copy of the template's page tables,
 //!   not two. It never runs job code: pid 1 ignores signals it has no handler for;
-//! - **J**, the job, pid 2: mounts `/proc`, then waits on the executor's control
-//!   socket for an order. With it, J says it started, hands C the status pipe,
-//!   joins the job's cgroups, mounts the job's directories, takes its stdio and rlimits, closes everything
-//!   else, drops every capability, then landlock, then seccomp — last, because the
-//!   filter forbids the calls the steps before it make.
+//! - **J**, the job, pid 2: mounts `/proc`, makes what no order decides (drops its
+//!   bounding set, starts landlock's ruleset with every rule but those of the job's
+//!   own directories, compiles the seccomp filter), then waits on the executor's
+//!   control socket for an order. With it, J says it started, hands C the status
+//!   pipe, joins the job's cgroups, mounts the job's directories, takes its stdio
+//!   and rlimits, drops every capability, finishes and enforces landlock's rules,
+//!   closes everything else, then seccomp — last, because the filter forbids the
+//!   calls the steps before it make.
 //!
 //! The template learns on its `spares` pipe when a spare took an order (`1`: it
 //! forks another), could not be made or ended without an order (`F`: it forks
@@ -35,6 +38,8 @@ use std::os::fd::{OwnedFd, RawFd};
 use nix::mount::{mount, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::wait::{waitpid, WaitStatus};
+
+use ::landlock::RulesetCreated;
 
 use crate::jail::landlock::{self, Rules};
 use crate::jail::seccomp;
@@ -104,6 +109,17 @@ fn end_spare(spares: RawFd, word: &[u8], why: &str, error: &Error) -> ! {
 /// builds the rest of the job's jail. Returns only once every restriction is in
 /// force; a job whose jail could not be built exits in here.
 pub fn take_order(control: RawFd, spares: RawFd, peer: OwnedFd) {
+    let ready = match Ready::new() {
+        Ok(ready) => ready,
+        // No order yet: C tells the template that this spare ended without one.
+        Err(e) => {
+            eprintln!(
+                "pysandbox: cannot make a spare: {}",
+                crate::error::chain(&e)
+            );
+            sys::exit(1)
+        }
+    };
     let (order, fds) = match await_order(control, spares, peer) {
         Ok(Some(taken)) => taken,
         Ok(None) => {
@@ -114,7 +130,7 @@ pub fn take_order(control: RawFd, spares: RawFd, peer: OwnedFd) {
     };
     // Reported to the executor (in the job, before its descriptors close); the
     // process then ends.
-    if let Err(e) = in_job(&order, &fds) {
+    if let Err(e) = in_job(&order, &fds, ready) {
         report_failure(fds[Slot::Status as usize], &e);
         sys::exit(127);
     }
@@ -191,7 +207,7 @@ fn in_child(control: RawFd, spares: RawFd) -> Result<OwnedFd, Error> {
     // 6. C takes no order and needs no capability from here on.
     drop(theirs);
     let _ = nix::unistd::close(control);
-    if drop_capabilities().is_err() {
+    if clear_capabilities(&ALL_CAPABILITY_SETS).is_err() {
         end(1);
     }
     // 7. The job's status pipe, once J has its order; none: J ended without one.
@@ -265,16 +281,7 @@ fn await_order(
     drop(peer);
     // The job's cgroups: pages written from here on are the job's, and the cgroup
     // namespace below is rooted at the job's cgroup. The executor opened these
-    // files; the kernel checks its credentials (Linux >= 5.16). On cgroup v1 they
-    // move the writing thread only (`tasks`, see `cgroup::join_file`), so this
-    // process must have no other, which only the launcher could have started.
-    match std::fs::read_dir("/proc/self/task").map(Iterator::count) {
-        Ok(1) => {}
-        Ok(_) => taken(step("join the job's cgroups")(io::Error::other(
-            "the job's process has more than one thread",
-        ))),
-        Err(e) => taken(step("count the job's threads")(e)),
-    }
+    // files; the kernel checks its credentials (Linux >= 5.16).
     for &fd in &fds[Slot::FirstCgroup as usize..] {
         if let Err(e) = write_fd(fd, b"0") {
             taken(step("join the job's cgroup")(e));
@@ -310,9 +317,42 @@ fn enter_job_dirs(order: &Order, fds: &[RawFd]) -> Result<(), Error> {
     .map_err(errno("mount the job's /dev/shm"))
 }
 
+/// What a spare's job process makes of its jail before an order comes, since no
+/// order decides it: the time it takes is not the job's.
+struct Ready {
+    /// Landlock's rules for what every job may touch but its own directories,
+    /// which it has not mounted yet.
+    landlock: RulesetCreated,
+    seccomp: Vec<seccomp::Insn>,
+}
+
+impl Ready {
+    fn new() -> Result<Ready, Error> {
+        // On cgroup v1 the job's cgroups are joined through files that move the
+        // writing thread only (`tasks`, see `cgroup::join_file`): this process must
+        // have no other, which only the launcher's warm-up could have started. Until
+        // the order comes it runs nothing but this library.
+        let threads = std::fs::read_dir("/proc/self/task").map_err(step("count the threads"))?;
+        if threads.count() != 1 {
+            let more = io::Error::other("the spare's job process has more than one thread");
+            return Err(step("check the spare's threads")(more));
+        }
+        // The bounding set only limits what an exec could gain: none of the steps
+        // before the job needs it.
+        clear_capabilities(&[caps::CapSet::Bounding])?;
+        let (before_mounts, _) = Rules::for_forked_job(Vec::new());
+        let landlock = landlock::start(&before_mounts)
+            .map_err(|e| step("start the landlock ruleset")(io::Error::other(e)))?;
+        Ok(Ready {
+            landlock,
+            seccomp: seccomp::program(),
+        })
+    }
+}
+
 /// J's part, in the only order that works: each step needs a privilege that a
 /// later one removes.
-fn in_job(order: &Order, fds: &[RawFd]) -> Result<(), Error> {
+fn in_job(order: &Order, fds: &[RawFd], ready: Ready) -> Result<(), Error> {
     for (slot, target) in [(Slot::Stdin, 0), (Slot::Stdout, 1), (Slot::Stderr, 2)] {
         nix::unistd::dup2(fds[slot as usize], target).map_err(errno("take the job's stdio"))?;
     }
@@ -320,27 +360,36 @@ fn in_job(order: &Order, fds: &[RawFd]) -> Result<(), Error> {
     for &(resource, value) in &order.rlimits {
         sys::setrlimit(resource, value).map_err(step("set the job's rlimits"))?;
     }
+    // The job's user namespace gave this process every capability in it; it keeps
+    // none, in any set (the bounding set went before the order), and cannot regain
+    // any through exec.
+    clear_capabilities(&[
+        caps::CapSet::Ambient,
+        caps::CapSet::Inheritable,
+        caps::CapSet::Effective,
+        caps::CapSet::Permitted,
+    ])?;
+    nix::sys::prctl::set_no_new_privs().map_err(errno("set no_new_privs"))?;
+    let (_, after_mounts) = Rules::for_forked_job(order.read.iter().cloned());
+    landlock::finish(ready.landlock, &after_mounts)
+        .map_err(|e| step("apply landlock")(io::Error::other(e)))?;
     // Nothing of the template or of the order reaches the job: not its control
     // socket, not the status pipe, not the mount clones or cgroup files.
     crate::sys::close_fds_from(3);
-    drop_capabilities()?;
-    nix::sys::prctl::set_no_new_privs().map_err(errno("set no_new_privs"))?;
-    landlock::apply(&Rules::for_jail(order.read.iter().cloned(), Vec::new()))
-        .map_err(|e| step("apply landlock")(io::Error::other(e)))?;
     // Last: the filter refuses unshare, mount and everything above that it needs.
-    sys::load_seccomp(&seccomp::program()).map_err(step("load the seccomp filter"))
+    sys::load_seccomp(&ready.seccomp).map_err(step("load the seccomp filter"))
 }
 
-/// The job's user namespace gave this process every capability in it; it keeps
-/// none, in any set, and cannot regain any through exec.
-fn drop_capabilities() -> Result<(), Error> {
-    for set in [
-        caps::CapSet::Ambient,
-        caps::CapSet::Inheritable,
-        caps::CapSet::Bounding,
-        caps::CapSet::Effective,
-        caps::CapSet::Permitted,
-    ] {
+const ALL_CAPABILITY_SETS: [caps::CapSet; 5] = [
+    caps::CapSet::Ambient,
+    caps::CapSet::Inheritable,
+    caps::CapSet::Bounding,
+    caps::CapSet::Effective,
+    caps::CapSet::Permitted,
+];
+
+fn clear_capabilities(sets: &[caps::CapSet]) -> Result<(), Error> {
+    for &set in sets {
         caps::clear(None, set).map_err(|e| step("drop capabilities")(io::Error::other(e)))?;
     }
     Ok(())

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use landlock::{
     Access, AccessFs, AccessNet, NetPort, PathBeneath, PathFd, Ruleset, RulesetAttr,
-    RulesetCreatedAttr, RulesetError, RulesetStatus, Scope, ABI,
+    RulesetCreated, RulesetCreatedAttr, RulesetError, RulesetStatus, Scope, ABI,
 };
 
 /// The newest ABI whose rights this policy was written and tested against.
@@ -23,6 +23,10 @@ const TARGET_ABI: ABI = ABI::V6;
 const READ: &[&str] = &["/usr", "/etc", "/sandbox", "/proc", "/dev"];
 /// Paths of the jail every job may change.
 const WRITE: &[&str] = &["/work", "/tmp", "/dev/shm"];
+/// The paths of [`READ`] and [`WRITE`] that a forked job mounts for itself. A rule
+/// on the directory a mount later covers does not reach the mount (landlock skips
+/// hidden mount points), so these are granted only once mounted.
+const MOUNTED_BY_THE_JOB: &[&str] = &["/work", "/tmp", "/dev/shm", "/sandbox"];
 /// Character devices a job may read and write (but not create or remove).
 const DEVICES: &[&str] = &[
     "/dev/null",
@@ -33,7 +37,7 @@ const DEVICES: &[&str] = &[
 ];
 
 /// What a jail's processes may touch.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Rules {
     pub read: Vec<PathBuf>,
     pub write: Vec<PathBuf>,
@@ -57,15 +61,60 @@ impl Rules {
     }
 }
 
+impl Rules {
+    /// [`Rules::for_jail`] without network, in two parts for a forked job: what
+    /// holds before its own directories are mounted (a spare grants it before its
+    /// order comes), and those directories with the `extra` read-only paths, once
+    /// they are mounted.
+    pub fn for_forked_job(extra: impl IntoIterator<Item = PathBuf>) -> (Rules, Rules) {
+        let all = Rules::for_jail(extra, Vec::new());
+        let later = |path: &PathBuf| MOUNTED_BY_THE_JOB.iter().any(|m| path == Path::new(m));
+        let (read_later, read_now) = all
+            .read
+            .into_iter()
+            .partition(|p| later(p) || !READ.iter().any(|r| p == Path::new(r)));
+        let (write_later, write_now) = all.write.into_iter().partition(later);
+        let now = Rules {
+            read: read_now,
+            write: write_now,
+            devices: all.devices,
+            connect_ports: Vec::new(),
+        };
+        let then = Rules {
+            read: read_later,
+            write: write_later,
+            devices: Vec::new(),
+            connect_ports: Vec::new(),
+        };
+        (now, then)
+    }
+}
+
 /// Restricts the calling thread, and every process it then starts, to `rules`.
 pub fn apply(rules: &Rules) -> Result<RulesetStatus, RulesetError> {
+    finish(start(rules)?, &Rules::default())
+}
+
+/// A ruleset granting `rules`, not yet in force: [`finish`] adds more and enforces it.
+pub fn start(rules: &Rules) -> Result<RulesetCreated, RulesetError> {
+    let ruleset = Ruleset::default()
+        .handle_access(AccessFs::from_all(TARGET_ABI))?
+        .handle_access(AccessNet::ConnectTcp)?
+        .scope(Scope::from_all(TARGET_ABI))?
+        .create()?;
+    grant(ruleset, rules)
+}
+
+/// Adds `rules` to `ruleset` and restricts the calling thread, and every process
+/// it then starts, to the whole.
+pub fn finish(ruleset: RulesetCreated, rules: &Rules) -> Result<RulesetStatus, RulesetError> {
+    Ok(grant(ruleset, rules)?.restrict_self()?.ruleset)
+}
+
+fn grant(ruleset: RulesetCreated, rules: &Rules) -> Result<RulesetCreated, RulesetError> {
     let abi = TARGET_ABI;
     let file_rw = AccessFs::ReadFile | AccessFs::WriteFile;
-    let status = Ruleset::default()
-        .handle_access(AccessFs::from_all(abi))?
-        .handle_access(AccessNet::ConnectTcp)?
-        .scope(Scope::from_all(abi))?
-        .create()?
+    ruleset
         .add_rules(beneath(&rules.read, AccessFs::from_read(abi)))?
         .add_rules(beneath(&rules.write, AccessFs::from_all(abi)))?
         .add_rules(beneath(&rules.devices, file_rw))?
@@ -74,9 +123,7 @@ pub fn apply(rules: &Rules) -> Result<RulesetStatus, RulesetError> {
                 .connect_ports
                 .iter()
                 .map(|&port| Ok::<_, RulesetError>(NetPort::new(port, AccessNet::ConnectTcp))),
-        )?
-        .restrict_self()?;
-    Ok(status.ruleset)
+        )
 }
 
 /// Rules for the paths that exist; a missing one (no `/dev/full` on some hosts) is
@@ -213,6 +260,80 @@ mod tests {
         }
         let denied = Err(std::io::ErrorKind::PermissionDenied);
         assert_eq!(results, (Ok(()), Ok(0), denied));
+    }
+
+    /// A forked job's two parts grant exactly what a jail's rules do, and every
+    /// directory the job mounts for itself is in the part granted after its mounts.
+    #[test]
+    fn a_forked_jobs_rules_are_the_jails_split_around_its_mounts() {
+        let extra = [PathBuf::from("/opt/venv")];
+        let (now, then) = Rules::for_forked_job(extra.clone());
+        let jail = Rules::for_jail(extra, vec![]);
+        let sorted = |mut v: Vec<PathBuf>| {
+            v.sort();
+            v
+        };
+        assert_eq!(
+            sorted([now.read.clone(), then.read.clone()].concat()),
+            sorted(jail.read)
+        );
+        assert_eq!(
+            sorted([now.write.clone(), then.write.clone()].concat()),
+            sorted(jail.write)
+        );
+        assert_eq!([now.devices, then.devices].concat(), jail.devices);
+        for mounted in MOUNTED_BY_THE_JOB {
+            let mounted = PathBuf::from(mounted);
+            assert!(
+                !now.read.contains(&mounted) && !now.write.contains(&mounted),
+                "{mounted:?}"
+            );
+        }
+        assert!(then.read.contains(&PathBuf::from("/opt/venv")));
+        assert!(now.read.contains(&PathBuf::from("/usr")));
+    }
+
+    /// Rules granted in two steps hold as if granted at once.
+    #[test]
+    fn rules_added_to_a_started_ruleset_hold() {
+        let root = tempfile::tempdir().unwrap();
+        let (early, late, hidden) = (
+            root.path().join("early"),
+            root.path().join("late"),
+            root.path().join("hidden"),
+        );
+        for dir in [&early, &late, &hidden] {
+            std::fs::create_dir(dir).unwrap();
+            std::fs::write(dir.join("f"), "x").unwrap();
+        }
+        let first = Rules {
+            read: vec![early.clone()],
+            ..Rules::default()
+        };
+        let second = Rules {
+            write: vec![late.clone()],
+            ..Rules::default()
+        };
+        let (status, results) = std::thread::spawn(move || {
+            let started = start(&first).expect("a started ruleset");
+            let status = finish(started, &second).expect("the finished ruleset");
+            let results = (
+                std::fs::read(early.join("f")).is_ok(),
+                std::fs::write(early.join("f"), "y").map_err(|e| e.kind()),
+                std::fs::write(late.join("f"), "y").is_ok(),
+                std::fs::read(hidden.join("f"))
+                    .map(drop)
+                    .map_err(|e| e.kind()),
+            );
+            (status, results)
+        })
+        .join()
+        .unwrap();
+        if not_enforced_here(status) {
+            return;
+        }
+        let denied: Result<(), _> = Err(std::io::ErrorKind::PermissionDenied);
+        assert_eq!(results, (true, denied, true, denied));
     }
 
     #[test]
