@@ -131,15 +131,11 @@ impl ExecutorClient {
     }
 
     async fn start_once(&self, job: Job, connect_timeout: Duration) -> Result<Running, Attempt> {
-        let mut conn = self.connect(connect_timeout).await?;
         let (request_id, request) = match job {
             Job::Fresh(spec) => (spec.request_id.clone(), Request::Run(spec)),
             Job::InSession(call) => (call.spec.request_id.clone(), Request::RunInSession(call)),
         };
-        if let Err(e) = conn.send(&request).await {
-            warn!("could not send the job to the executor: {e}");
-            return Err(ApiError::ExecutorUnavailable.into());
-        }
+        let mut conn = self.connect(connect_timeout, &request).await?;
         let first = timeout(START_TIMEOUT, conn.recv()).await;
         let job_timeout = match first {
             Ok(Ok(Some(Response::Started(Started { timeout_ms })))) => {
@@ -177,11 +173,7 @@ impl ExecutorClient {
     /// open, describe, close. Refusals are the error.
     pub async fn session(&self, request: Request) -> Result<Response, ApiError> {
         let exchange = async {
-            let mut conn = self.connect(CONNECT_TIMEOUT).await?;
-            if let Err(e) = conn.send(&request).await {
-                warn!("could not send the session request to the executor: {e}");
-                return Err(ApiError::ExecutorUnavailable);
-            }
+            let mut conn = self.connect(CONNECT_TIMEOUT, &request).await?;
             match conn.recv().await {
                 Ok(Some(Response::Failed(e))) => Err(job_error(e)),
                 Ok(Some(response @ (Response::Session(_) | Response::SessionClosed))) => {
@@ -200,11 +192,7 @@ impl ExecutorClient {
     /// The executor's status, or `None` when it does not answer within 1 s.
     pub async fn status(&self) -> Option<ExecutorStatus> {
         let exchange = async {
-            let mut conn = self.connect(STATUS_TIMEOUT).await.ok()?;
-            if let Err(e) = conn.send(&Request::Status).await {
-                warn!("could not ask the executor for its status: {e}");
-                return None;
-            }
+            let mut conn = self.connect(STATUS_TIMEOUT, &Request::Status).await.ok()?;
             match conn.recv().await {
                 Ok(Some(Response::Status(status))) => Some(status),
                 Ok(Some(other)) => {
@@ -234,14 +222,20 @@ impl ExecutorClient {
     }
 
     /// Connects and exchanges hellos, all within `limit`.
-    async fn connect(&self, limit: Duration) -> Result<ClientConnection<UnixStream>, ApiError> {
+    /// A connection to the executor, its hello done, and `request` sent.
+    async fn connect(
+        &self,
+        limit: Duration,
+        request: &Request,
+    ) -> Result<ClientConnection<UnixStream>, ApiError> {
         let socket = self.socket.display();
-        let opened = timeout(limit, async {
-            let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
-                warn!(%socket, "cannot connect to the executor: {e}");
-                ApiError::ExecutorUnavailable
-            })?;
-            ClientConnection::open(stream).await.map_err(|e| {
+        let opened =
+            timeout(limit, async {
+                let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
+                    warn!(%socket, "cannot connect to the executor: {e}");
+                    ApiError::ExecutorUnavailable
+                })?;
+                ClientConnection::open_with(stream, Some(request)).await.map_err(|e| {
                 match &e {
                     HelloError::Version { .. } | HelloError::Refused(_) => {
                         error!(%socket, "{}; deploy matching versions", chain(&e))
@@ -250,7 +244,7 @@ impl ExecutorClient {
                 }
                 ApiError::ExecutorUnavailable
             })
-        });
+            });
         match opened.await {
             Ok(conn) => conn,
             Err(_) => {

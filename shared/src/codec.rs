@@ -199,8 +199,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientConnection<S> {
     /// Says hello on `stream` and waits for the executor's, which must be of this
     /// build's version. No time limit of its own: callers bound it.
     pub async fn open(stream: S) -> Result<Self, HelloError> {
+        Self::open_with(stream, None).await
+    }
+
+    /// [`ClientConnection::open`], sending `first` right behind the hello instead
+    /// of after the executor's: one round trip less. An executor that refuses the
+    /// hello reads nothing further.
+    pub async fn open_with(stream: S, first: Option<&Request>) -> Result<Self, HelloError> {
         let mut conn = Connection::client(stream);
         conn.send(&Request::Hello(Hello::CURRENT)).await?;
+        if let Some(first) = first {
+            conn.send(first).await?;
+        }
         match conn.recv::<Response>().await? {
             Some(Response::Hello(Hello {
                 version: PROTOCOL_VERSION,
