@@ -1221,12 +1221,8 @@ async fn default_limits_are_in_the_jobs_cgroup() {
     require_root!();
     let svc = Service::start();
     let needle = sleep_needle("321.9");
-    let code = format!(
-        "import subprocess\nsubprocess.run(['sleep', {}])",
-        py_concat(&needle)
-    );
     let stream = svc
-        .open_execute(&json!({ "code": code, "timeoutMs": 60000 }))
+        .open_execute(&json!({ "code": sleeper(&needle), "timeoutMs": 60000 }))
         .await;
     let seen = sight(&needle, &svc.executor).await;
     let read = |name: &str| {
@@ -1271,12 +1267,8 @@ async fn a_stopped_executor_leaves_no_cgroup_behind() {
     require_root!();
     let mut svc = Service::start();
     let needle = sleep_needle("321.7");
-    let code = format!(
-        "import subprocess\nsubprocess.run(['sleep', {}])",
-        py_concat(&needle)
-    );
     let stream = svc
-        .open_execute(&json!({ "code": code, "timeoutMs": 60000 }))
+        .open_execute(&json!({ "code": sleeper(&needle), "timeoutMs": 60000 }))
         .await;
     let seen = sight(&needle, &svc.executor).await;
     // A job's cgroup sits in its executor's own, one per hierarchy.
