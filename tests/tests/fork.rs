@@ -519,13 +519,22 @@ async fn a_job_that_signals_everything_leaves_the_spares_standing() {
         (4, 2, 4),
         "{before:?} {after:?}"
     );
-    for spare in &after {
+    // Each spare ends up waiting for an order (S); one the job had stopped (T) or
+    // killed never would. The one made while the job ran may still be building.
+    let state = |spare: &u32| {
         let stat = std::fs::read_to_string(format!("/proc/{spare}/stat")).unwrap_or_default();
-        let state = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next());
-        assert_eq!(state, Some("S"), "spare {spare} was reached");
-    }
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .map(str::to_owned)
+    };
+    let waiting = wait_until_async(Duration::from_secs(10), || {
+        after
+            .iter()
+            .all(|spare| state(spare).as_deref() == Some("S"))
+    })
+    .await;
+    let states: Vec<_> = after.iter().map(|spare| (spare, state(spare))).collect();
+    assert!(waiting, "a spare was reached: {states:?}");
     for _ in 0..3 {
         let out = svc.run_code("print('next')").await;
         assert_eq!(out["stdout"], "next\n", "{out:#}");
