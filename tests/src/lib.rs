@@ -36,7 +36,7 @@ pub use log::Log;
 pub use origin::Origin;
 pub use procs::{
     cgroup_dirs, cmdline, exit_output, host_processes_matching, parent_pids, peak_rss, py_concat,
-    random_bytes, random_hex, sleep_needle, wait_until, wait_until_async,
+    random_bytes, random_hex, sleep_needle, wait_until, wait_until_async, PY_OUTCOME,
 };
 pub use service::{template_ready, Service, ServiceBuilder};
 pub use upload_stub::{FormPart, Received, StubReply, UploadStub};

@@ -113,6 +113,19 @@ pub fn py_concat(s: &str) -> String {
     format!("{:?} + {:?}", &s[..mid], &s[mid..])
 }
 
+/// Python that defines `outcome(f)`: `"ok"` when `f()` returns, else the name of
+/// the errno of the `OSError` it raised. Probes put it before their own code.
+pub const PY_OUTCOME: &str = r#"
+import errno
+
+def outcome(f):
+    try:
+        f()
+        return "ok"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+"#;
+
 /// Waits up to `timeout` for `child` to exit and returns its output; kills it (and
 /// fails, with its stderr) if it is still running then.
 pub fn exit_output(

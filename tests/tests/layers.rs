@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use pysandbox_tests::{
     py_concat, random_hex, require_root, sleep_needle, stdout_json, wait_until_async, Service,
-    SANDBOX_USER,
+    PY_OUTCOME, SANDBOX_USER,
 };
 use serde_json::{json, Value};
 
@@ -44,19 +44,12 @@ fn service(dropped: &str) -> Service {
     svc
 }
 
-/// Python that defines `outcome(f)`: `"ok"` when `f()` returns, else the name of
-/// the errno of the `OSError` it raised.
-const OUTCOME: &str = r#"
+/// Python the probes share, after [`PY_OUTCOME`]: raw syscalls (`check`) and
+/// `in_child(f)`, `outcome(f)` in a forked child.
+const HELPERS: &str = r#"
 import ctypes, errno, json, os, socket, sys
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
-
-def outcome(f):
-    try:
-        f()
-        return "ok"
-    except OSError as e:
-        return errno.errorcode.get(e.errno, str(e.errno))
 
 def check(ret):
     if ret < 0:
@@ -85,9 +78,12 @@ def in_child(f):
     return json.loads(data) if data else "no answer"
 "#;
 
-/// Runs `OUTCOME` then `code` (which prints one JSON document) and returns it.
+/// Runs `PY_OUTCOME`, `HELPERS` then `code` (which prints one JSON document) and
+/// returns it.
 async fn probe(svc: &Service, code: &str) -> Value {
-    let out = svc.run_code(&format!("{OUTCOME}\n{code}")).await;
+    let out = svc
+        .run_code(&format!("{PY_OUTCOME}\n{HELPERS}\n{code}"))
+        .await;
     assert_eq!(
         (&out["exitCode"], &out["stderr"]),
         (&json!(0), &json!("")),

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use pysandbox_tests::{
     assert_error, host_processes_matching, require_root, stdout_json, wait_until_async, Origin,
-    Service,
+    Service, PY_OUTCOME,
 };
 use serde_json::{json, Value};
 
@@ -1119,13 +1119,6 @@ async fn the_proxy_socket_is_bound_read_only() {
     let origin = Origin::start();
     let svc = start(&origin, "");
     let code = r#"
-import errno
-def outcome(f):
-    try:
-        f()
-        return "ok"
-    except OSError as e:
-        return errno.errorcode.get(e.errno, str(e.errno))
 def create():
     open("/run/pysandbox/x", "w").close()
 print(json.dumps({
@@ -1136,7 +1129,7 @@ print(json.dumps({
     "fetch": via_http("http://allowed.test:%d/after" % PORT),
 }))
 "#;
-    let out = probe(&svc, &origin, json!({}), code).await;
+    let out = probe(&svc, &origin, json!({}), &[PY_OUTCOME, code].concat()).await;
     let port = origin.port();
     assert_eq!(
         stdout_json(&out),
