@@ -340,8 +340,7 @@ impl Ready {
         // The bounding set only limits what an exec could gain: none of the steps
         // before the job needs it.
         clear_capabilities(&[caps::CapSet::Bounding])?;
-        let (before_mounts, _) = Rules::for_forked_job(Vec::new());
-        let landlock = landlock::start(&before_mounts)
+        let landlock = landlock::start(&Rules::for_forked_job_before_mounts())
             .map_err(|e| step("start the landlock ruleset")(io::Error::other(e)))?;
         Ok(Ready {
             landlock,
@@ -370,7 +369,7 @@ fn in_job(order: &Order, fds: &[RawFd], ready: Ready) -> Result<(), Error> {
         caps::CapSet::Permitted,
     ])?;
     nix::sys::prctl::set_no_new_privs().map_err(errno("set no_new_privs"))?;
-    let (_, after_mounts) = Rules::for_forked_job(order.read.iter().cloned());
+    let after_mounts = Rules::for_forked_job_after_mounts(order.read.iter().cloned());
     landlock::finish(ready.landlock, &after_mounts)
         .map_err(|e| step("apply landlock")(io::Error::other(e)))?;
     // Nothing of the template or of the order reaches the job: not its control

@@ -49,45 +49,48 @@ impl Rules {
     /// The jail's fixed layout, plus read-only `extra` paths (venvs, non-merged-/usr
     /// library dirs) and the TCP ports the job may connect to.
     pub fn for_jail(extra: impl IntoIterator<Item = PathBuf>, connect_ports: Vec<u16>) -> Rules {
-        let paths = |list: &[&str]| list.iter().map(PathBuf::from).collect::<Vec<_>>();
-        let mut read = paths(READ);
+        let mut read = paths(READ, |_| true);
         read.extend(extra);
         Rules {
             read,
-            write: paths(WRITE),
-            devices: paths(DEVICES),
+            write: paths(WRITE, |_| true),
+            devices: paths(DEVICES, |_| true),
             connect_ports,
+        }
+    }
+
+    /// [`Rules::for_jail`] without network, as far as it holds before a forked job
+    /// mounted its own directories: what a spare grants before its order comes.
+    pub fn for_forked_job_before_mounts() -> Rules {
+        let not_mounted = |path: &&str| !MOUNTED_BY_THE_JOB.contains(path);
+        Rules {
+            read: paths(READ, not_mounted),
+            write: paths(WRITE, not_mounted),
+            devices: paths(DEVICES, |_| true),
+            connect_ports: Vec::new(),
+        }
+    }
+
+    /// The rest of it, once they are mounted: the job's own directories and the
+    /// `extra` read-only paths.
+    pub fn for_forked_job_after_mounts(extra: impl IntoIterator<Item = PathBuf>) -> Rules {
+        let mounted = |path: &&str| MOUNTED_BY_THE_JOB.contains(path);
+        let mut read = paths(READ, mounted);
+        read.extend(extra);
+        Rules {
+            read,
+            write: paths(WRITE, mounted),
+            ..Rules::default()
         }
     }
 }
 
-impl Rules {
-    /// [`Rules::for_jail`] without network, in two parts for a forked job: what
-    /// holds before its own directories are mounted (a spare grants it before its
-    /// order comes), and those directories with the `extra` read-only paths, once
-    /// they are mounted.
-    pub fn for_forked_job(extra: impl IntoIterator<Item = PathBuf>) -> (Rules, Rules) {
-        let all = Rules::for_jail(extra, Vec::new());
-        let later = |path: &PathBuf| MOUNTED_BY_THE_JOB.iter().any(|m| path == Path::new(m));
-        let (read_later, read_now) = all
-            .read
-            .into_iter()
-            .partition(|p| later(p) || !READ.iter().any(|r| p == Path::new(r)));
-        let (write_later, write_now) = all.write.into_iter().partition(later);
-        let now = Rules {
-            read: read_now,
-            write: write_now,
-            devices: all.devices,
-            connect_ports: Vec::new(),
-        };
-        let then = Rules {
-            read: read_later,
-            write: write_later,
-            devices: Vec::new(),
-            connect_ports: Vec::new(),
-        };
-        (now, then)
-    }
+/// The paths of `list` that `keep` keeps.
+fn paths(list: &[&str], keep: impl Fn(&&str) -> bool) -> Vec<PathBuf> {
+    list.iter()
+        .filter(|path| keep(path))
+        .map(PathBuf::from)
+        .collect()
 }
 
 /// Restricts the calling thread, and every process it then starts, to `rules`.
@@ -157,18 +160,21 @@ mod tests {
         .unwrap()
     }
 
+    /// Directories `names` under `root`, each holding a file `f`.
+    fn dirs_with_a_file<const N: usize>(root: &Path, names: [&str; N]) -> [PathBuf; N] {
+        names.map(|name| {
+            let dir = root.join(name);
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::write(dir.join("f"), "x").unwrap();
+            dir
+        })
+    }
+
     #[test]
     fn only_listed_paths_are_readable_and_only_write_paths_writable() {
         let root = tempfile::tempdir().unwrap();
-        let (allowed, hidden, writable) = (
-            root.path().join("allowed"),
-            root.path().join("hidden"),
-            root.path().join("rw"),
-        );
-        for dir in [&allowed, &hidden, &writable] {
-            std::fs::create_dir(dir).unwrap();
-            std::fs::write(dir.join("f"), "x").unwrap();
-        }
+        let [allowed, hidden, writable] =
+            dirs_with_a_file(root.path(), ["allowed", "hidden", "rw"]);
         let rules = Rules {
             read: vec![allowed.clone()],
             write: vec![writable.clone()],
@@ -267,7 +273,8 @@ mod tests {
     #[test]
     fn a_forked_jobs_rules_are_the_jails_split_around_its_mounts() {
         let extra = [PathBuf::from("/opt/venv")];
-        let (now, then) = Rules::for_forked_job(extra.clone());
+        let now = Rules::for_forked_job_before_mounts();
+        let then = Rules::for_forked_job_after_mounts(extra.clone());
         let jail = Rules::for_jail(extra, vec![]);
         let sorted = |mut v: Vec<PathBuf>| {
             v.sort();
@@ -297,15 +304,7 @@ mod tests {
     #[test]
     fn rules_added_to_a_started_ruleset_hold() {
         let root = tempfile::tempdir().unwrap();
-        let (early, late, hidden) = (
-            root.path().join("early"),
-            root.path().join("late"),
-            root.path().join("hidden"),
-        );
-        for dir in [&early, &late, &hidden] {
-            std::fs::create_dir(dir).unwrap();
-            std::fs::write(dir.join("f"), "x").unwrap();
-        }
+        let [early, late, hidden] = dirs_with_a_file(root.path(), ["early", "late", "hidden"]);
         let first = Rules {
             read: vec![early.clone()],
             ..Rules::default()
