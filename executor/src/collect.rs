@@ -275,35 +275,38 @@ impl Walk<'_> {
 /// the opened descriptor is that very file, still with one link and the size the
 /// caps were checked against.
 fn open(parent: RawFd, name: &CStr, seen: &FileStat) -> Option<std::fs::File> {
-    // O_NONBLOCK: should the entry have become a FIFO, open does not wait for a writer.
-    let fd: OwnedFd = open_beneath(
+    let flags = OFlag::O_RDONLY | OFlag::O_NOCTTY;
+    let fd = open_as_seen(
         parent,
         name,
-        OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY,
-        Mode::empty(),
-    )
-    .ok()?;
-    let st = fstat(fd.as_raw_fd()).ok()?;
-    let same = kind(&st) == SFlag::S_IFREG
-        && st.st_nlink == 1
-        && (st.st_dev, st.st_ino, st.st_size) == (seen.st_dev, seen.st_ino, seen.st_size);
-    same.then(|| std::fs::File::from(fd))
+        flags,
+        |st| kind(st) == SFlag::S_IFREG && st.st_nlink == 1 && st.st_size == seen.st_size,
+        seen,
+    )?;
+    Some(std::fs::File::from(fd))
 }
 
 /// Opens the directory `name` that `fstatat` described as `seen`: `None` unless
 /// the opened descriptor is that very directory.
 fn open_subdir(parent: RawFd, name: &CStr, seen: &FileStat) -> Option<OwnedFd> {
-    // O_NONBLOCK: should the entry have become a FIFO, open does not wait for a
-    // writer (O_DIRECTORY refuses it, and the check below would).
-    let fd: OwnedFd = open_beneath(
-        parent,
-        name,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NONBLOCK,
-        Mode::empty(),
-    )
-    .ok()?;
+    // O_DIRECTORY refuses anything else before the check below would.
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY;
+    open_as_seen(parent, name, flags, |st| kind(st) == SFlag::S_IFDIR, seen)
+}
+
+/// Opens `name` beneath `parent` with `flags`, keeping the descriptor only if it is
+/// the inode `fstatat` described as `seen` and `fits` what was looked at.
+fn open_as_seen(
+    parent: RawFd,
+    name: &CStr,
+    flags: OFlag,
+    fits: impl Fn(&FileStat) -> bool,
+    seen: &FileStat,
+) -> Option<OwnedFd> {
+    // O_NONBLOCK: should the entry have become a FIFO, open does not wait for a writer.
+    let fd = open_beneath(parent, name, flags | OFlag::O_NONBLOCK, Mode::empty()).ok()?;
     let st = fstat(fd.as_raw_fd()).ok()?;
-    let same = kind(&st) == SFlag::S_IFDIR && (st.st_dev, st.st_ino) == (seen.st_dev, seen.st_ino);
+    let same = (st.st_dev, st.st_ino) == (seen.st_dev, seen.st_ino) && fits(&st);
     same.then_some(fd)
 }
 
