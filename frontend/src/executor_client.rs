@@ -221,30 +221,32 @@ impl ExecutorClient {
         }
     }
 
-    /// Connects and exchanges hellos, all within `limit`.
-    /// A connection to the executor, its hello done, and `request` sent.
+    /// Connects, says hello with `request` right behind it, and takes the
+    /// executor's hello, all within `limit`.
     async fn connect(
         &self,
         limit: Duration,
         request: &Request,
     ) -> Result<ClientConnection<UnixStream>, ApiError> {
         let socket = self.socket.display();
-        let opened =
-            timeout(limit, async {
-                let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
-                    warn!(%socket, "cannot connect to the executor: {e}");
-                    ApiError::ExecutorUnavailable
-                })?;
-                ClientConnection::open_with(stream, Some(request)).await.map_err(|e| {
-                match &e {
-                    HelloError::Version { .. } | HelloError::Refused(_) => {
-                        error!(%socket, "{}; deploy matching versions", chain(&e))
-                    }
-                    _ => warn!(%socket, "hello exchange with the executor failed: {}", chain(&e)),
+        let hello_failed = |e: HelloError| {
+            match &e {
+                HelloError::Version { .. } | HelloError::Refused(_) => {
+                    error!(%socket, "{}; deploy matching versions", chain(&e))
                 }
+                _ => warn!(%socket, "hello exchange with the executor failed: {}", chain(&e)),
+            }
+            ApiError::ExecutorUnavailable
+        };
+        let opened = timeout(limit, async {
+            let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
+                warn!(%socket, "cannot connect to the executor: {e}");
                 ApiError::ExecutorUnavailable
-            })
-            });
+            })?;
+            ClientConnection::open(stream, Some(request))
+                .await
+                .map_err(hello_failed)
+        });
         match opened.await {
             Ok(conn) => conn,
             Err(_) => {

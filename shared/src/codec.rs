@@ -196,16 +196,11 @@ pub enum HelloError {
 pub struct ClientConnection<S>(Connection<S>);
 
 impl<S: AsyncRead + AsyncWrite + Unpin> ClientConnection<S> {
-    /// Says hello on `stream` and waits for the executor's, which must be of this
+    /// Says hello on `stream`, sends `first` right behind it (one round trip less
+    /// than after the executor's hello; an executor that refuses the hello reads
+    /// nothing further), and waits for the executor's hello, which must be of this
     /// build's version. No time limit of its own: callers bound it.
-    pub async fn open(stream: S) -> Result<Self, HelloError> {
-        Self::open_with(stream, None).await
-    }
-
-    /// [`ClientConnection::open`], sending `first` right behind the hello instead
-    /// of after the executor's: one round trip less. An executor that refuses the
-    /// hello reads nothing further.
-    pub async fn open_with(stream: S, first: Option<&Request>) -> Result<Self, HelloError> {
+    pub async fn open(stream: S, first: Option<&Request>) -> Result<Self, HelloError> {
         let mut conn = Connection::client(stream);
         conn.send(&Request::Hello(Hello::CURRENT)).await?;
         if let Some(first) = first {
@@ -437,7 +432,7 @@ mod tests {
     async fn hello_opens_typed_ends() {
         let (client, server) = tokio::io::duplex(1024);
         let (client, server) = tokio::join!(
-            ClientConnection::open(client),
+            ClientConnection::open(client, None),
             ServerConnection::accept(server)
         );
         let (mut client, mut server) = (client.unwrap(), server.unwrap().unwrap());

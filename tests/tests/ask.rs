@@ -476,7 +476,7 @@ async fn stray_answers_open_nothing() {
     let stream = UnixStream::connect(svc.executor.socket())
         .await
         .expect("root may always connect to the executor");
-    let mut conn = ClientConnection::open(stream).await.expect("hello");
+    let mut conn = ClientConnection::open(stream, None).await.expect("hello");
     conn.send(&Request::Run(spec)).await.expect("send the job");
     let answer = |id, outcome| Request::Answer(AskAnswer { id, outcome });
     let (mut asks, mut stdout, mut end) = (Vec::new(), Vec::new(), None);
