@@ -381,9 +381,10 @@ fn forked_jobs_are_jailed_alone_and_leave_nothing() {
         let (probe, rest) = job.stdout.split_once('\n').expect("two lines");
         assert_eq!(rest, "4\n");
         let probe: serde_json::Value = serde_json::from_str(probe).expect("json");
-        // Pid 2 of a pid namespace of its own: only its pid 1 besides itself.
+        // Pid 2 of a pid namespace of its own: only its pid 1 and the holder of
+        // its memory (pid 3) besides itself.
         assert_eq!(probe["pid"], 2);
-        assert_eq!(probe["procs"], serde_json::json!([1, 2]));
+        assert_eq!(probe["procs"], serde_json::json!([1, 2, 3]));
         // 0, 1, 2 and the descriptor listing /proc/self/fd: nothing of the template.
         assert_eq!(probe["fds"], serde_json::json!([0, 1, 2, 3]));
         let none = "0000000000000000";

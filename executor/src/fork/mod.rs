@@ -196,6 +196,8 @@ fn in_child(control: RawFd, spares: RawFd) -> Result<OwnedFd, Error> {
                 None::<&str>,
             )
             .map_err(errno("mount the job's /proc"))?;
+            let holder = seccomp::only(&[libc::SYS_read, libc::SYS_write]);
+            sys::spawn_holder(&holder).map_err(step("start the job's memory holder"))?;
             return Ok(theirs);
         }
         Err(e) => {
@@ -231,12 +233,10 @@ fn in_child(control: RawFd, spares: RawFd) -> Result<OwnedFd, Error> {
             Err(_) => break 127 << 8,
         }
     };
-    let _ = nix::sys::signal::kill(pid1, nix::sys::signal::Signal::SIGKILL);
-    let _ = waitpid(pid1, None);
     let mut report = [STATUS_EXITED, 0, 0, 0, 0];
     report[1..].copy_from_slice(&status.to_be_bytes());
     let _ = write_fd(status_fd, &report);
-    sys::exit(0)
+    end(0)
 }
 
 /// J, a spare: waits for an order on `control`, then says it started, tells the

@@ -67,15 +67,7 @@ pub fn setrlimit(resource: libc::__rlimit_resource_t, value: u64) -> io::Result<
 /// Loads `program` as this process's newest seccomp filter (stacked on those it
 /// has). Needs `no_new_privs` or `CAP_SYS_ADMIN`.
 pub fn load_seccomp(program: &[Insn]) -> io::Result<()> {
-    let filter: Vec<libc::sock_filter> = program
-        .iter()
-        .map(|i| libc::sock_filter {
-            code: i.code,
-            jt: i.jt,
-            jf: i.jf,
-            k: i.k,
-        })
-        .collect();
+    let filter = sock_filter(program);
     let len = u16::try_from(filter.len()).map_err(|_| io::ErrorKind::InvalidInput)?;
     let prog = libc::sock_fprog {
         len,
@@ -93,6 +85,18 @@ pub fn load_seccomp(program: &[Insn]) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+fn sock_filter(program: &[Insn]) -> Vec<libc::sock_filter> {
+    program
+        .iter()
+        .map(|i| libc::sock_filter {
+            code: i.code,
+            jt: i.jt,
+            jf: i.jf,
+            k: i.k,
+        })
+        .collect()
 }
 
 /// Names `fd`, a descriptor of the order that stays open as long as this process
@@ -162,6 +166,113 @@ extern "C" fn reap(_: *mut libc::c_void) -> libc::c_int {
         loop {
             while libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) > 0 {}
             libc::sigwaitinfo(&set, std::ptr::null_mut());
+        }
+    }
+}
+
+/// Size of the holder's stack: a few raw syscalls, then one that never returns.
+const HOLDER_STACK: usize = 16 << 10;
+
+/// What the holder needs from its parent, on the parent's stack until the holder
+/// says it is ready.
+struct HolderArgs {
+    filter: *const libc::sock_fprog,
+    ready: RawFd,
+}
+
+/// Starts the *holder*: a process that shares the caller's memory (`CLONE_VM`)
+/// and holds it, doing nothing, until it is killed. When the caller exits, its
+/// memory is then not the last user's to unmap: tearing down a copy of the
+/// template's address space (most of a forked job's exit) happens when the holder
+/// dies, after the job was reported. `program` is the holder's seccomp filter
+/// (read and write only); the holder is ready once it is in force, with no
+/// capability, every signal blocked and no descriptor but a pipe of its own.
+///
+/// It is not the caller's child to wait for: it sends no signal when it ends, so
+/// `wait` without `__WALL` never sees it.
+pub fn spawn_holder(program: &[Insn]) -> io::Result<()> {
+    let filter = sock_filter(program);
+    let prog = libc::sock_fprog {
+        len: u16::try_from(filter.len()).map_err(|_| io::ErrorKind::InvalidInput)?,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    let (ready_r, ready_w) = nix::unistd::pipe()?;
+    let args = HolderArgs {
+        filter: &prog,
+        ready: ready_w.as_raw_fd(),
+    };
+    // Never freed: the holder runs on it until it is killed.
+    let stack: &'static mut [u8] = Vec::leak(vec![0u8; HOLDER_STACK]);
+    let top = stack.as_mut_ptr_range().end;
+    let top = top.wrapping_sub(top as usize % 16);
+    // SAFETY: the holder runs `hold` on a stack nothing else uses and reads `args`
+    // (and the filter it points to) only before it writes the ready byte, which
+    // this function waits for while they are alive. Its raw syscalls may write the
+    // shared `errno` while this thread is blocked in `read`, which does not look
+    // at errno when it succeeds; once ready, it makes one call that never returns.
+    let pid = unsafe {
+        libc::clone(
+            hold,
+            top.cast(),
+            libc::CLONE_VM,
+            (&args as *const HolderArgs).cast_mut().cast(),
+        )
+    };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    drop(ready_w);
+    let mut byte = [0u8; 1];
+    // EOF: the holder could not confine itself and exited.
+    match nix::unistd::read(ready_r.as_raw_fd(), &mut byte)? {
+        1 => Ok(()),
+        _ => Err(io::Error::other("the holder could not confine itself")),
+    }
+}
+
+/// The holder: confines itself, says it is ready, then blocks for good.
+extern "C" fn hold(args: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `args` points to a live HolderArgs until the ready byte is written
+    // (see spawn_holder); only raw syscalls on locals of this stack follow.
+    unsafe {
+        let HolderArgs { filter, ready } = *(args as *const HolderArgs);
+        // Nothing of the job's descriptors: only the ready pipe, then a pipe of its
+        // own, whose read never returns since this process holds its write end.
+        if ready > 0 {
+            libc::syscall(libc::SYS_close_range, 0, ready as libc::c_uint - 1, 0);
+        }
+        libc::syscall(
+            libc::SYS_close_range,
+            ready as libc::c_uint + 1,
+            libc::c_uint::MAX,
+            0,
+        );
+        let mut own = [0 as libc::c_int; 2];
+        // Every signal the kernel lets it block (libc's sigprocmask would leave its
+        // own two out), so that none can end its last call.
+        let all: u64 = !0;
+        let sigset_size = std::mem::size_of_val(&all);
+        if libc::pipe(own.as_mut_ptr()) < 0
+            || libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_BLOCK,
+                &all,
+                0,
+                sigset_size,
+            ) < 0
+        {
+            libc::_exit(1);
+        }
+        drop_own_capabilities();
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0
+            || libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, filter) < 0
+        {
+            libc::_exit(1);
+        }
+        let mut byte = 0u8;
+        libc::write(ready, (&raw const byte).cast(), 1);
+        loop {
+            libc::read(own[0], (&raw mut byte).cast(), 1);
         }
     }
 }

@@ -281,7 +281,32 @@ pub fn template_program() -> Vec<Insn> {
     compile(RULES.iter().filter(|r| !TEMPLATE_NEEDS.contains(&r.nr)))
 }
 
+/// A filter that allows `calls` and refuses every other call, and every other ABI,
+/// with EPERM: for a process of ours that must never do anything else.
+pub fn only(calls: &[libc::c_long]) -> Vec<Insn> {
+    let mut prog = this_abi_only();
+    for &nr in calls {
+        prog.extend([jeq(nr as u32, 0, 1), ret(Action::Allow)]);
+    }
+    prog.push(ret(EPERM));
+    prog
+}
+
 fn compile<'a>(rules: impl Iterator<Item = &'a Rule>) -> Vec<Insn> {
+    let mut prog = this_abi_only();
+    for rule in rules {
+        let block = block(rule);
+        let skip = u8::try_from(block.len()).expect("a rule's block is short");
+        prog.push(jeq(rule.nr as u32, 0, skip));
+        prog.extend(block);
+    }
+    prog.push(ret(Action::Allow));
+    prog
+}
+
+/// A program's start: a call from another ABI is refused, since rules keyed on
+/// this ABI's numbers would not match it; the accumulator then holds the number.
+fn this_abi_only() -> Vec<Insn> {
     let mut prog = vec![
         ld(OFFSET_ARCH),
         jeq(AUDIT_ARCH, 1, 0),
@@ -299,13 +324,6 @@ fn compile<'a>(rules: impl Iterator<Item = &'a Rule>) -> Vec<Insn> {
             ret(EPERM),
         ]);
     }
-    for rule in rules {
-        let block = block(rule);
-        let skip = u8::try_from(block.len()).expect("a rule's block is short");
-        prog.push(jeq(rule.nr as u32, 0, skip));
-        prog.extend(block);
-    }
-    prog.push(ret(Action::Allow));
     prog
 }
 
@@ -449,6 +467,25 @@ mod tests {
         }
         assert_eq!(call(libc::SYS_ptrace, [0; 6]), EPERM);
         assert_eq!(call(libc::SYS_clone3, [0; 6]), ENOSYS);
+    }
+
+    #[test]
+    fn only_allows_the_listed_calls_of_this_abi() {
+        let holder = only(&[libc::SYS_read, libc::SYS_write]);
+        let call = |nr: libc::c_long, arch| run(&holder, nr as u64, arch, [0; 6]);
+        assert_eq!(call(libc::SYS_read, AUDIT_ARCH), Action::Allow);
+        assert_eq!(call(libc::SYS_write, AUDIT_ARCH), Action::Allow);
+        for nr in [
+            libc::SYS_openat,
+            libc::SYS_kill,
+            libc::SYS_mmap,
+            libc::SYS_exit,
+        ] {
+            assert_eq!(call(nr, AUDIT_ARCH), EPERM, "{nr}");
+        }
+        assert_eq!(call(libc::SYS_read, 0x4000_0003), EPERM);
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(call(libc::SYS_read | 0x4000_0000, AUDIT_ARCH), EPERM);
     }
 
     #[test]
