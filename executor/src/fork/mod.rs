@@ -9,19 +9,22 @@
 //! order came and the last restriction is in force. Three processes per spare:
 //!
 //! - **C**, the template's child: enters fresh namespaces, starts G and forks J,
-//!   then waits — for the job's status pipe from J, then for J — kills G (and with
-//!   it whatever the job left running) and reports J's wait status;
+//!   then waits — for the job's status pipe from J, then for J — reports J's wait
+//!   status and kills G (and with it whatever the job left running, which the
+//!   executor kills through the job's cgroups before it answers anyway);
 //! - **G**, pid 1 of the job's pid namespace: only reaps orphans. It shares C's
 //!   memory (`CLONE_VM`), so a job costs one copy of the template's page tables,
 //!   not two. It never runs job code: pid 1 ignores signals it has no handler for;
-//! - **J**, the job, pid 2: mounts `/proc`, makes what no order decides (drops its
-//!   bounding set, starts landlock's ruleset with every rule but those of the job's
-//!   own directories, compiles the seccomp filter), then waits on the executor's
-//!   control socket for an order. With it, J says it started, hands C the status
-//!   pipe, joins the job's cgroups, mounts the job's directories, takes its stdio
-//!   and rlimits, drops every capability, finishes and enforces landlock's rules,
-//!   closes everything else, then seccomp — last, because the filter forbids the
-//!   calls the steps before it make.
+//! - **J**, the job, pid 2: mounts `/proc`, starts the holder of its memory (pid
+//!   3, `sys::spawn_holder`: J's exit then leaves unmapping its copy of the
+//!   template to the holder's death, after the report), makes what no order
+//!   decides (drops its bounding set, starts landlock's ruleset with every rule but
+//!   those of the job's own directories, compiles the seccomp filter), then waits
+//!   on the executor's control socket for an order. With it, J says it started,
+//!   hands C the status pipe, joins the job's cgroups, mounts the job's
+//!   directories, takes its stdio and rlimits, drops every capability, finishes
+//!   and enforces landlock's rules, closes everything else, then seccomp — last,
+//!   because the filter forbids the calls the steps before it make.
 //!
 //! The template learns on its `spares` pipe when a spare took an order (`1`: it
 //! forks another), could not be made or ended without an order (`F`: it forks
@@ -221,8 +224,11 @@ fn in_child(control: RawFd, spares: RawFd) -> Result<OwnedFd, Error> {
         let _ = waitpid(job, None);
         end(0)
     };
-    // 8. C waits for the job, then kills pid 1, which makes the kernel kill every
-    //    process the job left in its namespace, and reports the job's status.
+    // 8. C waits for the job, reports its status, then kills pid 1, which makes
+    //    the kernel kill every process left in the namespace, the holder of the
+    //    job's memory included, which unmaps it. The executor does not wait for
+    //    that: it kills and waits out the job's cgroup, where pid 1 and the holder
+    //    are not, and neither runs code of the job.
     let status = loop {
         match waitpid(job, None) {
             Ok(WaitStatus::Exited(_, code)) => break code << 8,
