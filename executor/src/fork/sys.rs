@@ -68,11 +68,7 @@ pub fn setrlimit(resource: libc::__rlimit_resource_t, value: u64) -> io::Result<
 /// has). Needs `no_new_privs` or `CAP_SYS_ADMIN`.
 pub fn load_seccomp(program: &[Insn]) -> io::Result<()> {
     let filter = sock_filter(program);
-    let len = u16::try_from(filter.len()).map_err(|_| io::ErrorKind::InvalidInput)?;
-    let prog = libc::sock_fprog {
-        len,
-        filter: filter.as_ptr().cast_mut(),
-    };
+    let prog = sock_fprog(&filter)?;
     // SAFETY: prog points to `filter`, alive across the call; the kernel copies it.
     let rc = unsafe {
         libc::prctl(
@@ -97,6 +93,22 @@ fn sock_filter(program: &[Insn]) -> Vec<libc::sock_filter> {
             k: i.k,
         })
         .collect()
+}
+
+/// The program header the kernel takes, pointing into `filter`.
+fn sock_fprog(filter: &[libc::sock_filter]) -> io::Result<libc::sock_fprog> {
+    Ok(libc::sock_fprog {
+        len: u16::try_from(filter.len()).map_err(|_| io::ErrorKind::InvalidInput)?,
+        filter: filter.as_ptr().cast_mut(),
+    })
+}
+
+/// A stack for a child that shares this process's memory, never freed (the child
+/// runs on it until it dies): its top, 16-byte aligned as the ABI wants.
+fn leaked_stack_top(size: usize) -> *mut libc::c_void {
+    let stack: &'static mut [u8] = Vec::leak(vec![0u8; size]);
+    let top = stack.as_mut_ptr_range().end;
+    top.wrapping_sub(top as usize % 16).cast()
 }
 
 /// Names `fd`, a descriptor of the order that stays open as long as this process
@@ -125,11 +137,7 @@ const REAPER_STACK: usize = 64 << 10;
 /// stack of its own, until it is killed. Sharing the memory saves copying the
 /// template's page tables once more per job.
 pub fn spawn_reaper() -> io::Result<libc::pid_t> {
-    // Never freed: the caller exits soon after, and pid 1 runs on it until then.
-    let stack: &'static mut [u8] = Vec::leak(vec![0u8; REAPER_STACK]);
-    let top = stack.as_mut_ptr_range().end;
-    // The ABI wants a 16-byte aligned stack top.
-    let top = top.wrapping_sub(top as usize % 16);
+    let top = leaked_stack_top(REAPER_STACK);
     // SAFETY: the child runs `reap` on a stack nothing else uses. It shares the
     // caller's memory and TLS but touches neither: no allocation, no Rust state,
     // only raw syscalls. Those may write the shared `errno`; the caller checks
@@ -138,7 +146,7 @@ pub fn spawn_reaper() -> io::Result<libc::pid_t> {
     let pid = unsafe {
         libc::clone(
             reap,
-            top.cast(),
+            top,
             libc::CLONE_VM | libc::SIGCHLD,
             std::ptr::null_mut(),
         )
@@ -192,19 +200,13 @@ struct HolderArgs {
 /// `wait` without `__WALL` never sees it.
 pub fn spawn_holder(program: &[Insn]) -> io::Result<()> {
     let filter = sock_filter(program);
-    let prog = libc::sock_fprog {
-        len: u16::try_from(filter.len()).map_err(|_| io::ErrorKind::InvalidInput)?,
-        filter: filter.as_ptr().cast_mut(),
-    };
+    let prog = sock_fprog(&filter)?;
     let (ready_r, ready_w) = nix::unistd::pipe()?;
     let args = HolderArgs {
         filter: &prog,
         ready: ready_w.as_raw_fd(),
     };
-    // Never freed: the holder runs on it until it is killed.
-    let stack: &'static mut [u8] = Vec::leak(vec![0u8; HOLDER_STACK]);
-    let top = stack.as_mut_ptr_range().end;
-    let top = top.wrapping_sub(top as usize % 16);
+    let top = leaked_stack_top(HOLDER_STACK);
     // SAFETY: the holder runs `hold` on a stack nothing else uses and reads `args`
     // (and the filter it points to) only before it writes the ready byte, which
     // this function waits for while they are alive. Its raw syscalls may write the
@@ -213,7 +215,7 @@ pub fn spawn_holder(program: &[Insn]) -> io::Result<()> {
     let pid = unsafe {
         libc::clone(
             hold,
-            top.cast(),
+            top,
             libc::CLONE_VM,
             (&args as *const HolderArgs).cast_mut().cast(),
         )
