@@ -520,7 +520,15 @@ async fn a_job_that_signals_everything_leaves_the_spares_standing() {
     let svc = forking();
     let (pid, generation) = wait_for_generation(&svc, 0).await;
     let lean = lean_template(&svc.blocking_health()).expect("the lean template's pid");
-    let before = spares_under(lean as u32);
+    // Both spares made: three processes each in a job's pid namespace (pid 1, the
+    // job's process, the holder of its memory).
+    let mut before = Vec::new();
+    let made = wait_until_async(Duration::from_secs(10), || {
+        before = spares_under(lean as u32);
+        before.len() == 6
+    })
+    .await;
+    assert!(made, "{before:?}");
     let out = svc
         .run_code(
             "import os, signal\nfor sig in (signal.SIGSTOP, signal.SIGKILL):\n    \
@@ -531,17 +539,17 @@ async fn a_job_that_signals_everything_leaves_the_spares_standing() {
     // the holder of its memory, outside its landlock domain) refused the signal.
     assert_eq!(out["stdout"], "still here\n", "{out:#}");
     // One spare became the job and is gone (its pid 1 and holder right after the
-    // answer); the other, and the one made while the job ran, wait as they did:
-    // three processes each in a job's pid namespace (pid 1, the job, the holder).
+    // answer); the other, and the one made while the job ran, wait as they did.
+    // Until then, the finished job's may still be seen beside a spare still
+    // being made; a spare the job killed would never be seen again.
     let mut after = Vec::new();
     let settled = wait_until_async(Duration::from_secs(10), || {
         after = spares_under(lean as u32);
-        after.len() == 6
+        let kept = before.iter().filter(|pid| after.contains(pid)).count();
+        (after.len(), kept) == (6, 3)
     })
     .await;
-    let kept = before.iter().filter(|pid| after.contains(pid)).count();
     assert!(settled, "{before:?} {after:?}");
-    assert_eq!((before.len(), kept), (6, 3), "{before:?} {after:?}");
     // Each spare ends up waiting for an order (S); one the job had stopped (T) or
     // killed never would. The one made while the job ran may still be building.
     let state = |spare: &u32| {

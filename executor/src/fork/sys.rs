@@ -194,7 +194,8 @@ struct HolderArgs {
 /// template's address space (most of a forked job's exit) happens when the holder
 /// dies, after the job was reported. `program` is the holder's seccomp filter
 /// (read and write only); the holder is ready once it is in force, with no
-/// capability, every signal blocked and no descriptor but a pipe of its own.
+/// capability, every signal blocked, and no descriptor but a pipe of its own and
+/// the write end of the one it says it is ready on.
 ///
 /// It is not the caller's child to wait for: it sends no signal when it ends, so
 /// `wait` without `__WALL` never sees it.
