@@ -376,9 +376,7 @@ impl JobCgroup {
         read_number(&self.memory_file()?)
     }
 
-    /// The host pids of the job's processes now. One directory lists them all: a
-    /// job's first process joins the directories in their order before it runs
-    /// anything of the job, its children are born where it is, and none can leave.
+    /// The host pids of the job's processes now.
     pub fn pids(&self) -> Vec<i32> {
         let Some((dir, _)) = self.dirs.first() else {
             return Vec::new();
@@ -403,16 +401,17 @@ impl JobCgroup {
     /// Kills every process left in the job's cgroups: the jail's pid namespace takes
     /// its processes along when it dies, but a bwrap killed halfway through its
     /// setup can leave a child that never armed its death signal.
-    /// It reads one directory, which lists every process ([`JobCgroup::pids`]).
     pub fn kill_all(&self) {
-        if let Some((dir, _)) = self.dirs.first() {
+        for (dir, _) in &self.dirs {
             kill_all(dir, self.version);
         }
     }
 
     /// Whether no process is left in the job's cgroups.
     pub fn is_empty(&self) -> bool {
-        self.pids().is_empty()
+        self.dirs.iter().all(|(dir, _)| {
+            fs::read_to_string(dir.join("cgroup.procs")).map_or(true, |p| p.trim().is_empty())
+        })
     }
 
     /// What the cgroup recorded about the job.

@@ -782,12 +782,7 @@ impl Runner {
             started,
             warm,
         } = jail;
-        // A jail's Python ran in its cgroup before the job; nothing ran in a forked
-        // job's, which is fresh.
-        let cpu_base = match started {
-            Launch::Fork(_) => 0,
-            Launch::Jail(_) => cgroup.as_ref().and_then(JobCgroup::cpu_ns).unwrap_or(0),
-        };
+        let cpu_base = cgroup.as_ref().and_then(JobCgroup::cpu_ns).unwrap_or(0);
         let Begun {
             mut process,
             stdout,
