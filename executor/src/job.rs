@@ -1087,6 +1087,10 @@ pub(crate) async fn cpu_spent(cgroup: &JobCgroup, base_ns: u64, limit: Duration)
 pub(crate) async fn wait_until_empty(cgroup: &JobCgroup) {
     let deadline = Instant::now() + EMPTY_WAIT;
     while !cgroup.is_empty() && Instant::now() < deadline {
+        // Killed again: a process forked after the last kill, by one not yet dead,
+        // would otherwise live on (a forked job's pid namespace dies only after
+        // the answer).
+        cgroup.kill_all();
         // Dying processes leave within a millisecond or two: poll finely, since the
         // response waits on this.
         tokio::time::sleep(Duration::from_micros(500)).await;
